@@ -1,0 +1,533 @@
+#include "engine.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "errors.hpp"
+#include "llama.h"
+#include "rng.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace eager {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+constexpr int kMaxSequenceIds = 256;  // llama.cpp's LLAMA_MAX_SEQ
+constexpr uint32_t kBatchTokens = 512;
+constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this many cells
+// Automatic sizing keeps the KV cache under this many bytes unless a single prompt needs more.
+constexpr double kAutoKvBudgetBytes = 4.0 * 1024 * 1024 * 1024;
+
+// RAII owner of a llama_batch.
+class Batch {
+public:
+    explicit Batch(int32_t capacity) : batch_(llama_batch_init(capacity, 0, 1)), capacity_(capacity) {}
+    ~Batch() { llama_batch_free(batch_); }
+    Batch(const Batch &) = delete;
+    Batch & operator=(const Batch &) = delete;
+
+    void clear() { batch_.n_tokens = 0; }
+    int32_t size() const { return batch_.n_tokens; }
+    int32_t add(int32_t token, int32_t pos, llama_seq_id seq, bool logits) {
+        const int32_t i = batch_.n_tokens++;
+        batch_.token[i] = token;
+        batch_.pos[i] = pos;
+        batch_.n_seq_id[i] = 1;
+        batch_.seq_id[i][0] = seq;
+        batch_.logits[i] = logits ? 1 : 0;
+        return i;
+    }
+    int32_t capacity() const { return capacity_; }
+    const llama_batch & get() const { return batch_; }
+
+private:
+    llama_batch batch_;
+    int32_t capacity_;
+};
+
+void decode_or_throw(llama_context * ctx, const Batch & batch, const char * what) {
+    const int32_t rc = llama_decode(ctx, batch.get());
+    if (rc == 1)
+        throw LlamaError(std::string("llama_decode found no KV slot during ") + what +
+                         "; pass a larger n_ctx or lower max_live_sequences");
+    if (rc != 0) throw LlamaError(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) + ")");
+}
+
+// Clears the context's memory however the run ends, so an interrupted run leaves nothing behind.
+struct MemoryGuard {
+    llama_memory_t mem;
+    ~MemoryGuard() { llama_memory_clear(mem, true); }
+};
+
+struct LiveSequence {
+    int prompt = 0;       // index into the jobs
+    int local = 0;        // index within the prompt's result
+    llama_seq_id id = 0;  // KV sequence id
+    int32_t n_past = 0;   // position of the next token fed
+    int generated = 0;    // length of token_ids (inherited + own)
+    int32_t pending = -1; // token to feed at the next step
+    bool past_marker = false;
+    bool finished = false;
+    Rng rng;
+};
+
+struct PromptState {
+    bool branching_open = true;
+    int steps_without_branch = 0;
+    int n_sequences = 0;
+    int live = 0;
+    bool done = false;
+    std::vector<float> entropy_history;  // for the p99 threshold mode
+};
+
+float percentile_99(std::vector<float> values) {
+    if (values.empty()) return -std::numeric_limits<float>::infinity();
+    // Linear interpolation between closest ranks, as numpy.percentile does by default.
+    const double rank = 0.99 * (values.size() - 1);
+    const size_t lo = static_cast<size_t>(std::floor(rank));
+    std::nth_element(values.begin(), values.begin() + lo, values.end());
+    const float a = values[lo];
+    if (lo + 1 >= values.size()) return a;
+    const float b = *std::min_element(values.begin() + lo + 1, values.end());
+    return static_cast<float>(a + (b - a) * (rank - lo));
+}
+
+size_t find_from(const std::string & text, const std::string & needle, size_t appended_at) {
+    const size_t start = appended_at >= needle.size() ? appended_at - needle.size() + 1 : 0;
+    return text.find(needle, start);
+}
+
+class Run {
+public:
+    Run(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs, const ProgressFn & progress)
+        : model_(model), cfg_(config), jobs_(jobs), progress_(progress), n_vocab_(model.n_vocab()) {}
+
+    RunOutput execute();
+
+private:
+    void validate() const;
+    ContextShape plan_context() const;
+    bool try_admit(const PromptJob & job);
+    void admit(int prompt);
+    void step();
+    void advance(const std::vector<int> & seq_slots, const std::vector<const float *> & rows);
+    bool may_branch(const LiveSequence & seq) const;
+    int new_sequence(int prompt, int parent_slot);
+    void append_token(LiveSequence & seq, int32_t token, float entropy);
+    void finish(LiveSequence & seq, const char * reason);
+    void release_finished();
+    void report_progress();
+
+    Model & model_;
+    const EngineConfig & cfg_;
+    const std::vector<PromptJob> & jobs_;
+    const ProgressFn & progress_;
+    const int n_vocab_;
+
+    llama_context * ctx_ = nullptr;
+    llama_memory_t mem_ = nullptr;
+    std::unique_ptr<Batch> batch_;
+    uint32_t n_ctx_ = 0;
+    int n_seq_max_ = 0;
+    int n_threads_ = 1;
+
+    std::vector<LiveSequence> live_;  // in creation order, which fixes the order children are numbered
+    std::vector<llama_seq_id> free_ids_;
+    std::vector<PromptState> state_;
+    RunOutput out_;
+    size_t next_job_ = 0;
+    int ids_reserved_ = 0;
+    int64_t cells_reserved_ = 0;
+    int prompts_done_ = 0;
+    int live_count_ = 0;
+    std::vector<RowScratch> scratch_;
+    std::vector<RowResult> results_;
+    Clock::time_point start_;
+};
+
+void Run::validate() const {
+    if (jobs_.empty()) throw InvalidArgument("no prompts to run");
+    if (cfg_.max_new_tokens < 1) throw InvalidArgument("max_new_tokens must be at least 1");
+    if (cfg_.entropy_k < 2 || cfg_.entropy_k > kMaxEntropyTopK)
+        throw InvalidArgument("top_k_entropy must be between 2 and " + std::to_string(kMaxEntropyTopK));
+    if (!(cfg_.sampling.temperature >= 0.0f)) throw InvalidArgument("temperature must be >= 0");
+    if (cfg_.max_live_sequences < 1) throw InvalidArgument("max_live_sequences must be at least 1");
+    for (size_t i = 0; i < jobs_.size(); ++i) {
+        const PromptJob & job = jobs_[i];
+        if (job.tokens.empty()) throw InvalidArgument("prompt " + std::to_string(i) + " has no tokens");
+        if (job.max_sequences < 1 || job.max_sequences > kMaxSequenceIds)
+            throw InvalidArgument("max_sequences must be between 1 and " + std::to_string(kMaxSequenceIds) +
+                                  " (llama.cpp's sequence-id limit)");
+        for (int32_t t : job.tokens)
+            if (t < 0 || t >= n_vocab_) throw InvalidArgument("prompt " + std::to_string(i) + " has a token id outside the vocabulary");
+        if (cfg_.n_ctx > 0 && worst_case_cells(job, cfg_.max_new_tokens) > cfg_.n_ctx)
+            throw InvalidArgument("prompt " + std::to_string(i) + " needs up to " +
+                                  std::to_string(worst_case_cells(job, cfg_.max_new_tokens)) +
+                                  " KV cells (prompt tokens + max_sequences x max_new_tokens) but n_ctx is " +
+                                  std::to_string(cfg_.n_ctx));
+    }
+}
+
+ContextShape Run::plan_context() const {
+    ContextShape shape;
+    shape.n_threads = cfg_.n_threads;
+    shape.n_batch = kBatchTokens;
+    int64_t total_ids = 0;
+    int64_t max_worst = 0;
+    for (const auto & job : jobs_) {
+        total_ids += job.max_sequences;
+        max_worst = std::max(max_worst, worst_case_cells(job, cfg_.max_new_tokens));
+    }
+    shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(kMaxSequenceIds, total_ids));
+    if (cfg_.n_ctx > 0) {
+        shape.n_ctx = cfg_.n_ctx;
+        return shape;
+    }
+    // Size for the prompts that admission could hold at once, within a memory budget.
+    const llama_model * m = model_.model();
+    const double head_dim = static_cast<double>(llama_model_n_embd(m)) / std::max(1, llama_model_n_head(m));
+    const double bytes_per_cell = 2.0 * 2.0 * llama_model_n_layer(m) * llama_model_n_head_kv(m) * head_dim;
+    const int64_t budget_cells = static_cast<int64_t>(kAutoKvBudgetBytes / std::max(1.0, bytes_per_cell));
+    int64_t cells = 0, ids = 0, live = 0;
+    for (const auto & job : jobs_) {
+        const int initial = cfg_.method == Method::Parallel ? job.max_sequences : 1;
+        const int64_t worst = worst_case_cells(job, cfg_.max_new_tokens);
+        if (ids + job.max_sequences > shape.n_seq_max) break;
+        if (live > 0 && live + initial > cfg_.max_live_sequences) break;
+        if (cells > 0 && cells + worst > budget_cells) break;
+        cells += worst;
+        ids += job.max_sequences;
+        live += initial;
+    }
+    cells = std::max(cells, max_worst);
+    shape.n_ctx = static_cast<uint32_t>((cells + kCellPadding - 1) / kCellPadding * kCellPadding);
+    return shape;
+}
+
+RunOutput Run::execute() {
+    validate();
+    start_ = Clock::now();
+    ctx_ = model_.acquire_context(plan_context());
+    mem_ = llama_get_memory(ctx_);
+    MemoryGuard guard{mem_};
+    n_ctx_ = model_.context_shape().n_ctx;
+    n_seq_max_ = static_cast<int>(llama_n_seq_max(ctx_));
+    n_threads_ = std::max(1, model_.context_shape().n_threads);
+    batch_ = std::make_unique<Batch>(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx_), n_seq_max_)));
+    for (int id = n_seq_max_ - 1; id >= 0; --id) free_ids_.push_back(id);
+    state_.assign(jobs_.size(), PromptState{});
+    out_.prompts.assign(jobs_.size(), PromptResult{});
+    scratch_.resize(n_threads_);
+    out_.stats.n_ctx = n_ctx_;
+
+    while (prompts_done_ < static_cast<int>(jobs_.size())) {
+        report_progress();
+        while (next_job_ < jobs_.size() && try_admit(jobs_[next_job_])) admit(static_cast<int>(next_job_++));
+        if (live_count_ > 0) step();
+    }
+    report_progress();
+    out_.stats.total_seconds = seconds_since(start_);
+    return std::move(out_);
+}
+
+bool Run::try_admit(const PromptJob & job) {
+    const int initial = cfg_.method == Method::Parallel ? job.max_sequences : 1;
+    // Reserving M ids and the worst-case cells up front means a branch never finds the
+    // cache full; the live-sequence cap keeps the batch near llama.cpp's throughput peak.
+    if (ids_reserved_ + job.max_sequences > n_seq_max_) return false;
+    if (cells_reserved_ + worst_case_cells(job, cfg_.max_new_tokens) > static_cast<int64_t>(n_ctx_)) return false;
+    if (live_count_ > 0 && live_count_ + initial > cfg_.max_live_sequences) return false;
+    return true;
+}
+
+void Run::admit(int prompt) {
+    const PromptJob & job = jobs_[prompt];
+    ids_reserved_ += job.max_sequences;
+    cells_reserved_ += worst_case_cells(job, cfg_.max_new_tokens);
+    out_.prompts[prompt].prompt_tokens = static_cast<int>(job.tokens.size());
+    out_.stats.prompt_tokens += static_cast<int64_t>(job.tokens.size());
+
+    const int root = new_sequence(prompt, -1);
+    const llama_seq_id root_id = live_[root].id;
+    const auto t0 = Clock::now();
+    const int32_t n = static_cast<int32_t>(job.tokens.size());
+    int32_t last_row = -1;
+    for (int32_t begin = 0; begin < n; begin += batch_->capacity()) {
+        const int32_t end = std::min(n, begin + batch_->capacity());
+        batch_->clear();
+        for (int32_t i = begin; i < end; ++i) last_row = batch_->add(job.tokens[i], i, root_id, i == n - 1);
+        decode_or_throw(ctx_, *batch_, "prompt prefill");
+    }
+    out_.stats.prefill_seconds += seconds_since(t0);
+    live_[root].n_past = n;
+
+    std::vector<int> slots{root};
+    if (cfg_.method == Method::Parallel) {
+        // M independent samples share one prefill: the copies only tag the prompt's cells.
+        for (int k = 1; k < job.max_sequences; ++k) {
+            const int slot = new_sequence(prompt, -1);
+            llama_memory_seq_cp(mem_, root_id, live_[slot].id, -1, -1);
+            live_[slot].n_past = n;
+            slots.push_back(slot);
+        }
+    }
+    const float * row = llama_get_logits_ith(ctx_, last_row);
+    if (row == nullptr) throw LlamaError("llama.cpp returned no logits for the prompt");
+    advance(slots, std::vector<const float *>(slots.size(), row));
+}
+
+int Run::new_sequence(int prompt, int parent_slot) {
+    if (free_ids_.empty()) throw LlamaError("internal error: no free sequence id");
+    PromptState & st = state_[prompt];
+    PromptResult & pr = out_.prompts[prompt];
+    const PromptJob & job = jobs_[prompt];
+    LiveSequence seq;
+    seq.prompt = prompt;
+    seq.local = static_cast<int>(pr.sequences.size());
+    seq.id = free_ids_.back();
+    free_ids_.pop_back();
+    seq.rng = Rng(cfg_.seed, job.stream_id, static_cast<uint64_t>(job.sequence_index_base + seq.local));
+    SequenceResult result;
+    if (parent_slot >= 0) {
+        const LiveSequence & parent = live_[parent_slot];
+        result.parent = parent.local;
+        result.branch_step = parent.generated;
+        result.text = pr.sequences[parent.local].text;
+        seq.n_past = parent.n_past;
+        seq.generated = parent.generated;
+        seq.past_marker = parent.past_marker;
+        llama_memory_seq_cp(mem_, parent.id, seq.id, -1, -1);
+    }
+    pr.sequences.push_back(std::move(result));
+    ++st.n_sequences;
+    ++st.live;
+    ++live_count_;
+    live_.push_back(std::move(seq));
+    out_.stats.max_live_sequences = std::max(out_.stats.max_live_sequences, live_count_);
+    return static_cast<int>(live_.size()) - 1;
+}
+
+bool Run::may_branch(const LiveSequence & seq) const {
+    const PromptState & st = state_[seq.prompt];
+    return cfg_.method == Method::EagerInit && st.branching_open && !seq.past_marker &&
+           st.n_sequences < jobs_[seq.prompt].max_sequences;
+}
+
+void Run::step() {
+    const auto t0 = Clock::now();
+    batch_->clear();
+    std::vector<int> slots;
+    slots.reserve(live_.size());
+    std::vector<int32_t> row_index;
+    row_index.reserve(live_.size());
+    for (int s = 0; s < static_cast<int>(live_.size()); ++s) {
+        LiveSequence & seq = live_[s];
+        row_index.push_back(batch_->add(seq.pending, seq.n_past, seq.id, true));
+        slots.push_back(s);
+    }
+    out_.stats.bookkeeping_seconds += seconds_since(t0);
+
+    const auto t1 = Clock::now();
+    decode_or_throw(ctx_, *batch_, "generation");
+    out_.stats.decode_seconds += seconds_since(t1);
+    ++out_.stats.steps;
+
+    std::vector<const float *> rows(slots.size());
+    for (size_t i = 0; i < slots.size(); ++i) {
+        live_[slots[i]].n_past += 1;
+        rows[i] = llama_get_logits_ith(ctx_, row_index[i]);
+        if (rows[i] == nullptr) throw LlamaError("llama.cpp returned no logits for a sequence");
+    }
+    advance(slots, rows);
+}
+
+void Run::advance(const std::vector<int> & slots, const std::vector<const float *> & rows) {
+    const int n = static_cast<int>(slots.size());
+    results_.resize(n);
+    std::vector<RowRequest> requests(n);
+    std::vector<double> draws(n);
+    const bool tempered = cfg_.entropy_after_temperature && cfg_.sampling.temperature > 0.0f;
+    for (int i = 0; i < n; ++i) {
+        LiveSequence & seq = live_[slots[i]];
+        RowRequest & rq = requests[i];
+        rq.entropy_k = cfg_.entropy_k;
+        rq.want_entropy = cfg_.record_entropies || may_branch(seq);
+        rq.entropy_temperature = tempered ? cfg_.sampling.temperature : 1.0f;
+        rq.sampling = cfg_.sampling;
+        // One draw per sequence per step, used or not, keeps every stream independent of branching.
+        draws[i] = seq.rng.uniform();
+    }
+
+    const auto t0 = Clock::now();
+    const int threads = std::min(n_threads_, n);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+    for (int i = 0; i < n; ++i) {
+#ifdef _OPENMP
+        RowScratch & scratch = scratch_[omp_get_thread_num()];
+#else
+        RowScratch & scratch = scratch_[0];
+#endif
+        results_[i] = process_row(rows[i], n_vocab_, requests[i], draws[i], scratch);
+    }
+    (void) threads;
+    out_.stats.row_kernel_seconds += seconds_since(t0);
+
+    const auto t1 = Clock::now();
+    std::vector<int> touched;
+    std::vector<char> branched(jobs_.size(), 0);
+    for (int i = 0; i < n; ++i) {
+        const int slot = slots[i];
+        const RowResult & r = results_[i];
+        const int prompt = live_[slot].prompt;
+        PromptState & st = state_[prompt];
+        if (touched.empty() || touched.back() != prompt) touched.push_back(prompt);
+        bool branch = false;
+        if (may_branch(live_[slot]) && r.top2 != r.top1 && r.top2 >= 0) {
+            float theta = jobs_[prompt].theta;
+            if (r.entropy > theta && cfg_.threshold_mode == ThresholdMode::P99)
+                theta = std::max(theta, percentile_99(st.entropy_history));
+            branch = r.entropy > theta;
+        }
+        if (branch) {
+            // The sampled token is discarded: the parent continues with the most likely
+            // token, a new child (sharing the whole prefix) with the second most likely.
+            const int child = new_sequence(prompt, slot);  // may reallocate live_
+            out_.prompts[prompt].sequences[live_[child].local].branch_entropy = r.entropy;
+            append_token(live_[slot], r.top1, r.entropy);
+            append_token(live_[child], r.top2, r.entropy);
+            branched[prompt] = 1;
+        } else {
+            append_token(live_[slot], r.sampled, r.entropy);
+        }
+        if (cfg_.threshold_mode == ThresholdMode::P99 && !std::isnan(r.entropy)) st.entropy_history.push_back(r.entropy);
+    }
+    for (int prompt : touched) {
+        PromptState & st = state_[prompt];
+        ++out_.prompts[prompt].steps;
+        st.steps_without_branch = branched[prompt] ? 0 : st.steps_without_branch + 1;
+        if (st.steps_without_branch >= cfg_.no_branch_window || st.n_sequences >= jobs_[prompt].max_sequences)
+            st.branching_open = false;
+    }
+    release_finished();
+    out_.stats.bookkeeping_seconds += seconds_since(t1);
+}
+
+void Run::append_token(LiveSequence & seq, int32_t token, float entropy) {
+    SequenceResult & res = out_.prompts[seq.prompt].sequences[seq.local];
+    res.own_tokens.push_back(token);
+    if (cfg_.record_entropies) res.entropies.push_back(entropy);
+    ++seq.generated;
+    ++out_.stats.generated_tokens;
+    if (!cfg_.ignore_eos && model_.is_eog(token)) return finish(seq, "eos");
+    const size_t appended_at = res.text.size();
+    res.text += model_.token_to_piece(token);
+    if (!seq.past_marker && !cfg_.think_end_marker.empty() &&
+        find_from(res.text, cfg_.think_end_marker, appended_at) != std::string::npos)
+        seq.past_marker = true;
+    for (const std::string & stop : cfg_.stop) {
+        const size_t at = find_from(res.text, stop, appended_at);
+        if (at != std::string::npos) {
+            res.text.resize(at);
+            return finish(seq, "stop");
+        }
+    }
+    if (seq.generated >= cfg_.max_new_tokens) return finish(seq, "length");
+    seq.pending = token;
+}
+
+void Run::finish(LiveSequence & seq, const char * reason) {
+    out_.prompts[seq.prompt].sequences[seq.local].finish_reason = reason;
+    seq.finished = true;
+}
+
+void Run::release_finished() {
+    size_t kept = 0;
+    for (size_t i = 0; i < live_.size(); ++i) {
+        LiveSequence & seq = live_[i];
+        if (!seq.finished) {
+            if (kept != i) live_[kept] = std::move(seq);
+            ++kept;
+            continue;
+        }
+        // Freed cells return to the pool once no sequence holds them; the id is reused.
+        llama_memory_seq_rm(mem_, seq.id, -1, -1);
+        free_ids_.push_back(seq.id);
+        --live_count_;
+        PromptState & st = state_[seq.prompt];
+        if (--st.live == 0) {
+            st.done = true;
+            ++prompts_done_;
+            ids_reserved_ -= jobs_[seq.prompt].max_sequences;
+            cells_reserved_ -= worst_case_cells(jobs_[seq.prompt], cfg_.max_new_tokens);
+        }
+    }
+    live_.resize(kept);
+}
+
+void Run::report_progress() {
+    if (!progress_) return;
+    Progress p;
+    p.prompts_done = prompts_done_;
+    p.prompts_total = static_cast<int>(jobs_.size());
+    p.live_sequences = live_count_;
+    p.generated_tokens = out_.stats.generated_tokens;
+    p.elapsed_seconds = seconds_since(start_);
+    if (!progress_(p)) throw Interrupted();
+}
+
+}  // namespace
+
+int64_t worst_case_cells(const PromptJob & job, int max_new_tokens) {
+    return static_cast<int64_t>(job.tokens.size()) + static_cast<int64_t>(job.max_sequences) * max_new_tokens;
+}
+
+RunOutput generate(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
+                   const ProgressFn & on_progress) {
+    Run run(model, config, jobs, on_progress);
+    return run.execute();
+}
+
+double bench_bare_decode(Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
+                         int n_threads) {
+    if (prompt.empty() || n_sequences < 1 || n_sequences > kMaxSequenceIds || n_steps < 1)
+        throw InvalidArgument("bench_bare_decode needs a prompt, 1..256 sequences and at least one step");
+    ContextShape shape;
+    const int64_t cells = static_cast<int64_t>(prompt.size()) + static_cast<int64_t>(n_sequences) * n_steps;
+    shape.n_ctx = static_cast<uint32_t>((cells + kCellPadding - 1) / kCellPadding * kCellPadding);
+    shape.n_seq_max = n_sequences;
+    shape.n_batch = kBatchTokens;
+    shape.n_threads = n_threads;
+    llama_context * ctx = model.acquire_context(shape);
+    llama_memory_t mem = llama_get_memory(ctx);
+    MemoryGuard guard{mem};
+    Batch batch(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx), n_sequences)));
+    const int32_t n = static_cast<int32_t>(prompt.size());
+    for (int32_t begin = 0; begin < n; begin += batch.capacity()) {
+        batch.clear();
+        for (int32_t i = begin; i < std::min(n, begin + batch.capacity()); ++i) batch.add(prompt[i], i, 0, i == n - 1);
+        decode_or_throw(ctx, batch, "prompt prefill");
+    }
+    for (int s = 1; s < n_sequences; ++s) llama_memory_seq_cp(mem, 0, s, -1, -1);
+    const auto t0 = Clock::now();
+    for (int step = 0; step < n_steps; ++step) {
+        batch.clear();
+        for (int s = 0; s < n_sequences; ++s) batch.add(prompt[(step + s) % n], n + step, s, true);
+        decode_or_throw(ctx, batch, "benchmark decode");
+        if (llama_get_logits_ith(ctx, n_sequences - 1) == nullptr) throw LlamaError("no logits");
+    }
+    return seconds_since(t0);
+}
+
+}  // namespace eager

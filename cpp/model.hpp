@@ -1,0 +1,68 @@
+// Ownership of a llama.cpp model and of the context it decodes in.
+//
+// The model is loaded once and reused across runs; the context is sized per job and kept
+// while later jobs fit in it, because creating one allocates the whole KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+struct llama_model;
+struct llama_context;
+struct llama_vocab;
+
+namespace eager {
+
+struct ContextShape {
+    uint32_t n_ctx = 0;      // KV cells shared by all sequences (unified cache)
+    uint32_t n_seq_max = 1;  // sequence ids available (<= 256)
+    uint32_t n_batch = 512;  // tokens per llama_decode call
+    int32_t n_threads = 0;   // 0 = all cores
+};
+
+class Model {
+public:
+    Model(const std::string & path, int n_gpu_layers);
+    ~Model();
+    Model(const Model &) = delete;
+    Model & operator=(const Model &) = delete;
+
+    const llama_model * model() const { return model_; }
+    const llama_vocab * vocab() const { return vocab_; }
+    const std::string & path() const { return path_; }
+
+    int n_vocab() const;
+    int n_ctx_train() const;
+    bool add_bos() const;
+    std::string description() const;
+    std::string meta(const std::string & key) const;  // "" when absent
+    std::string builtin_chat_template() const;        // "" when the GGUF has none
+
+    std::vector<int32_t> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string token_to_piece(int32_t token) const;  // raw bytes, may be a partial UTF-8 sequence
+    std::string detokenize(const std::vector<int32_t> & tokens) const;
+    bool is_eog(int32_t token) const;
+
+    // Applies `template_or_name` (a llama.cpp built-in template name or a template text;
+    // empty = the model's own) to (role, content) messages, opening the assistant turn.
+    std::string apply_chat_template(const std::vector<std::pair<std::string, std::string>> & messages,
+                                    const std::string & template_or_name) const;
+
+    // A context with at least this shape, created or reused; its memory is cleared.
+    llama_context * acquire_context(const ContextShape & shape);
+    const ContextShape & context_shape() const { return shape_; }
+
+private:
+    std::string path_;
+    llama_model * model_ = nullptr;
+    const llama_vocab * vocab_ = nullptr;
+    llama_context * ctx_ = nullptr;
+    ContextShape shape_;
+};
+
+std::vector<std::string> builtin_chat_templates();
+
+}  // namespace eager

@@ -1,0 +1,189 @@
+"""Per-prompt and aggregate metrics: Pass@k, Cons@k, Pass Rate, #T, #S, unbiased pass@k.
+
+Per prompt, k is the number of sequences that prompt got (it differs between prompts under
+EAGer), so ``pass@k`` and ``cons@k`` here are the paper's metrics, not the fixed-k estimator.
+The fixed-k estimator of Chen et al. (2021) is reported separately as ``pass@{k}_unbiased``.
+
+Input per prompt (a mapping):
+    answers: list[str | None]   extracted answer of each sequence (None: nothing extracted)
+    correct: list[bool]         whether each sequence was scored correct
+    generated_tokens: int       #T of the prompt (shared prefixes counted once)
+    sequences: int              #S of the prompt; must equal len(answers) == len(correct)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .scoring import normalize_answer
+
+__all__ = ["PromptScore", "compute_metrics", "majority_vote", "pass_at_k_unbiased", "score_prompt"]
+
+DEFAULT_KS: tuple[int, ...] = (1, 4, 8)
+
+
+def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k).
+
+    n: samples drawn, c: correct among them, k: budget being estimated.
+    Uses the stable product form 1 - prod_{i=n-c+1}^{n} (1 - k/i), which avoids huge binomials.
+    When n < k the estimator is undefined; we then define it as 1.0 if c > 0 else 0.0 (the
+    prompt's observed pass with all n samples), so prompts with fewer sequences than k still
+    count. Raises ValueError for n < 0, k < 1 or c outside [0, n].
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not 0 <= c <= n:
+        raise ValueError(f"c must be in [0, n={n}], got {c}")
+    if n < k:
+        return 1.0 if c > 0 else 0.0
+    if n - c < k:
+        # Every k-subset contains a correct sample.
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, str | None]:
+    """Majority answer of one prompt as (first raw answer of the group, normalised key).
+
+    Votes are grouped by normalised answer. None or empty-after-normalisation answers do not
+    vote. Ties go to the group whose answer appeared first among the sequences (dicts keep
+    insertion order and only a strictly larger count replaces the leader). (None, None) when
+    nobody voted.
+    """
+    counts: dict[str, int] = {}
+    first_raw: dict[str, str] = {}
+    for ans in answers:
+        if ans is None:
+            continue
+        key = normalize_answer(ans)
+        if not key:
+            continue
+        if key not in counts:
+            counts[key] = 0
+            first_raw[key] = ans
+        counts[key] += 1
+    best_key: str | None = None
+    best = 0
+    for key, cnt in counts.items():
+        if cnt > best:
+            best_key, best = key, cnt
+    if best_key is None:
+        return None, None
+    return first_raw[best_key], best_key
+
+
+@dataclass(frozen=True)
+class PromptScore:
+    """Metrics of one prompt (``passed`` is reported as ``"pass"`` by ``to_dict``)."""
+
+    passed: bool
+    cons: bool
+    pass_rate: float
+    majority_answer: str | None
+    n_sequences: int
+    n_correct: int
+    tokens: int
+    unbiased: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the keys used in ``compute_metrics()["per_prompt"]``."""
+        d: dict[str, Any] = {
+            "pass": self.passed,
+            "cons": self.cons,
+            "pass_rate": self.pass_rate,
+            "majority_answer": self.majority_answer,
+            "n_sequences": self.n_sequences,
+            "n_correct": self.n_correct,
+            "tokens": self.tokens,
+        }
+        for k, v in self.unbiased.items():
+            d[f"pass@{k}_unbiased"] = v
+        return d
+
+
+def score_prompt(item: Mapping[str, Any], ks: Iterable[int] = DEFAULT_KS, index: int = 0) -> PromptScore:
+    """Score one prompt given as the mapping described in the module docstring.
+
+    ``index`` only serves error messages. Raises ValueError on inconsistent input rather than
+    silently truncating.
+    """
+    try:
+        answers = list(item["answers"])
+        correct = [bool(x) for x in item["correct"]]
+        tokens = int(item["generated_tokens"])
+        n_seq = int(item["sequences"])
+    except KeyError as e:
+        raise ValueError(f"prompt {index}: missing key {e.args[0]!r}") from None
+    if len(answers) != len(correct):
+        raise ValueError(
+            f"prompt {index}: {len(answers)} answers but {len(correct)} correctness flags"
+        )
+    if n_seq != len(correct):
+        raise ValueError(f"prompt {index}: sequences={n_seq} but {len(correct)} sequences scored")
+    if tokens < 0:
+        raise ValueError(f"prompt {index}: generated_tokens must be >= 0, got {tokens}")
+
+    n_correct = sum(correct)
+    majority_raw, majority_key = majority_vote(answers)
+    # The majority group is correct iff any of its members was scored correct: the scorer is
+    # the authority (it may accept forms the normaliser alone would not equate).
+    cons = majority_key is not None and any(
+        ok
+        for ans, ok in zip(answers, correct)
+        if ans is not None and normalize_answer(ans) == majority_key
+    )
+    unbiased = {k: pass_at_k_unbiased(n_seq, n_correct, k) for k in ks}
+    return PromptScore(
+        passed=n_correct > 0,
+        cons=cons,
+        pass_rate=n_correct / n_seq if n_seq else 0.0,
+        majority_answer=majority_raw,
+        n_sequences=n_seq,
+        n_correct=n_correct,
+        tokens=tokens,
+        unbiased=unbiased,
+    )
+
+
+def compute_metrics(
+    per_prompt: Sequence[Mapping[str, Any]], ks: Iterable[int] = DEFAULT_KS
+) -> dict[str, Any]:
+    """Aggregate metrics over prompts.
+
+    Returns ``pass@k``, ``cons@k``, ``pass_rate`` (means over prompts), ``tokens`` (total #T),
+    ``mean_tokens_per_prompt``, ``mean_sequences`` (#S), ``n_prompts``, ``pass@{k}_unbiased``
+    for each k in ``ks`` (mean over prompts) and ``per_prompt`` (list of ``PromptScore.to_dict()``).
+    With no prompts every mean is 0.0 (not NaN, so the result stays JSON-serialisable).
+    """
+    ks = tuple(ks)
+    for k in ks:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"every k in ks must be an int >= 1, got {k!r}")
+    scores = [score_prompt(item, ks, i) for i, item in enumerate(per_prompt)]
+    n = len(scores)
+
+    def mean(values: Iterable[float]) -> float:
+        return sum(values) / n if n else 0.0
+
+    total_tokens = sum(s.tokens for s in scores)
+    out: dict[str, Any] = {
+        "pass@k": mean(float(s.passed) for s in scores),
+        "cons@k": mean(float(s.cons) for s in scores),
+        "pass_rate": mean(s.pass_rate for s in scores),
+        "tokens": total_tokens,
+        "mean_tokens_per_prompt": total_tokens / n if n else 0.0,
+        "mean_sequences": mean(s.n_sequences for s in scores),
+        "n_prompts": n,
+    }
+    for k in ks:
+        out[f"pass@{k}_unbiased"] = mean(s.unbiased[k] for s in scores)
+    out["per_prompt"] = [s.to_dict() for s in scores]
+    return out

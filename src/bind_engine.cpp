@@ -1,0 +1,137 @@
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "bindings.hpp"
+#include "engine.hpp"
+#include "errors.hpp"
+
+using namespace eager;
+
+namespace {
+
+// Runs the engine with the GIL released. Between steps the progress hook takes the GIL back
+// to let Ctrl-C through (PyErr_CheckSignals) and to call the user's progress callback.
+RunOutput run_engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
+                     const py::object & callback) {
+    std::optional<py::error_already_set> pending;
+    const bool has_callback = !callback.is_none();
+    ProgressFn hook = [&](const Progress & p) -> bool {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) {
+            pending.emplace();
+            return false;
+        }
+        if (has_callback) {
+            try {
+                callback(p.prompts_done, p.prompts_total, p.live_sequences, p.generated_tokens, p.elapsed_seconds);
+            } catch (py::error_already_set & e) {
+                pending.emplace(std::move(e));
+                return false;
+            }
+        }
+        return true;
+    };
+    RunOutput out;
+    bool interrupted = false;
+    {
+        py::gil_scoped_release release;
+        try {
+            out = generate(model, config, jobs, hook);
+        } catch (const Interrupted &) {
+            interrupted = true;
+        }
+    }
+    if (interrupted) {
+        if (pending) throw *pending;
+        throw py::error_already_set();
+    }
+    return out;
+}
+
+}  // namespace
+
+void bind_engine(py::module_ & m) {
+    py::enum_<Method>(m, "Method").value("PARALLEL", Method::Parallel).value("EAGER_INIT", Method::EagerInit);
+    py::enum_<ThresholdMode>(m, "ThresholdMode").value("FIXED", ThresholdMode::Fixed).value("P99", ThresholdMode::P99);
+
+    py::class_<SamplingParams>(m, "SamplingParams")
+        .def(py::init<>())
+        .def_readwrite("temperature", &SamplingParams::temperature)
+        .def_readwrite("top_k", &SamplingParams::top_k)
+        .def_readwrite("top_p", &SamplingParams::top_p)
+        .def_readwrite("min_p", &SamplingParams::min_p);
+
+    py::class_<EngineConfig>(m, "EngineConfig")
+        .def(py::init<>())
+        .def_readwrite("method", &EngineConfig::method)
+        .def_readwrite("max_new_tokens", &EngineConfig::max_new_tokens)
+        .def_readwrite("seed", &EngineConfig::seed)
+        .def_readwrite("sampling", &EngineConfig::sampling)
+        .def_readwrite("entropy_k", &EngineConfig::entropy_k)
+        .def_readwrite("entropy_after_temperature", &EngineConfig::entropy_after_temperature)
+        .def_readwrite("record_entropies", &EngineConfig::record_entropies)
+        .def_readwrite("stop", &EngineConfig::stop)
+        .def_readwrite("think_end_marker", &EngineConfig::think_end_marker)
+        .def_readwrite("no_branch_window", &EngineConfig::no_branch_window)
+        .def_readwrite("threshold_mode", &EngineConfig::threshold_mode)
+        .def_readwrite("max_live_sequences", &EngineConfig::max_live_sequences)
+        .def_readwrite("ignore_eos", &EngineConfig::ignore_eos)
+        .def_readwrite("n_threads", &EngineConfig::n_threads)
+        .def_readwrite("n_ctx", &EngineConfig::n_ctx);
+
+    py::class_<PromptJob>(m, "PromptJob")
+        .def(py::init<>())
+        .def(py::init([](std::vector<int32_t> tokens, int max_sequences, float theta, uint64_t stream_id,
+                         int sequence_index_base) {
+                 return PromptJob{std::move(tokens), max_sequences, theta, stream_id, sequence_index_base};
+             }),
+             py::arg("tokens"), py::arg("max_sequences"), py::arg("theta"), py::arg("stream_id"),
+             py::arg("sequence_index_base") = 0)
+        .def_readwrite("tokens", &PromptJob::tokens)
+        .def_readwrite("max_sequences", &PromptJob::max_sequences)
+        .def_readwrite("theta", &PromptJob::theta)
+        .def_readwrite("stream_id", &PromptJob::stream_id)
+        .def_readwrite("sequence_index_base", &PromptJob::sequence_index_base);
+
+    py::class_<SequenceResult>(m, "SequenceResult")
+        .def_readonly("own_tokens", &SequenceResult::own_tokens)
+        .def_readonly("entropies", &SequenceResult::entropies)
+        .def_readonly("parent", &SequenceResult::parent)
+        .def_readonly("branch_step", &SequenceResult::branch_step)
+        .def_readonly("branch_entropy", &SequenceResult::branch_entropy)
+        .def_property_readonly("text", [](const SequenceResult & s) { return py::bytes(s.text); })
+        .def_readonly("finish_reason", &SequenceResult::finish_reason);
+
+    py::class_<PromptResult>(m, "PromptResult")
+        .def_readonly("sequences", &PromptResult::sequences)
+        .def_readonly("prompt_tokens", &PromptResult::prompt_tokens)
+        .def_readonly("steps", &PromptResult::steps);
+
+    py::class_<RunStats>(m, "RunStats")
+        .def_readonly("prefill_seconds", &RunStats::prefill_seconds)
+        .def_readonly("decode_seconds", &RunStats::decode_seconds)
+        .def_readonly("row_kernel_seconds", &RunStats::row_kernel_seconds)
+        .def_readonly("bookkeeping_seconds", &RunStats::bookkeeping_seconds)
+        .def_readonly("total_seconds", &RunStats::total_seconds)
+        .def_readonly("steps", &RunStats::steps)
+        .def_readonly("generated_tokens", &RunStats::generated_tokens)
+        .def_readonly("prompt_tokens", &RunStats::prompt_tokens)
+        .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
+        .def_readonly("n_ctx", &RunStats::n_ctx);
+
+    py::class_<RunOutput>(m, "RunOutput")
+        .def_readonly("prompts", &RunOutput::prompts)
+        .def_readonly("stats", &RunOutput::stats);
+
+    m.def("generate", &run_engine, py::arg("model"), py::arg("config"), py::arg("jobs"),
+          py::arg("progress") = py::none(),
+          "Run the batched engine over the prompt jobs; progress(prompts_done, prompts_total, live, tokens, "
+          "seconds) is called between steps.");
+    m.def("worst_case_cells", &worst_case_cells, py::arg("job"), py::arg("max_new_tokens"));
+    m.def("bench_bare_decode", [](Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
+                                  int n_threads) {
+              py::gil_scoped_release release;
+              return bench_bare_decode(model, prompt, n_sequences, n_steps, n_threads);
+          }, py::arg("model"), py::arg("prompt"), py::arg("n_sequences"), py::arg("n_steps"), py::arg("n_threads") = 0);
+}

@@ -1,0 +1,63 @@
+#include <pybind11/numpy.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "bindings.hpp"
+#include "row_kernel.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+// topk_entropy(logits[rows, n_vocab]) -> (entropy[rows], top1[rows], top2[rows]), the same
+// kernel the engine runs on every decoded row.
+py::tuple topk_entropy(py::array_t<float, py::array::c_style | py::array::forcecast> logits, int k,
+                       float temperature, int n_threads) {
+    if (logits.ndim() != 1 && logits.ndim() != 2)
+        throw std::invalid_argument("logits must be a 1-D row or a 2-D array of rows (rows, n_vocab)");
+    if (k < 2 || k > eager::kMaxEntropyTopK)
+        throw std::invalid_argument("k must be between 2 and " + std::to_string(eager::kMaxEntropyTopK));
+    if (!(temperature > 0.0f)) throw std::invalid_argument("temperature must be > 0");
+    const py::ssize_t rows = logits.ndim() == 2 ? logits.shape(0) : 1;
+    const py::ssize_t n_vocab = logits.shape(logits.ndim() - 1);
+    if (n_vocab < 2) throw std::invalid_argument("a row needs at least 2 logits");
+    py::array_t<float> entropy(rows);
+    py::array_t<int32_t> top1(rows), top2(rows);
+    const float * data = logits.data();
+    float * h = entropy.mutable_data();
+    int32_t * t1 = top1.mutable_data();
+    int32_t * t2 = top2.mutable_data();
+    {
+        py::gil_scoped_release release;
+#ifdef _OPENMP
+        const int threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+            eager::TopK top;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (py::ssize_t r = 0; r < rows; ++r) {
+                eager::scan_row(data + r * n_vocab, static_cast<int>(n_vocab), k, top);
+                h[r] = eager::topk_entropy_of(top, k, temperature);
+                t1[r] = top.items[0].id;
+                t2[r] = top.items[1].id;
+            }
+        }
+    }
+    (void) n_threads;
+    return py::make_tuple(entropy, top1, top2);
+}
+
+}  // namespace
+
+void bind_kernels(py::module_ & m) {
+    m.def("topk_entropy", &topk_entropy, py::arg("logits"), py::arg("k") = 20, py::arg("temperature") = 1.0f,
+          py::arg("n_threads") = 0,
+          "Top-K entropy (natural log, renormalised over the K largest probabilities) and the top-1/top-2 "
+          "token ids of each logits row.");
+}

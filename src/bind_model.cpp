@@ -1,0 +1,51 @@
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "diagnostics.hpp"
+#include "model.hpp"
+#include <pybind11/numpy.h>
+
+using eager::Model;
+
+namespace {
+
+py::array_t<float> to_array(const std::vector<float> & v) {
+    py::array_t<float> a(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+}
+
+}  // namespace
+
+void bind_model(py::module_ & m) {
+    py::class_<Model>(m, "Model")
+        .def(py::init<const std::string &, int>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
+             py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("path", &Model::path)
+        .def_property_readonly("n_vocab", &Model::n_vocab)
+        .def_property_readonly("n_ctx_train", &Model::n_ctx_train)
+        .def_property_readonly("add_bos", &Model::add_bos)
+        .def_property_readonly("description", &Model::description)
+        .def_property_readonly("chat_template", &Model::builtin_chat_template)
+        .def_property_readonly("context_n_ctx", [](const Model & self) { return self.context_shape().n_ctx; })
+        .def("meta", &Model::meta, py::arg("key"))
+        .def("tokenize", &Model::tokenize, py::arg("text"), py::arg("add_special") = true,
+             py::arg("parse_special") = true)
+        .def("token_to_piece", [](const Model & self, int32_t t) { return py::bytes(self.token_to_piece(t)); },
+             py::arg("token"))
+        .def("detokenize", [](const Model & self, const std::vector<int32_t> & tokens) {
+                 return py::bytes(self.detokenize(tokens));
+             }, py::arg("tokens"))
+        .def("is_eog", &Model::is_eog, py::arg("token"))
+        .def("apply_chat_template", &Model::apply_chat_template, py::arg("messages"), py::arg("template") = "")
+        .def("probe_fork", [](Model & self, const std::vector<int32_t> & prefix, const std::vector<int32_t> & cont,
+                              int n_threads) {
+                 eager::ForkProbe probe;
+                 {
+                     py::gil_scoped_release release;
+                     probe = eager::probe_fork(self, prefix, cont, n_threads);
+                 }
+                 return py::make_tuple(to_array(probe.parent), to_array(probe.child), to_array(probe.fresh));
+             }, py::arg("prefix"), py::arg("continuation"), py::arg("n_threads") = 0);
+    m.def("builtin_chat_templates", &eager::builtin_chat_templates);
+}
