@@ -13,11 +13,11 @@ namespace eager {
 
 namespace {
 
-// llama.cpp logs every tensor it loads; only its warnings and errors reach a user here,
-// unless EAGER_CPP_VERBOSE is set.
+// llama.cpp logs every tensor it loads and warns about model quirks it already works
+// around; only its errors reach a user here, unless EAGER_CPP_VERBOSE is set.
 void log_filter(ggml_log_level level, const char * text, void *) {
     static const bool verbose = std::getenv("EAGER_CPP_VERBOSE") != nullptr;
-    if (verbose || level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) std::fputs(text, stderr);
+    if (verbose || level == GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
 }
 
 void init_backend_once() {

@@ -1,7 +1,26 @@
-"""eager_cpp: EAGer (entropy-aware generation) on llama.cpp."""
+"""eager_cpp: EAGer (entropy-aware generation) on llama.cpp.
+
+    import eager_cpp
+    result = eager_cpp.run("model.gguf", ["2+2="], method="eager_init", max_sequences=8)
+    result.prompts[0].sequences[0].text
+"""
 
 from ._library import preload_llama as _preload_llama
 
-_preload_llama()
+_preload_llama()  # before _core, so one copy of libllama serves eager_cpp and llama_cpp
 
 from . import _core  # noqa: E402
+from .api import METHODS, run, summarize  # noqa: E402
+from .budget import PromptSummary, ReallocationPlan, plan_reallocation  # noqa: E402
+from .kernels import topk_entropy  # noqa: E402
+from .model import Model, builtin_chat_templates, default_model_path  # noqa: E402
+from .results import PromptResult, RunResult, RunStats, Sequence  # noqa: E402
+from .scoring import default_scorer, extract_answer, scorer_for_dataset  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS", "Model", "PromptResult", "PromptSummary", "ReallocationPlan", "RunResult", "RunStats",
+    "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer", "extract_answer",
+    "plan_reallocation", "run", "scorer_for_dataset", "summarize", "topk_entropy",
+]

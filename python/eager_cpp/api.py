@@ -1,0 +1,356 @@
+"""`eager_cpp.run`: EAGer-init, Full Parallel and the reallocating methods over many prompts.
+
+The reallocating methods run in separable phases, so each could run on another worker:
+(a) EAGer-init over all prompts, (b) `budget.plan_reallocation` on the per-prompt summaries,
+(c) one batched EAGer-init run of the chosen prompts, each capped at its extra count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence as Seq, Union
+
+from . import _core
+from .budget import PromptSummary, ReallocationPlan, plan_reallocation
+from .model import Model
+from .results import PromptResult, RunResult, RunStats, Sequence
+
+METHODS = ("parallel", "eager_init", "eager_adapt", "eager")
+THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
+MAX_SEQUENCES_LIMIT = 256  # llama.cpp's sequence-id limit
+
+ProgressCallback = Callable[[dict], None]
+
+
+@dataclass
+class _Settings:
+    """Validated options of one run, shared by its phases."""
+
+    method: str
+    max_sequences: int
+    theta: float
+    config: Any  # _core.EngineConfig
+    chat: bool
+    chat_template: Optional[str]
+
+
+def run(
+    model: Union[str, "os.PathLike[str]", Model],
+    prompts: Seq[str],
+    method: str = "eager_init",
+    max_sequences: int = 8,
+    entropy_threshold: float = 2.0,
+    temperature: float = 0.6,
+    top_k_entropy: int = 20,
+    max_new_tokens: int = 512,
+    seed: int = 0,
+    answers: Optional[Seq[Any]] = None,
+    scorer: Optional[Callable[[str, str], bool]] = None,
+    stop: Optional[Union[str, Seq[str]]] = None,
+    record_entropies: bool = True,
+    *,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    entropy_after_temperature: bool = False,
+    think_end_marker: Optional[str] = "</think>",
+    no_branch_window: int = 1000,
+    threshold_mode: str = "fixed",
+    chat: bool = False,
+    chat_template: Optional[str] = None,
+    max_live_sequences: int = 32,
+    ignore_eos: bool = False,
+    progress: Union[None, bool, ProgressCallback] = None,
+    n_ctx: Optional[int] = None,
+    n_threads: Optional[int] = None,
+) -> RunResult:
+    """Generate up to `max_sequences` samples per prompt with EAGer or Full Parallel.
+
+    method: "parallel" (M independent samples), "eager_init" (branch where top-K entropy >
+    entropy_threshold), "eager_adapt" (EAGer-init, then the saved budget goes to prompts that
+    reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
+    Returns a RunResult; see DESIGN.md §3 for its fields.
+    """
+    prompts = _check_prompts(prompts)
+    settings = _check_settings(
+        method, max_sequences, entropy_threshold, temperature, top_k_entropy, max_new_tokens, seed, stop,
+        record_entropies, top_k, top_p, min_p, entropy_after_temperature, think_end_marker, no_branch_window,
+        threshold_mode, chat, chat_template, max_live_sequences, ignore_eos, n_ctx, n_threads,
+    )
+    if answers is not None:
+        answers = list(answers)
+        if len(answers) != len(prompts):
+            raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    if method == "eager" and answers is None:
+        raise ValueError('method="eager" needs answers= (one gold answer per prompt); use "eager_adapt" without labels')
+    if scorer is not None and not callable(scorer):
+        raise TypeError("scorer must be a callable (text, answer) -> bool")
+
+    owned = not isinstance(model, Model)
+    llm = Model(model, n_ctx=n_ctx, n_threads=n_threads) if owned else model
+    if not owned:
+        settings.config.n_ctx = n_ctx or llm.n_ctx or 0
+        settings.config.n_threads = n_threads or llm.n_threads or 0
+    reporter = _make_reporter(progress)
+    started = time.perf_counter()
+
+    tokens = [_tokenize(llm, p, settings, i) for i, p in enumerate(prompts)]
+    results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=len(t)) for i, (p, t) in enumerate(zip(prompts, tokens))]
+    stats = RunStats(method=method)
+
+    # Phase (a): every prompt, one batched engine run.
+    jobs = [_core.PromptJob(t, settings.max_sequences, settings.theta, i, 0) for i, t in enumerate(tokens)]
+    _run_phase(llm, settings, jobs, list(range(len(prompts))), results, stats, round_index=0, reporter=reporter)
+    if answers is not None:
+        _score(results, answers, scorer)
+
+    if method in ("eager_adapt", "eager"):
+        # Phase (b): a pure plan from the summaries; phase (c): the extra sequences.
+        plan = plan_reallocation(summarize(results, settings.theta), settings.max_sequences, method)
+        extra_jobs, extra_prompts = [], []
+        for extra in plan.extras:
+            base = len(results[extra.index].sequences)
+            extra_jobs.append(_core.PromptJob(tokens[extra.index], extra.extra_sequences, extra.theta, extra.index, base))
+            extra_prompts.append(extra.index)
+        if extra_jobs:
+            _run_phase(llm, settings, extra_jobs, extra_prompts, results, stats, round_index=1, reporter=reporter)
+            stats.rounds = 2
+            if answers is not None:
+                _score(results, answers, scorer)
+        stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
+
+    stats.sequences = sum(p.n_sequences for p in results)
+    stats.generated_tokens = sum(p.generated_tokens for p in results)
+    stats.wall_seconds = time.perf_counter() - started
+    if reporter is not None:
+        reporter.finish()
+    return RunResult(prompts=results, stats=stats, settings=_settings_dict(settings, seed, len(prompts)))
+
+
+def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
+    """Phase (a) → the planner's input: nᵢ per prompt and whether any sequence is correct."""
+    out = []
+    for p in results:
+        solved = None if p.gold_answer is None else any(bool(s.correct) for s in p.sequences)
+        out.append(PromptSummary(index=p.index, sequences=p.n_sequences, solved=solved, theta=theta))
+    return out
+
+
+def _run_phase(llm: Model, settings: _Settings, jobs: list, prompt_indices: list[int], results: list[PromptResult],
+               stats: RunStats, round_index: int, reporter: Optional["_Reporter"]) -> None:
+    cfg = settings.config
+    if settings.method == "parallel":
+        cfg.method = _core.Method.PARALLEL
+    else:
+        cfg.method = _core.Method.EAGER_INIT
+    callback = reporter.update if reporter is not None else None
+    out = _core.generate(llm._model, cfg, jobs, callback)
+    for job, prompt_index, core_prompt in zip(jobs, prompt_indices, out.prompts):
+        _append_sequences(results[prompt_index], core_prompt, round_index, job.sequence_index_base)
+    s = out.stats
+    stats.prompt_tokens += s.prompt_tokens
+    stats.prefill_seconds += s.prefill_seconds
+    stats.decode_seconds += s.decode_seconds
+    stats.row_kernel_seconds += s.row_kernel_seconds
+    stats.bookkeeping_seconds += s.bookkeeping_seconds
+    stats.steps += s.steps
+    stats.max_live_sequences = max(stats.max_live_sequences, s.max_live_sequences)
+
+
+def _append_sequences(prompt: PromptResult, core_prompt: Any, round_index: int, base: int) -> None:
+    """Turn the engine's sequences into result Sequences: full token_ids from the parent chain."""
+    for local, cs in enumerate(core_prompt.sequences):
+        parent = None if cs.parent < 0 else cs.parent + base
+        own = list(cs.own_tokens)
+        inherited = prompt.sequences[parent].token_ids[: cs.branch_step] if parent is not None else []
+        prompt.sequences.append(
+            Sequence(
+                index=base + local,
+                text=cs.text.decode("utf-8", errors="replace"),
+                token_ids=inherited + own,
+                own_tokens=own,
+                entropies=[float(h) for h in cs.entropies],
+                parent=parent,
+                branch_step=cs.branch_step,
+                finish_reason=cs.finish_reason,
+                round=round_index,
+                branch_entropy=float(cs.branch_entropy) if parent is not None else None,
+            )
+        )
+
+
+def _score(results: list[PromptResult], answers: list[Any], scorer: Optional[Callable[[str, str], bool]]) -> None:
+    RunResult(prompts=results, stats=RunStats(method="")).score([str(a) for a in answers], scorer)
+
+
+def _check_prompts(prompts: Any) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not a single string (wrap it: [prompt])")
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise TypeError(f"prompts must be a list of strings, got {type(prompts).__name__}") from None
+    if not prompts:
+        raise ValueError("prompts is empty: pass at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompt {i} is {type(p).__name__}, expected str")
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+    return prompts
+
+
+def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _check_float(name: str, value: Any, low: float, allow_equal: bool = True) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if math.isnan(v) or v < low or (not allow_equal and v == low):
+        raise ValueError(f"{name} must be {'>=' if allow_equal else '>'} {low}, got {value}")
+    return v
+
+
+def _check_settings(method, max_sequences, theta, temperature, top_k_entropy, max_new_tokens, seed, stop,
+                    record_entropies, top_k, top_p, min_p, entropy_after_temperature, think_end_marker,
+                    no_branch_window, threshold_mode, chat, chat_template, max_live_sequences, ignore_eos,
+                    n_ctx, n_threads) -> _Settings:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    _check_int("max_sequences", max_sequences, 1, MAX_SEQUENCES_LIMIT)
+    theta = _check_float("entropy_threshold", theta, 0.0)
+    temperature = _check_float("temperature", temperature, 0.0)
+    if math.isinf(temperature):
+        raise ValueError("temperature must be finite")
+    _check_int("top_k_entropy", top_k_entropy, 2, 64)
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("seed", seed, 0)
+    _check_int("top_k", top_k, 0)
+    top_p = _check_float("top_p", top_p, 0.0, allow_equal=False)
+    if top_p > 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    min_p = _check_float("min_p", min_p, 0.0)
+    if min_p > 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    _check_int("no_branch_window", no_branch_window, 1)
+    _check_int("max_live_sequences", max_live_sequences, 1, MAX_SEQUENCES_LIMIT)
+    if threshold_mode not in THRESHOLD_MODES:
+        raise ValueError(f"unknown threshold_mode {threshold_mode!r}; expected 'fixed' or 'p99'")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    else:
+        stops = list(stop)
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+    if think_end_marker is not None and not isinstance(think_end_marker, str):
+        raise TypeError("think_end_marker must be a string or None")
+    if n_ctx is not None:
+        _check_int("n_ctx", n_ctx, 1)
+    if n_threads is not None:
+        _check_int("n_threads", n_threads, 1)
+
+    cfg = _core.EngineConfig()
+    cfg.max_new_tokens = max_new_tokens
+    cfg.seed = seed
+    cfg.sampling.temperature = temperature
+    cfg.sampling.top_k = top_k
+    cfg.sampling.top_p = top_p
+    cfg.sampling.min_p = min_p
+    cfg.entropy_k = top_k_entropy
+    cfg.entropy_after_temperature = bool(entropy_after_temperature)
+    cfg.record_entropies = bool(record_entropies)
+    cfg.stop = stops
+    cfg.think_end_marker = think_end_marker or ""
+    cfg.no_branch_window = no_branch_window
+    cfg.threshold_mode = THRESHOLD_MODES[threshold_mode]
+    cfg.max_live_sequences = max_live_sequences
+    cfg.ignore_eos = bool(ignore_eos)
+    cfg.n_ctx = n_ctx or 0
+    cfg.n_threads = n_threads or 0
+    return _Settings(method, max_sequences, theta, cfg, bool(chat), chat_template)
+
+
+def _tokenize(llm: Model, prompt: str, settings: _Settings, index: int) -> list[int]:
+    text = llm.format_chat(prompt, settings.chat_template) if settings.chat else prompt
+    tokens = llm.tokenize(text)
+    limit = llm.n_ctx_train
+    need = len(tokens) + settings.config.max_new_tokens
+    if need > limit:
+        raise ValueError(
+            f"prompt {index} is {len(tokens)} tokens; with max_new_tokens={settings.config.max_new_tokens} a "
+            f"sequence would need {need} positions, beyond the model's context of {limit}"
+        )
+    return tokens
+
+
+def _settings_dict(settings: _Settings, seed: int, n_prompts: int) -> dict[str, Any]:
+    c = settings.config
+    return {
+        "method": settings.method,
+        "max_sequences": settings.max_sequences,
+        "entropy_threshold": settings.theta,
+        "temperature": c.sampling.temperature,
+        "top_k_entropy": c.entropy_k,
+        "max_new_tokens": c.max_new_tokens,
+        "seed": seed,
+        "stop": list(c.stop),
+        "threshold_mode": "p99" if c.threshold_mode == _core.ThresholdMode.P99 else "fixed",
+        "think_end_marker": c.think_end_marker or None,
+        "no_branch_window": c.no_branch_window,
+        "chat": settings.chat,
+        "n_prompts": n_prompts,
+    }
+
+
+class _Reporter:
+    """Progress on long runs: a user callback, or a throttled status line on stderr."""
+
+    def __init__(self, callback: Optional[ProgressCallback]) -> None:
+        self.callback = callback
+        self.last = 0.0
+        self.printed = False
+
+    def update(self, done: int, total: int, live: int, tokens: int, seconds: float) -> None:
+        info = {"prompts_done": done, "prompts_total": total, "live_sequences": live,
+                "generated_tokens": tokens, "elapsed_seconds": seconds,
+                "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}
+        if self.callback is not None:
+            self.callback(info)
+            return
+        now = time.monotonic()
+        if now - self.last < 0.5 and done < total:
+            return
+        self.last = now
+        self.printed = True
+        sys.stderr.write(f"\r[eager_cpp] prompts {done}/{total} | live {live:3d} | {tokens} tokens | "
+                         f"{info['tokens_per_second']:.1f} tok/s ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.printed:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _make_reporter(progress: Union[None, bool, ProgressCallback]) -> Optional[_Reporter]:
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return _Reporter(None)
+    if callable(progress):
+        return _Reporter(progress)
+    raise TypeError("progress must be None, True/False or a callable taking a dict")

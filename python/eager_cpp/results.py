@@ -1,0 +1,145 @@
+"""Result types of `eager_cpp.run` and their serialisation."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+from .metrics import compute_metrics
+from .scoring import AnswerScorer, extract_answer
+
+
+@dataclass
+class Sequence:
+    """One generated sequence of a prompt.
+
+    token_ids holds every generated token, the prefix inherited from the parent included;
+    own_tokens only those it generated itself (what #T counts), from index branch_step on.
+    """
+
+    index: int
+    text: str
+    token_ids: list[int]
+    own_tokens: list[int]
+    entropies: list[float]
+    parent: Optional[int]
+    branch_step: int
+    finish_reason: str
+    round: int = 0  # 0: EAGer-init / Full Parallel; 1: extra sequences from reallocation
+    branch_entropy: Optional[float] = None
+    answer: Optional[str] = None
+    correct: Optional[bool] = None
+
+    @property
+    def reallocated(self) -> bool:
+        return self.round > 0
+
+
+@dataclass
+class PromptResult:
+    index: int
+    prompt: str
+    sequences: list[Sequence]
+    prompt_tokens: int
+    gold_answer: Optional[str] = None
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(len(s.own_tokens) for s in self.sequences)
+
+
+@dataclass
+class RunStats:
+    method: str
+    generated_tokens: int = 0  # #T: a shared prefix counted once
+    prompt_tokens: int = 0     # each prompt counted once per run it was prefilled in
+    sequences: int = 0
+    wall_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    row_kernel_seconds: float = 0.0
+    bookkeeping_seconds: float = 0.0
+    steps: int = 0
+    rounds: int = 1
+    max_live_sequences: int = 0
+    reallocated_sequences: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def step_overhead_share(self) -> float:
+        """Share of generation time spent outside llama_decode (entropy, sampling, bookkeeping)."""
+        own = self.row_kernel_seconds + self.bookkeeping_seconds
+        total = own + self.decode_seconds
+        return own / total if total > 0 else 0.0
+
+
+@dataclass
+class RunResult:
+    prompts: list[PromptResult]
+    stats: RunStats
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, answers: list[str], scorer: Optional[Callable[[str, str], bool]] = None) -> None:
+        """Attach gold answers and mark every sequence correct or not."""
+        if len(answers) != len(self.prompts):
+            raise ValueError(f"got {len(answers)} answers for {len(self.prompts)} prompts")
+        scorer = scorer or AnswerScorer("auto")
+        extract = scorer.extract if isinstance(scorer, AnswerScorer) else (lambda t: extract_answer(t, "auto"))
+        for p, gold in zip(self.prompts, answers):
+            p.gold_answer = str(gold)
+            for s in p.sequences:
+                s.answer = extract(s.text)
+                s.correct = bool(scorer(s.text, str(gold)))
+
+    def metrics(self, ks: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
+        """Pass@k, Cons@k, Pass Rate, #T, #S (DESIGN §2), overall and per prompt."""
+        if any(p.gold_answer is None for p in self.prompts):
+            raise ValueError("metrics need gold answers: pass answers= to run() or call result.score(answers)")
+        per_prompt = [
+            {
+                "answers": [s.answer for s in p.sequences],
+                "correct": [bool(s.correct) for s in p.sequences],
+                "generated_tokens": p.generated_tokens,
+                "sequences": p.n_sequences,
+            }
+            for p in self.prompts
+        ]
+        out = compute_metrics(per_prompt, ks=ks)
+        out["wall_seconds"] = self.stats.wall_seconds
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = asdict(self.stats)
+        stats["tokens_per_second"] = self.stats.tokens_per_second
+        return {
+            "settings": self.settings,
+            "stats": stats,
+            "prompts": [prompt_to_dict(p) for p in self.prompts],
+        }
+
+    def to_jsonl(self, path: "str | os.PathLike[str]") -> None:
+        """One JSON line per prompt (its sequences inside)."""
+        with open(path, "w", encoding="utf-8") as f:
+            for p in self.prompts:
+                f.write(json.dumps(prompt_to_dict(p), ensure_ascii=False) + "\n")
+
+
+def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
+    return {
+        "index": p.index,
+        "prompt": p.prompt,
+        "prompt_tokens": p.prompt_tokens,
+        "gold_answer": p.gold_answer,
+        "n_sequences": p.n_sequences,
+        "generated_tokens": p.generated_tokens,
+        "sequences": [asdict(s) for s in p.sequences],
+    }
