@@ -1,0 +1,69 @@
+"""Shared fixtures: the default model loaded once, and llama-cpp-python as the reference client."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import eager_cpp
+
+DATA_DIR = Path(os.environ.get("EAGER_CPP_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+CAPITAL_PROMPTS = [
+    "Country: France\nCapital:",
+    "Country: Japan\nCapital:",
+    "Country: Kenya\nCapital:",
+    "Country: Peru\nCapital:",
+]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    return eager_cpp.default_model_path()
+
+
+@pytest.fixture(scope="session")
+def model(model_path: str) -> eager_cpp.Model:
+    return eager_cpp.Model(model_path, n_threads=2)
+
+
+@pytest.fixture(scope="session")
+def reference(model_path: str):
+    """llama-cpp-python with logits for every position, for teacher-forced comparisons."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    return llama_cpp.Llama(model_path, n_ctx=1024, n_batch=512, logits_all=True, n_threads=2, verbose=False)
+
+
+def reference_logits(reference, tokens: list[int]) -> np.ndarray:
+    """Logits after each token of `tokens` (row i predicts token i + 1)."""
+    reference.reset()
+    reference.eval(tokens)
+    return np.array(reference.scores[: len(tokens)], dtype=np.float32)
+
+
+def load_jsonl(name: str, limit: int | None = None) -> list[dict]:
+    path = DATA_DIR / name
+    if not path.exists():
+        pytest.skip(f"data file {path} not found (set EAGER_CPP_DATA)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+def numpy_topk_entropy(rows: np.ndarray, k: int, temperature: float = 1.0):
+    """Reference: top-K by (logit desc, id asc), renormalised softmax entropy in nats."""
+    ents, top1, top2 = [], [], []
+    for row in np.atleast_2d(rows).astype(np.float64):
+        order = np.lexsort((np.arange(row.size), -row))[:k]
+        vals = row[order] / temperature
+        finite = np.isfinite(vals)
+        v = vals[finite]
+        p = np.exp(v - v.max())
+        p /= p.sum()
+        ents.append(float(-(p * np.log(np.where(p > 0, p, 1))).sum()))
+        top1.append(int(order[0]))
+        top2.append(int(order[1]))
+    return np.array(ents), np.array(top1), np.array(top2)
