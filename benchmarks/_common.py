@@ -97,11 +97,12 @@ def environment(model: str, threads: int) -> dict[str, Any]:
         "eager_cpp": getattr(eager_cpp, "__version__", None),
         "git_commit": git_commit(),
         "model": model,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
-    try:
-        import llama_cpp
+    try:  # not `import llama_cpp`: importing it replaces llama.cpp's log callback (verbose output)
+        from importlib.metadata import version
 
-        env["llama_cpp_python"] = llama_cpp.__version__
+        env["llama_cpp_python"] = version("llama_cpp_python")
     except Exception:  # pragma: no cover - optional
         env["llama_cpp_python"] = None
     return env
@@ -165,3 +166,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def warn_if_busy() -> None:
+    """Timings with other CPU-heavy processes running mean little (llama.cpp's threads spin)."""
+    if not hasattr(os, "getloadavg"):
+        return
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load > 0.5 * cpus:
+        print(f"WARNING: 1-minute load average is {load:.2f} on {cpus} CPUs; other processes will distort the "
+              f"timings (the ratios less than the absolute figures).", file=sys.stderr)

@@ -217,3 +217,17 @@ def test_ctrl_c_interrupts_promptly_and_model_stays_usable(model_path):
     assert interrupted, proc.stdout
     assert float(interrupted[0].split()[1]) < 10.0
     assert "AFTER 2" in proc.stdout
+
+
+def test_gguf_without_weights_is_a_clean_error(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "empty.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert path.read_bytes()[:4] == b"GGUF"
+    with pytest.raises(RuntimeError, match="could not load"):
+        eager_cpp.Model(path)

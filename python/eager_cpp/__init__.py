@@ -10,7 +10,7 @@ from ._library import preload_llama as _preload_llama
 _preload_llama()  # before _core, so one copy of libllama serves eager_cpp and llama_cpp
 
 from . import _core  # noqa: E402
-from .api import METHODS, run, summarize  # noqa: E402
+from .api import METHODS, reallocate, run, summarize  # noqa: E402
 from .budget import PromptSummary, ReallocationPlan, plan_reallocation  # noqa: E402
 from .kernels import topk_entropy  # noqa: E402
 from .model import Model, builtin_chat_templates, default_model_path  # noqa: E402
@@ -22,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS", "Model", "PromptResult", "PromptSummary", "ReallocationPlan", "RunResult", "RunStats",
     "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer", "extract_answer",
-    "plan_reallocation", "run", "scorer_for_dataset", "summarize", "topk_entropy",
+    "plan_reallocation", "reallocate", "run", "scorer_for_dataset", "summarize", "topk_entropy",
 ]

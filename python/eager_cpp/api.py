@@ -67,15 +67,19 @@ def run(
     progress: Union[None, bool, ProgressCallback] = None,
     n_ctx: Optional[int] = None,
     n_threads: Optional[int] = None,
+    prompt_indices: Optional[Seq[int]] = None,
 ) -> RunResult:
     """Generate up to `max_sequences` samples per prompt with EAGer or Full Parallel.
 
     method: "parallel" (M independent samples), "eager_init" (branch where top-K entropy >
     entropy_threshold), "eager_adapt" (EAGer-init, then the saved budget goes to prompts that
     reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
+    prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
+    a shard of a larger set passes its global indices so its samples match an unsharded run.
     Returns a RunResult; see DESIGN.md §3 for its fields.
     """
     prompts = _check_prompts(prompts)
+    indices = _check_indices(prompt_indices, len(prompts))
     settings = _check_settings(
         method, max_sequences, entropy_threshold, temperature, top_k_entropy, max_new_tokens, seed, stop,
         record_entropies, top_k, top_p, min_p, entropy_after_temperature, think_end_marker, no_branch_window,
@@ -98,37 +102,88 @@ def run(
     reporter = _make_reporter(progress)
     started = time.perf_counter()
 
-    tokens = [_tokenize(llm, p, settings, i) for i, p in enumerate(prompts)]
-    results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=len(t)) for i, (p, t) in enumerate(zip(prompts, tokens))]
+    tokens = [_tokenize(llm, p, settings, i) for i, p in zip(indices, prompts)]
+    results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=len(t))
+               for i, p, t in zip(indices, prompts, tokens)]
     stats = RunStats(method=method)
 
     # Phase (a): every prompt, one batched engine run.
-    jobs = [_core.PromptJob(t, settings.max_sequences, settings.theta, i, 0) for i, t in enumerate(tokens)]
+    jobs = [_core.PromptJob(t, settings.max_sequences, settings.theta, i, 0) for i, t in zip(indices, tokens)]
     _run_phase(llm, settings, jobs, list(range(len(prompts))), results, stats, round_index=0, reporter=reporter)
     if answers is not None:
         _score(results, answers, scorer)
 
     if method in ("eager_adapt", "eager"):
-        # Phase (b): a pure plan from the summaries; phase (c): the extra sequences.
-        plan = plan_reallocation(summarize(results, settings.theta), settings.max_sequences, method)
-        extra_jobs, extra_prompts = [], []
-        for extra in plan.extras:
-            base = len(results[extra.index].sequences)
-            extra_jobs.append(_core.PromptJob(tokens[extra.index], extra.extra_sequences, extra.theta, extra.index, base))
-            extra_prompts.append(extra.index)
-        if extra_jobs:
-            _run_phase(llm, settings, extra_jobs, extra_prompts, results, stats, round_index=1, reporter=reporter)
-            stats.rounds = 2
-            if answers is not None:
-                _score(results, answers, scorer)
-        stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
+        _reallocate(llm, settings, results, tokens, stats, answers, scorer, reporter)
 
     stats.sequences = sum(p.n_sequences for p in results)
     stats.generated_tokens = sum(p.generated_tokens for p in results)
     stats.wall_seconds = time.perf_counter() - started
     if reporter is not None:
         reporter.finish()
-    return RunResult(prompts=results, stats=stats, settings=_settings_dict(settings, seed, len(prompts)))
+    return RunResult(prompts=results, stats=stats, settings=_settings_dict(settings, len(prompts)))
+
+
+def reallocate(
+    model: Union[str, "os.PathLike[str]", Model],
+    result: RunResult,
+    method: str = "eager_adapt",
+    answers: Optional[Seq[Any]] = None,
+    scorer: Optional[Callable[[str, str], bool]] = None,
+    progress: Union[None, bool, ProgressCallback] = None,
+) -> RunResult:
+    """Phases (b) and (c) on the result of an EAGer-init run (possibly gathered from shards).
+
+    The saved budget of `result` goes to the prompts `method` selects ("eager_adapt": those
+    that reached M; "eager": those with no correct sequence, which needs `answers`). The extra
+    sequences are appended to `result` in place (round 1) and `result` is returned.
+    """
+    if method not in ("eager_adapt", "eager"):
+        raise ValueError(f'reallocate needs method "eager_adapt" or "eager", got {method!r}')
+    if result.settings.get("method") != "eager_init":
+        raise ValueError("reallocate takes the result of an eager_init run")
+    if method == "eager" and answers is None and any(p.gold_answer is None for p in result.prompts):
+        raise ValueError('method="eager" needs answers= (one gold answer per prompt)')
+    settings = _settings_from_dict(result.settings)
+    settings.method = method
+    llm = model if isinstance(model, Model) else Model(model)
+    settings.config.n_ctx = llm.n_ctx or 0
+    settings.config.n_threads = llm.n_threads or 0
+    if answers is not None:
+        _score(result.prompts, list(answers), scorer)
+    tokens = [_tokenize(llm, p.prompt, settings, p.index) for p in result.prompts]
+    reporter = _make_reporter(progress)
+    started = time.perf_counter()
+    stats = result.stats
+    stats.method = method
+    _reallocate(llm, settings, result.prompts, tokens, stats, answers, scorer, reporter)
+    stats.sequences = sum(p.n_sequences for p in result.prompts)
+    stats.generated_tokens = sum(p.generated_tokens for p in result.prompts)
+    stats.wall_seconds += time.perf_counter() - started
+    result.settings["method"] = method
+    if reporter is not None:
+        reporter.finish()
+    return result
+
+
+def _reallocate(llm: Model, settings: _Settings, results: list[PromptResult], tokens: list[list[int]],
+                stats: RunStats, answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
+                reporter: Optional["_Reporter"]) -> None:
+    """Phase (b): a pure plan from the summaries; phase (c): the extra sequences, batched."""
+    plan = plan_reallocation(summarize(results, settings.theta), settings.max_sequences, settings.method)
+    position = {p.index: k for k, p in enumerate(results)}
+    extra_jobs, extra_positions = [], []
+    for extra in plan.extras:
+        k = position[extra.index]
+        base = len(results[k].sequences)
+        extra_jobs.append(_core.PromptJob(tokens[k], extra.extra_sequences, extra.theta, extra.index, base))
+        extra_positions.append(k)
+    if extra_jobs:
+        _run_phase(llm, settings, extra_jobs, extra_positions, results, stats, round_index=1, reporter=reporter)
+        stats.rounds = 2
+        if answers is not None:
+            _score(results, answers, scorer)
+    stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
 
 
 def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
@@ -140,7 +195,7 @@ def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
     return out
 
 
-def _run_phase(llm: Model, settings: _Settings, jobs: list, prompt_indices: list[int], results: list[PromptResult],
+def _run_phase(llm: Model, settings: _Settings, jobs: list, positions: list[int], results: list[PromptResult],
                stats: RunStats, round_index: int, reporter: Optional["_Reporter"]) -> None:
     cfg = settings.config
     if settings.method == "parallel":
@@ -149,8 +204,8 @@ def _run_phase(llm: Model, settings: _Settings, jobs: list, prompt_indices: list
         cfg.method = _core.Method.EAGER_INIT
     callback = reporter.update if reporter is not None else None
     out = _core.generate(llm._model, cfg, jobs, callback)
-    for job, prompt_index, core_prompt in zip(jobs, prompt_indices, out.prompts):
-        _append_sequences(results[prompt_index], core_prompt, round_index, job.sequence_index_base)
+    for job, position, core_prompt in zip(jobs, positions, out.prompts):
+        _append_sequences(results[position], core_prompt, round_index, job.sequence_index_base)
     s = out.stats
     stats.prompt_tokens += s.prompt_tokens
     stats.prefill_seconds += s.prefill_seconds
@@ -202,6 +257,17 @@ def _check_prompts(prompts: Any) -> list[str]:
         if not p:
             raise ValueError(f"prompt {i} is empty")
     return prompts
+
+
+def _check_indices(indices: Optional[Seq[int]], n: int) -> list[int]:
+    if indices is None:
+        return list(range(n))
+    out = list(indices)
+    if len(out) != n:
+        raise ValueError(f"got {len(out)} prompt_indices for {n} prompts")
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in out) or len(set(out)) != n:
+        raise ValueError("prompt_indices must be distinct non-negative ints")
+    return out
 
 
 def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
@@ -297,7 +363,8 @@ def _tokenize(llm: Model, prompt: str, settings: _Settings, index: int) -> list[
     return tokens
 
 
-def _settings_dict(settings: _Settings, seed: int, n_prompts: int) -> dict[str, Any]:
+def _settings_dict(settings: _Settings, n_prompts: int) -> dict[str, Any]:
+    """Every option that shapes the samples, enough to rebuild the run's settings."""
     c = settings.config
     return {
         "method": settings.method,
@@ -306,14 +373,31 @@ def _settings_dict(settings: _Settings, seed: int, n_prompts: int) -> dict[str, 
         "temperature": c.sampling.temperature,
         "top_k_entropy": c.entropy_k,
         "max_new_tokens": c.max_new_tokens,
-        "seed": seed,
+        "seed": c.seed,
         "stop": list(c.stop),
-        "threshold_mode": "p99" if c.threshold_mode == _core.ThresholdMode.P99 else "fixed",
+        "record_entropies": c.record_entropies,
+        "top_k": c.sampling.top_k,
+        "top_p": c.sampling.top_p,
+        "min_p": c.sampling.min_p,
+        "entropy_after_temperature": c.entropy_after_temperature,
         "think_end_marker": c.think_end_marker or None,
         "no_branch_window": c.no_branch_window,
+        "threshold_mode": "p99" if c.threshold_mode == _core.ThresholdMode.P99 else "fixed",
         "chat": settings.chat,
+        "chat_template": settings.chat_template,
+        "max_live_sequences": c.max_live_sequences,
+        "ignore_eos": c.ignore_eos,
         "n_prompts": n_prompts,
     }
+
+
+def _settings_from_dict(d: dict[str, Any]) -> _Settings:
+    return _check_settings(
+        d["method"], d["max_sequences"], d["entropy_threshold"], d["temperature"], d["top_k_entropy"],
+        d["max_new_tokens"], d["seed"], d["stop"], d["record_entropies"], d["top_k"], d["top_p"], d["min_p"],
+        d["entropy_after_temperature"], d["think_end_marker"], d["no_branch_window"], d["threshold_mode"],
+        d["chat"], d["chat_template"], d["max_live_sequences"], d["ignore_eos"], None, None,
+    )
 
 
 class _Reporter:

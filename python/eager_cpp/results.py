@@ -133,6 +133,14 @@ class RunResult:
                 f.write(json.dumps(prompt_to_dict(p), ensure_ascii=False) + "\n")
 
 
+def prompt_from_dict(d: dict[str, Any]) -> PromptResult:
+    """Inverse of prompt_to_dict (for resuming from a results JSONL)."""
+    fields = set(Sequence.__dataclass_fields__)
+    sequences = [Sequence(**{k: v for k, v in s.items() if k in fields}) for s in d["sequences"]]
+    return PromptResult(index=d["index"], prompt=d["prompt"], sequences=sequences, prompt_tokens=d["prompt_tokens"],
+                        gold_answer=d.get("gold_answer"))
+
+
 def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
     return {
         "index": p.index,

@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""Engine benchmark (issue: engine).
+
+(a) Full Parallel, M samples per prompt: eager_cpp's batched engine vs llama-cpp-python's
+    high-level API generating the same M samples one after another (it reuses the cached prompt
+    prefix between calls). Target: eager_cpp tokens/s >= 1.7x llama-cpp-python's.
+(b) Engine efficiency at n live sequences: tokens/s of the engine's generation steps (decode +
+    entropy/sampling row kernel + bookkeeping, prefill excluded) vs bare llama_decode steps of the
+    same n tokens (`_core.bench_bare_decode`). Target: engine/bare >= 0.9.
+
+Both models are loaded before timing; only generation is timed. Full size:
+    python benchmarks/bench_engine.py
+Smoke:
+    python benchmarks/bench_engine.py --prompts 1 --max-sequences 2 --max-new-tokens 8 --ns 1,2 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from typing import Any
+
+import _common as C
+
+import eager_cpp  # noqa: E402  (before llama_cpp: one copy of libllama in the process)
+from eager_cpp import _core  # noqa: E402
+
+WARMUP_TEXT = "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(p, "bench_engine")
+    p.add_argument("--part", choices=("a", "b", "both"), default="both", help="which part to run (default: both)")
+    g = p.add_argument_group("(a) eager_cpp vs llama-cpp-python, Full Parallel")
+    g.add_argument("--prompts", type=C.positive, default=16, help="first N gsm8k prompts (default: 16)")
+    g.add_argument("--max-sequences", type=C.positive, default=8, help="M samples per prompt (default: 8)")
+    g.add_argument("--max-new-tokens", type=C.positive, default=128, help="max new tokens per sample (default: 128)")
+    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
+    g.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    g.add_argument("--n-ctx", type=int, default=None,
+                   help="llama-cpp-python n_ctx (default: max(2048, longest prompt + max_new_tokens, rounded))")
+    g.add_argument("--order", choices=("llama-first", "eager-first"), default="llama-first",
+                   help="which engine is timed first (default: llama-first)")
+    g.add_argument("--warmup", type=int, default=1,
+                   help="untimed short warm-up generations per engine on a text outside the set (default: 1)")
+    g = p.add_argument_group("(b) engine step vs bare llama_decode")
+    g.add_argument("--ns", default="1,8,16,32", help="live-sequence counts, comma-separated (default: 1,8,16,32)")
+    g.add_argument("--steps", type=C.positive, default=48, help="generation steps per measurement (default: 48)")
+    g.add_argument("--prompt-index", type=int, default=0, help="which gsm8k prompt is the shared prefix (default: 0)")
+    g.add_argument("--repeats", type=C.positive, default=1,
+                   help="interleaved repeats per n; the median time is reported (default: 1)")
+    args = p.parse_args(argv)
+    try:
+        args.ns = [int(x) for x in args.ns.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--ns must be comma-separated integers, got {args.ns!r}")
+    if not args.ns or any(n < 1 or n > 256 for n in args.ns):
+        p.error("--ns values must be between 1 and 256")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) eager_cpp vs llama-cpp-python
+# ---------------------------------------------------------------------------------------------
+
+
+def run_llama_cpp_python(llm: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    tokens = 0
+    finish = collections.Counter()
+    per_call: list[float] = []
+    t0 = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        for j in range(args.max_sequences):
+            c0 = time.perf_counter()
+            out = llm(prompt, max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=0, top_p=1.0,
+                      min_p=0.0, typical_p=1.0, repeat_penalty=1.0, seed=args.seed + i * args.max_sequences + j)
+            per_call.append(time.perf_counter() - c0)
+            tokens += int(out["usage"]["completion_tokens"])
+            finish[str(out["choices"][0].get("finish_reason"))] += 1
+    wall = time.perf_counter() - t0
+    first = [per_call[i * args.max_sequences] for i in range(len(prompts))]
+    rest = [t for k, t in enumerate(per_call) if k % args.max_sequences != 0]
+    return {
+        "generated_tokens": tokens,
+        "samples": len(per_call),
+        "wall_seconds": wall,
+        "tokens_per_second": C.ratio(tokens, wall),
+        "mean_tokens_per_sample": C.ratio(tokens, len(per_call)),
+        "finish_reasons": dict(finish),
+        "mean_first_call_seconds": statistics.mean(first) if first else None,
+        "mean_repeat_call_seconds": statistics.mean(rest) if rest else None,
+    }
+
+
+def run_eager(model: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = eager_cpp.run(model, prompts, method="parallel", max_sequences=args.max_sequences,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    wall = time.perf_counter() - t0
+    s = res.stats
+    finish = collections.Counter(seq.finish_reason for p in res.prompts for seq in p.sequences)
+    return {
+        "generated_tokens": s.generated_tokens,
+        "samples": s.sequences,
+        "wall_seconds": wall,
+        "tokens_per_second": C.ratio(s.generated_tokens, wall),
+        "mean_tokens_per_sample": C.ratio(s.generated_tokens, s.sequences),
+        "finish_reasons": dict(finish),
+        "engine_wall_seconds": s.wall_seconds,
+        "prefill_seconds": s.prefill_seconds,
+        "decode_seconds": s.decode_seconds,
+        "row_kernel_seconds": s.row_kernel_seconds,
+        "bookkeeping_seconds": s.bookkeeping_seconds,
+        "steps": s.steps,
+        "max_live_sequences": s.max_live_sequences,
+        "step_overhead_share": s.step_overhead_share,
+    }
+
+
+def part_a(args: argparse.Namespace, path: str, model: Any) -> dict[str, Any]:
+    import llama_cpp
+
+    records = C.load_prompts(args.data, args.prompts)
+    prompts = [r["prompt"] for r in records]
+    lengths = [len(model.tokenize(p)) for p in prompts]
+    need = max(lengths) + args.max_new_tokens + 16
+    n_ctx = args.n_ctx or max(2048, (need + 255) // 256 * 256)
+    if n_ctx < need:
+        raise SystemExit(f"--n-ctx {n_ctx} is too small: the longest prompt needs {need}")
+
+    print(f"\n(a) Full Parallel: {len(prompts)} prompts x M={args.max_sequences}, max_new_tokens="
+          f"{args.max_new_tokens}, T={args.temperature}, threads={args.threads}; prompt tokens "
+          f"{min(lengths)}..{max(lengths)}; llama-cpp-python n_ctx={n_ctx}; order: {args.order}")
+    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
+                          seed=args.seed, verbose=False, logits_all=False)
+    for _ in range(args.warmup):
+        llm(WARMUP_TEXT, max_tokens=4, temperature=args.temperature, top_k=0, top_p=1.0, min_p=0.0, seed=1)
+        eager_cpp.run(model, [WARMUP_TEXT], method="parallel", max_sequences=args.max_sequences, max_new_tokens=4,
+                      temperature=args.temperature, seed=1)
+
+    order = ["llama", "eager"] if args.order == "llama-first" else ["eager", "llama"]
+    out: dict[str, Any] = {}
+    for name in order:
+        print(f"  timing {'llama-cpp-python' if name == 'llama' else 'eager_cpp'} ...", flush=True)
+        out[name] = run_llama_cpp_python(llm, prompts, args) if name == "llama" else run_eager(model, prompts, args)
+    del llm
+
+    lp, ec = out["llama"], out["eager"]
+    speedup = C.ratio(ec["tokens_per_second"], lp["tokens_per_second"])
+    print()
+    print(C.table(
+        ["engine", "samples", "gen tokens", "tok/sample", "wall s", "tok/s", "finish reasons"],
+        [["llama-cpp-python (sequential)", lp["samples"], lp["generated_tokens"], lp["mean_tokens_per_sample"],
+          lp["wall_seconds"], lp["tokens_per_second"], _reasons(lp["finish_reasons"])],
+         ["eager_cpp (batched parallel)", ec["samples"], ec["generated_tokens"], ec["mean_tokens_per_sample"],
+          ec["wall_seconds"], ec["tokens_per_second"], _reasons(ec["finish_reasons"])]]))
+    print(f"\n  tokens/s ratio eager_cpp / llama-cpp-python: {speedup:.2f}x  (target >= 1.7x: "
+          f"{C.verdict(speedup, 1.7, True)})")
+    print(f"  wall ratio eager_cpp / llama-cpp-python: {C.ratio(ec['wall_seconds'], lp['wall_seconds']):.2f}")
+    print(f"  llama-cpp-python mean call: {_s(lp['mean_first_call_seconds'])} s for a prompt's first sample vs "
+          f"{_s(lp['mean_repeat_call_seconds'])} s for its repeats (repeats reuse the cached prompt prefix)")
+    print(f"  eager_cpp breakdown: prefill {ec['prefill_seconds']:.2f} s, decode {ec['decode_seconds']:.2f} s, "
+          f"row kernel {ec['row_kernel_seconds']:.2f} s, bookkeeping {ec['bookkeeping_seconds']:.2f} s, "
+          f"{ec['steps']} steps, max live {ec['max_live_sequences']}")
+    return {
+        "settings": {"prompts": len(prompts), "max_sequences": args.max_sequences,
+                     "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed,
+                     "llama_n_ctx": n_ctx, "order": args.order, "warmup": args.warmup,
+                     "prompt_tokens_min": min(lengths), "prompt_tokens_max": max(lengths),
+                     "llama_sampling": "top_k=0 top_p=1.0 min_p=0.0 typical_p=1.0 repeat_penalty=1.0, seed per call"},
+        "llama_cpp_python": lp,
+        "eager_cpp": ec,
+        "tokens_per_second_ratio": speedup,
+        "target_ratio": 1.7,
+        "meets_target": bool(speedup >= 1.7),
+    }
+
+
+def _reasons(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}:{v}" for k, v in sorted(d.items()))
+
+
+def _s(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) engine generation steps vs bare llama_decode
+# ---------------------------------------------------------------------------------------------
+
+
+def part_b(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    records = C.load_prompts(args.data, args.prompt_index + 1)
+    prompt = records[args.prompt_index]["prompt"]
+    ptoks = model.tokenize(prompt)
+    print(f"\n(b) engine step vs bare llama_decode: prompt {args.prompt_index} ({len(ptoks)} tokens), "
+          f"{args.steps} steps, threads={args.threads}, repeats={args.repeats}")
+    # Untimed warm-up of both paths.
+    _core.bench_bare_decode(model._model, ptoks, 1, 2, args.threads)
+    rows, table_rows = [], []
+    for n in args.ns:
+        bare_times, eng = [], []
+        for _ in range(args.repeats):
+            bare_times.append(_core.bench_bare_decode(model._model, ptoks, n, args.steps, args.threads))
+            res = eager_cpp.run(model, [prompt], method="parallel", max_sequences=n, max_new_tokens=args.steps,
+                                ignore_eos=True, max_live_sequences=max(32, n), temperature=0.6, seed=args.seed)
+            eng.append(res.stats)
+        bare_s = statistics.median(bare_times)
+        gen_times = [s.decode_seconds + s.row_kernel_seconds + s.bookkeeping_seconds for s in eng]
+        k = sorted(range(len(eng)), key=lambda i: gen_times[i])[len(eng) // 2]  # the median run
+        s = eng[k]
+        gen_s = gen_times[k]
+        bare_tokens = n * args.steps
+        bare_tps = C.ratio(bare_tokens, bare_s)
+        eng_tps = C.ratio(s.generated_tokens, gen_s)
+        r = C.ratio(eng_tps, bare_tps)
+        # Stricter view: time per llama_decode step. The engine's first token comes from the
+        # prefill's logits, so it runs one decode fewer than it generates tokens.
+        per_step = C.ratio(bare_s / args.steps, gen_s / s.steps) if s.steps else float("nan")
+        row = {
+            "n_live": n,
+            "bare_seconds": bare_s,
+            "bare_tokens": bare_tokens,
+            "bare_tokens_per_second": bare_tps,
+            "engine_generation_seconds": gen_s,
+            "engine_decode_seconds": s.decode_seconds,
+            "engine_row_kernel_seconds": s.row_kernel_seconds,
+            "engine_bookkeeping_seconds": s.bookkeeping_seconds,
+            "engine_prefill_seconds": s.prefill_seconds,
+            "engine_steps": s.steps,
+            "engine_generated_tokens": s.generated_tokens,
+            "engine_tokens_per_second": eng_tps,
+            "ratio_engine_over_bare": r,
+            "ratio_per_decode_step": per_step,
+            "step_overhead_share": s.step_overhead_share,
+            "all_bare_seconds": bare_times,
+            "all_engine_generation_seconds": gen_times,
+        }
+        rows.append(row)
+        table_rows.append([n, bare_tps, eng_tps, r, per_step, 100.0 * s.step_overhead_share,
+                           s.generated_tokens, s.steps])
+        print(f"  n={n}: bare {bare_tps:.1f} tok/s, engine {eng_tps:.1f} tok/s", flush=True)
+    print()
+    print(C.table(["live seqs", "bare tok/s", "engine tok/s", "engine/bare", "per-step ratio", "overhead %",
+                   "eng tokens", "eng steps"], table_rows))
+    worst = min(row["ratio_engine_over_bare"] for row in rows)
+    print(f"\n  lowest engine/bare ratio: {worst:.3f} (target >= 0.9: {C.verdict(worst, 0.9, True)})")
+    worst_step = min(row["ratio_per_decode_step"] for row in rows)
+    print(f"  lowest per-step ratio: {worst_step:.3f} (same target, stricter view: "
+          f"{C.verdict(worst_step, 0.9, True)})")
+    print("  engine/bare = (generated tokens / (decode + row kernel + bookkeeping s)) / (n*steps / bare s);")
+    print("  per-step ratio = bare s per decode / engine generation s per decode (stricter: the engine's first")
+    print("  token comes from the prefill logits, so it does steps-1 decodes).")
+    return {
+        "settings": {"prompt_index": args.prompt_index, "prompt_tokens": len(ptoks), "steps": args.steps,
+                     "ns": args.ns, "repeats": args.repeats, "temperature": 0.6, "ignore_eos": True},
+        "rows": rows,
+        "min_ratio": worst,
+        "min_ratio_per_decode_step": worst_step,
+        "target_ratio": 0.9,
+        "meets_target": bool(worst >= 0.9),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    C.warn_if_busy()
+    path = C.model_path(args.model)
+    model = eager_cpp.Model(path, n_threads=args.threads)
+    print(f"model: {path} ({model.description}), threads={args.threads}")
+    payload: dict[str, Any] = {"benchmark": "engine", "environment": C.environment(path, args.threads)}
+    if args.part in ("a", "both"):
+        payload["a_full_parallel_vs_llama_cpp_python"] = part_a(args, path, model)
+    if args.part in ("b", "both"):
+        payload["b_engine_vs_bare_decode"] = part_b(args, model)
+    C.write_json(args.out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Type stubs of the native extension eager_cpp._core (see src/)."""
+
+from typing import Callable, Optional
+
+import numpy as np
+import numpy.typing as npt
+
+class Model:
+    def __init__(self, path: str, n_gpu_layers: int = 0) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def n_ctx_train(self) -> int: ...
+    @property
+    def add_bos(self) -> bool: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def chat_template(self) -> str: ...
+    @property
+    def context_n_ctx(self) -> int: ...
+    def meta(self, key: str) -> str: ...
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]: ...
+    def token_to_piece(self, token: int) -> bytes: ...
+    def detokenize(self, tokens: list[int]) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+    def apply_chat_template(self, messages: list[tuple[str, str]], template: str = "") -> str: ...
+    def probe_fork(
+        self, prefix: list[int], continuation: list[int], n_threads: int = 0
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+
+def builtin_chat_templates() -> list[str]: ...
+
+class Method:
+    PARALLEL: "Method"
+    EAGER_INIT: "Method"
+
+class ThresholdMode:
+    FIXED: "ThresholdMode"
+    P99: "ThresholdMode"
+
+class SamplingParams:
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    def __init__(self) -> None: ...
+
+class EngineConfig:
+    method: Method
+    max_new_tokens: int
+    seed: int
+    sampling: SamplingParams
+    entropy_k: int
+    entropy_after_temperature: bool
+    record_entropies: bool
+    stop: list[str]
+    think_end_marker: str
+    no_branch_window: int
+    threshold_mode: ThresholdMode
+    max_live_sequences: int
+    ignore_eos: bool
+    n_threads: int
+    n_ctx: int
+    def __init__(self) -> None: ...
+
+class PromptJob:
+    tokens: list[int]
+    max_sequences: int
+    theta: float
+    stream_id: int
+    sequence_index_base: int
+    def __init__(
+        self, tokens: list[int], max_sequences: int, theta: float, stream_id: int, sequence_index_base: int = 0
+    ) -> None: ...
+
+class SequenceResult:
+    own_tokens: list[int]
+    entropies: list[float]
+    parent: int
+    branch_step: int
+    branch_entropy: float
+    text: bytes
+    finish_reason: str
+
+class PromptResult:
+    sequences: list[SequenceResult]
+    prompt_tokens: int
+    steps: int
+
+class RunStats:
+    prefill_seconds: float
+    decode_seconds: float
+    row_kernel_seconds: float
+    bookkeeping_seconds: float
+    total_seconds: float
+    steps: int
+    generated_tokens: int
+    prompt_tokens: int
+    max_live_sequences: int
+    n_ctx: int
+
+class RunOutput:
+    prompts: list[PromptResult]
+    stats: RunStats
+
+def generate(
+    model: Model,
+    config: EngineConfig,
+    jobs: list[PromptJob],
+    progress: Optional[Callable[[int, int, int, int, float], None]] = None,
+) -> RunOutput: ...
+def worst_case_cells(job: PromptJob, max_new_tokens: int) -> int: ...
+def bench_bare_decode(model: Model, prompt: list[int], n_sequences: int, n_steps: int, n_threads: int = 0) -> float: ...
+def topk_entropy(
+    logits: npt.NDArray[np.float32], k: int = 20, temperature: float = 1.0, n_threads: int = 0
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]]: ...

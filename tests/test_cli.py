@@ -1,0 +1,117 @@
+"""`eager-cpp` subcommands end to end on the default model, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA_DIR
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eager_cpp", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def capitals_small(tmp_path_factory):
+    rows = [json.loads(line) for line in (DATA_DIR / "capitals_dev_100.jsonl").read_text().splitlines()][:4]
+    path = tmp_path_factory.mktemp("data") / "capitals_small.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
+    return path
+
+
+def test_demo_runs_on_the_default_model():
+    proc = cli("demo", "-M", "3", "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert "sequences" in proc.stdout and "saved" in proc.stdout and "total:" in proc.stdout
+
+
+def test_run_writes_jsonl_and_resumes(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Country: Peru\\nCapital:\nCountry: Chile\\nCapital:\nCountry: Kenya\\nCapital:\n")
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(prompts), "-o", str(out), "--method", "eager_init", "-M", "3", "--theta", "1.0",
+            "--max-new-tokens", "6", "--stop", "\\n", "--chunk-size", "2", "--quiet"]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert 1 <= r["n_sequences"] <= 3
+        assert {"text", "token_ids", "own_tokens", "entropies", "parent", "branch_step", "finish_reason"} <= set(
+            r["sequences"][0])
+    # An interruption after the first chunk: resume completes only what is missing.
+    out.write_text(out.read_text().splitlines()[0] + "\n" + '{"index": 1, "trunc')
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    resumed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in resumed] == [0, 1, 2]
+    assert resumed[0] == rows[0]  # kept, not redone
+    # Redone prompts use the same per-prompt streams; their first token comes from the prompt's own
+    # prefill row, which does not depend on which prompts share the batch.
+    for a, b in zip(resumed[1:], rows[1:]):
+        assert a["sequences"][0]["token_ids"][0] == b["sequences"][0]["token_ids"][0]
+    # Different settings cannot resume into the same output; an existing output is not overwritten.
+    proc = cli(*args[:-1], "--seed", "5", "--resume")
+    assert proc.returncode == 2 and "other settings" in proc.stderr
+    proc = cli(*args)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_run_reallocating_method(tmp_path, capitals_small):
+    out = tmp_path / "adapt.jsonl"
+    proc = cli("run", str(capitals_small), "-o", str(out), "--method", "eager", "-M", "3", "--theta", "0.75",
+               "--max-new-tokens", "6", "--stop", "\\n", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and sum(r["n_sequences"] for r in rows) <= 12
+    assert all(r["gold_answer"] for r in rows)
+
+
+def test_eval_prints_table_and_json(tmp_path, capitals_small):
+    out = tmp_path / "table.json"
+    proc = cli("eval", str(capitals_small), "--methods", "parallel,eager_init,eager_adapt,eager", "--thetas", "1.0",
+               "-M", "3", "--max-new-tokens", "6", "--stop", "\\n", "--json", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "Pass@k" in proc.stdout and "Cons@k" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["parallel", "eager_init", "eager_adapt", "eager"]
+    for r in rows:
+        assert {"pass@k", "cons@k", "pass_rate", "tokens", "mean_sequences", "wall_seconds"} <= set(r)
+
+
+def test_bench_writes_valid_pngs(tmp_path, capitals_small):
+    pytest.importorskip("matplotlib")
+    proc = cli("bench", str(capitals_small), "--methods", "parallel,eager_init", "--thetas", "1.0", "--Ms", "1,2",
+               "--max-new-tokens", "4", "--stop", "\\n", "--out-dir", str(tmp_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("tokens_vs_pass.png", "methods_bars.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert len(json.loads((tmp_path / "bench.json").read_text())["rows"]) == 4
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    missing = cli("run", str(tmp_path / "nope.txt"), "-o", str(tmp_path / "o.jsonl"))
+    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    bad_model = tmp_path / "m.gguf"
+    bad_model.write_text("hello")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    proc = cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--model", str(bad_model))
+    assert proc.returncode == 2 and "GGUF" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--model", str(tmp_path / "missing.gguf"))
+    assert proc.returncode == 2 and "--model" in proc.stderr and "Traceback" not in proc.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": \n')
+    proc = cli("eval", str(broken))
+    assert proc.returncode == 2 and "broken.jsonl:2" in proc.stderr
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text('{"prompt": "a"}\n')
+    proc = cli("eval", str(unlabelled))
+    assert proc.returncode == 2 and "answer" in proc.stderr
+    proc = cli("run", "--no-such-flag")
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr or "required" in proc.stderr
