@@ -118,6 +118,8 @@ private:
     void validate() const;
     ContextShape plan_context() const;
     bool try_admit(const PromptJob & job);
+    double expected_sequences(const PromptJob & job) const;
+    double expected_live() const;
     void admit(int prompt);
     void step();
     void advance(const std::vector<int> & seq_slots, const std::vector<const float *> & rows);
@@ -240,14 +242,48 @@ RunOutput Run::execute() {
     return std::move(out_);
 }
 
+double Run::expected_sequences(const PromptJob & job) const {
+    if (cfg_.method == Method::Parallel) return job.max_sequences;
+    // EAGer prompts grow after admission, up to their cap, as long as they may branch. Estimate
+    // the growth from prompts whose count is final (done, or closed for branching); before any
+    // is, assume the cap, so the first admissions do not overshoot: every prompt in flight widens
+    // the KV span that each token's attention covers.
+    double sum = 0;
+    int count = 0;
+    for (size_t i = 0; i < next_job_; ++i) {
+        if (!state_[i].done && state_[i].branching_open) continue;
+        sum += state_[i].n_sequences;
+        ++count;
+    }
+    const double estimate = count > 0 ? sum / count : job.max_sequences;
+    return std::clamp(estimate, 1.0, static_cast<double>(job.max_sequences));
+}
+
+double Run::expected_live() const {
+    double total = 0;
+    for (size_t i = 0; i < next_job_; ++i) {
+        const PromptState & st = state_[i];
+        if (st.done) continue;
+        if (!st.branching_open) {
+            total += st.live;
+            continue;
+        }
+        const int finished = st.n_sequences - st.live;
+        total += std::max<double>(st.live, expected_sequences(jobs_[i]) - finished);
+    }
+    return total;
+}
+
 bool Run::try_admit(const PromptJob & job) {
-    const int initial = cfg_.method == Method::Parallel ? job.max_sequences : 1;
     // Reserving M ids and the worst-case cells up front means a branch never finds the
-    // cache full; the live-sequence cap keeps the batch near llama.cpp's throughput peak.
+    // cache full.
     if (ids_reserved_ + job.max_sequences > n_seq_max_) return false;
     if (cells_reserved_ + worst_case_cells(job, cfg_.max_new_tokens) > static_cast<int64_t>(n_ctx_)) return false;
-    if (live_count_ > 0 && live_count_ + initial > cfg_.max_live_sequences) return false;
-    return true;
+    if (live_count_ == 0) return true;
+    // Keep the batch near llama.cpp's throughput peak, counting the sequences that prompts
+    // still open for branching are expected to grow into: with a unified KV cache every token
+    // attends over all cells in use, so a batch far past the peak slows every token.
+    return expected_live() + expected_sequences(job) <= cfg_.max_live_sequences;
 }
 
 void Run::admit(int prompt) {

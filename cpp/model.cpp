@@ -139,7 +139,8 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
     ContextShape shape = wanted;
     if (shape.n_threads <= 0) shape.n_threads = default_threads();
     const bool fits = ctx_ != nullptr && shape_.n_ctx >= shape.n_ctx && shape_.n_seq_max >= shape.n_seq_max &&
-                      shape_.n_batch >= shape.n_batch && shape_.n_threads == shape.n_threads;
+                      shape_.n_batch >= shape.n_batch && shape_.n_threads == shape.n_threads &&
+                      shape_.swa_full == shape.swa_full;
     if (!fits) {
         if (ctx_ != nullptr) {
             llama_free(ctx_);
@@ -154,6 +155,7 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
         params.n_threads_batch = shape.n_threads;
         // A fork then only tags the parent's KV cells with the child's id: no tensor copy.
         params.kv_unified = true;
+        params.swa_full = shape.swa_full;
         params.no_perf = true;
         ctx_ = llama_init_from_model(model_, params);
         if (ctx_ == nullptr)

@@ -21,6 +21,9 @@ struct ContextShape {
     uint32_t n_seq_max = 1;  // sequence ids available (<= 256)
     uint32_t n_batch = 512;  // tokens per llama_decode call
     int32_t n_threads = 0;   // 0 = all cores
+    // Keep the sliding-window layers' cells for the whole context (llama.cpp's default): pruning
+    // them measured no faster here, and llama.h warns it can be slower with many sequences.
+    bool swa_full = true;
 };
 
 class Model {
