@@ -2,25 +2,13 @@
 
 #include <algorithm>
 
+#include "batch.hpp"
 #include "errors.hpp"
 #include "llama.h"
 
 namespace eager {
 
 namespace {
-
-void decode_checked(llama_context * ctx, llama_batch & batch) {
-    if (llama_decode(ctx, batch) != 0) throw LlamaError("llama_decode failed in the fork probe");
-}
-
-void set_token(llama_batch & b, int32_t token, int32_t pos, llama_seq_id seq, bool logits) {
-    const int i = b.n_tokens++;
-    b.token[i] = token;
-    b.pos[i] = pos;
-    b.n_seq_id[i] = 1;
-    b.seq_id[i][0] = seq;
-    b.logits[i] = logits;
-}
 
 std::vector<float> copy_row(llama_context * ctx, int32_t i, int n_vocab) {
     const float * row = llama_get_logits_ith(ctx, i);
@@ -42,39 +30,30 @@ ForkProbe probe_fork(Model & model, const std::vector<int32_t> & prefix, const s
     shape.n_threads = n_threads;
     llama_context * ctx = model.acquire_context(shape);
     llama_memory_t mem = llama_get_memory(ctx);
-    llama_batch batch = llama_batch_init(static_cast<int32_t>(shape.n_batch), 0, 1);
+    MemoryGuard guard{mem};
+    Batch batch(static_cast<int32_t>(shape.n_batch));
     ForkProbe probe;
-    try {
-        batch.n_tokens = 0;
-        for (size_t i = 0; i < prefix.size(); ++i)
-            set_token(batch, prefix[i], static_cast<int32_t>(i), 0, i + 1 == prefix.size());
-        decode_checked(ctx, batch);
-        llama_memory_seq_cp(mem, 0, 1, -1, -1);
-        for (size_t j = 0; j < continuation.size(); ++j) {
-            batch.n_tokens = 0;
-            const int32_t pos = static_cast<int32_t>(prefix.size() + j);
-            set_token(batch, continuation[j], pos, 0, true);
-            set_token(batch, continuation[j], pos, 1, true);
-            decode_checked(ctx, batch);
-        }
-        probe.parent = copy_row(ctx, 0, n_vocab);
-        probe.child = copy_row(ctx, 1, n_vocab);
-
-        llama_memory_clear(mem, true);
-        batch.n_tokens = 0;
-        for (int32_t i = 0; i < total; ++i) {
-            const int32_t token = i < static_cast<int32_t>(prefix.size()) ? prefix[i] : continuation[i - prefix.size()];
-            set_token(batch, token, i, 0, i + 1 == total);
-        }
-        decode_checked(ctx, batch);
-        probe.fresh = copy_row(ctx, batch.n_tokens - 1, n_vocab);
-    } catch (...) {
-        llama_batch_free(batch);
-        llama_memory_clear(mem, true);
-        throw;
+    for (size_t i = 0; i < prefix.size(); ++i) batch.add(prefix[i], static_cast<int32_t>(i), 0, i + 1 == prefix.size());
+    batch.decode(ctx, "the fork probe");
+    llama_memory_seq_cp(mem, 0, 1, -1, -1);
+    for (size_t j = 0; j < continuation.size(); ++j) {
+        batch.clear();
+        const int32_t pos = static_cast<int32_t>(prefix.size() + j);
+        batch.add(continuation[j], pos, 0, true);
+        batch.add(continuation[j], pos, 1, true);
+        batch.decode(ctx, "the fork probe");
     }
-    llama_batch_free(batch);
+    probe.parent = copy_row(ctx, 0, n_vocab);
+    probe.child = copy_row(ctx, 1, n_vocab);
+
     llama_memory_clear(mem, true);
+    batch.clear();
+    for (int32_t i = 0; i < total; ++i) {
+        const int32_t token = i < static_cast<int32_t>(prefix.size()) ? prefix[i] : continuation[i - prefix.size()];
+        batch.add(token, i, 0, i + 1 == total);
+    }
+    batch.decode(ctx, "the fork probe");
+    probe.fresh = copy_row(ctx, total - 1, n_vocab);
     return probe;
 }
 

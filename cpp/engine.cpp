@@ -6,6 +6,7 @@
 #include <limits>
 #include <memory>
 
+#include "batch.hpp"
 #include "errors.hpp"
 #include "llama.h"
 #include "rng.hpp"
@@ -27,47 +28,6 @@ constexpr uint32_t kBatchTokens = 512;
 constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this many cells
 // Automatic sizing keeps the KV cache under this many bytes unless a single prompt needs more.
 constexpr double kAutoKvBudgetBytes = 4.0 * 1024 * 1024 * 1024;
-
-// RAII owner of a llama_batch.
-class Batch {
-public:
-    explicit Batch(int32_t capacity) : batch_(llama_batch_init(capacity, 0, 1)), capacity_(capacity) {}
-    ~Batch() { llama_batch_free(batch_); }
-    Batch(const Batch &) = delete;
-    Batch & operator=(const Batch &) = delete;
-
-    void clear() { batch_.n_tokens = 0; }
-    int32_t size() const { return batch_.n_tokens; }
-    int32_t add(int32_t token, int32_t pos, llama_seq_id seq, bool logits) {
-        const int32_t i = batch_.n_tokens++;
-        batch_.token[i] = token;
-        batch_.pos[i] = pos;
-        batch_.n_seq_id[i] = 1;
-        batch_.seq_id[i][0] = seq;
-        batch_.logits[i] = logits ? 1 : 0;
-        return i;
-    }
-    int32_t capacity() const { return capacity_; }
-    const llama_batch & get() const { return batch_; }
-
-private:
-    llama_batch batch_;
-    int32_t capacity_;
-};
-
-void decode_or_throw(llama_context * ctx, const Batch & batch, const char * what) {
-    const int32_t rc = llama_decode(ctx, batch.get());
-    if (rc == 1)
-        throw LlamaError(std::string("llama_decode found no KV slot during ") + what +
-                         "; pass a larger n_ctx or lower max_live_sequences");
-    if (rc != 0) throw LlamaError(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) + ")");
-}
-
-// Clears the context's memory however the run ends, so an interrupted run leaves nothing behind.
-struct MemoryGuard {
-    llama_memory_t mem;
-    ~MemoryGuard() { llama_memory_clear(mem, true); }
-};
 
 struct LiveSequence {
     int prompt = 0;       // index into the jobs
@@ -302,7 +262,7 @@ void Run::admit(int prompt) {
         const int32_t end = std::min(n, begin + batch_->capacity());
         batch_->clear();
         for (int32_t i = begin; i < end; ++i) last_row = batch_->add(job.tokens[i], i, root_id, i == n - 1);
-        decode_or_throw(ctx_, *batch_, "prompt prefill");
+        batch_->decode(ctx_, "prompt prefill");
     }
     out_.stats.prefill_seconds += seconds_since(t0);
     live_[root].n_past = n;
@@ -374,7 +334,7 @@ void Run::step() {
     out_.stats.bookkeeping_seconds += seconds_since(t0);
 
     const auto t1 = Clock::now();
-    decode_or_throw(ctx_, *batch_, "generation");
+    batch_->decode(ctx_, "generation");
     out_.stats.decode_seconds += seconds_since(t1);
     ++out_.stats.steps;
 
@@ -553,14 +513,14 @@ double bench_bare_decode(Model & model, const std::vector<int32_t> & prompt, int
     for (int32_t begin = 0; begin < n; begin += batch.capacity()) {
         batch.clear();
         for (int32_t i = begin; i < std::min(n, begin + batch.capacity()); ++i) batch.add(prompt[i], i, 0, i == n - 1);
-        decode_or_throw(ctx, batch, "prompt prefill");
+        batch.decode(ctx, "prompt prefill");
     }
     for (int s = 1; s < n_sequences; ++s) llama_memory_seq_cp(mem, 0, s, -1, -1);
     const auto t0 = Clock::now();
     for (int step = 0; step < n_steps; ++step) {
         batch.clear();
         for (int s = 0; s < n_sequences; ++s) batch.add(prompt[(step + s) % n], n + step, s, true);
-        decode_or_throw(ctx, batch, "benchmark decode");
+        batch.decode(ctx, "benchmark decode");
         if (llama_get_logits_ith(ctx, n_sequences - 1) == nullptr) throw LlamaError("no logits");
     }
     return seconds_since(t0);

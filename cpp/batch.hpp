@@ -1,0 +1,55 @@
+// A llama_batch owned by RAII, filled one token at a time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "errors.hpp"
+#include "llama.h"
+
+namespace eager {
+
+class Batch {
+public:
+    explicit Batch(int32_t capacity) : batch_(llama_batch_init(capacity, 0, 1)), capacity_(capacity) {}
+    ~Batch() { llama_batch_free(batch_); }
+    Batch(const Batch &) = delete;
+    Batch & operator=(const Batch &) = delete;
+
+    void clear() { batch_.n_tokens = 0; }
+    int32_t size() const { return batch_.n_tokens; }
+    int32_t capacity() const { return capacity_; }
+
+    // Appends a token of one sequence; returns its index, which is its logits row when `logits`.
+    int32_t add(int32_t token, int32_t pos, llama_seq_id seq, bool logits) {
+        const int32_t i = batch_.n_tokens++;
+        batch_.token[i] = token;
+        batch_.pos[i] = pos;
+        batch_.n_seq_id[i] = 1;
+        batch_.seq_id[i][0] = seq;
+        batch_.logits[i] = logits ? 1 : 0;
+        return i;
+    }
+
+    // llama_decode, with its failure codes turned into exceptions that say what to change.
+    void decode(llama_context * ctx, const char * what) const {
+        const int32_t rc = llama_decode(ctx, batch_);
+        if (rc == 1)
+            throw LlamaError(std::string("llama_decode found no KV slot during ") + what +
+                             "; pass a larger n_ctx or lower max_live_sequences");
+        if (rc != 0)
+            throw LlamaError(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) + ")");
+    }
+
+private:
+    llama_batch batch_;
+    int32_t capacity_;
+};
+
+// Clears a context's memory however a run ends, so an interrupted run leaves nothing behind.
+struct MemoryGuard {
+    llama_memory_t mem;
+    ~MemoryGuard() { llama_memory_clear(mem, true); }
+};
+
+}  // namespace eager
