@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import DATA_DIR
+from conftest import load_jsonl
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -17,7 +17,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def capitals_small(tmp_path_factory):
-    rows = [json.loads(line) for line in (DATA_DIR / "capitals_dev_100.jsonl").read_text().splitlines()][:4]
+    rows = load_jsonl("capitals_dev_100.jsonl", limit=4)
     path = tmp_path_factory.mktemp("data") / "capitals_small.jsonl"
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
     return path
