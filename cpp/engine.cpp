@@ -78,8 +78,9 @@ private:
     void validate() const;
     ContextShape plan_context() const;
     bool try_admit(const PromptJob & job);
-    double expected_sequences(const PromptJob & job) const;
-    double expected_live() const;
+    double growth_estimate() const;
+    double expected_sequences(const PromptJob & job, double estimate) const;
+    double expected_live(double estimate) const;
     void admit(int prompt);
     void step();
     void advance(const std::vector<int> & seq_slots, const std::vector<const float *> & rows);
@@ -202,12 +203,11 @@ RunOutput Run::execute() {
     return std::move(out_);
 }
 
-double Run::expected_sequences(const PromptJob & job) const {
-    if (cfg_.method == Method::Parallel) return job.max_sequences;
+double Run::growth_estimate() const {
     // EAGer prompts grow after admission, up to their cap, as long as they may branch. Estimate
     // the growth from prompts whose count is final (done, or closed for branching); before any
-    // is, assume the cap, so the first admissions do not overshoot: every prompt in flight widens
-    // the KV span that each token's attention covers.
+    // is (negative result), callers assume the cap, so the first admissions do not overshoot:
+    // every prompt in flight widens the KV span that each token's attention covers.
     double sum = 0;
     int count = 0;
     for (size_t i = 0; i < next_job_; ++i) {
@@ -215,11 +215,16 @@ double Run::expected_sequences(const PromptJob & job) const {
         sum += state_[i].n_sequences;
         ++count;
     }
-    const double estimate = count > 0 ? sum / count : job.max_sequences;
-    return std::clamp(estimate, 1.0, static_cast<double>(job.max_sequences));
+    return count > 0 ? sum / count : -1.0;
 }
 
-double Run::expected_live() const {
+double Run::expected_sequences(const PromptJob & job, double estimate) const {
+    if (cfg_.method == Method::Parallel) return job.max_sequences;
+    const double m = job.max_sequences;
+    return estimate < 0 ? m : std::clamp(estimate, 1.0, m);
+}
+
+double Run::expected_live(double estimate) const {
     double total = 0;
     for (size_t i = 0; i < next_job_; ++i) {
         const PromptState & st = state_[i];
@@ -229,7 +234,7 @@ double Run::expected_live() const {
             continue;
         }
         const int finished = st.n_sequences - st.live;
-        total += std::max<double>(st.live, expected_sequences(jobs_[i]) - finished);
+        total += std::max<double>(st.live, expected_sequences(jobs_[i], estimate) - finished);
     }
     return total;
 }
@@ -243,7 +248,8 @@ bool Run::try_admit(const PromptJob & job) {
     // Keep the batch near llama.cpp's throughput peak, counting the sequences that prompts
     // still open for branching are expected to grow into: with a unified KV cache every token
     // attends over all cells in use, so a batch far past the peak slows every token.
-    return expected_live() + expected_sequences(job) <= cfg_.max_live_sequences;
+    const double estimate = growth_estimate();
+    return expected_live(estimate) + expected_sequences(job, estimate) <= cfg_.max_live_sequences;
 }
 
 void Run::admit(int prompt) {
