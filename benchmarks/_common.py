@@ -45,6 +45,17 @@ def positive(value: str) -> int:
     return v
 
 
+def csv_values(parser: argparse.ArgumentParser, text: str, cast, name: str, low: float, high: float = float("inf")) -> list:
+    """Comma-separated values within [low, high], or a parser error naming the flag."""
+    try:
+        values = [cast(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--{name} must be comma-separated numbers, got {text!r}")
+    if not values or any(not (low <= v <= high) for v in values):
+        parser.error(f"--{name} values must be between {low} and {high}")
+    return values
+
+
 def load_prompts(path: Path, n: int) -> list[dict[str, Any]]:
     """The first `n` records of a jsonl file (each must have a 'prompt')."""
     path = Path(path)

@@ -48,12 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed short warm-up runs before the measurements (default: 1)")
     args = p.parse_args(argv)
-    try:
-        args.thetas = [float(x) for x in args.thetas.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--thetas must be comma-separated numbers, got {args.thetas!r}")
-    if not args.thetas or any(t < 0 for t in args.thetas):
-        p.error("--thetas must be non-negative numbers")
+    args.thetas = C.csv_values(p, args.thetas, float, "thetas", 0.0)
     if args.threads < 1:
         p.error("--threads must be >= 1")
     return args

@@ -54,12 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--repeats", type=C.positive, default=1,
                    help="interleaved repeats per n; the median time is reported (default: 1)")
     args = p.parse_args(argv)
-    try:
-        args.ns = [int(x) for x in args.ns.split(",") if x.strip()]
-    except ValueError:
-        p.error(f"--ns must be comma-separated integers, got {args.ns!r}")
-    if not args.ns or any(n < 1 or n > 256 for n in args.ns):
-        p.error("--ns values must be between 1 and 256")
+    args.ns = C.csv_values(p, args.ns, int, "ns", 1, 256)
     if args.threads < 1:
         p.error("--threads must be >= 1")
     return args
