@@ -68,6 +68,9 @@ def run(
     n_ctx: Optional[int] = None,
     n_threads: Optional[int] = None,
     prompt_indices: Optional[Seq[int]] = None,
+    cluster: Any = None,
+    workers: Optional[int] = None,
+    threads_per_worker: Optional[int] = None,
 ) -> RunResult:
     """Generate up to `max_sequences` samples per prompt with EAGer or Full Parallel.
 
@@ -76,6 +79,9 @@ def run(
     reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
     prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
     a shard of a larger set passes its global indices so its samples match an unsharded run.
+    cluster: None (this process), "local" (start Ray on this machine), a Ray address, or an
+    `eager_cpp.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
+    `threads_per_worker` threads each); see eager_cpp.distributed. Needs `pip install "eager_cpp[ray]"`.
     Returns a RunResult; see DESIGN.md §3 for its fields.
     """
     prompts = _check_prompts(prompts)
@@ -93,6 +99,21 @@ def run(
         raise ValueError('method="eager" needs answers= (one gold answer per prompt); use "eager_adapt" without labels')
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be a callable (text, answer) -> bool")
+    if cluster is not None:
+        from .distributed import run_distributed
+
+        options = dict(
+            max_sequences=max_sequences, entropy_threshold=entropy_threshold, temperature=temperature,
+            top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens, seed=seed, stop=stop,
+            record_entropies=record_entropies, top_k=top_k, top_p=top_p, min_p=min_p,
+            entropy_after_temperature=entropy_after_temperature, think_end_marker=think_end_marker,
+            no_branch_window=no_branch_window, threshold_mode=threshold_mode, chat=chat, chat_template=chat_template,
+            max_live_sequences=max_live_sequences, ignore_eos=ignore_eos,
+        )
+        return run_distributed(model, prompts, indices, settings, options, answers, scorer, progress, cluster=cluster,
+                               workers=workers, threads_per_worker=threads_per_worker or n_threads, n_ctx=n_ctx)
+    if workers is not None or threads_per_worker is not None:
+        raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
 
     owned = not isinstance(model, Model)
     llm = Model(model, n_ctx=n_ctx, n_threads=n_threads) if owned else model
@@ -131,12 +152,14 @@ def reallocate(
     answers: Optional[Seq[Any]] = None,
     scorer: Optional[Callable[[str, str], bool]] = None,
     progress: Union[None, bool, ProgressCallback] = None,
+    cluster: Any = None,
 ) -> RunResult:
     """Phases (b) and (c) on the result of an EAGer-init run (possibly gathered from shards).
 
     The saved budget of `result` goes to the prompts `method` selects ("eager_adapt": those
     that reached M; "eager": those with no correct sequence, which needs `answers`). The extra
     sequences are appended to `result` in place (round 1) and `result` is returned.
+    cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
     """
     if method not in ("eager_adapt", "eager"):
         raise ValueError(f'reallocate needs method "eager_adapt" or "eager", got {method!r}')
@@ -144,6 +167,10 @@ def reallocate(
         raise ValueError("reallocate takes the result of an eager_init run")
     if method == "eager" and answers is None and any(p.gold_answer is None for p in result.prompts):
         raise ValueError('method="eager" needs answers= (one gold answer per prompt)')
+    if cluster is not None:
+        from .distributed import reallocate_distributed
+
+        return reallocate_distributed(model, result, method, answers, scorer, progress, cluster=cluster)
     settings = _settings_from_dict(result.settings)
     settings.method = method
     llm = model if isinstance(model, Model) else Model(model)
@@ -186,6 +213,33 @@ def _reallocate(llm: Model, settings: _Settings, results: list[PromptResult], to
     stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
 
 
+def _run_extras(llm: Model, settings: dict[str, Any], extras: Seq[tuple[int, str, int, float, int]],
+                progress: Union[None, bool, ProgressCallback] = None) -> RunResult:
+    """Phase (c) for given extras, on this process (what a Ray worker runs).
+
+    extras: (prompt index, prompt text, extra sequences, θ, index of its first new sequence).
+    Returns one PromptResult per extra holding only the new round-1 sequences (indices from the
+    base on, as `_reallocate` would number them); the caller appends them to its prompts.
+    """
+    s = _settings_from_dict(settings)
+    s.config.n_ctx = llm.n_ctx or 0
+    s.config.n_threads = llm.n_threads or 0
+    reporter = _make_reporter(progress)
+    started = time.perf_counter()
+    tokens = [_tokenize(llm, prompt, s, index) for index, prompt, _, _, _ in extras]
+    results = [PromptResult(index=e[0], prompt=e[1], sequences=[], prompt_tokens=len(t)) for e, t in zip(extras, tokens)]
+    jobs = [_core.PromptJob(t, n, theta, index, base) for (index, _, n, theta, base), t in zip(extras, tokens)]
+    stats = RunStats(method=s.method)
+    if jobs:
+        _run_phase(llm, s, jobs, list(range(len(jobs))), results, stats, round_index=1, reporter=reporter)
+    stats.sequences = sum(p.n_sequences for p in results)
+    stats.generated_tokens = sum(p.generated_tokens for p in results)
+    stats.wall_seconds = time.perf_counter() - started
+    if reporter is not None:
+        reporter.finish()
+    return RunResult(prompts=results, stats=stats, settings=dict(settings))
+
+
 def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
     """Phase (a) → the planner's input: nᵢ per prompt and whether any sequence is correct."""
     out = []
@@ -217,11 +271,16 @@ def _run_phase(llm: Model, settings: _Settings, jobs: list, positions: list[int]
 
 
 def _append_sequences(prompt: PromptResult, core_prompt: Any, round_index: int, base: int) -> None:
-    """Turn the engine's sequences into result Sequences: full token_ids from the parent chain."""
+    """Turn the engine's sequences into result Sequences: full token_ids from the parent chain.
+
+    A parent is always in the same engine run, so it is found among the sequences this call appends
+    (`prompt` may hold only those, as in `_run_extras`, or the earlier rounds too).
+    """
+    start = len(prompt.sequences)
     for local, cs in enumerate(core_prompt.sequences):
         parent = None if cs.parent < 0 else cs.parent + base
         own = list(cs.own_tokens)
-        inherited = prompt.sequences[parent].token_ids[: cs.branch_step] if parent is not None else []
+        inherited = prompt.sequences[start + cs.parent].token_ids[: cs.branch_step] if parent is not None else []
         prompt.sequences.append(
             Sequence(
                 index=base + local,

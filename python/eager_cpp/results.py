@@ -69,6 +69,11 @@ class RunStats:
     rounds: int = 1
     max_live_sequences: int = 0
     reallocated_sequences: int = 0
+    # Ray runs only (eager_cpp.distributed); 0 in this process. The engine times above are summed
+    # over the workers; wall_seconds is the driver's, from the workers being ready to the result.
+    workers: int = 0
+    worker_start_seconds: float = 0.0  # starting the workers and loading the model (not in wall_seconds)
+    ray_overhead_seconds: float = 0.0  # per phase: its wall minus the busiest worker's time in it, summed
 
     @property
     def tokens_per_second(self) -> float:

@@ -1,0 +1,572 @@
+"""The phases of `eager_cpp.run` on Ray actors: one run over many workers and machines.
+
+Only this module touches Ray, and only once a cluster is asked for, so `import eager_cpp` works
+without Ray installed (`pip install "eager_cpp[ray]"` adds it).
+
+A run on a cluster goes through the same phases as `api.run` in one process:
+
+(a) The driver splits the prompts into shards balanced by cost (estimated prompt tokens + M x
+    max_new_tokens; longest first onto the lightest shard). Each actor holds one loaded `Model`
+    and runs `eager_cpp.run(..., prompt_indices=<global indices>)` on a shard, returning plain
+    dicts. Random streams derive from (seed, prompt index, sequence index), so a prompt's samples
+    do not depend on which actor ran it or which prompts shared its shard.
+(b) The driver scores (labels stay on the driver) and plans with the same pure function as one
+    process: `plan_reallocation(summarize(results, θ), M, method)`.
+(c) The extra jobs (prompt index, extra count, θ, index of the first new sequence) go back to the
+    actors, balanced again by cost; the driver appends their sequences as round 1.
+
+An actor that dies (its process killed, its node lost) has its shard re-run on a replacement
+actor; shards are returned whole and results are keyed by prompt index, so no prompt is lost or
+counted twice. Ctrl-C on the driver kills the actors (and stops a Ray it started).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence as Seq, Union
+
+from .api import _Settings, _run_extras, _score, _settings_dict, _settings_from_dict, run, summarize
+from .budget import ReallocationPlan, plan_reallocation
+from .model import Model
+from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
+
+__all__ = ["RAY_HINT", "RayWorkers", "balance", "reallocate_distributed", "run_distributed"]
+
+RAY_HINT = 'running on a cluster needs Ray: pip install "eager_cpp[ray]" (or pip install "ray>=2.9")'
+DEFAULT_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # a local Ray's shared-memory store: results are small
+CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the driver does not tokenize
+_STAT_SUMS = ("prompt_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds",
+              "steps")
+_LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
+
+Cluster = Union[str, "RayWorkers"]
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(RAY_HINT) from e
+    return ray
+
+
+def _check_count(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def balance(costs: Seq[float], bins: int) -> list[list[int]]:
+    """Longest-processing-time-first: items by cost (descending, ties by position) each onto the
+    lightest bin. Returns the non-empty bins, each's positions ascending, heaviest bin first."""
+    bins = max(1, min(bins, len(costs)))
+    heap = [(0.0, b) for b in range(bins)]
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        load, b = heapq.heappop(heap)
+        members[b].append(k)
+        heapq.heappush(heap, (load + costs[k], b))
+    out = [sorted(m) for m in members if m]
+    out.sort(key=lambda m: -sum(costs[k] for k in m))
+    return out
+
+
+# ----------------------------------------------------------------------------- the actor
+
+
+class _Worker:
+    """One Ray actor: the model loaded once, phases run on request (made remote lazily)."""
+
+    def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int]) -> None:
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        try:
+            import ray
+
+            self.node = ray.util.get_node_ip_address()
+        except Exception:  # pragma: no cover - only the node's name is then known
+            self.node = self.host
+        self.running: Optional[str] = None
+        self.progress: dict = {}
+        started = time.perf_counter()
+        self.model: Optional[Model] = None
+        self.error: Optional[tuple[str, str]] = None
+        try:
+            self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
+        except Exception as e:  # reported by info() and raised on use, as a clear error on the driver
+            self.error = (type(e).__name__, str(e))
+        self.model_path = model_path
+        self.load_seconds = time.perf_counter() - started
+
+    def info(self) -> dict:
+        return {"pid": self.pid, "node": self.node, "host": self.host, "load_seconds": self.load_seconds,
+                "error_type": self.error[0] if self.error else None, "error": self.error[1] if self.error else None}
+
+    def status(self) -> dict:
+        """Answered while a shard runs (the actor has a second thread): what it is doing."""
+        return {"pid": self.pid, "running": self.running, "progress": dict(self.progress)}
+
+    def _on_progress(self, info: dict) -> None:
+        self.progress = info
+
+    def _ready(self) -> Model:
+        if self.model is None:
+            assert self.error is not None
+            raise _load_error(self.error[0], self.error[1], self.node, self.host, self.model_path)
+        return self.model
+
+    def _finish(self, result: RunResult, started: float) -> dict:
+        return {"prompts": [prompt_to_dict(p) for p in result.prompts], "stats": asdict(result.stats),
+                "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
+
+    def run_shard(self, shard: str, prompts: list[str], indices: list[int], method: str, options: dict) -> dict:
+        """Phase (a) on a shard: the prompts keep their global indices (and so their streams)."""
+        model = self._ready()
+        started = time.perf_counter()
+        self.running, self.progress = shard, {}
+        try:
+            result = run(model, prompts, method=method, prompt_indices=indices, progress=self._on_progress, **options)
+        finally:
+            self.running = None
+        return self._finish(result, started)
+
+    def run_extras(self, shard: str, settings: dict, extras: list[tuple[int, str, int, float, int]]) -> dict:
+        """Phase (c) on a shard of the plan's extras."""
+        model = self._ready()
+        started = time.perf_counter()
+        self.running, self.progress = shard, {}
+        try:
+            result = _run_extras(model, settings, extras, progress=self._on_progress)
+        finally:
+            self.running = None
+        return self._finish(result, started)
+
+
+def _load_error(kind: str, message: str, node: str, host: str, path: str) -> Exception:
+    cls = _LOAD_ERRORS.get(kind, RuntimeError)
+    return cls(f"Ray worker on node {node} ({host}) cannot open the model {path}: {message}. The .gguf must be "
+               f"readable at this same path on every node (a shared file system or a copy on each machine)")
+
+
+_REMOTE_WORKER: Any = None
+
+
+def _remote_worker(ray: Any) -> Any:
+    global _REMOTE_WORKER
+    if _REMOTE_WORKER is None:
+        _REMOTE_WORKER = ray.remote(_Worker)
+    return _REMOTE_WORKER
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class _Handle:
+    actor: Any
+    number: int  # the n-th worker this pool started (a replacement gets a new number)
+    info_ref: Any
+    info: Optional[dict] = None
+    busy: float = 0.0  # seconds spent in the current phase's shards
+
+
+class _ShardProgress:
+    """A line on stderr per finished shard (progress=True) or the callback's dict."""
+
+    def __init__(self, progress: Union[None, bool, Callable[[dict], None]], total: int, started: float) -> None:
+        if progress is not None and not isinstance(progress, bool) and not callable(progress):
+            raise TypeError("progress must be None, True/False or a callable taking a dict")
+        self.progress = progress
+        self.total = total
+        self.started = started
+        self.prompts_done = 0
+        self.tokens = 0
+
+    def shard_done(self, phase: str, done: int, shards: int, worker: int, out: dict) -> None:
+        n = len(out["prompts"])
+        tokens = sum(len(s["own_tokens"]) for p in out["prompts"] for s in p["sequences"])
+        self.tokens += tokens
+        if phase == "a":
+            self.prompts_done += n
+        elapsed = time.perf_counter() - self.started
+        info = {"prompts_done": self.prompts_done, "prompts_total": self.total, "live_sequences": 0,
+                "generated_tokens": self.tokens, "elapsed_seconds": elapsed,
+                "tokens_per_second": self.tokens / elapsed if elapsed > 0 else 0.0,
+                "phase": phase, "shards_done": done, "shards_total": shards, "worker": worker,
+                "node": out["node"], "shard_prompts": n, "shard_tokens": tokens, "shard_seconds": out["busy_seconds"]}
+        if callable(self.progress):
+            self.progress(info)
+        elif self.progress:
+            what = "prompts" if phase == "a" else "prompts' extra sequences"
+            sys.stderr.write(f"[eager_cpp] phase ({phase}) shard {done}/{shards}: {n} {what}, {tokens} tokens on "
+                             f"worker {worker} ({out['node']}) in {out['busy_seconds']:.1f} s | "
+                             f"{self.prompts_done}/{self.total} prompts, {elapsed:.1f} s\n")
+            sys.stderr.flush()
+
+
+class RayWorkers:
+    """A pool of Ray actors, each holding the model once; reusable across runs.
+
+        with RayWorkers("model.gguf", "local", workers=2) as pool:
+            result = eager_cpp.run(pool.model_path, prompts, method="eager_adapt", cluster=pool)
+
+    cluster: "local" (start Ray on this machine, stopped by close()) or a Ray address ("auto",
+    "host:6379", "ray://host:10001"); an already initialised Ray is used as it is.
+    workers: actors (default: the cluster's CPUs // threads_per_worker); threads_per_worker:
+    llama.cpp threads of each, also the CPUs each reserves (default 1; on machines of their own,
+    one worker per machine with all its cores batches best). The model path must be readable at the
+    same path on every node. num_cpus / object_store_memory: for a Ray this starts ("local").
+    max_shard_prompts: phase (a) uses at least ceil(N / max_shard_prompts) shards (smaller shards:
+    less to re-run after a failure, less to transfer at once). start_timeout: seconds for the
+    workers to start and load the model. max_restarts: replacements for dead workers per pool
+    (default: 2 x workers). After a run, `last_plan` holds its reallocation plan and
+    `last_shards` its shards as prompt indices per phase ({"a": [[...], ...], "c": [...]}).
+    """
+
+    def __init__(self, model: Union[str, "os.PathLike[str]", Model], cluster: str = "local",
+                 workers: Optional[int] = None, threads_per_worker: Optional[int] = None, *,
+                 n_ctx: Optional[int] = None, num_cpus: Optional[int] = None,
+                 object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES, max_shard_prompts: int = 256,
+                 start_timeout: float = 600.0, max_restarts: Optional[int] = None) -> None:
+        ray = _import_ray()
+        if not isinstance(cluster, str) or not cluster:
+            raise ValueError(f'cluster must be "local" or a Ray address, got {cluster!r}')
+        self.workers_requested = _check_count("workers", workers)
+        self.threads_per_worker = _check_count("threads_per_worker", threads_per_worker) or 1
+        self.n_ctx = _check_count("n_ctx", n_ctx)
+        self.max_shard_prompts = _check_count("max_shard_prompts", max_shard_prompts)
+        _check_count("num_cpus", num_cpus)
+        if not (isinstance(start_timeout, (int, float)) and start_timeout > 0):
+            raise ValueError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
+        self.model_path = _model_path(model)
+        self.start_timeout = float(start_timeout)
+        self.cluster = cluster
+        self.last_plan: Optional[ReallocationPlan] = None
+        self.last_shards: dict[str, list[list[int]]] = {}
+        self.restarts = 0
+        self._ray = ray
+        self._handles: list[_Handle] = []
+        self._spawned = 0
+        self._closed = False
+        self._owns_ray = False
+        started = time.perf_counter()
+        try:
+            if not ray.is_initialized():
+                if cluster == "local":
+                    wanted = (workers or 1) * self.threads_per_worker
+                    ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, wanted),
+                             include_dashboard=False, object_store_memory=object_store_memory,
+                             logging_level=logging.WARNING)
+                else:
+                    ray.init(address=cluster, logging_level=logging.WARNING)
+                self._owns_ray = True
+            if workers is None:
+                cpus = ray.cluster_resources().get("CPU", 1)
+                workers = max(1, int(cpus // self.threads_per_worker))
+            self.max_restarts = 2 * workers if max_restarts is None else max_restarts
+            self._cls = _remote_worker(ray)
+            handles = [self._spawn() for _ in range(workers)]
+            self._handles = handles
+            self._wait_ready(handles)
+        except BaseException:
+            self.close()
+            raise
+        self.start_seconds = time.perf_counter() - started
+
+    # -- workers
+
+    @property
+    def n_workers(self) -> int:
+        return len(self._handles)
+
+    def _spawn(self) -> _Handle:
+        actor = self._cls.options(num_cpus=self.threads_per_worker, max_concurrency=2, max_restarts=0,
+                                  scheduling_strategy="SPREAD").remote(self.model_path, self.threads_per_worker, self.n_ctx)
+        self._spawned += 1
+        return _Handle(actor=actor, number=self._spawned - 1, info_ref=actor.info.remote())
+
+    def _wait_ready(self, handles: list[_Handle]) -> None:
+        ray = self._ray
+        try:
+            infos = ray.get([h.info_ref for h in handles], timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"{len(handles)} Ray workers did not start and load the model within {self.start_timeout:.0f} s "
+                f"(each reserves {self.threads_per_worker} CPUs; the cluster has {ray.available_resources()} "
+                f"free); use fewer workers or threads_per_worker, or raise start_timeout") from None
+        except ray.exceptions.RayActorError as e:
+            raise RuntimeError(f"a Ray worker died while starting (is eager_cpp installed on every node?): {e}") from None
+        for h, info in zip(handles, infos):
+            h.info = info
+        for info in infos:
+            if info["error"] is not None:
+                raise _load_error(info["error_type"], info["error"], info["node"], info["host"], self.model_path)
+
+    def workers_info(self) -> list[dict]:
+        """pid, node, host, model load seconds of each live worker (waits for new ones to start)."""
+        pending = [h for h in self._handles if h.info is None]
+        if pending:
+            self._wait_ready(pending)
+        return [dict(h.info, worker=h.number) for h in self._handles]  # type: ignore[arg-type]
+
+    def worker_pids(self) -> list[int]:
+        return [info["pid"] for info in self.workers_info()]
+
+    def workers_status(self, timeout: float = 30.0) -> list[dict]:
+        """What each worker is doing right now (answered while it runs a shard)."""
+        return self._ray.get([h.actor.status.remote() for h in self._handles], timeout=timeout)
+
+    def _kill(self, handle: _Handle) -> None:
+        try:
+            self._ray.kill(handle.actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+    def _replace(self, handle: _Handle, error: BaseException, count: bool) -> _Handle:
+        self._handles.remove(handle)
+        self._kill(handle)
+        if count:
+            self.restarts += 1
+            if self.restarts > self.max_restarts:
+                raise RuntimeError(f"Ray workers died {self.restarts} times in this pool (max_restarts="
+                                   f"{self.max_restarts}); the last: {error}") from error
+        new = self._spawn()
+        self._handles.append(new)
+        return new
+
+    def close(self) -> None:
+        """Kill the workers; stop Ray if this pool started it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for h in self._handles:
+            self._kill(h)
+        self._handles = []
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+
+    def __enter__(self) -> "RayWorkers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.n_workers} workers x {self.threads_per_worker} threads"
+        return f"RayWorkers({self.model_path!r}, {self.cluster!r}: {state})"
+
+    # -- shards
+
+    def _n_shards(self, n: int) -> int:
+        return max(1, min(n, max(self.n_workers, math.ceil(n / self.max_shard_prompts))))
+
+    def _dispatch(self, phase: str, payloads: list[Any], submit: Callable[[Any, str, Any], Any],
+                  reporter: _ShardProgress, stats: RunStats) -> list[dict]:
+        """Run every shard on some worker (heaviest first, one at a time per worker); a shard whose
+        worker dies goes back to the queue and a replacement worker joins. Outputs in shard order."""
+        if self._closed:
+            raise RuntimeError("this RayWorkers pool is closed")
+        ray = self._ray
+        dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
+        started = time.perf_counter()
+        queue = list(range(len(payloads)))
+        outputs: list[Optional[dict]] = [None] * len(payloads)
+        running: dict[Any, tuple[int, _Handle]] = {}
+        idle = list(self._handles)
+        for h in idle:
+            h.busy = 0.0
+        done = 0
+        try:
+            while queue or running:
+                while queue and idle:
+                    handle, shard = idle.pop(0), queue.pop(0)
+                    ref = submit(handle.actor, f"{phase}{shard}", payloads[shard])
+                    running[ref] = (shard, handle)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    shard, handle = running.pop(ref)
+                    try:
+                        out = ray.get(ref, timeout=600.0)
+                    except dead as e:
+                        if reporter.progress:
+                            sys.stderr.write(f"[eager_cpp] worker {handle.number} died ({type(e).__name__}); "
+                                             f"shard {shard} of phase ({phase}) runs again on another worker\n")
+                        idle.append(self._replace(handle, e, count=True))
+                        queue.insert(0, shard)
+                        continue
+                    except ray.exceptions.RayTaskError as e:
+                        cause = getattr(e, "cause", None)
+                        if isinstance(cause, Exception):
+                            raise cause from None
+                        raise
+                    outputs[shard] = out
+                    handle.busy += out["busy_seconds"]
+                    idle.append(handle)
+                    done += 1
+                    reporter.shard_done(phase, done, len(payloads), handle.number, out)
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        except BaseException:
+            # The other shards may still run: fresh workers, so the pool is clean for the next run.
+            for _, handle in list(running.values()):
+                self._replace(handle, RuntimeError("run aborted"), count=False)
+            raise
+        wall = time.perf_counter() - started
+        stats.ray_overhead_seconds += max(0.0, wall - max((h.busy for h in self._handles), default=0.0))
+        return outputs  # type: ignore[return-value]
+
+    def _phase_a(self, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
+                 reporter: _ShardProgress, stats: RunStats) -> list[PromptResult]:
+        m, t = settings.max_sequences, settings.config.max_new_tokens
+        costs = [len(p) / CHARS_PER_TOKEN + m * t for p in prompts]
+        shards = balance(costs, self._n_shards(len(prompts)))
+        payloads = [([prompts[k] for k in s], [indices[k] for k in s]) for s in shards]
+        self.last_shards = {"a": [p[1] for p in payloads]}
+        method = "parallel" if settings.method == "parallel" else "eager_init"
+        outputs = self._dispatch(
+            "a", payloads, lambda actor, name, p: actor.run_shard.remote(name, p[0], p[1], method, options),
+            reporter, stats)
+        by_index: dict[int, PromptResult] = {}
+        for out in outputs:
+            _add_stats(stats, out["stats"])
+            for d in out["prompts"]:
+                if d["index"] in by_index:
+                    raise RuntimeError(f"internal error: prompt {d['index']} came back from two shards")
+                by_index[d["index"]] = prompt_from_dict(d)
+        missing = [i for i in indices if i not in by_index]
+        if missing or len(by_index) != len(indices):
+            raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
+        return [by_index[i] for i in indices]
+
+    def _reallocate(self, results: list[PromptResult], settings: _Settings, stats: RunStats,
+                    answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
+                    reporter: _ShardProgress) -> None:
+        """Phase (b) on the driver, the same pure function as one process; phase (c) on the workers."""
+        plan = plan_reallocation(summarize(results, settings.theta), settings.max_sequences, settings.method)
+        self.last_plan = plan
+        self.last_shards["c"] = []
+        position = {p.index: k for k, p in enumerate(results)}
+        extras = [(e.index, results[position[e.index]].prompt, e.extra_sequences, e.theta,
+                   results[position[e.index]].n_sequences) for e in plan.extras]
+        if extras:
+            t = settings.config.max_new_tokens
+            costs = [results[position[e[0]]].prompt_tokens + e[2] * t for e in extras]
+            shards = balance(costs, self._n_shards(len(extras)))
+            wire = _settings_dict(settings, len(results))
+            self.last_shards["c"] = [[extras[k][0] for k in s] for s in shards]
+            outputs = self._dispatch(
+                "c", [[extras[k] for k in s] for s in shards],
+                lambda actor, name, p: actor.run_extras.remote(name, wire, p), reporter, stats)
+            extended: set[int] = set()
+            for out in outputs:
+                _add_stats(stats, out["stats"])
+                for d in out["prompts"]:
+                    target = results[position[d["index"]]]
+                    new = prompt_from_dict(d).sequences
+                    if d["index"] in extended or (new and new[0].index != target.n_sequences):
+                        raise RuntimeError(f"internal error: extra sequences of prompt {d['index']} do not follow "
+                                           f"its {target.n_sequences} sequences")
+                    extended.add(d["index"])
+                    target.sequences.extend(new)
+            stats.rounds = 2
+            if answers is not None:
+                _score(results, answers, scorer)
+        stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
+
+    def run(self, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
+            answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
+            progress: Union[None, bool, Callable[[dict], None]]) -> RunResult:
+        """All phases of one run on validated input (`eager_cpp.run(..., cluster=pool)` calls this)."""
+        started = time.perf_counter()
+        reporter = _ShardProgress(progress, len(prompts), started)
+        stats = RunStats(method=settings.method, workers=self.n_workers, worker_start_seconds=self.start_seconds)
+        results = self._phase_a(prompts, indices, settings, options, reporter, stats)
+        if answers is not None:
+            _score(results, answers, scorer)
+        if settings.method in ("eager_adapt", "eager"):
+            self._reallocate(results, settings, stats, answers, scorer, reporter)
+        _finish_stats(stats, results)
+        stats.wall_seconds = time.perf_counter() - started
+        return RunResult(prompts=results, stats=stats, settings=_settings_dict(settings, len(prompts)))
+
+
+def _model_path(model: Any) -> str:
+    path = model.path if isinstance(model, Model) else os.fspath(model)
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _add_stats(stats: RunStats, shard: dict) -> None:
+    for key in _STAT_SUMS:
+        setattr(stats, key, getattr(stats, key) + shard[key])
+    stats.max_live_sequences = max(stats.max_live_sequences, shard["max_live_sequences"])
+
+
+def _finish_stats(stats: RunStats, results: list[PromptResult]) -> None:
+    stats.sequences = sum(p.n_sequences for p in results)
+    stats.generated_tokens = sum(p.generated_tokens for p in results)
+
+
+def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_worker: Optional[int],
+          n_ctx: Optional[int]) -> tuple[RayWorkers, bool]:
+    """The pool to run on and whether this call owns it (and must close it)."""
+    if isinstance(cluster, RayWorkers):
+        if _model_path(model) != cluster.model_path:
+            raise ValueError(f"the pool's workers hold {cluster.model_path}, not {_model_path(model)}")
+        for name, value, have in (("workers", workers, cluster.n_workers),
+                                  ("threads_per_worker", threads_per_worker, cluster.threads_per_worker)):
+            if value is not None and value != have:
+                raise ValueError(f"{name}={value} differs from the RayWorkers pool's {have}; set it on the pool")
+        return cluster, False
+    if not isinstance(cluster, str):
+        raise TypeError(f'cluster must be "local", a Ray address or a RayWorkers pool, got {type(cluster).__name__}')
+    return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx), True
+
+
+def run_distributed(model: Any, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
+                    answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
+                    progress: Any, *, cluster: Cluster, workers: Optional[int] = None,
+                    threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None) -> RunResult:
+    """`eager_cpp.run(..., cluster=...)` after its input checks: the run on Ray workers."""
+    pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx)
+    try:
+        return pool.run(prompts, indices, settings, options, answers, scorer, progress)
+    finally:
+        if owned:
+            pool.close()
+
+
+def reallocate_distributed(model: Any, result: RunResult, method: str, answers: Optional[Seq[Any]],
+                           scorer: Optional[Callable[[str, str], bool]], progress: Any, *,
+                           cluster: Cluster) -> RunResult:
+    """`eager_cpp.reallocate(..., cluster=...)` after its input checks: phase (c) on Ray workers."""
+    settings = _settings_from_dict(result.settings)
+    settings.method = method
+    pool, owned = _pool(model, cluster, None, None, None)
+    try:
+        if answers is not None:
+            answers = list(answers)
+            _score(result.prompts, answers, scorer)
+        started = time.perf_counter()
+        stats = result.stats
+        stats.method = method
+        stats.workers = pool.n_workers
+        pool.last_shards = {}
+        pool._reallocate(result.prompts, settings, stats, answers, scorer,
+                         _ShardProgress(progress, len(result.prompts), started))
+        _finish_stats(stats, result.prompts)
+        stats.wall_seconds += time.perf_counter() - started
+        result.settings["method"] = method
+        return result
+    finally:
+        if owned:
+            pool.close()
