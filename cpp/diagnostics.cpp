@@ -57,4 +57,57 @@ ForkProbe probe_fork(Model & model, const std::vector<int32_t> & prefix, const s
     return probe;
 }
 
+std::vector<DeviceRowProbe> probe_device_topk(Model & model, const std::vector<std::vector<int32_t>> & prompts,
+                                              const DeviceTopKParams & params, int n_threads) {
+    if (prompts.empty()) throw InvalidArgument("the device probe needs at least one prompt");
+    const int n = static_cast<int>(prompts.size());
+    if (n > 256) throw InvalidArgument("the device probe takes at most 256 prompts");
+    int32_t total = 0;
+    for (const auto & p : prompts) {
+        if (p.empty()) throw InvalidArgument("the device probe got an empty prompt");
+        total += static_cast<int32_t>(p.size());
+    }
+    ContextShape shape;
+    shape.n_ctx = static_cast<uint32_t>((total + 511) / 256 * 256);
+    shape.n_seq_max = static_cast<uint32_t>(n);
+    shape.n_batch = static_cast<uint32_t>(std::max<int32_t>(512, total));
+    shape.n_threads = n_threads;
+    llama_context * ctx = model.acquire_context(shape);
+    llama_memory_t mem = llama_get_memory(ctx);
+    MemoryGuard guard{mem};
+
+    Batch batch(total);
+    std::vector<int32_t> rows;
+    for (int s = 0; s < n; ++s)
+        for (size_t i = 0; i < prompts[s].size(); ++i) {
+            const bool last = i + 1 == prompts[s].size();
+            const int32_t at = batch.add(prompts[s][i], static_cast<int32_t>(i), s, last);
+            if (last) rows.push_back(at);
+        }
+
+    std::vector<DeviceRowProbe> out(n);
+    {
+        DeviceSamplers samplers;
+        samplers.attach(ctx, n, params);
+        struct Detach {
+            DeviceSamplers & s;
+            llama_context * c;
+            ~Detach() { s.detach(c); }
+        } detach{samplers, ctx};
+        batch.decode(ctx, "the device probe");
+        for (int s = 0; s < n; ++s) {
+            const DeviceRow d = read_device_row(ctx, rows[s]);
+            out[s].ids.assign(d.ids, d.ids + d.count);
+            out[s].cand_logits.assign(d.logits, d.logits + d.count);
+            out[s].cand_probs.assign(d.probs, d.probs + d.count);
+            out[s].entropy = d.entropy;
+        }
+    }
+    llama_memory_clear(mem, true);
+    batch.decode(ctx, "the device probe");
+    const int n_vocab = model.n_vocab();
+    for (int s = 0; s < n; ++s) out[s].logits = copy_row(ctx, rows[s], n_vocab);
+    return out;
+}
+
 }  // namespace eager

@@ -1,4 +1,5 @@
-// Probes of llama.cpp behaviour that the tests check against: forking by KV sequence copy.
+// Probes of llama.cpp behaviour that the tests check against: forking by KV sequence copy, and
+// the device top-K ops against the host kernel on the very same logits.
 #pragma once
 
 #include <cstdint>
@@ -19,5 +20,21 @@ struct ForkProbe {
 // prefill of the whole token list.
 ForkProbe probe_fork(Model & model, const std::vector<int32_t> & prefix, const std::vector<int32_t> & continuation,
                      int n_threads);
+
+struct DeviceRowProbe {
+    std::vector<float> logits;      // the full row, as llama.cpp copied it back to the host
+    std::vector<int32_t> ids;       // the device's C candidates (unordered)
+    std::vector<float> cand_logits; // their logits
+    std::vector<float> cand_probs;  // their full-row probabilities at the sample temperature
+    float entropy = 0.0f;           // the device's top-K entropy
+};
+
+// Prefills each prompt as its own sequence in one batch twice: once with the device top-K
+// samplers on every sequence, once without, which copies the raw rows back. The two passes
+// run the same model graph on the same batch, so the logits match (the test checks that the
+// candidates' logits equal the raw row's at their ids). Mixing sequences with and without a
+// sampler in one batch is no substitute: llama.cpp may then reuse the raw logits' buffer.
+std::vector<DeviceRowProbe> probe_device_topk(Model & model, const std::vector<std::vector<int32_t>> & prompts,
+                                              const DeviceTopKParams & params, int n_threads);
 
 }  // namespace eager

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "batch.hpp"
+#include "device_topk.hpp"
 #include "errors.hpp"
 #include "llama.h"
 #include "rng.hpp"
@@ -83,7 +84,9 @@ private:
     double expected_live(double estimate) const;
     void admit(int prompt);
     void step();
-    void advance(const std::vector<int> & seq_slots, const std::vector<const float *> & rows);
+    void advance(const std::vector<int> & seq_slots, const std::vector<int32_t> & output_rows);
+    void compute_rows(const std::vector<int32_t> & output_rows, const std::vector<RowRequest> & requests,
+                      const std::vector<double> & draws);
     bool may_branch(const LiveSequence & seq) const;
     int new_sequence(int prompt, int parent_slot);
     void append_token(LiveSequence & seq, int32_t token, float entropy);
@@ -125,6 +128,13 @@ void Run::validate() const {
         throw InvalidArgument("top_k_entropy must be between 2 and " + std::to_string(kMaxEntropyTopK));
     if (!(cfg_.sampling.temperature >= 0.0f)) throw InvalidArgument("temperature must be >= 0");
     if (cfg_.max_live_sequences < 1) throw InvalidArgument("max_live_sequences must be at least 1");
+    if (cfg_.device_topk) {
+        if (cfg_.device_candidates < cfg_.entropy_k || cfg_.device_candidates < 2)
+            throw InvalidArgument("device_candidates must be at least top_k_entropy (" + std::to_string(cfg_.entropy_k) + ")");
+        if (cfg_.sampling.top_k > cfg_.device_candidates)
+            throw InvalidArgument("top_k=" + std::to_string(cfg_.sampling.top_k) + " exceeds device_candidates=" +
+                                  std::to_string(cfg_.device_candidates) + ": raise device_candidates");
+    }
     for (size_t i = 0; i < jobs_.size(); ++i) {
         const PromptJob & job = jobs_[i];
         if (job.tokens.empty()) throw InvalidArgument("prompt " + std::to_string(i) + " has no tokens");
@@ -152,6 +162,14 @@ ContextShape Run::plan_context() const {
         max_worst = std::max(max_worst, worst_case_cells(job, cfg_.max_new_tokens));
     }
     shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(kMaxSequenceIds, total_ids));
+    if (cfg_.device_topk) {
+        const float t = cfg_.sampling.temperature;
+        shape.device.enabled = true;
+        shape.device.candidates = cfg_.device_candidates;
+        shape.device.entropy_k = cfg_.entropy_k;
+        shape.device.entropy_temperature = cfg_.entropy_after_temperature && t > 0.0f ? t : 1.0f;
+        shape.device.sample_temperature = t > 0.0f ? t : 1.0f;
+    }
     if (cfg_.n_ctx > 0) {
         shape.n_ctx = cfg_.n_ctx;
         return shape;
@@ -283,9 +301,7 @@ void Run::admit(int prompt) {
             slots.push_back(slot);
         }
     }
-    const float * row = llama_get_logits_ith(ctx_, last_row);
-    if (row == nullptr) throw LlamaError("llama.cpp returned no logits for the prompt");
-    advance(slots, std::vector<const float *>(slots.size(), row));
+    advance(slots, std::vector<int32_t>(slots.size(), last_row));
 }
 
 int Run::new_sequence(int prompt, int parent_slot) {
@@ -344,16 +360,49 @@ void Run::step() {
     out_.stats.decode_seconds += seconds_since(t1);
     ++out_.stats.steps;
 
-    std::vector<const float *> rows(slots.size());
-    for (size_t i = 0; i < slots.size(); ++i) {
-        live_[slots[i]].n_past += 1;
-        rows[i] = llama_get_logits_ith(ctx_, row_index[i]);
-        if (rows[i] == nullptr) throw LlamaError("llama.cpp returned no logits for a sequence");
-    }
-    advance(slots, rows);
+    for (int slot : slots) live_[slot].n_past += 1;
+    advance(slots, row_index);
 }
 
-void Run::advance(const std::vector<int> & slots, const std::vector<const float *> & rows) {
+void Run::compute_rows(const std::vector<int32_t> & output_rows, const std::vector<RowRequest> & requests,
+                       const std::vector<double> & draws) {
+    const int n = static_cast<int>(output_rows.size());
+    const int threads = std::min(n_threads_, n);
+    (void) threads;
+    if (cfg_.device_topk) {
+        // The device selected C candidates per row; what is left is a few hundred values each.
+        std::vector<DeviceRow> device_rows(n);
+        for (int i = 0; i < n; ++i) device_rows[i] = read_device_row(ctx_, output_rows[i]);
+        double dropped_max = out_.stats.device_dropped_mass_max;
+        for (int i = 0; i < n; ++i) {
+            const DeviceRow & d = device_rows[i];
+            results_[i] = process_candidates(d.ids, d.logits, d.count, d.entropy, requests[i], draws[i], scratch_[0]);
+            double kept = 0.0;
+            for (int c = 0; c < d.count; ++c) kept += d.probs[c];
+            dropped_max = std::max(dropped_max, 1.0 - kept);
+        }
+        out_.stats.device_dropped_mass_max = dropped_max;
+        return;
+    }
+    std::vector<const float *> rows(n);
+    for (int i = 0; i < n; ++i) {
+        rows[i] = llama_get_logits_ith(ctx_, output_rows[i]);
+        if (rows[i] == nullptr) throw LlamaError("llama.cpp returned no logits for a sequence");
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+    for (int i = 0; i < n; ++i) {
+#ifdef _OPENMP
+        RowScratch & scratch = scratch_[omp_get_thread_num()];
+#else
+        RowScratch & scratch = scratch_[0];
+#endif
+        results_[i] = process_row(rows[i], n_vocab_, requests[i], draws[i], scratch);
+    }
+}
+
+void Run::advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows) {
     const int n = static_cast<int>(slots.size());
     results_.resize(n);
     std::vector<RowRequest> requests(n);
@@ -371,19 +420,7 @@ void Run::advance(const std::vector<int> & slots, const std::vector<const float 
     }
 
     const auto t0 = Clock::now();
-    const int threads = std::min(n_threads_, n);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-#endif
-    for (int i = 0; i < n; ++i) {
-#ifdef _OPENMP
-        RowScratch & scratch = scratch_[omp_get_thread_num()];
-#else
-        RowScratch & scratch = scratch_[0];
-#endif
-        results_[i] = process_row(rows[i], n_vocab_, requests[i], draws[i], scratch);
-    }
-    (void) threads;
+    compute_rows(output_rows, requests, draws);
     out_.stats.row_kernel_seconds += seconds_since(t0);
 
     const auto t1 = Clock::now();

@@ -32,6 +32,10 @@ struct EngineConfig {
     bool ignore_eos = false;      // for benchmarks that need a fixed length
     int n_threads = 0;            // 0 = all cores
     uint32_t n_ctx = 0;           // 0 = sized from the job
+    // Select the top candidates and the entropy in the model's compute graph (device_topk.hpp)
+    // instead of scanning each full logits row on the host; meant for a GPU-offloaded model.
+    bool device_topk = false;
+    int device_candidates = 256;  // C: the tokens per row that leave the device
 };
 
 struct PromptJob {
@@ -69,6 +73,9 @@ struct RunStats {
     int64_t prompt_tokens = 0;
     int max_live_sequences = 0;
     uint32_t n_ctx = 0;
+    // Device path only: the largest probability mass (at the sampling temperature) of one row
+    // that lay outside its C candidates, which sampling therefore never saw.
+    double device_dropped_mass_max = 0;
 };
 
 struct Progress {

@@ -46,6 +46,7 @@ Model::Model(const std::string & path, int n_gpu_layers) : path_(path) {
 
 Model::~Model() {
     if (ctx_ != nullptr) llama_free(ctx_);
+    device_.detach(nullptr);
     if (model_ != nullptr) llama_model_free(model_);
 }
 
@@ -145,6 +146,7 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
         if (ctx_ != nullptr) {
             llama_free(ctx_);
             ctx_ = nullptr;
+            device_.detach(nullptr);
         }
         llama_context_params params = llama_context_default_params();
         params.n_ctx = shape.n_ctx;
@@ -157,6 +159,9 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
         params.kv_unified = true;
         params.swa_full = shape.swa_full;
         params.no_perf = true;
+        // The engine never asks for two outputs of one sequence in a step; saying so keeps the
+        // device samplers' graph and buffers to one row per sequence.
+        params.n_outputs_max_per_seq = 1;
         ctx_ = llama_init_from_model(model_, params);
         if (ctx_ == nullptr)
             throw LlamaError("llama.cpp could not create a context with " + std::to_string(shape.n_ctx) +
@@ -164,6 +169,13 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
         shape_ = shape;
         shape_.n_ctx = llama_n_ctx(ctx_);
     }
+    // Samplers change without a new context: attaching only rebuilds the compute graph.
+    if (shape.device.enabled && (!device_.attached() || device_.params() != shape.device)) {
+        device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
+    } else if (!shape.device.enabled && device_.attached()) {
+        device_.detach(ctx_);
+    }
+    shape_.device = shape.device;
     llama_memory_clear(llama_get_memory(ctx_), true);
     return ctx_;
 }

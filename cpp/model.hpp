@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "device_topk.hpp"
+
 struct llama_model;
 struct llama_context;
 struct llama_vocab;
@@ -24,6 +26,8 @@ struct ContextShape {
     // Keep the sliding-window layers' cells for the whole context (llama.cpp's default): pruning
     // them measured no faster here, and llama.h warns it can be slower with many sequences.
     bool swa_full = true;
+    // Device top-K samplers on every sequence id (the device path); disabled by default.
+    DeviceTopKParams device;
 };
 
 class Model {
@@ -64,6 +68,7 @@ private:
     const llama_vocab * vocab_ = nullptr;
     llama_context * ctx_ = nullptr;
     ContextShape shape_;
+    DeviceSamplers device_;  // declared after ctx_: the samplers are freed after the context
 };
 
 std::vector<std::string> builtin_chat_templates();

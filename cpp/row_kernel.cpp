@@ -216,4 +216,53 @@ RowResult process_row(const float * logits, int n_vocab, const RowRequest & requ
     return out;
 }
 
+RowResult process_candidates(const int32_t * ids, const float * logits, int n, float entropy,
+                             const RowRequest & request, double u, RowScratch & scratch) {
+    RowResult out;
+    // Top-2 by logit, ties to the lower id, as the host scan orders them.
+    auto better = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && ids[a] < ids[b]); };
+    int first = -1, second = -1;
+    for (int i = 0; i < n; ++i) {
+        if (first < 0 || better(i, first)) {
+            second = first;
+            first = i;
+        } else if (second < 0 || better(i, second)) {
+            second = i;
+        }
+    }
+    out.top1 = first >= 0 ? ids[first] : -1;
+    out.top2 = second >= 0 ? ids[second] : out.top1;
+    out.entropy = request.want_entropy ? entropy : std::numeric_limits<float>::quiet_NaN();
+    out.sampled = out.top1;
+    const bool greedy = !(request.sampling.temperature > 0.0f);
+    if (!greedy && first >= 0 && std::isfinite(logits[first])) {
+        const float max_logit = logits[first];
+        const float threshold = max_logit - kSampleLogitSpan * request.sampling.temperature;
+        scratch.ids.clear();
+        scratch.values.clear();
+        for (int i = 0; i < n; ++i) {
+            if (logits[i] < threshold) continue;
+            scratch.ids.push_back(ids[i]);
+            scratch.values.push_back(logits[i]);
+        }
+        // Ascending ids, as collect_at_least yields them, so the same draw picks the same token.
+        if (!std::is_sorted(scratch.ids.begin(), scratch.ids.end())) {
+            std::vector<size_t> order(scratch.ids.size());
+            for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+            std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scratch.ids[a] < scratch.ids[b]; });
+            std::vector<int32_t> sorted_ids(order.size());
+            std::vector<float> sorted_values(order.size());
+            for (size_t i = 0; i < order.size(); ++i) {
+                sorted_ids[i] = scratch.ids[order[i]];
+                sorted_values[i] = scratch.values[order[i]];
+            }
+            scratch.ids.swap(sorted_ids);
+            scratch.values.swap(sorted_values);
+        }
+        const int32_t t = sample_from_candidates(scratch.ids, scratch.values, max_logit, request.sampling, u);
+        if (t >= 0) out.sampled = t;
+    }
+    return out;
+}
+
 }  // namespace eager

@@ -67,4 +67,9 @@ void collect_at_least(const float * logits, int n_vocab, float threshold, std::v
 RowResult process_row(const float * logits, int n_vocab, const RowRequest & request, double u,
                       RowScratch & scratch);
 
+// The same from a row's candidates (the device path): `n` token ids and logits in any order,
+// the entropy computed where they were selected. Sampling is renormalised over the candidates.
+RowResult process_candidates(const int32_t * ids, const float * logits, int n, float entropy,
+                             const RowRequest & request, double u, RowScratch & scratch);
+
 }  // namespace eager

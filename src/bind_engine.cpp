@@ -78,7 +78,9 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("max_live_sequences", &EngineConfig::max_live_sequences)
         .def_readwrite("ignore_eos", &EngineConfig::ignore_eos)
         .def_readwrite("n_threads", &EngineConfig::n_threads)
-        .def_readwrite("n_ctx", &EngineConfig::n_ctx);
+        .def_readwrite("n_ctx", &EngineConfig::n_ctx)
+        .def_readwrite("device_topk", &EngineConfig::device_topk)
+        .def_readwrite("device_candidates", &EngineConfig::device_candidates);
 
     py::class_<PromptJob>(m, "PromptJob")
         .def(py::init<>())
@@ -118,7 +120,8 @@ void bind_engine(py::module_ & m) {
         .def_readonly("generated_tokens", &RunStats::generated_tokens)
         .def_readonly("prompt_tokens", &RunStats::prompt_tokens)
         .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
-        .def_readonly("n_ctx", &RunStats::n_ctx);
+        .def_readonly("n_ctx", &RunStats::n_ctx)
+        .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max);
 
     py::class_<RunOutput>(m, "RunOutput")
         .def_readonly("prompts", &RunOutput::prompts)

@@ -2,6 +2,7 @@
 
 #include "bindings.hpp"
 #include "diagnostics.hpp"
+#include "llama.h"
 #include "model.hpp"
 #include <pybind11/numpy.h>
 
@@ -9,8 +10,9 @@ using eager::Model;
 
 namespace {
 
-py::array_t<float> to_array(const std::vector<float> & v) {
-    py::array_t<float> a(static_cast<py::ssize_t>(v.size()));
+template <typename T>
+py::array_t<T> to_array(const std::vector<T> & v) {
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
     std::copy(v.begin(), v.end(), a.mutable_data());
     return a;
 }
@@ -46,6 +48,35 @@ void bind_model(py::module_ & m) {
                      probe = eager::probe_fork(self, prefix, cont, n_threads);
                  }
                  return py::make_tuple(to_array(probe.parent), to_array(probe.child), to_array(probe.fresh));
-             }, py::arg("prefix"), py::arg("continuation"), py::arg("n_threads") = 0);
+             }, py::arg("prefix"), py::arg("continuation"), py::arg("n_threads") = 0)
+        .def("probe_device_topk", [](Model & self, const std::vector<std::vector<int32_t>> & prompts, int candidates,
+                                     int entropy_k, float entropy_temperature, float sample_temperature, int n_threads) {
+                 eager::DeviceTopKParams params;
+                 params.enabled = true;
+                 params.candidates = candidates;
+                 params.entropy_k = entropy_k;
+                 params.entropy_temperature = entropy_temperature;
+                 params.sample_temperature = sample_temperature;
+                 std::vector<eager::DeviceRowProbe> rows;
+                 {
+                     py::gil_scoped_release release;
+                     rows = eager::probe_device_topk(self, prompts, params, n_threads);
+                 }
+                 py::list out;
+                 for (const auto & r : rows) {
+                     py::dict d;
+                     d["logits"] = to_array(r.logits);
+                     d["ids"] = to_array(r.ids);
+                     d["cand_logits"] = to_array(r.cand_logits);
+                     d["cand_probs"] = to_array(r.cand_probs);
+                     d["entropy"] = r.entropy;
+                     out.append(d);
+                 }
+                 return out;
+             }, py::arg("prompts"), py::arg("candidates") = 256, py::arg("entropy_k") = 20,
+             py::arg("entropy_temperature") = 1.0f, py::arg("sample_temperature") = 1.0f, py::arg("n_threads") = 0,
+             "Device top-K outputs and the raw logits of the last token of each prompt, from one forward pass.");
     m.def("builtin_chat_templates", &eager::builtin_chat_templates);
+    m.def("supports_gpu_offload", &llama_supports_gpu_offload,
+          "Whether the llama.cpp that eager_cpp runs on was built with a GPU backend.");
 }
