@@ -6,6 +6,10 @@
 #include "bindings.hpp"
 #include "row_kernel.hpp"
 
+#ifdef EAGER_CPP_HAVE_CUDA
+#include "cuda/topk_entropy.hpp"
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -53,6 +57,40 @@ py::tuple topk_entropy(py::array_t<float, py::array::c_style | py::array::forcec
     return py::make_tuple(entropy, top1, top2);
 }
 
+// (available, reason): whether cuda_topk_entropy can run here.
+py::tuple cuda_status() {
+#ifdef EAGER_CPP_HAVE_CUDA
+    std::string why;
+    const bool ok = eager::cuda::device_available(&why);
+    return py::make_tuple(ok, ok ? std::string() : why);
+#else
+    return py::make_tuple(false, std::string("eager_cpp was built without CUDA (build with -DEAGER_CPP_CUDA=ON)"));
+#endif
+}
+
+#ifdef EAGER_CPP_HAVE_CUDA
+// cuda_topk_entropy(logits[rows, n_vocab]) -> (entropy[rows], ids[rows, k], values[rows, k],
+// kernel_ms, transfer_ms): the CUDA kernel on rows copied to the device.
+py::tuple cuda_topk_entropy(py::array_t<float, py::array::c_style | py::array::forcecast> logits, int k,
+                            float temperature) {
+    if (logits.ndim() != 2) throw std::invalid_argument("logits must be a 2-D array of rows (rows, n_vocab)");
+    if (k < 2 || k > eager::cuda::kMaxK) throw std::invalid_argument("k must be between 2 and 64");
+    if (!(temperature > 0.0f)) throw std::invalid_argument("temperature must be > 0");
+    const py::ssize_t rows = logits.shape(0), n_vocab = logits.shape(1);
+    if (rows < 1 || n_vocab < k) throw std::invalid_argument("need at least one row of at least k logits");
+    py::array_t<float> entropy(rows);
+    py::array_t<int32_t> ids({rows, static_cast<py::ssize_t>(k)});
+    py::array_t<float> values({rows, static_cast<py::ssize_t>(k)});
+    eager::cuda::TopKTiming t;
+    {
+        py::gil_scoped_release release;
+        t = eager::cuda::topk_entropy(logits.data(), static_cast<int>(rows), static_cast<int>(n_vocab), k, temperature,
+                                      ids.mutable_data(), values.mutable_data(), entropy.mutable_data());
+    }
+    return py::make_tuple(entropy, ids, values, t.kernel_ms, t.transfer_ms);
+}
+#endif
+
 }  // namespace
 
 void bind_kernels(py::module_ & m) {
@@ -60,4 +98,9 @@ void bind_kernels(py::module_ & m) {
           py::arg("n_threads") = 0,
           "Top-K entropy (natural log, renormalised over the K largest probabilities) and the top-1/top-2 "
           "token ids of each logits row.");
+    m.def("cuda_status", &cuda_status, "(available, reason): whether the CUDA top-K entropy kernel can run here.");
+#ifdef EAGER_CPP_HAVE_CUDA
+    m.def("cuda_topk_entropy", &cuda_topk_entropy, py::arg("logits"), py::arg("k") = 20, py::arg("temperature") = 1.0f,
+          "The CUDA top-K entropy kernel on host rows copied to the device (built with -DEAGER_CPP_CUDA=ON).");
+#endif
 }

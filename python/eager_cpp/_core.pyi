@@ -1,6 +1,6 @@
 """Type stubs of the native extension eager_cpp._core (see src/)."""
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +30,18 @@ class Model:
     def probe_fork(
         self, prefix: list[int], continuation: list[int], n_threads: int = 0
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    def probe_device_topk(
+        self,
+        prompts: list[list[int]],
+        candidates: int = 256,
+        entropy_k: int = 20,
+        entropy_temperature: float = 1.0,
+        sample_temperature: float = 1.0,
+        n_threads: int = 0,
+    ) -> list[dict[str, Any]]: ...
 
 def builtin_chat_templates() -> list[str]: ...
+def supports_gpu_offload() -> bool: ...
 
 class Method:
     PARALLEL: "Method"
@@ -64,6 +74,8 @@ class EngineConfig:
     ignore_eos: bool
     n_threads: int
     n_ctx: int
+    device_topk: bool
+    device_candidates: int
     def __init__(self) -> None: ...
 
 class PromptJob:
@@ -101,6 +113,7 @@ class RunStats:
     prompt_tokens: int
     max_live_sequences: int
     n_ctx: int
+    device_dropped_mass_max: float
 
 class RunOutput:
     prompts: list[PromptResult]
@@ -117,3 +130,8 @@ def bench_bare_decode(model: Model, prompt: list[int], n_sequences: int, n_steps
 def topk_entropy(
     logits: npt.NDArray[np.float32], k: int = 20, temperature: float = 1.0, n_threads: int = 0
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]]: ...
+
+def cuda_status() -> tuple[bool, str]: ...
+def cuda_topk_entropy(
+    logits: npt.NDArray[np.float32], k: int = 20, temperature: float = 1.0
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.float32], float, float]: ...
