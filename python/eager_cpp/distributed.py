@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from .api import _Settings, _run_extras, _score, _settings_dict, _settings_from_dict, run, summarize
+from .api import _Settings, _run_extras, _score, _settings_from_dict, run, summarize
 from .budget import ReallocationPlan, plan_reallocation
 from .model import Model
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
@@ -44,6 +44,7 @@ DEFAULT_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # a local Ray's shared-memory st
 CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the driver does not tokenize
 _STAT_SUMS = ("prompt_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds",
               "steps")
+_STAT_MAXES = ("max_live_sequences", "device_dropped_mass_max")
 _LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
 
 Cluster = Union[str, "RayWorkers"]
@@ -86,7 +87,7 @@ def balance(costs: Seq[float], bins: int) -> list[list[int]]:
 class _Worker:
     """One Ray actor: the model loaded once, phases run on request (made remote lazily)."""
 
-    def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int]) -> None:
+    def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int], n_gpu_layers: int = 0) -> None:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         try:
@@ -101,7 +102,7 @@ class _Worker:
         self.model: Optional[Model] = None
         self.error: Optional[tuple[str, str]] = None
         try:
-            self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
+            self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
         except Exception as e:  # reported by info() and raised on use, as a clear error on the driver
             self.error = (type(e).__name__, str(e))
         self.model_path = model_path
@@ -126,7 +127,7 @@ class _Worker:
 
     def _finish(self, result: RunResult, started: float) -> dict:
         return {"prompts": [prompt_to_dict(p) for p in result.prompts], "stats": asdict(result.stats),
-                "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
+                "settings": result.settings, "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
     def run_shard(self, shard: str, prompts: list[str], indices: list[int], method: str, options: dict) -> dict:
         """Phase (a) on a shard: the prompts keep their global indices (and so their streams)."""
@@ -228,15 +229,18 @@ class RayWorkers:
     max_shard_prompts: phase (a) uses at least ceil(N / max_shard_prompts) shards (smaller shards:
     less to re-run after a failure, less to transfer at once). start_timeout: seconds for the
     workers to start and load the model. max_restarts: replacements for dead workers per pool
-    (default: 2 x workers). After a run, `last_plan` holds its reallocation plan and
-    `last_shards` its shards as prompt indices per phase ({"a": [[...], ...], "c": [...]}).
+    (default: 2 x workers). n_gpu_layers / gpus_per_worker: offload on GPU nodes (each worker
+    then reserves that many of Ray's GPUs). After a run, `last_plan` holds its reallocation plan,
+    `last_shards` its shards as prompt indices per phase ({"a": [[...], ...], "c": [...]}) and
+    `last_busy` each worker's seconds inside its shards ({worker number: seconds}).
     """
 
     def __init__(self, model: Union[str, "os.PathLike[str]", Model], cluster: str = "local",
                  workers: Optional[int] = None, threads_per_worker: Optional[int] = None, *,
                  n_ctx: Optional[int] = None, num_cpus: Optional[int] = None,
                  object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES, max_shard_prompts: int = 256,
-                 start_timeout: float = 600.0, max_restarts: Optional[int] = None) -> None:
+                 start_timeout: float = 600.0, max_restarts: Optional[int] = None, n_gpu_layers: int = 0,
+                 gpus_per_worker: float = 0.0) -> None:
         ray = _import_ray()
         if not isinstance(cluster, str) or not cluster:
             raise ValueError(f'cluster must be "local" or a Ray address, got {cluster!r}')
@@ -248,10 +252,14 @@ class RayWorkers:
         if not (isinstance(start_timeout, (int, float)) and start_timeout > 0):
             raise ValueError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
         self.model_path = _model_path(model)
+        self.n_gpu_layers = int(n_gpu_layers)
+        self.gpus_per_worker = float(gpus_per_worker)
         self.start_timeout = float(start_timeout)
         self.cluster = cluster
         self.last_plan: Optional[ReallocationPlan] = None
         self.last_shards: dict[str, list[list[int]]] = {}
+        self.last_busy: dict[int, float] = {}
+        self._critical = 0.0  # per phase, the busiest worker's seconds in it, summed over the run's phases
         self.restarts = 0
         self._ray = ray
         self._handles: list[_Handle] = []
@@ -289,8 +297,9 @@ class RayWorkers:
         return len(self._handles)
 
     def _spawn(self) -> _Handle:
-        actor = self._cls.options(num_cpus=self.threads_per_worker, max_concurrency=2, max_restarts=0,
-                                  scheduling_strategy="SPREAD").remote(self.model_path, self.threads_per_worker, self.n_ctx)
+        actor = self._cls.options(num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker, max_concurrency=2,
+                                  max_restarts=0, scheduling_strategy="SPREAD").remote(
+            self.model_path, self.threads_per_worker, self.n_ctx, self.n_gpu_layers)
         self._spawned += 1
         return _Handle(actor=actor, number=self._spawned - 1, info_ref=actor.info.remote())
 
@@ -370,14 +379,13 @@ class RayWorkers:
         return max(1, min(n, max(self.n_workers, math.ceil(n / self.max_shard_prompts))))
 
     def _dispatch(self, phase: str, payloads: list[Any], submit: Callable[[Any, str, Any], Any],
-                  reporter: _ShardProgress, stats: RunStats) -> list[dict]:
+                  reporter: _ShardProgress) -> list[dict]:
         """Run every shard on some worker (heaviest first, one at a time per worker); a shard whose
         worker dies goes back to the queue and a replacement worker joins. Outputs in shard order."""
         if self._closed:
             raise RuntimeError("this RayWorkers pool is closed")
         ray = self._ray
         dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
-        started = time.perf_counter()
         queue = list(range(len(payloads)))
         outputs: list[Optional[dict]] = [None] * len(payloads)
         running: dict[Any, tuple[int, _Handle]] = {}
@@ -421,12 +429,14 @@ class RayWorkers:
             for _, handle in list(running.values()):
                 self._replace(handle, RuntimeError("run aborted"), count=False)
             raise
-        wall = time.perf_counter() - started
-        stats.ray_overhead_seconds += max(0.0, wall - max((h.busy for h in self._handles), default=0.0))
+        for h in self._handles:
+            self.last_busy[h.number] = self.last_busy.get(h.number, 0.0) + h.busy
+        self._critical += max((h.busy for h in self._handles), default=0.0)
         return outputs  # type: ignore[return-value]
 
     def _phase_a(self, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
-                 reporter: _ShardProgress, stats: RunStats) -> list[PromptResult]:
+                 reporter: _ShardProgress, stats: RunStats) -> tuple[list[PromptResult], dict]:
+        """The prompts' results in input order, and the settings dict the workers' runs recorded."""
         m, t = settings.max_sequences, settings.config.max_new_tokens
         costs = [len(p) / CHARS_PER_TOKEN + m * t for p in prompts]
         shards = balance(costs, self._n_shards(len(prompts)))
@@ -434,8 +444,7 @@ class RayWorkers:
         self.last_shards = {"a": [p[1] for p in payloads]}
         method = "parallel" if settings.method == "parallel" else "eager_init"
         outputs = self._dispatch(
-            "a", payloads, lambda actor, name, p: actor.run_shard.remote(name, p[0], p[1], method, options),
-            reporter, stats)
+            "a", payloads, lambda actor, name, p: actor.run_shard.remote(name, p[0], p[1], method, options), reporter)
         by_index: dict[int, PromptResult] = {}
         for out in outputs:
             _add_stats(stats, out["stats"])
@@ -446,9 +455,11 @@ class RayWorkers:
         missing = [i for i in indices if i not in by_index]
         if missing or len(by_index) != len(indices):
             raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
-        return [by_index[i] for i in indices]
+        # The workers' own record (it holds what only a loaded model decides, e.g. the device path).
+        recorded = dict(outputs[0]["settings"], method=settings.method, n_prompts=len(prompts))
+        return [by_index[i] for i in indices], recorded
 
-    def _reallocate(self, results: list[PromptResult], settings: _Settings, stats: RunStats,
+    def _reallocate(self, results: list[PromptResult], settings: _Settings, recorded: dict, stats: RunStats,
                     answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
                     reporter: _ShardProgress) -> None:
         """Phase (b) on the driver, the same pure function as one process; phase (c) on the workers."""
@@ -462,11 +473,11 @@ class RayWorkers:
             t = settings.config.max_new_tokens
             costs = [results[position[e[0]]].prompt_tokens + e[2] * t for e in extras]
             shards = balance(costs, self._n_shards(len(extras)))
-            wire = _settings_dict(settings, len(results))
+            wire = dict(recorded, method=settings.method)
             self.last_shards["c"] = [[extras[k][0] for k in s] for s in shards]
             outputs = self._dispatch(
                 "c", [[extras[k] for k in s] for s in shards],
-                lambda actor, name, p: actor.run_extras.remote(name, wire, p), reporter, stats)
+                lambda actor, name, p: actor.run_extras.remote(name, wire, p), reporter)
             extended: set[int] = set()
             for out in outputs:
                 _add_stats(stats, out["stats"])
@@ -488,16 +499,18 @@ class RayWorkers:
             progress: Union[None, bool, Callable[[dict], None]]) -> RunResult:
         """All phases of one run on validated input (`eager_cpp.run(..., cluster=pool)` calls this)."""
         started = time.perf_counter()
+        self.last_plan, self.last_shards, self.last_busy, self._critical = None, {}, {}, 0.0
         reporter = _ShardProgress(progress, len(prompts), started)
         stats = RunStats(method=settings.method, workers=self.n_workers, worker_start_seconds=self.start_seconds)
-        results = self._phase_a(prompts, indices, settings, options, reporter, stats)
+        results, recorded = self._phase_a(prompts, indices, settings, options, reporter, stats)
         if answers is not None:
             _score(results, answers, scorer)
         if settings.method in ("eager_adapt", "eager"):
-            self._reallocate(results, settings, stats, answers, scorer, reporter)
+            self._reallocate(results, settings, recorded, stats, answers, scorer, reporter)
         _finish_stats(stats, results)
         stats.wall_seconds = time.perf_counter() - started
-        return RunResult(prompts=results, stats=stats, settings=_settings_dict(settings, len(prompts)))
+        stats.ray_overhead_seconds = max(0.0, stats.wall_seconds - self._critical)
+        return RunResult(prompts=results, stats=stats, settings=recorded)
 
 
 def _model_path(model: Any) -> str:
@@ -508,7 +521,9 @@ def _model_path(model: Any) -> str:
 def _add_stats(stats: RunStats, shard: dict) -> None:
     for key in _STAT_SUMS:
         setattr(stats, key, getattr(stats, key) + shard[key])
-    stats.max_live_sequences = max(stats.max_live_sequences, shard["max_live_sequences"])
+    for key in _STAT_MAXES:
+        if key in shard and hasattr(stats, key):
+            setattr(stats, key, max(getattr(stats, key), shard[key]))
 
 
 def _finish_stats(stats: RunStats, results: list[PromptResult]) -> None:
@@ -517,7 +532,7 @@ def _finish_stats(stats: RunStats, results: list[PromptResult]) -> None:
 
 
 def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_worker: Optional[int],
-          n_ctx: Optional[int]) -> tuple[RayWorkers, bool]:
+          n_ctx: Optional[int], n_gpu_layers: int = 0) -> tuple[RayWorkers, bool]:
     """The pool to run on and whether this call owns it (and must close it)."""
     if isinstance(cluster, RayWorkers):
         if _model_path(model) != cluster.model_path:
@@ -529,15 +544,16 @@ def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_work
         return cluster, False
     if not isinstance(cluster, str):
         raise TypeError(f'cluster must be "local", a Ray address or a RayWorkers pool, got {type(cluster).__name__}')
-    return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx), True
+    return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers), True
 
 
 def run_distributed(model: Any, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
                     answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
                     progress: Any, *, cluster: Cluster, workers: Optional[int] = None,
-                    threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None) -> RunResult:
+                    threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None,
+                    n_gpu_layers: int = 0) -> RunResult:
     """`eager_cpp.run(..., cluster=...)` after its input checks: the run on Ray workers."""
-    pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx)
+    pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx, n_gpu_layers)
     try:
         return pool.run(prompts, indices, settings, options, answers, scorer, progress)
     finally:
@@ -560,11 +576,13 @@ def reallocate_distributed(model: Any, result: RunResult, method: str, answers: 
         stats = result.stats
         stats.method = method
         stats.workers = pool.n_workers
-        pool.last_shards = {}
-        pool._reallocate(result.prompts, settings, stats, answers, scorer,
+        pool.last_plan, pool.last_shards, pool.last_busy, pool._critical = None, {}, {}, 0.0
+        pool._reallocate(result.prompts, settings, result.settings, stats, answers, scorer,
                          _ShardProgress(progress, len(result.prompts), started))
         _finish_stats(stats, result.prompts)
-        stats.wall_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        stats.wall_seconds += elapsed
+        stats.ray_overhead_seconds += max(0.0, elapsed - pool._critical)
         result.settings["method"] = method
         return result
     finally:

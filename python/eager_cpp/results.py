@@ -69,11 +69,14 @@ class RunStats:
     rounds: int = 1
     max_live_sequences: int = 0
     reallocated_sequences: int = 0
+    # Device path only (device_topk): the largest probability mass of a row outside its
+    # candidates, which sampling could not reach; 0 on the host kernel.
+    device_dropped_mass_max: float = 0.0
     # Ray runs only (eager_cpp.distributed); 0 in this process. The engine times above are summed
     # over the workers; wall_seconds is the driver's, from the workers being ready to the result.
     workers: int = 0
     worker_start_seconds: float = 0.0  # starting the workers and loading the model (not in wall_seconds)
-    ray_overhead_seconds: float = 0.0  # per phase: its wall minus the busiest worker's time in it, summed
+    ray_overhead_seconds: float = 0.0  # wall_seconds minus, per phase, the busiest worker's time in it
 
     @property
     def tokens_per_second(self) -> float:
