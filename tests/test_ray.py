@@ -213,7 +213,7 @@ def test_cli_runs_on_a_running_cluster_by_address(pool, model, capitals, tmp_pat
 @needs_ray
 def test_a_worker_killed_mid_run_has_its_shard_rerun(pool, model, capitals):
     prompts, _ = capitals
-    kw = settings(max_new_tokens=40, stop=None, max_live_sequences=1)
+    kw = settings(max_new_tokens=24, stop=None, max_live_sequences=1)
     restarts = pool.restarts
     killed = []
 
