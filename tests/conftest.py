@@ -23,7 +23,9 @@ CAPITAL_PROMPTS = [
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    return eager_cpp.default_model_path()
+    # EAGER_CPP_MODEL: the same model as a file, where its PyPI package is not installed (the
+    # GPU machine of benchmarks/device/h200.sh).
+    return os.environ.get("EAGER_CPP_MODEL") or eager_cpp.default_model_path()
 
 
 @pytest.fixture(scope="session")

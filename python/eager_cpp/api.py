@@ -68,6 +68,9 @@ def run(
     n_ctx: Optional[int] = None,
     n_threads: Optional[int] = None,
     prompt_indices: Optional[Seq[int]] = None,
+    n_gpu_layers: int = 0,
+    device_topk: Optional[bool] = None,
+    device_candidates: int = 1024,
     cluster: Any = None,
     workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
@@ -79,6 +82,10 @@ def run(
     reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
     prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
     a shard of a larger set passes its global indices so its samples match an unsharded run.
+    n_gpu_layers: layers to offload when `model` is a path (-1: all; needs a GPU-enabled llama.cpp).
+    device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
+    compute graph, so only those leave the GPU (None: on when the model is offloaded). Sampling is
+    then renormalised over the candidates; stats.device_dropped_mass_max says what that left out.
     cluster: None (this process), "local" (start Ray on this machine), a Ray address, or an
     `eager_cpp.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
     `threads_per_worker` threads each); see eager_cpp.distributed. Needs `pip install "eager_cpp[ray]"`.
@@ -108,18 +115,25 @@ def run(
             record_entropies=record_entropies, top_k=top_k, top_p=top_p, min_p=min_p,
             entropy_after_temperature=entropy_after_temperature, think_end_marker=think_end_marker,
             no_branch_window=no_branch_window, threshold_mode=threshold_mode, chat=chat, chat_template=chat_template,
-            max_live_sequences=max_live_sequences, ignore_eos=ignore_eos,
+            max_live_sequences=max_live_sequences, ignore_eos=ignore_eos, device_topk=device_topk,
+            device_candidates=device_candidates,
         )
         return run_distributed(model, prompts, indices, settings, options, answers, scorer, progress, cluster=cluster,
-                               workers=workers, threads_per_worker=threads_per_worker or n_threads, n_ctx=n_ctx)
+                               workers=workers, threads_per_worker=threads_per_worker or n_threads, n_ctx=n_ctx,
+                               n_gpu_layers=n_gpu_layers)
     if workers is not None or threads_per_worker is not None:
         raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
 
+    _check_int("device_candidates", device_candidates, 2)
+    if device_topk is not None and not isinstance(device_topk, bool):
+        raise TypeError(f"device_topk must be True, False or None, got {device_topk!r}")
+
     owned = not isinstance(model, Model)
-    llm = Model(model, n_ctx=n_ctx, n_threads=n_threads) if owned else model
+    llm = Model(model, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers) if owned else model
     if not owned:
         settings.config.n_ctx = n_ctx or llm.n_ctx or 0
         settings.config.n_threads = n_threads or llm.n_threads or 0
+    _set_device_path(settings.config, llm, device_topk, device_candidates)
     reporter = _make_reporter(progress)
     started = time.perf_counter()
 
@@ -268,6 +282,7 @@ def _run_phase(llm: Model, settings: _Settings, jobs: list, positions: list[int]
     stats.bookkeeping_seconds += s.bookkeeping_seconds
     stats.steps += s.steps
     stats.max_live_sequences = max(stats.max_live_sequences, s.max_live_sequences)
+    stats.device_dropped_mass_max = max(stats.device_dropped_mass_max, s.device_dropped_mass_max)
 
 
 def _append_sequences(prompt: PromptResult, core_prompt: Any, round_index: int, base: int) -> None:
@@ -409,6 +424,16 @@ def _check_settings(method, max_sequences, theta, temperature, top_k_entropy, ma
     return _Settings(method, max_sequences, theta, cfg, bool(chat), chat_template)
 
 
+def _set_device_path(cfg: Any, llm: Model, device_topk: Optional[bool], device_candidates: int) -> None:
+    cfg.device_topk = llm.offloaded if device_topk is None else device_topk
+    cfg.device_candidates = device_candidates
+    if cfg.device_topk and device_candidates < cfg.entropy_k:
+        raise ValueError(f"device_candidates={device_candidates} must be at least top_k_entropy={cfg.entropy_k}")
+    if cfg.device_topk and cfg.sampling.top_k > device_candidates:
+        raise ValueError(f"top_k={cfg.sampling.top_k} exceeds device_candidates={device_candidates}; "
+                         "raise device_candidates")
+
+
 def _tokenize(llm: Model, prompt: str, settings: _Settings, index: int) -> list[int]:
     text = llm.format_chat(prompt, settings.chat_template) if settings.chat else prompt
     tokens = llm.tokenize(text)
@@ -446,17 +471,23 @@ def _settings_dict(settings: _Settings, n_prompts: int) -> dict[str, Any]:
         "chat_template": settings.chat_template,
         "max_live_sequences": c.max_live_sequences,
         "ignore_eos": c.ignore_eos,
+        "device_topk": c.device_topk,
+        "device_candidates": c.device_candidates,
         "n_prompts": n_prompts,
     }
 
 
 def _settings_from_dict(d: dict[str, Any]) -> _Settings:
-    return _check_settings(
+    settings = _check_settings(
         d["method"], d["max_sequences"], d["entropy_threshold"], d["temperature"], d["top_k_entropy"],
         d["max_new_tokens"], d["seed"], d["stop"], d["record_entropies"], d["top_k"], d["top_p"], d["min_p"],
         d["entropy_after_temperature"], d["think_end_marker"], d["no_branch_window"], d["threshold_mode"],
         d["chat"], d["chat_template"], d["max_live_sequences"], d["ignore_eos"], None, None,
     )
+    # Results written before the device path existed ran on the host kernel.
+    settings.config.device_topk = bool(d.get("device_topk", False))
+    settings.config.device_candidates = int(d.get("device_candidates", 1024))
+    return settings
 
 
 class _Reporter:

@@ -43,7 +43,8 @@ class Model:
     """A GGUF model loaded into llama.cpp, reusable across `eager_cpp.run` calls.
 
     n_ctx: KV cells shared by all sequences of a run (None: sized from each job).
-    n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to a GPU build.
+    n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to the GPU of a
+    GPU-enabled llama.cpp (-1: all; README, "GPU"); ignored by a CPU-only build.
     """
 
     def __init__(
@@ -57,11 +58,18 @@ class Model:
             raise ValueError(f"n_ctx must be a positive int or None, got {n_ctx!r}")
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
+        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers must be an int >= -1 (-1: all layers), got {n_gpu_layers!r}")
         self.path = check_gguf_path(path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_gpu_layers = int(n_gpu_layers)
         self._model = _core.Model(self.path, self.n_gpu_layers)
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether layers run on a GPU: n_gpu_layers != 0 with a GPU-enabled llama.cpp."""
+        return self.n_gpu_layers != 0 and bool(_core.supports_gpu_offload())
 
     @property
     def n_vocab(self) -> int:
