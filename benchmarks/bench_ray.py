@@ -13,7 +13,8 @@ configurations measured in the same run (DESIGN.md §5); absolute times are cont
 
 A local Ray is started once (2 logical CPUs, no dashboard) and reused by both Ray configurations.
 
-Full size (about 10-15 minutes on 2 cores; run on a quiet machine):
+Full size (about 20 minutes on 2 cores, mostly the 1-thread worker; --max-new-tokens 96 for about
+15; run on a quiet machine):
     python benchmarks/bench_ray.py
 Smoke:
     python benchmarks/bench_ray.py --prompts 8 --max-new-tokens 32 --out /tmp/bench_ray_smoke.json
@@ -147,11 +148,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(C.table(
-        ["config", "method", "wall s", "#T", "tok/s", "#S/prompt", "start s", "overhead s", "overhead",
+        ["config", "method", "wall s", "#T", "tok/s", "#S/prompt", "start s", "overhead ms", "overhead",
          "x single", "x 1 worker"],
         [[r["config"], r["method"], r["wall_seconds"], r["generated_tokens"], r["tokens_per_second"],
-          r["mean_sequences_per_prompt"], r["worker_start_seconds"], r["ray_overhead_seconds"],
-          f"{r['ray_overhead_share']:.1%}" if r["ray_overhead_share"] is not None else None,
+          r["mean_sequences_per_prompt"], r["worker_start_seconds"],
+          r["ray_overhead_seconds"] * 1000 if r["ray_overhead_seconds"] is not None else None,
+          f"{r['ray_overhead_share']:.2%}" if r["ray_overhead_share"] is not None else None,
           r["speedup_vs_single"], r["speedup_vs_1_worker"]] for r in rows]))
     print(f"\nresult transfer: {statistics.mean(r['result_bytes_per_prompt'] for r in rows) / 1024:.1f} KiB per prompt "
           "(pickled dicts; token ids, own tokens and entropies of every sequence)")
