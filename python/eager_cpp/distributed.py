@@ -381,7 +381,8 @@ class RayWorkers:
     def _dispatch(self, phase: str, payloads: list[Any], submit: Callable[[Any, str, Any], Any],
                   reporter: _ShardProgress) -> list[dict]:
         """Run every shard on some worker (heaviest first, one at a time per worker); a shard whose
-        worker dies goes back to the queue and a replacement worker joins. Outputs in shard order."""
+        worker dies goes back to the queue and a replacement worker joins once it has started (so a
+        replacement that cannot be placed never holds a shard the others could run). Outputs in shard order."""
         if self._closed:
             raise RuntimeError("this RayWorkers pool is closed")
         ray = self._ray
@@ -389,8 +390,9 @@ class RayWorkers:
         queue = list(range(len(payloads)))
         outputs: list[Optional[dict]] = [None] * len(payloads)
         running: dict[Any, tuple[int, _Handle]] = {}
-        idle = list(self._handles)
-        for h in idle:
+        idle = [h for h in self._handles if h.info is not None]
+        starting = {h.info_ref: (h, time.monotonic()) for h in self._handles if h.info is None}
+        for h in self._handles:
             h.busy = 0.0
         done = 0
         try:
@@ -399,8 +401,25 @@ class RayWorkers:
                     handle, shard = idle.pop(0), queue.pop(0)
                     ref = submit(handle.actor, f"{phase}{shard}", payloads[shard])
                     running[ref] = (shard, handle)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                if not running and all(time.monotonic() - t > self.start_timeout for _, t in starting.values()):
+                    raise TimeoutError(
+                        f"no Ray worker left to run {len(queue)} shards: replacements did not start within "
+                        f"{self.start_timeout:.0f} s (the cluster has {ray.available_resources()} free)")
+                ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=1.0)
                 for ref in ready:
+                    if ref in starting:  # a replacement worker is up (or failed to start)
+                        handle, _ = starting.pop(ref)
+                        try:
+                            handle.info = ray.get(ref, timeout=60.0)
+                        except dead as e:
+                            new = self._replace(handle, e, count=True)
+                            starting[new.info_ref] = (new, time.monotonic())
+                            continue
+                        if handle.info["error"] is not None:
+                            i = handle.info
+                            raise _load_error(i["error_type"], i["error"], i["node"], i["host"], self.model_path)
+                        idle.append(handle)
+                        continue
                     shard, handle = running.pop(ref)
                     try:
                         out = ray.get(ref, timeout=600.0)
@@ -408,7 +427,8 @@ class RayWorkers:
                         if reporter.progress:
                             sys.stderr.write(f"[eager_cpp] worker {handle.number} died ({type(e).__name__}); "
                                              f"shard {shard} of phase ({phase}) runs again on another worker\n")
-                        idle.append(self._replace(handle, e, count=True))
+                        new = self._replace(handle, e, count=True)
+                        starting[new.info_ref] = (new, time.monotonic())
                         queue.insert(0, shard)
                         continue
                     except ray.exceptions.RayTaskError as e:
