@@ -113,5 +113,7 @@ def test_bad_input_is_one_line_error(tmp_path):
     unlabelled.write_text('{"prompt": "a"}\n')
     proc = cli("eval", str(unlabelled))
     assert proc.returncode == 2 and "answer" in proc.stderr
+    proc = cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--gpu-layers", "-2")
+    assert proc.returncode == 2 and "--gpu-layers" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("run", "--no-such-flag")
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr or "required" in proc.stderr

