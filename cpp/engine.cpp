@@ -373,15 +373,24 @@ void Run::compute_rows(const std::vector<int32_t> & output_rows, const std::vect
         // The device selected C candidates per row; what is left is a few hundred values each.
         std::vector<DeviceRow> device_rows(n);
         for (int i = 0; i < n; ++i) device_rows[i] = read_device_row(ctx_, output_rows[i]);
-        double dropped_max = out_.stats.device_dropped_mass_max;
+        std::vector<double> dropped(n);
+        // A GPU step over hundreds of sequences is short, so the rows' host work is spread too.
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
         for (int i = 0; i < n; ++i) {
+#ifdef _OPENMP
+            RowScratch & scratch = scratch_[omp_get_thread_num()];
+#else
+            RowScratch & scratch = scratch_[0];
+#endif
             const DeviceRow & d = device_rows[i];
-            results_[i] = process_candidates(d.ids, d.logits, d.count, d.entropy, requests[i], draws[i], scratch_[0]);
+            results_[i] = process_candidates(d.ids, d.logits, d.count, d.entropy, requests[i], draws[i], scratch);
             double kept = 0.0;
             for (int c = 0; c < d.count; ++c) kept += d.probs[c];
-            dropped_max = std::max(dropped_max, 1.0 - kept);
+            dropped[i] = 1.0 - kept;
         }
-        out_.stats.device_dropped_mass_max = dropped_max;
+        for (double m : dropped) out_.stats.device_dropped_mass_max = std::max(out_.stats.device_dropped_mass_max, m);
         return;
     }
     std::vector<const float *> rows(n);

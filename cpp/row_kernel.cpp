@@ -238,26 +238,17 @@ RowResult process_candidates(const int32_t * ids, const float * logits, int n, f
     if (!greedy && first >= 0 && std::isfinite(logits[first])) {
         const float max_logit = logits[first];
         const float threshold = max_logit - kSampleLogitSpan * request.sampling.temperature;
-        scratch.ids.clear();
-        scratch.values.clear();
-        for (int i = 0; i < n; ++i) {
-            if (logits[i] < threshold) continue;
-            scratch.ids.push_back(ids[i]);
-            scratch.values.push_back(logits[i]);
-        }
         // Ascending ids, as collect_at_least yields them, so the same draw picks the same token.
-        if (!std::is_sorted(scratch.ids.begin(), scratch.ids.end())) {
-            std::vector<size_t> order(scratch.ids.size());
-            for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-            std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return scratch.ids[a] < scratch.ids[b]; });
-            std::vector<int32_t> sorted_ids(order.size());
-            std::vector<float> sorted_values(order.size());
-            for (size_t i = 0; i < order.size(); ++i) {
-                sorted_ids[i] = scratch.ids[order[i]];
-                sorted_values[i] = scratch.values[order[i]];
-            }
-            scratch.ids.swap(sorted_ids);
-            scratch.values.swap(sorted_values);
+        scratch.pairs.clear();
+        for (int i = 0; i < n; ++i)
+            if (logits[i] >= threshold) scratch.pairs.push_back({ids[i], logits[i]});
+        std::sort(scratch.pairs.begin(), scratch.pairs.end(),
+                  [](const TokenLogit & a, const TokenLogit & b) { return a.id < b.id; });
+        scratch.ids.resize(scratch.pairs.size());
+        scratch.values.resize(scratch.pairs.size());
+        for (size_t i = 0; i < scratch.pairs.size(); ++i) {
+            scratch.ids[i] = scratch.pairs[i].id;
+            scratch.values[i] = scratch.pairs[i].logit;
         }
         const int32_t t = sample_from_candidates(scratch.ids, scratch.values, max_logit, request.sampling, u);
         if (t >= 0) out.sampled = t;

@@ -42,6 +42,7 @@ struct RowResult {
 struct RowScratch {
     std::vector<int32_t> ids;  // sampling candidates: token ids ...
     std::vector<float> values; // ... their logits, then their weights
+    std::vector<TokenLogit> pairs;  // the device path's candidates, put in id order
 };
 
 // Top-K of a row, sorted by logit descending; ties go to the lower token id, which makes
