@@ -369,34 +369,20 @@ void Run::compute_rows(const std::vector<int32_t> & output_rows, const std::vect
     const int n = static_cast<int>(output_rows.size());
     const int threads = std::min(n_threads_, n);
     (void) threads;
-    if (cfg_.device_topk) {
-        // The device selected C candidates per row; what is left is a few hundred values each.
-        std::vector<DeviceRow> device_rows(n);
-        for (int i = 0; i < n; ++i) device_rows[i] = read_device_row(ctx_, output_rows[i]);
-        std::vector<double> dropped(n);
-        // A GPU step over hundreds of sequences is short, so the rows' host work is spread too.
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-#endif
-        for (int i = 0; i < n; ++i) {
-#ifdef _OPENMP
-            RowScratch & scratch = scratch_[omp_get_thread_num()];
-#else
-            RowScratch & scratch = scratch_[0];
-#endif
-            const DeviceRow & d = device_rows[i];
-            results_[i] = process_candidates(d.ids, d.logits, d.count, d.entropy, requests[i], draws[i], scratch);
-            double kept = 0.0;
-            for (int c = 0; c < d.count; ++c) kept += d.probs[c];
-            dropped[i] = 1.0 - kept;
-        }
-        for (double m : dropped) out_.stats.device_dropped_mass_max = std::max(out_.stats.device_dropped_mass_max, m);
-        return;
-    }
-    std::vector<const float *> rows(n);
+    // Read llama.cpp's outputs serially (its accessors are not meant for concurrent calls), then
+    // do the rows' work in parallel: a full logits row each on the host path, C candidates each
+    // on the device path (whose steps over hundreds of sequences are short on a GPU).
+    const bool device = cfg_.device_topk;
+    std::vector<DeviceRow> device_rows(device ? n : 0);
+    std::vector<const float *> rows(device ? 0 : n);
+    std::vector<double> dropped(device ? n : 0);
     for (int i = 0; i < n; ++i) {
-        rows[i] = llama_get_logits_ith(ctx_, output_rows[i]);
-        if (rows[i] == nullptr) throw LlamaError("llama.cpp returned no logits for a sequence");
+        if (device) {
+            device_rows[i] = read_device_row(ctx_, output_rows[i]);
+        } else {
+            rows[i] = llama_get_logits_ith(ctx_, output_rows[i]);
+            if (rows[i] == nullptr) throw LlamaError("llama.cpp returned no logits for a sequence");
+        }
     }
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
@@ -407,8 +393,17 @@ void Run::compute_rows(const std::vector<int32_t> & output_rows, const std::vect
 #else
         RowScratch & scratch = scratch_[0];
 #endif
-        results_[i] = process_row(rows[i], n_vocab_, requests[i], draws[i], scratch);
+        if (!device) {
+            results_[i] = process_row(rows[i], n_vocab_, requests[i], draws[i], scratch);
+            continue;
+        }
+        const DeviceRow & d = device_rows[i];
+        results_[i] = process_candidates(d.ids, d.logits, d.count, d.entropy, requests[i], draws[i], scratch);
+        double kept = 0.0;
+        for (int c = 0; c < d.count; ++c) kept += d.probs[c];
+        dropped[i] = 1.0 - kept;
     }
+    for (double m : dropped) out_.stats.device_dropped_mass_max = std::max(out_.stats.device_dropped_mass_max, m);
 }
 
 void Run::advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows) {
