@@ -175,6 +175,18 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     print(f"\nwrote {path}")
 
 
+def engine_split(stats: Any) -> dict[str, Any]:
+    """The engine's time split and step count of a RunStats, as every benchmark reports them."""
+    return {
+        "prefill_seconds": stats.prefill_seconds,
+        "decode_seconds": stats.decode_seconds,
+        "row_kernel_seconds": stats.row_kernel_seconds,
+        "bookkeeping_seconds": stats.bookkeeping_seconds,
+        "steps": stats.steps,
+        "max_live_sequences": stats.max_live_sequences,
+    }
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 

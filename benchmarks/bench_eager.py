@@ -73,12 +73,7 @@ def measure(model: Any, prompts: list[str], method: str, theta: float, args: arg
         "prompts_at_max_sequences": sum(1 for n in per_prompt if n >= args.max_sequences),
         "wall_seconds": wall,
         "tokens_per_second": C.ratio(s.generated_tokens, wall),
-        "prefill_seconds": s.prefill_seconds,
-        "decode_seconds": s.decode_seconds,
-        "row_kernel_seconds": s.row_kernel_seconds,
-        "bookkeeping_seconds": s.bookkeeping_seconds,
-        "steps": s.steps,
-        "max_live_sequences": s.max_live_sequences,
+        **C.engine_split(s),
         "finish_reasons": dict(finish),
     }
 

@@ -108,12 +108,7 @@ def run_eager(model: Any, prompts: list[str], args: argparse.Namespace) -> dict[
         "mean_tokens_per_sample": C.ratio(s.generated_tokens, s.sequences),
         "finish_reasons": dict(finish),
         "engine_wall_seconds": s.wall_seconds,
-        "prefill_seconds": s.prefill_seconds,
-        "decode_seconds": s.decode_seconds,
-        "row_kernel_seconds": s.row_kernel_seconds,
-        "bookkeeping_seconds": s.bookkeeping_seconds,
-        "steps": s.steps,
-        "max_live_sequences": s.max_live_sequences,
+        **C.engine_split(s),
         "step_overhead_share": s.step_overhead_share,
     }
 
