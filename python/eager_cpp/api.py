@@ -151,11 +151,7 @@ def run(
     if method in ("eager_adapt", "eager"):
         _reallocate(llm, settings, results, tokens, stats, answers, scorer, reporter)
 
-    stats.sequences = sum(p.n_sequences for p in results)
-    stats.generated_tokens = sum(p.generated_tokens for p in results)
-    stats.wall_seconds = time.perf_counter() - started
-    if reporter is not None:
-        reporter.finish()
+    _finish(stats, results, time.perf_counter() - started, reporter)
     return RunResult(prompts=results, stats=stats, settings=_settings_dict(settings, len(prompts)))
 
 
@@ -188,8 +184,7 @@ def reallocate(
     settings = _settings_from_dict(result.settings)
     settings.method = method
     llm = model if isinstance(model, Model) else Model(model)
-    settings.config.n_ctx = llm.n_ctx or 0
-    settings.config.n_threads = llm.n_threads or 0
+    _bind_to_model(settings, llm)
     if answers is not None:
         _score(result.prompts, list(answers), scorer)
     tokens = [_tokenize(llm, p.prompt, settings, p.index) for p in result.prompts]
@@ -198,12 +193,8 @@ def reallocate(
     stats = result.stats
     stats.method = method
     _reallocate(llm, settings, result.prompts, tokens, stats, answers, scorer, reporter)
-    stats.sequences = sum(p.n_sequences for p in result.prompts)
-    stats.generated_tokens = sum(p.generated_tokens for p in result.prompts)
-    stats.wall_seconds += time.perf_counter() - started
+    _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started, reporter)
     result.settings["method"] = method
-    if reporter is not None:
-        reporter.finish()
     return result
 
 
@@ -236,8 +227,7 @@ def _run_extras(llm: Model, settings: dict[str, Any], extras: Seq[tuple[int, str
     base on, as `_reallocate` would number them); the caller appends them to its prompts.
     """
     s = _settings_from_dict(settings)
-    s.config.n_ctx = llm.n_ctx or 0
-    s.config.n_threads = llm.n_threads or 0
+    _bind_to_model(s, llm)
     reporter = _make_reporter(progress)
     started = time.perf_counter()
     tokens = [_tokenize(llm, prompt, s, index) for index, prompt, _, _, _ in extras]
@@ -246,12 +236,28 @@ def _run_extras(llm: Model, settings: dict[str, Any], extras: Seq[tuple[int, str
     stats = RunStats(method=s.method)
     if jobs:
         _run_phase(llm, s, jobs, list(range(len(jobs))), results, stats, round_index=1, reporter=reporter)
-    stats.sequences = sum(p.n_sequences for p in results)
-    stats.generated_tokens = sum(p.generated_tokens for p in results)
-    stats.wall_seconds = time.perf_counter() - started
+    _finish(stats, results, time.perf_counter() - started, reporter)
+    return RunResult(prompts=results, stats=stats, settings=dict(settings))
+
+
+def _bind_to_model(settings: _Settings, llm: Model) -> None:
+    """Rebuilt settings take the context size and threads of the model they will run on."""
+    settings.config.n_ctx = llm.n_ctx or 0
+    settings.config.n_threads = llm.n_threads or 0
+
+
+def _count(stats: RunStats, prompts: list[PromptResult]) -> None:
+    """#S and #T over the prompts, as every entry point (and the Ray driver) reports them."""
+    stats.sequences = sum(p.n_sequences for p in prompts)
+    stats.generated_tokens = sum(p.generated_tokens for p in prompts)
+
+
+def _finish(stats: RunStats, prompts: list[PromptResult], wall_seconds: float, reporter: Optional["_Reporter"]) -> None:
+    """The totals every entry point reports, and the end of its progress line."""
+    _count(stats, prompts)
+    stats.wall_seconds = wall_seconds
     if reporter is not None:
         reporter.finish()
-    return RunResult(prompts=results, stats=stats, settings=dict(settings))
 
 
 def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from .api import _Settings, _run_extras, _score, _settings_from_dict, run, summarize
+from .api import _Settings, _count, _run_extras, _score, _settings_from_dict, run, summarize
 from .budget import ReallocationPlan, plan_reallocation
 from .model import Model
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
@@ -527,7 +527,7 @@ class RayWorkers:
             _score(results, answers, scorer)
         if settings.method in ("eager_adapt", "eager"):
             self._reallocate(results, settings, recorded, stats, answers, scorer, reporter)
-        _finish_stats(stats, results)
+        _count(stats, results)
         stats.wall_seconds = time.perf_counter() - started
         stats.ray_overhead_seconds = max(0.0, stats.wall_seconds - self._critical)
         return RunResult(prompts=results, stats=stats, settings=recorded)
@@ -544,11 +544,6 @@ def _add_stats(stats: RunStats, shard: dict) -> None:
     for key in _STAT_MAXES:
         if key in shard and hasattr(stats, key):
             setattr(stats, key, max(getattr(stats, key), shard[key]))
-
-
-def _finish_stats(stats: RunStats, results: list[PromptResult]) -> None:
-    stats.sequences = sum(p.n_sequences for p in results)
-    stats.generated_tokens = sum(p.generated_tokens for p in results)
 
 
 def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_worker: Optional[int],
@@ -599,7 +594,7 @@ def reallocate_distributed(model: Any, result: RunResult, method: str, answers: 
         pool.last_plan, pool.last_shards, pool.last_busy, pool._critical = None, {}, {}, 0.0
         pool._reallocate(result.prompts, settings, result.settings, stats, answers, scorer,
                          _ShardProgress(progress, len(result.prompts), started))
-        _finish_stats(stats, result.prompts)
+        _count(stats, result.prompts)
         elapsed = time.perf_counter() - started
         stats.wall_seconds += elapsed
         stats.ray_overhead_seconds += max(0.0, elapsed - pool._critical)
