@@ -7,6 +7,9 @@
 (b) Engine efficiency at n live sequences: tokens/s of the engine's generation steps (decode +
     entropy/sampling row kernel + bookkeeping, prefill excluded) vs bare llama_decode steps of the
     same n tokens (`_core.bench_bare_decode`). Target: engine/bare >= 0.9.
+(c) Cost of the CPU buffer guard's fallback: batched decode tok/s (bare llama_decode and engine steps)
+    at n live sequences with the model loaded with --cpu-buffers (default "safe": every extra buffer
+    type but AMX) vs with none (use_extra_bufts = false), interleaved in one run.
 
 Both models are loaded before timing; only generation is timed. Full size:
     python benchmarks/bench_engine.py
@@ -34,7 +37,10 @@ WARMUP_TEXT = "Question: Tom has 3 apples and buys 4 more. How many apples does 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p, "bench_engine")
-    p.add_argument("--part", choices=("a", "b", "both"), default="both", help="which part to run (default: both)")
+    p.add_argument("--part", choices=("a", "b", "c", "both", "all"), default="both",
+                   help="which part to run: a, b, c, both (a and b) or all (default: both)")
+    p.add_argument("--cpu-buffers", choices=("safe", "all", "none"), default=None,
+                   help="CPU buffer types of both engines' models (default: $EAGER_CPP_CPU_BUFFERS or safe)")
     g = p.add_argument_group("(a) eager_cpp vs llama-cpp-python, Full Parallel")
     g.add_argument("--prompts", type=C.positive, default=16, help="first N gsm8k prompts (default: 16)")
     g.add_argument("--max-sequences", type=C.positive, default=8, help="M samples per prompt (default: 8)")
@@ -53,8 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--prompt-index", type=int, default=0, help="which gsm8k prompt is the shared prefix (default: 0)")
     g.add_argument("--repeats", type=C.positive, default=1,
                    help="interleaved repeats per n; the median time is reported (default: 1)")
+    g = p.add_argument_group("(c) CPU buffer types vs none")
+    g.add_argument("--buffer-ns", default="1,8,32", help="live-sequence counts (default: 1,8,32)")
     args = p.parse_args(argv)
     args.ns = C.csv_values(p, args.ns, int, "ns", 1, 256)
+    args.buffer_ns = C.csv_values(p, args.buffer_ns, int, "buffer-ns", 1, 256)
     if args.threads < 1:
         p.error("--threads must be >= 1")
     return args
@@ -114,8 +123,6 @@ def run_eager(model: Any, prompts: list[str], args: argparse.Namespace) -> dict[
 
 
 def part_a(args: argparse.Namespace, path: str, model: Any) -> dict[str, Any]:
-    import llama_cpp
-
     records = C.load_prompts(args.data, args.prompts)
     prompts = [r["prompt"] for r in records]
     lengths = [len(model.tokenize(p)) for p in prompts]
@@ -127,8 +134,10 @@ def part_a(args: argparse.Namespace, path: str, model: Any) -> dict[str, Any]:
     print(f"\n(a) Full Parallel: {len(prompts)} prompts x M={args.max_sequences}, max_new_tokens="
           f"{args.max_new_tokens}, T={args.temperature}, threads={args.threads}; prompt tokens "
           f"{min(lengths)}..{max(lengths)}; llama-cpp-python n_ctx={n_ctx}; order: {args.order}")
-    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
-                          seed=args.seed, verbose=False, logits_all=False)
+    # The same CPU buffer types as eager_cpp's model (the AMX guard), so the comparison is fair.
+    llm = eager_cpp.llama_cpp_reference(path, cpu_buffers=args.cpu_buffers, n_ctx=n_ctx, n_threads=args.threads,
+                                        n_threads_batch=args.threads, seed=args.seed, verbose=False,
+                                        logits_all=False)
     for _ in range(args.warmup):
         llm(WARMUP_TEXT, max_tokens=4, temperature=args.temperature, top_k=0, top_p=1.0, min_p=0.0, seed=1)
         eager_cpp.run(model, [WARMUP_TEXT], method="parallel", max_sequences=args.max_sequences, max_new_tokens=4,
@@ -258,17 +267,88 @@ def part_b(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# (c) the CPU buffer guard's fallback: no extra buffer types
+# ---------------------------------------------------------------------------------------------
+
+
+def _engine_step_tps(model: Any, prompt: str, n: int, steps: int, seed: int) -> float:
+    res = eager_cpp.run(model, [prompt], method="parallel", max_sequences=n, max_new_tokens=steps, ignore_eos=True,
+                        max_live_sequences=max(32, n), temperature=0.6, seed=seed)
+    s = res.stats
+    return C.ratio(s.generated_tokens, s.decode_seconds + s.row_kernel_seconds + s.bookkeeping_seconds)
+
+
+def part_c(args: argparse.Namespace, path: str, model: Any) -> dict[str, Any]:
+    records = C.load_prompts(args.data, args.prompt_index + 1)
+    prompt = records[args.prompt_index]["prompt"]
+    ptoks = model.tokenize(prompt)
+    fallback = eager_cpp.Model(path, n_threads=args.threads, cpu_buffers="none")
+    loads = {"chosen": model, "none": fallback}
+    print(f"\n(c) CPU buffer types: {model.cpu_buffers} (weights in "
+          f"{', '.join(f'{n} {m:.1f} MiB' for n, m in model.weight_buffers)}) vs none (weights in "
+          f"{', '.join(f'{n} {m:.1f} MiB' for n, m in fallback.weight_buffers)}); prompt {args.prompt_index} "
+          f"({len(ptoks)} tokens), {args.steps} steps, repeats={args.repeats}, interleaved")
+    for m in loads.values():  # untimed warm-up of both loads
+        _core.bench_bare_decode(m._model, ptoks, 1, 2, args.threads)
+    rows, table_rows = [], []
+    for n in args.buffer_ns:
+        bare: dict[str, list[float]] = {k: [] for k in loads}
+        engine: dict[str, list[float]] = {k: [] for k in loads}
+        for _ in range(args.repeats):
+            for key, m in loads.items():
+                bare[key].append(C.ratio(n * args.steps, _core.bench_bare_decode(m._model, ptoks, n, args.steps,
+                                                                                  args.threads)))
+                engine[key].append(_engine_step_tps(m, prompt, n, args.steps, args.seed))
+        row = {"n_live": n}
+        for key in loads:
+            row[f"bare_tokens_per_second_{key}"] = statistics.median(bare[key])
+            row[f"engine_tokens_per_second_{key}"] = statistics.median(engine[key])
+        row["bare_ratio_none_over_chosen"] = C.ratio(row["bare_tokens_per_second_none"],
+                                                     row["bare_tokens_per_second_chosen"])
+        row["engine_ratio_none_over_chosen"] = C.ratio(row["engine_tokens_per_second_none"],
+                                                       row["engine_tokens_per_second_chosen"])
+        rows.append(row)
+        table_rows.append([n, row["bare_tokens_per_second_chosen"], row["bare_tokens_per_second_none"],
+                           row["bare_ratio_none_over_chosen"], row["engine_tokens_per_second_chosen"],
+                           row["engine_tokens_per_second_none"], row["engine_ratio_none_over_chosen"]])
+        print(f"  n={n}: bare {row['bare_tokens_per_second_chosen']:.1f} vs {row['bare_tokens_per_second_none']:.1f}"
+              f" tok/s, engine {row['engine_tokens_per_second_chosen']:.1f} vs "
+              f"{row['engine_tokens_per_second_none']:.1f} tok/s", flush=True)
+    print()
+    print(C.table(["live seqs", f"bare {model.cpu_buffers}", "bare none", "none/chosen",
+                   f"engine {model.cpu_buffers}", "engine none", "none/chosen"], table_rows))
+    worst = min(min(r["bare_ratio_none_over_chosen"], r["engine_ratio_none_over_chosen"]) for r in rows)
+    print(f"\n  lowest none/{model.cpu_buffers} ratio: {worst:.3f} (the fallback costs "
+          f"{100 * (1 - worst):.1f} % at worst; above 10 % it is worth recovering)")
+    none_buffers = fallback.weight_buffers
+    del fallback
+    return {
+        "settings": {"prompt_index": args.prompt_index, "prompt_tokens": len(ptoks), "steps": args.steps,
+                     "ns": args.buffer_ns, "repeats": args.repeats, "temperature": 0.6, "ignore_eos": True},
+        "chosen": model.cpu_buffers,
+        "chosen_plan": {"keep": list(model.cpu_buffer_plan.keep), "dropped": list(model.cpu_buffer_plan.dropped)},
+        "chosen_weight_buffers": model.weight_buffers,
+        "none_weight_buffers": none_buffers,
+        "rows": rows,
+        "min_ratio_none_over_chosen": worst,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     C.warn_if_busy()
     path = C.model_path(args.model)
-    model = eager_cpp.Model(path, n_threads=args.threads)
-    print(f"model: {path} ({model.description}), threads={args.threads}")
+    model = eager_cpp.Model(path, n_threads=args.threads, cpu_buffers=args.cpu_buffers)
+    print(f"model: {path} ({model.description}), threads={args.threads}, CPU buffers: {model.cpu_buffers} "
+          f"(kept {list(model.cpu_buffer_plan.keep)}, guarded out {list(model.cpu_buffer_plan.dropped)})")
     payload: dict[str, Any] = {"benchmark": "engine", "environment": C.environment(path, args.threads)}
-    if args.part in ("a", "both"):
+    if args.part in ("a", "both", "all"):
         payload["a_full_parallel_vs_llama_cpp_python"] = part_a(args, path, model)
-    if args.part in ("b", "both"):
+    if args.part in ("b", "both", "all"):
         payload["b_engine_vs_bare_decode"] = part_b(args, model)
+    if args.part in ("c", "all"):
+        payload["c_cpu_buffers_vs_none"] = part_c(args, path, model)
     C.write_json(args.out, payload)
     return 0
 

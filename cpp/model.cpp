@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <regex>
 #include <thread>
 
 #include "errors.hpp"
@@ -28,23 +29,124 @@ void init_backend_once() {
     });
 }
 
+// The log callback is process-wide: one swap at a time.
+std::mutex & log_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+// Our own callback while it lives, the previous one restored after.
+class QuietLog {
+public:
+    QuietLog() : lock_(log_mutex()) {
+        llama_log_get(&previous_, &previous_data_);
+        llama_log_set(log_filter, nullptr);
+    }
+    ~QuietLog() { llama_log_set(previous_, previous_data_); }
+    QuietLog(const QuietLog &) = delete;
+    QuietLog & operator=(const QuietLog &) = delete;
+
+private:
+    std::lock_guard<std::mutex> lock_;
+    ggml_log_callback previous_ = nullptr;
+    void * previous_data_ = nullptr;
+};
+
+// llama.cpp's log during one model load: its error lines go into the exception when the load
+// fails (llama.cpp prints the cause, e.g. a bad GGUF version, only to its log), and its
+// "<name> model buffer size = <n> MiB" lines say which buffer types hold the weights.
+class LoadLog {
+public:
+    LoadLog() : lock_(log_mutex()) {
+        llama_log_get(&previous_, &previous_data_);
+        llama_log_set(&LoadLog::callback, this);
+    }
+    ~LoadLog() { llama_log_set(previous_, previous_data_); }
+    LoadLog(const LoadLog &) = delete;
+    LoadLog & operator=(const LoadLog &) = delete;
+
+    std::vector<WeightBuffer> weight_buffers() const {
+        static const std::regex line(R"(^\S+:\s+(\S+) model buffer size =\s*([0-9.]+) MiB)");
+        std::vector<WeightBuffer> out;
+        std::smatch m;
+        for (const auto & [level, text] : lines_)
+            if (std::regex_search(text, m, line)) out.push_back({m[1].str(), std::stod(m[2].str())});
+        return out;
+    }
+
+    // The last few error lines, joined, or "" when llama.cpp logged none.
+    std::string errors(size_t most = 3) const {
+        std::vector<std::string> picked;
+        for (auto it = lines_.rbegin(); it != lines_.rend() && picked.size() < most; ++it)
+            if (it->first == GGML_LOG_LEVEL_ERROR) picked.insert(picked.begin(), it->second);
+        std::string out;
+        for (const auto & text : picked) out += (out.empty() ? "" : "; ") + text;
+        return out;
+    }
+
+private:
+    static void callback(ggml_log_level level, const char * text, void * data) {
+        auto * self = static_cast<LoadLog *>(data);
+        log_filter(level, text, nullptr);
+        if (level != GGML_LOG_LEVEL_CONT) self->level_ = level;
+        self->partial_ += text;
+        size_t start = 0, end;
+        while ((end = self->partial_.find('\n', start)) != std::string::npos) {
+            if (end > start) self->lines_.emplace_back(self->level_, self->partial_.substr(start, end - start));
+            start = end + 1;
+        }
+        self->partial_.erase(0, start);
+    }
+
+    std::lock_guard<std::mutex> lock_;
+    ggml_log_callback previous_ = nullptr;
+    void * previous_data_ = nullptr;
+    ggml_log_level level_ = GGML_LOG_LEVEL_INFO;
+    std::string partial_;
+    std::vector<std::pair<ggml_log_level, std::string>> lines_;
+};
+
+}  // namespace
+
 int default_threads() {
     const unsigned n = std::thread::hardware_concurrency();
     return n == 0 ? 4 : static_cast<int>(n);
 }
 
-}  // namespace
-
-Model::Model(const std::string & path, int n_gpu_layers) : path_(path) {
+Model::Model(const std::string & path, int n_gpu_layers, CpuBuffers cpu_buffers,
+             const std::vector<std::string> & guarded)
+    : path_(path) {
     init_backend_once();
+    cpu_plan_ = plan_cpu_buffers(offered_cpu_buffers(), cpu_buffers, guarded);
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
-    model_ = llama_model_load_from_file(path.c_str(), params);
-    if (model_ == nullptr) throw LlamaError("llama.cpp could not load the model from '" + path + "'");
+    std::string load_errors;
+    {
+        // The scope also serialises loads, so the log captured is this load's.
+        CpuBufferScope scope(cpu_plan_.keep);
+        // A scope that could not narrow the types falls back to none rather than risk a guarded one.
+        params.use_extra_bufts = cpu_plan_.use_extra_bufts && (scope.narrowed() || cpu_plan_.dropped.empty());
+        if (!params.use_extra_bufts && cpu_plan_.use_extra_bufts) {
+            cpu_plan_.dropped.insert(cpu_plan_.dropped.end(), cpu_plan_.keep.begin(), cpu_plan_.keep.end());
+            cpu_plan_.keep.clear();
+            cpu_plan_.use_extra_bufts = false;
+        }
+        LoadLog log;
+        model_ = llama_model_load_from_file(path.c_str(), params);
+        weight_buffers_ = log.weight_buffers();
+        load_errors = log.errors();
+    }
+    if (model_ == nullptr)
+        throw LlamaError("llama.cpp could not load the model from '" + path + "'" +
+                         (load_errors.empty() ? std::string() : ": " + load_errors));
     vocab_ = llama_model_get_vocab(model_);
 }
 
 Model::~Model() {
+    // llama.cpp logs while freeing. The process-wide log callback may be llama-cpp-python's, a
+    // ctypes function that crashes when called while Python finalises (a Model freed at exit), so
+    // our own C callback serves for the frees.
+    QuietLog quiet;
     if (ctx_ != nullptr) llama_free(ctx_);
     device_.detach(nullptr);
     if (model_ != nullptr) llama_model_free(model_);

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_buffers.hpp"
 #include "device_topk.hpp"
 
 struct llama_model;
@@ -30,9 +31,17 @@ struct ContextShape {
     DeviceTopKParams device;
 };
 
+// A weight buffer of the loaded model, as llama.cpp reports it at load ("CPU_REPACK", 120.5 MiB).
+struct WeightBuffer {
+    std::string name;
+    double mib = 0.0;
+};
+
 class Model {
 public:
-    Model(const std::string & path, int n_gpu_layers);
+    // cpu_buffers / guarded: which CPU extra buffer types may hold weights (cpu_buffers.hpp).
+    Model(const std::string & path, int n_gpu_layers, CpuBuffers cpu_buffers = CpuBuffers::Safe,
+          const std::vector<std::string> & guarded = default_guarded_cpu_buffers());
     ~Model();
     Model(const Model &) = delete;
     Model & operator=(const Model &) = delete;
@@ -40,6 +49,8 @@ public:
     const llama_model * model() const { return model_; }
     const llama_vocab * vocab() const { return vocab_; }
     const std::string & path() const { return path_; }
+    const CpuBufferPlan & cpu_buffer_plan() const { return cpu_plan_; }
+    const std::vector<WeightBuffer> & weight_buffers() const { return weight_buffers_; }
 
     int n_vocab() const;
     int n_ctx_train() const;
@@ -64,6 +75,8 @@ public:
 
 private:
     std::string path_;
+    CpuBufferPlan cpu_plan_;
+    std::vector<WeightBuffer> weight_buffers_;
     llama_model * model_ = nullptr;
     const llama_vocab * vocab_ = nullptr;
     llama_context * ctx_ = nullptr;
@@ -72,5 +85,8 @@ private:
 };
 
 std::vector<std::string> builtin_chat_templates();
+
+// Threads a context uses when none are asked for: every core the OS reports.
+int default_threads();
 
 }  // namespace eager

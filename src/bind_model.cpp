@@ -21,8 +21,15 @@ py::array_t<T> to_array(const std::vector<T> & v) {
 
 void bind_model(py::module_ & m) {
     py::class_<Model>(m, "Model")
-        .def(py::init<const std::string &, int>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
-             py::call_guard<py::gil_scoped_release>())
+        .def(py::init<const std::string &, int, eager::CpuBuffers, const std::vector<std::string> &>(),
+             py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("cpu_buffers") = eager::CpuBuffers::Safe,
+             py::arg("guarded") = eager::default_guarded_cpu_buffers(), py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("cpu_buffer_plan", &Model::cpu_buffer_plan)
+        .def_property_readonly("weight_buffers", [](const Model & self) {
+            py::list out;
+            for (const auto & b : self.weight_buffers()) out.append(py::make_tuple(b.name, b.mib));
+            return out;
+        }, "(buffer type, MiB) of each weight buffer llama.cpp allocated at load, in its order.")
         .def_property_readonly("path", &Model::path)
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_ctx_train", &Model::n_ctx_train)

@@ -35,9 +35,14 @@ def model(model_path: str) -> eager_cpp.Model:
 
 @pytest.fixture(scope="session")
 def reference(model_path: str):
-    """llama-cpp-python with logits for every position, for teacher-forced comparisons."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(model_path, n_ctx=1024, n_batch=512, logits_all=True, n_threads=2, verbose=False)
+    """llama-cpp-python with logits for every position, for teacher-forced comparisons.
+
+    Built through eager_cpp's CPU buffer guard: llama-cpp-python alone dies with SIGILL where the
+    AMX matmul faults, and a comparison is fair only with the same buffer types on both sides.
+    """
+    pytest.importorskip("llama_cpp")
+    return eager_cpp.llama_cpp_reference(model_path, n_ctx=1024, n_batch=512, logits_all=True, n_threads=2,
+                                         verbose=False)
 
 
 def reference_logits(reference, tokens: list[int]) -> np.ndarray:

@@ -46,10 +46,15 @@ def test_branches_follow_the_rule(model, reference):
             if (parent_token, child_token) == (ref1[0], ref2[0]):
                 exact += 1
             else:
-                # Batched decode vs one-shot prefill: each logit moves by up to ~0.6 (DESIGN §5),
-                # which can reorder near-ties among the top few candidates.
+                # Batched decode vs one-shot prefill: each logit moves by up to ~0.6 (0.46 and 0.58
+                # measured on two CPUs), which can reorder near-ties among the top few candidates. The
+                # rule held if the pair's logits are the reference's top two values within that noise:
+                # the better of the pair near the top-1 logit, the other near the top-2 logit (not the
+                # maximum: when the 2nd and 3rd are close but far below the 1st, they swap under noise).
                 assert {parent_token, child_token} <= set(np.argsort(-row)[:5].tolist())
-                assert row.max() - min(row[parent_token], row[child_token]) < 1.0
+                top1_value, top2_value = np.sort(row)[::-1][:2]
+                better, worse = sorted((row[parent_token], row[child_token]), reverse=True)
+                assert abs(better - top1_value) < 1.0 and abs(worse - top2_value) < 1.0
     assert children > 0
     assert exact >= 0.75 * children
     assert r.stats.generated_tokens == sum(len(s.own_tokens) for p in r.prompts for s in p.sequences)

@@ -1,4 +1,4 @@
-"""The `eager-cpp` command line: demo, run, eval, bench."""
+"""The `eager-cpp` command line: demo, run, eval, bench, info."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
                    help="layers offloaded to the GPU of a GPU-enabled llama.cpp (-1: all; default 0); the "
                         "entropy then runs on the device (README, GPU)")
+    p.add_argument("--cpu-buffers", choices=("safe", "all", "none"), default=None,
+                   help="CPU buffer types for the weights: safe = all but AMX (default; AMX crashes on some "
+                        "CPUs), all = AMX too, none = no repacking (default: $EAGER_CPP_CPU_BUFFERS or safe)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -111,6 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scorer", choices=STYLES, default=None)
     b.add_argument("--limit", type=int, default=None)
     b.add_argument("--out-dir", default="eager_bench", help="folder for bench.json and the PNG plots")
+
+    i = sub.add_parser("info", help="the llama.cpp build, CPU features, buffer types and devices: paste it "
+                                    "into a bug report")
+    i.add_argument("--model", help="also load this .gguf and report its weight buffers (default: the default "
+                                   "model, when installed)")
+    i.add_argument("--no-model", action="store_true", help="report without loading a model")
+    i.add_argument("--cpu-buffers", choices=("safe", "all", "none"), default=None,
+                   help="the buffer choice to load the model with (default: $EAGER_CPP_CPU_BUFFERS or safe)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -131,7 +143,7 @@ def _load_model(args: argparse.Namespace) -> Model:
         raise CliError(f"--gpu-layers must be -1 (all layers) or more, got {args.gpu_layers}")
     path = _model_arg(args)
     try:
-        return Model(path, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
+        return Model(path, n_threads=args.threads, n_gpu_layers=args.gpu_layers, cpu_buffers=args.cpu_buffers)
     except FileNotFoundError as e:
         raise CliError(f"{e}; pass --model PATH to a .gguf file, or omit --model for the default model") from None
     except (ValueError, IsADirectoryError, RuntimeError) as e:
@@ -438,7 +450,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_info(args: argparse.Namespace) -> int:
+    from .system import format_system_info, system_info
+
+    model = None
+    if not args.no_model:
+        path = args.model
+        if path is None:
+            try:
+                path = default_model_path()
+            except ImportError:
+                path = None  # the report says the default model is not installed
+        if path is not None:
+            model = Model(path, cpu_buffers=args.cpu_buffers)
+    info = system_info(model)
+    print(json.dumps(info, indent=2) if args.json else format_system_info(info))
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_bench, "info": cmd_info}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
 from . import _core
+from .system import CPU_BUFFER_CHOICES, guarded_cpu_buffers, resolve_cpu_buffers
 
 GGUF_MAGIC = b"GGUF"
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+MAX_THREADS = 1024  # past this, thread creation fails inside llama.cpp's OpenMP pool, not with an exception
+MAX_CTX = 1 << 24  # KV cells: far past any model's training context, below what allocation sizes overflow on
 
 
 def check_gguf_path(path: PathLike) -> str:
@@ -45,6 +52,14 @@ class Model:
     n_ctx: KV cells shared by all sequences of a run (None: sized from each job).
     n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to the GPU of a
     GPU-enabled llama.cpp (-1: all; README, "GPU"); ignored by a CPU-only build.
+    cpu_buffers: which of llama.cpp's CPU extra buffer types may hold the weights: "safe" (all but
+    AMX, whose matmul crashes with SIGILL on some CPUs), "all" (AMX too, where it works) or "none";
+    None: $EAGER_CPP_CPU_BUFFERS, else "safe" (eager_cpp.system, README "Troubleshooting").
+
+    Threads: a Model runs one generation at a time. `run()` calls on it from several threads take
+    turns (each waits, without holding the GIL, for the one in progress); a call from inside a run on
+    the same model (a progress callback calling `run()`) raises RuntimeError instead of deadlocking.
+    Models of their own run in parallel.
     """
 
     def __init__(
@@ -53,18 +68,49 @@ class Model:
         n_ctx: Optional[int] = None,
         n_threads: Optional[int] = None,
         n_gpu_layers: int = 0,
+        cpu_buffers: Optional[str] = None,
     ) -> None:
-        if n_ctx is not None and (not isinstance(n_ctx, int) or n_ctx < 1):
-            raise ValueError(f"n_ctx must be a positive int or None, got {n_ctx!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
+        if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 1 <= n_ctx <= MAX_CTX):
+            raise ValueError(f"n_ctx must be an int between 1 and {MAX_CTX} or None, got {n_ctx!r}")
+        if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)
+                                      or not 1 <= n_threads <= MAX_THREADS):
+            raise ValueError(f"n_threads must be an int between 1 and {MAX_THREADS} or None, got {n_threads!r}")
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an int >= -1 (-1: all layers), got {n_gpu_layers!r}")
+        self.cpu_buffers = resolve_cpu_buffers(cpu_buffers)
         self.path = check_gguf_path(path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_gpu_layers = int(n_gpu_layers)
-        self._model = _core.Model(self.path, self.n_gpu_layers)
+        self._lock = threading.Lock()
+        self._holder: Optional[int] = None
+        self._model = _core.Model(self.path, self.n_gpu_layers, CPU_BUFFER_CHOICES[self.cpu_buffers],
+                                  guarded_cpu_buffers())
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model for one generation: other threads wait (GIL released); the same thread raises."""
+        me = threading.get_ident()
+        if self._holder == me:
+            raise RuntimeError("this Model is already generating in this thread (a progress callback or scorer "
+                               "called run() on the model it runs on); use another Model for a nested run")
+        self._lock.acquire()
+        self._holder = me
+        try:
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+    @property
+    def weight_buffers(self) -> list[tuple[str, float]]:
+        """(buffer type, MiB) of each buffer holding weights, as llama.cpp allocated them at load."""
+        return [(name, float(mib)) for name, mib in self._model.weight_buffers]
+
+    @property
+    def cpu_buffer_plan(self) -> _core.CpuBufferPlan:
+        """The CPU extra buffer types this load kept and those it kept the weights out of."""
+        return self._model.cpu_buffer_plan
 
     @property
     def offloaded(self) -> bool:

@@ -1,0 +1,45 @@
+#include "system_info.hpp"
+
+#include "cpu_buffers.hpp"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "llama.h"
+#include "model.hpp"
+
+namespace eager {
+
+namespace {
+
+const char * device_type_name(enum ggml_backend_dev_type type) {
+    switch (type) {
+        case GGML_BACKEND_DEVICE_TYPE_CPU: return "cpu";
+        case GGML_BACKEND_DEVICE_TYPE_GPU: return "gpu";
+        case GGML_BACKEND_DEVICE_TYPE_IGPU: return "igpu";
+        case GGML_BACKEND_DEVICE_TYPE_ACCEL: return "accel";
+    }
+    return "unknown";
+}
+
+}  // namespace
+
+SystemInfo system_info() {
+    SystemInfo info;
+    info.ggml_version = ggml_version();
+    info.ggml_commit = ggml_commit();
+    info.backend_features = llama_print_system_info();
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        BackendDevice d;
+        d.name = ggml_backend_dev_name(dev);
+        d.description = ggml_backend_dev_description(dev);
+        d.type = device_type_name(ggml_backend_dev_type(dev));
+        ggml_backend_dev_memory(dev, &d.memory_free, &d.memory_total);
+        info.devices.push_back(d);
+    }
+    info.cpu_extra_buffers = offered_cpu_buffers();
+    info.default_threads = default_threads();
+    info.gpu_offload = llama_supports_gpu_offload();
+    return info;
+}
+
+}  // namespace eager
