@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(os.environ.get("EAGER_CPP_DATA", Path(__file__).resolve().parents[1] / "data"))
 GSM8K_FILE = DATA_DIR / "gsm8k_train_200.jsonl"
 RESULTS_DIR = BENCH_DIR / "results"
 

@@ -19,7 +19,7 @@ from eager_cpp.evaluate import format_table, sweep
 from eager_cpp.scoring import scorer_for_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "capitals_dev_100.jsonl"
+DATA = ROOT / "data" / "capitals_dev_100.jsonl"
 
 
 def main() -> int:

@@ -45,6 +45,8 @@ struct LiveSequence {
 struct PromptState {
     bool branching_open = true;
     int steps_without_branch = 0;
+    int64_t counted_round = -1;    // the last round (advance call) that counted this prompt's step
+    bool branched_this_round = false;
     int n_sequences = 0;
     int live = 0;
     bool done = false;
@@ -116,6 +118,7 @@ private:
     int64_t cells_reserved_ = 0;
     int prompts_done_ = 0;
     int live_count_ = 0;
+    int64_t round_ = 0;  // advance calls so far: each gives every sequence it covers one token
     std::vector<RowScratch> scratch_;
     std::vector<RowResult> results_;
     Clock::time_point start_;
@@ -428,14 +431,21 @@ void Run::advance(const std::vector<int> & slots, const std::vector<int32_t> & o
     out_.stats.row_kernel_seconds += seconds_since(t0);
 
     const auto t1 = Clock::now();
+    // Each prompt's step is counted once per round, however its sequences lie in the live table
+    // (children are appended as born, so a prompt's rows need not be contiguous).
+    ++round_;
     std::vector<int> touched;
-    std::vector<char> branched(jobs_.size(), 0);
+    std::vector<std::pair<int, float>> round_entropies;  // p99 mode: joins the history after the round
     for (int i = 0; i < n; ++i) {
         const int slot = slots[i];
         const RowResult & r = results_[i];
         const int prompt = live_[slot].prompt;
         PromptState & st = state_[prompt];
-        if (touched.empty() || touched.back() != prompt) touched.push_back(prompt);
+        if (st.counted_round != round_) {
+            st.counted_round = round_;
+            st.branched_this_round = false;
+            touched.push_back(prompt);
+        }
         bool branch = false;
         if (may_branch(live_[slot]) && r.top2 != r.top1 && r.top2 >= 0) {
             float theta = jobs_[prompt].theta;
@@ -450,16 +460,18 @@ void Run::advance(const std::vector<int> & slots, const std::vector<int32_t> & o
             out_.prompts[prompt].sequences[live_[child].local].branch_entropy = r.entropy;
             append_token(live_[slot], r.top1, r.entropy);
             append_token(live_[child], r.top2, r.entropy);
-            branched[prompt] = 1;
+            st.branched_this_round = true;
         } else {
             append_token(live_[slot], r.sampled, r.entropy);
         }
-        if (cfg_.threshold_mode == ThresholdMode::P99 && !std::isnan(r.entropy)) st.entropy_history.push_back(r.entropy);
+        if (cfg_.threshold_mode == ThresholdMode::P99 && !std::isnan(r.entropy)) round_entropies.emplace_back(prompt, r.entropy);
     }
+    // The p99 floor of a step uses earlier steps' entropies only, as the reference code does.
+    for (const auto & [prompt, h] : round_entropies) state_[prompt].entropy_history.push_back(h);
     for (int prompt : touched) {
         PromptState & st = state_[prompt];
         ++out_.prompts[prompt].steps;
-        st.steps_without_branch = branched[prompt] ? 0 : st.steps_without_branch + 1;
+        st.steps_without_branch = st.branched_this_round ? 0 : st.steps_without_branch + 1;
         if (st.steps_without_branch >= cfg_.no_branch_window || st.n_sequences >= jobs_[prompt].max_sequences)
             st.branching_open = false;
     }

@@ -11,7 +11,7 @@ import pytest
 
 import eager_cpp
 
-DATA_DIR = Path(os.environ.get("EAGER_CPP_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("EAGER_CPP_DATA", Path(__file__).resolve().parents[1] / "data"))
 
 CAPITAL_PROMPTS = [
     "Country: France\nCapital:",

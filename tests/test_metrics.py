@@ -102,10 +102,14 @@ def test_compute_metrics_hand_made():
     json.dumps(m)  # plain JSON-serialisable output
 
 
-def test_cons_correct_if_any_member_of_majority_group_correct():
-    # "18" and "18.0" vote together; the scorer marked only one of them correct.
+def test_answers_the_scorer_judged_differently_vote_apart():
+    # "18" and "18.0" normalise alike, but the scorer marked only one correct: they are two groups of
+    # one, tied with "4"; the first seen ("18.0", judged wrong) leads, so the vote is not correct.
     m = compute_metrics([_prompt(["18.0", "18", "4"], [False, True, False])])
-    assert m["cons@k"] == 1.0
+    assert m["cons@k"] == 0.0 and m["pass@k"] == 1.0
+    # Judged alike, they vote together and win.
+    m = compute_metrics([_prompt(["18.0", "18", "4"], [True, True, False])])
+    assert m["cons@k"] == 1.0 and m["per_prompt"][0]["majority_answer"] == "18.0"
 
 
 def test_none_answers_do_not_vote():
@@ -143,3 +147,16 @@ def test_prompt_score_to_dict():
                     n_correct=1, tokens=9, unbiased={1: 0.5})
     d = s.to_dict()
     assert d["pass"] is True and d["pass@1_unbiased"] == 0.5 and d["tokens"] == 9
+
+
+def test_votes_never_group_sequences_the_scorer_judged_differently():
+    # A custom scorer accepted only the first "A"; the extractor groups all three "A"s together.
+    # Grouped by answer alone, the majority "A" would count as correct through one member; grouped
+    # by (answer, verdict) the majority is the two rejected "A"s.
+    item = {"answers": ["A", "A", "A", "B", "B"], "correct": [True, False, False, False, False],
+            "generated_tokens": 5, "sequences": 5}
+    score = compute_metrics([item])
+    assert score["cons@k"] == 0.0 and score["pass@k"] == 1.0
+    # With the default scorers every member of an answer group shares its verdict: nothing changes.
+    agree = {"answers": ["7", "7.0", "8"], "correct": [True, True, False], "generated_tokens": 3, "sequences": 3}
+    assert compute_metrics([agree])["cons@k"] == 1.0

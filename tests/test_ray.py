@@ -25,9 +25,13 @@ import time
 import pytest
 
 import eager_cpp
-from eager_cpp.api import _run_extras
+from eager_cpp.local import LocalExecutor
+from eager_cpp.options import settings_from_dict
+from eager_cpp.phases import PhaseOutput, merge
 from eager_cpp.scoring import default_scorer
 from conftest import load_jsonl
+
+pytestmark = pytest.mark.slow  # a local Ray cluster: the long end-to-end tier
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='Ray is not installed (pip install "eager_cpp[ray]")')
@@ -112,8 +116,11 @@ def test_workers_match_one_process(pool, model, capitals, method):
         assert pool.last_plan == expected
         assert expected.extras, "this setting should reallocate some budget"
         planned = {e.index: e.extra_sequences for e in expected.extras}
+        outcome = dist.reallocation
         for p in dist.prompts:
-            assert sum(s.round for s in p.sequences) <= planned.get(p.index, 0)
+            extra = sum(1 for s in p.sequences if s.round > 0)
+            assert extra == outcome.produced.get(p.index, 0) <= planned.get(p.index, 0)
+        assert dist.stats.unspent_sequences == expected.budget - sum(outcome.produced.values())
         assert sorted(sum(pool.last_shards["c"], [])) == sorted(planned)
     else:
         assert pool.last_plan is None and "c" not in pool.last_shards
@@ -126,19 +133,22 @@ def test_default_batching_matches_the_same_shards_in_one_process(pool, model, ca
     dist = eager_cpp.run(pool.model_path, prompts, method="eager_adapt", cluster=pool, **kw)
     check_complete(dist, len(prompts))
 
-    # One process, the very shards the workers ran: phase (a) per shard, the plan, phase (c) per shard.
-    by_index = {}
-    for shard in pool.last_shards["a"]:
-        r = eager_cpp.run(model, [prompts[i] for i in shard], method="eager_init", prompt_indices=shard, **kw)
-        by_index.update({p.index: p for p in r.prompts})
-    ref = [by_index[i] for i in range(len(prompts))]
-    plan = eager_cpp.plan_reallocation(eager_cpp.summarize(ref, THETA), M, "eager_adapt")
+    # One process, the very shards the workers ran, dispatch after dispatch: phase (a)'s shards, then
+    # each reallocation try's, each shard one engine run in this process.
+    s = settings_from_dict(dist.settings)
+    s.config.n_threads = 2
+    executor = LocalExecutor(model, s.config)
+    ref = [eager_cpp.PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in enumerate(prompts)]
+    phases = [phase for phase, _ in pool.last_dispatches]
+    assert phases[0] == "a" and set(phases[1:]) == {"c"}
+    for phase, shards in pool.last_dispatches:
+        for shard in shards:
+            out = executor.run_jobs(shard, "eager_init", None)
+            merge(ref, shard, PhaseOutput(prompts=out.prompts, stats=out.stats))
+    plan = eager_cpp.plan_reallocation(
+        eager_cpp.summarize([eager_cpp.PromptResult(p.index, p.prompt, [q for q in p.sequences if q.round == 0], 0)
+                             for p in ref], THETA), M, "eager_adapt")
     assert pool.last_plan == plan and plan.extras
-    extra = {e.index: e for e in plan.extras}
-    for shard in pool.last_shards["c"]:
-        jobs = [(i, prompts[i], extra[i].extra_sequences, extra[i].theta, ref[i].n_sequences) for i in shard]
-        for p in _run_extras(model, dist.settings, jobs).prompts:
-            ref[p.index].sequences.extend(p.sequences)
     expected = eager_cpp.RunResult(prompts=ref, stats=dist.stats)
     assert signature(dist) == signature(expected)
 
@@ -303,3 +313,65 @@ def test_import_without_ray_works_and_cluster_names_the_extra(model_path):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "[]"
+
+
+NODE_LOSS_SCRIPT = textwrap.dedent("""
+    import json, sys, threading, time
+    import ray
+    from ray.cluster_utils import Cluster
+    import eager_cpp
+    from eager_cpp.distributed import RayWorkers
+
+    model_path, prompts = sys.argv[1], json.loads(sys.argv[2])
+    kw = dict(max_sequences=4, entropy_threshold=1.0, temperature=0.6, max_new_tokens=24, seed=3,
+              max_live_sequences=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    second = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="ERROR")
+    cluster.wait_for_nodes()
+    pool = RayWorkers(model_path, cluster.address, workers=2, threads_per_worker=1, max_shard_prompts=2)
+    nodes = {i["worker"]: i["node_id"] for i in pool.workers_info()}
+    removed = []
+
+    def remove_a_busy_node():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            for h, status in zip(pool._handles, pool.workers_status()):
+                if status["running"] and status["progress"].get("generated_tokens", 0) > 0 \\
+                        and h.info["node_id"] == second.node_id and not removed:
+                    cluster.remove_node(second)  # the whole node: raylet and worker process
+                    removed.append(h.number)
+                    cluster.add_node(num_cpus=1)  # room for the replacement
+                    return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=remove_a_busy_node)
+    t.start()
+    dist = eager_cpp.run(model_path, prompts, method="eager_init", cluster=pool, **kw)
+    t.join()
+    model = eager_cpp.Model(model_path, n_threads=1)
+    single = eager_cpp.run(model, prompts, method="eager_init", **kw)
+    sig = lambda r: [[(s.index, s.parent, s.branch_step, s.token_ids) for s in p.sequences] for p in r.prompts]
+    print(json.dumps({"removed": removed, "restarts": pool.restarts, "same": sig(dist) == sig(single),
+                      "indices": [p.index for p in dist.prompts], "distinct_nodes": len(set(nodes.values()))}))
+    pool.close()
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+@needs_ray
+@pytest.mark.slow
+def test_losing_a_node_mid_run_reruns_its_shard(model_path, capitals):
+    """A two-node cluster on this machine (ray.cluster_utils.Cluster): one node removed while its worker
+    runs a shard; the run completes with every prompt once and equals one process."""
+    prompts, _ = capitals
+    proc = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, model_path, json.dumps(prompts)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["distinct_nodes"] == 2, report  # one worker per node (each node has one CPU)
+    assert report["removed"], "no worker on the second node was seen mid-shard"
+    assert report["restarts"] >= 1
+    assert report["indices"] == list(range(len(prompts)))
+    assert report["same"]

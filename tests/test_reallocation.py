@@ -42,17 +42,20 @@ def test_eager_adapt_matches_its_plan_and_is_reproducible(model, capitals):
     assert extras, "expected some capped prompts to receive budget in this setting"
     for p_init, p in zip(init.prompts, adapt.prompts):
         first = [s for s in p.sequences if s.round == 0]
-        later = [s for s in p.sequences if s.round == 1]
-        # Phase (a) is EAGer-init itself; phase (c) adds at most the planned extras, marked.
+        later = [s for s in p.sequences if s.round > 0]
+        # Phase (a) is EAGer-init itself; phase (c) adds exactly the planned extras (tries permitting), marked.
         assert [s.token_ids for s in first] == [s.token_ids for s in p_init.sequences]
-        assert 1 <= len(later) <= extras.get(p.index, 0) or (not later and p.index not in extras)
+        assert len(later) == adapt.reallocation.produced.get(p.index, 0) <= extras.get(p.index, 0)
         assert all(s.reallocated and s.index >= len(first) for s in later)
         assert all(s.parent is None or s.parent >= len(first) for s in later)
         if later:
             assert len(p_init.sequences) == 4  # adapt gives budget to capped prompts only
-    assert adapt.stats.sequences <= 4 * len(prompts)
+    # The whole budget is spent but for what the caps and the bounded tries left, which is reported.
+    assert adapt.stats.sequences == 4 * len(prompts) - adapt.stats.unspent_sequences
+    assert adapt.stats.unspent_sequences == plan.unused + sum(
+        extras[i] - adapt.reallocation.produced[i] for i in extras)
     assert adapt.stats.generated_tokens == sum(len(s.own_tokens) for p in adapt.prompts for s in p.sequences)
-    assert adapt.stats.reallocated_sequences == sum(s.round for p in adapt.prompts for s in p.sequences)
+    assert adapt.stats.reallocated_sequences == sum(1 for p in adapt.prompts for s in p.sequences if s.round > 0)
 
 
 def test_full_eager_gives_budget_to_unsolved_prompts_only(model, capitals):
@@ -63,7 +66,7 @@ def test_full_eager_gives_budget_to_unsolved_prompts_only(model, capitals):
     assert result.stats.sequences <= 4 * len(prompts)
     for p in result.prompts:
         first = [s for s in p.sequences if s.round == 0]
-        later = [s for s in p.sequences if s.round == 1]
+        later = [s for s in p.sequences if s.round > 0]
         if any(s.correct for s in first):
             assert not later  # a solved prompt never gets more budget
         assert len(later) <= 4  # full EAGer caps the extras at M
@@ -87,3 +90,60 @@ def test_metrics_need_answers_and_results_serialise(model, capitals, tmp_path):
     assert [line["index"] for line in lines] == [0, 1, 2]
     assert lines[0]["sequences"][0]["token_ids"] == result.prompts[0].sequences[0].token_ids
     assert json.dumps(result.to_dict())
+
+
+def test_extras_fill_the_plan_exactly(model, capitals):
+    """A single EAGer-init run per prompt yields 1..eᵢ sequences; the tries keep going until eᵢ."""
+    prompts, _ = capitals
+    adapt = eager_cpp.run(model, prompts, method="eager_adapt", **common(entropy_threshold=1.5))
+    outcome = adapt.reallocation
+    assert outcome.granted, "this setting should reallocate"
+    assert outcome.produced == outcome.granted  # every granted sequence made
+    assert outcome.tries >= 2  # one try alone fell short (θ = 1.5 rarely branches)
+    assert adapt.stats.sequences == 4 * len(prompts) - outcome.plan.unused
+    for p in adapt.prompts:
+        rounds = sorted({s.round for s in p.sequences if s.round > 0})
+        assert rounds == list(range(1, len(rounds) + 1))  # rounds are the tries that gave the prompt sequences
+
+
+@pytest.mark.slow
+def test_adapt_with_large_m_needs_no_engine_run_past_256_sequences(model):
+    """EAGer-adapt's extras reach 3M: with M = 100 a prompt may be granted more than 256 (the engine's
+    limit per run); the tries split them instead of failing after phase (a)."""
+    prompts = ["The most surprising thing about the ocean is"] + [
+        f"Country: {c}\nCapital:" for c in ("France", "Japan", "Peru")]
+    r = eager_cpp.run(model, prompts, method="eager_adapt", max_sequences=100, entropy_threshold=0.0,
+                      max_new_tokens=8, stop="\n", seed=1)
+    granted = r.reallocation.granted
+    assert r.prompts[0].sequences and granted.get(0, 0) > 256
+    assert r.reallocation.produced[0] == granted[0]
+    assert sum(1 for s in r.prompts[0].sequences if s.round > 0) == granted[0]
+
+
+def test_reallocation_that_cannot_fit_a_fixed_context_fails_before_phase_a(model_path):
+    m = eager_cpp.Model(model_path, n_threads=2, n_ctx=1024)
+    with pytest.raises(ValueError, match="n_ctx is 1024"):
+        eager_cpp.run(m, ["Country: Peru\nCapital:"], method="eager_adapt", max_sequences=8, max_new_tokens=64)
+    # The same run without reallocation fits (8 x 64 cells and the prompt).
+    assert eager_cpp.run(m, ["Country: Peru\nCapital:"], method="eager_init", max_sequences=8,
+                         max_new_tokens=64).prompts[0].sequences
+
+
+class LastWordScorer:
+    """A custom scorer with its own extractor: the last word of the first line."""
+
+    def extract(self, text):
+        words = text.strip().split("\n")[0].split()
+        return words[-1] if words else None
+
+    def __call__(self, text, gold):
+        return self.extract(text) == gold
+
+
+def test_a_custom_scorer_extracts_the_answers_that_vote(model):
+    r = eager_cpp.run(model, ["Country: France\nCapital:"], method="parallel", max_sequences=4,
+                      max_new_tokens=6, stop="\n", seed=2)
+    r.score(["Paris"], LastWordScorer())
+    for s in r.prompts[0].sequences:
+        assert s.answer == LastWordScorer().extract(s.text)
+        assert s.correct == (s.answer == "Paris")

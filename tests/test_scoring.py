@@ -163,7 +163,7 @@ def test_default_scorer_auto_and_pickle():
 
 
 def test_scorer_for_dataset_rule():
-    cap = scorer_for_dataset("../shared/data/capitals_dev_100.jsonl")
+    cap = scorer_for_dataset("data/capitals_dev_100.jsonl")
     gsm = scorer_for_dataset("/data/GSM8K_train_200.jsonl")
     other = scorer_for_dataset("math500")
     assert (cap.style, gsm.style, other.style) == ("first_line", "gsm8k", "auto")

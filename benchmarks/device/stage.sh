@@ -29,7 +29,7 @@ site=$(python3 -c "import llama_cpp, os; print(os.path.dirname(os.path.dirname(l
 tar czf .device/src/llama_cpp_py.tar.gz -C "$site" --exclude='llama_cpp/lib' --exclude='__pycache__' llama_cpp
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d .device/src/wheels diskcache==5.6.3
-cp ../shared/data/gsm8k_train_200.jsonl .device/src/
+cp data/gsm8k_train_200.jsonl .device/src/
 model=$(python3 -c "import eager_cpp; print(eager_cpp.default_model_path())")
 split -b 48M -d "$model" .device/model.part
 sha256sum "$model" | cut -d' ' -f1 > .device/src/model.sha256

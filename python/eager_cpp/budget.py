@@ -34,7 +34,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MODES", "PromptExtra", "PromptSummary", "ReallocationPlan", "plan_reallocation"]
+__all__ = ["MODES", "PromptExtra", "PromptSummary", "ReallocationPlan", "plan_reallocation", "retry_theta"]
 
 # Method names of eager_cpp.run() are accepted as aliases so callers can pass them through.
 MODES: dict[str, str] = {"adapt": "adapt", "full": "full", "eager_adapt": "adapt", "eager": "full"}
@@ -179,3 +179,24 @@ def plan_reallocation(
     assert used + given <= total, "reallocation would exceed the M*N sequence budget"
     assert 0 <= unused <= budget
     return ReallocationPlan(budget=budget, selected=selected, extras=tuple(extras), unused=unused)
+
+
+def retry_theta(
+    summary: PromptSummary,
+    cap: int,
+    mode: str,
+    theta_decay_unsolved: float = 0.8,
+    theta_decay_late: float = 0.9,
+) -> float:
+    """Threshold of a prompt's next reallocation try, after a try that ran at ``summary.theta``.
+
+    ``summary.sequences`` is what that try produced, ``cap`` what it was capped at and
+    ``summary.tries`` the tries so far: the rule of ``plan_reallocation`` (module docstring), so
+    an unsolved prompt in full mode that stays under its cap branches more with every try.
+    """
+    canon = MODES.get(mode)
+    if canon is None:
+        raise ValueError(f"unknown reallocation mode {mode!r}; expected one of {sorted(MODES)}")
+    if canon == "full" and summary.solved is None:
+        raise ValueError(f"prompt {summary.index}: solved is None; full EAGer needs labels for every prompt")
+    return _new_theta(summary, cap, canon, theta_decay_unsolved, theta_decay_late)

@@ -12,8 +12,9 @@ A run on a cluster goes through the same phases as `api.run` in one process:
     do not depend on which actor ran it or which prompts shared its shard.
 (b) The driver scores (labels stay on the driver) and plans with the same pure function as one
     process: `plan_reallocation(summarize(results, θ), M, method)`.
-(c) The extra jobs (prompt index, extra count, θ, index of the first new sequence) go back to the
-    actors, balanced again by cost; the driver appends their sequences as round 1.
+(c) The extra jobs (`phases.PhaseJob`: prompt index, cap, θ, index of the first new sequence, try)
+    go back to the actors, balanced again by cost, once per reallocation try; the driver appends
+    their sequences. The phases are `phases.run_phases` itself: `RayExecutor` only says where jobs run.
 
 An actor that dies (its process killed, its node lost) has its shard re-run on a replacement
 actor; shards are returned whole and results are keyed by prompt index, so no prompt is lost or
@@ -32,9 +33,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from .api import _Settings, _count, _run_extras, _score, _settings_from_dict, run, summarize
-from .budget import ReallocationPlan, plan_reallocation
+from .options import Settings, bind_to_model, set_device_path, settings_dict, settings_from_dict
+from .budget import ReallocationPlan
+from .local import LocalExecutor
 from .model import Model
+from .phases import PhaseJob, PhaseOutput, count, reallocate_phases, run_phases, score
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
 
 __all__ = ["RAY_HINT", "RayWorkers", "balance", "reallocate_distributed", "run_distributed"]
@@ -42,9 +45,6 @@ __all__ = ["RAY_HINT", "RayWorkers", "balance", "reallocate_distributed", "run_d
 RAY_HINT = 'running on a cluster needs Ray: pip install "eager_cpp[ray]" (or pip install "ray>=2.9")'
 DEFAULT_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # a local Ray's shared-memory store: results are small
 CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the driver does not tokenize
-_STAT_SUMS = ("prompt_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds",
-              "steps")
-_STAT_MAXES = ("max_live_sequences", "device_dropped_mass_max")
 _LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
 
 Cluster = Union[str, "RayWorkers"]
@@ -94,8 +94,9 @@ class _Worker:
             import ray
 
             self.node = ray.util.get_node_ip_address()
+            self.node_id = ray.get_runtime_context().get_node_id()
         except Exception:  # pragma: no cover - only the node's name is then known
-            self.node = self.host
+            self.node, self.node_id = self.host, ""
         self.running: Optional[str] = None
         self.progress: dict = {}
         started = time.perf_counter()
@@ -109,7 +110,8 @@ class _Worker:
         self.load_seconds = time.perf_counter() - started
 
     def info(self) -> dict:
-        return {"pid": self.pid, "node": self.node, "host": self.host, "load_seconds": self.load_seconds,
+        return {"pid": self.pid, "node": self.node, "node_id": self.node_id, "host": self.host,
+                "load_seconds": self.load_seconds,
                 "error_type": self.error[0] if self.error else None, "error": self.error[1] if self.error else None}
 
     def status(self) -> dict:
@@ -125,31 +127,27 @@ class _Worker:
             raise _load_error(self.error[0], self.error[1], self.node, self.host, self.model_path)
         return self.model
 
-    def _finish(self, result: RunResult, started: float) -> dict:
-        return {"prompts": [prompt_to_dict(p) for p in result.prompts], "stats": asdict(result.stats),
-                "settings": result.settings, "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
-
-    def run_shard(self, shard: str, prompts: list[str], indices: list[int], method: str, options: dict) -> dict:
-        """Phase (a) on a shard: the prompts keep their global indices (and so their streams)."""
+    def run_jobs(self, shard: str, settings: dict, jobs: list[dict], method: str) -> dict:
+        """Phase jobs on this actor's model, as the local executor runs them in one process."""
         model = self._ready()
         started = time.perf_counter()
         self.running, self.progress = shard, {}
         try:
-            result = run(model, prompts, method=method, prompt_indices=indices, progress=self._on_progress, **options)
+            s = settings_from_dict(settings)
+            bind_to_model(s, model)
+            set_device_path(s.config, model, settings.get("device_topk"), settings.get("device_candidates", 1024))
+            executor = LocalExecutor(model, s.config, s.chat, s.chat_template)
+            out = executor.run_jobs([PhaseJob.from_dict(j) for j in jobs], method, self._on_engine_progress)
         finally:
             self.running = None
-        return self._finish(result, started)
+        return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
+                "settings": settings_dict(s, int(settings.get("n_prompts", len(jobs)))),
+                "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
-    def run_extras(self, shard: str, settings: dict, extras: list[tuple[int, str, int, float, int]]) -> dict:
-        """Phase (c) on a shard of the plan's extras."""
-        model = self._ready()
-        started = time.perf_counter()
-        self.running, self.progress = shard, {}
-        try:
-            result = _run_extras(model, settings, extras, progress=self._on_progress)
-        finally:
-            self.running = None
-        return self._finish(result, started)
+    def _on_engine_progress(self, done: int, total: int, live: int, tokens: int, seconds: float) -> bool:
+        self.progress = {"prompts_done": done, "prompts_total": total, "live_sequences": live,
+                         "generated_tokens": tokens, "elapsed_seconds": seconds}
+        return True
 
 
 def _load_error(kind: str, message: str, node: str, host: str, path: str) -> Exception:
@@ -258,6 +256,7 @@ class RayWorkers:
         self.cluster = cluster
         self.last_plan: Optional[ReallocationPlan] = None
         self.last_shards: dict[str, list[list[int]]] = {}
+        self.last_dispatches: list[tuple[str, list[list[PhaseJob]]]] = []
         self.last_busy: dict[int, float] = {}
         self._critical = 0.0  # per phase, the busiest worker's seconds in it, summed over the run's phases
         self.restarts = 0
@@ -454,96 +453,75 @@ class RayWorkers:
         self._critical += max((h.busy for h in self._handles), default=0.0)
         return outputs  # type: ignore[return-value]
 
-    def _phase_a(self, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
-                 reporter: _ShardProgress, stats: RunStats) -> tuple[list[PromptResult], dict]:
-        """The prompts' results in input order, and the settings dict the workers' runs recorded."""
-        m, t = settings.max_sequences, settings.config.max_new_tokens
-        costs = [len(p) / CHARS_PER_TOKEN + m * t for p in prompts]
-        shards = balance(costs, self._n_shards(len(prompts)))
-        payloads = [([prompts[k] for k in s], [indices[k] for k in s]) for s in shards]
-        self.last_shards = {"a": [p[1] for p in payloads]}
-        method = "parallel" if settings.method == "parallel" else "eager_init"
-        outputs = self._dispatch(
-            "a", payloads, lambda actor, name, p: actor.run_shard.remote(name, p[0], p[1], method, options), reporter)
-        by_index: dict[int, PromptResult] = {}
-        for out in outputs:
-            _add_stats(stats, out["stats"])
-            for d in out["prompts"]:
-                if d["index"] in by_index:
-                    raise RuntimeError(f"internal error: prompt {d['index']} came back from two shards")
-                by_index[d["index"]] = prompt_from_dict(d)
-        missing = [i for i in indices if i not in by_index]
-        if missing or len(by_index) != len(indices):
-            raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
-        # The workers' own record (it holds what only a loaded model decides, e.g. the device path).
-        recorded = dict(outputs[0]["settings"], method=settings.method, n_prompts=len(prompts))
-        return [by_index[i] for i in indices], recorded
-
-    def _reallocate(self, results: list[PromptResult], settings: _Settings, recorded: dict, stats: RunStats,
-                    answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
-                    reporter: _ShardProgress) -> None:
-        """Phase (b) on the driver, the same pure function as one process; phase (c) on the workers."""
-        plan = plan_reallocation(summarize(results, settings.theta), settings.max_sequences, settings.method)
-        self.last_plan = plan
-        self.last_shards["c"] = []
-        position = {p.index: k for k, p in enumerate(results)}
-        extras = [(e.index, results[position[e.index]].prompt, e.extra_sequences, e.theta,
-                   results[position[e.index]].n_sequences) for e in plan.extras]
-        if extras:
-            t = settings.config.max_new_tokens
-            costs = [results[position[e[0]]].prompt_tokens + e[2] * t for e in extras]
-            shards = balance(costs, self._n_shards(len(extras)))
-            wire = dict(recorded, method=settings.method)
-            self.last_shards["c"] = [[extras[k][0] for k in s] for s in shards]
-            outputs = self._dispatch(
-                "c", [[extras[k] for k in s] for s in shards],
-                lambda actor, name, p: actor.run_extras.remote(name, wire, p), reporter)
-            extended: set[int] = set()
-            for out in outputs:
-                _add_stats(stats, out["stats"])
-                for d in out["prompts"]:
-                    target = results[position[d["index"]]]
-                    new = prompt_from_dict(d).sequences
-                    if d["index"] in extended or (new and new[0].index != target.n_sequences):
-                        raise RuntimeError(f"internal error: extra sequences of prompt {d['index']} do not follow "
-                                           f"its {target.n_sequences} sequences")
-                    extended.add(d["index"])
-                    target.sequences.extend(new)
-            stats.rounds = 2
-            if answers is not None:
-                _score(results, answers, scorer)
-        stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
-
-    def run(self, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
+    def run(self, prompts: list[str], indices: list[int], settings: Settings, options: dict,
             answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
             progress: Union[None, bool, Callable[[dict], None]]) -> RunResult:
         """All phases of one run on validated input (`eager_cpp.run(..., cluster=pool)` calls this)."""
         started = time.perf_counter()
-        self.last_plan, self.last_shards, self.last_busy, self._critical = None, {}, {}, 0.0
-        reporter = _ShardProgress(progress, len(prompts), started)
-        stats = RunStats(method=settings.method, workers=self.n_workers, worker_start_seconds=self.start_seconds)
-        results, recorded = self._phase_a(prompts, indices, settings, options, reporter, stats)
-        if answers is not None:
-            _score(results, answers, scorer)
-        if settings.method in ("eager_adapt", "eager"):
-            self._reallocate(results, settings, recorded, stats, answers, scorer, reporter)
-        _count(stats, results)
+        self._reset()
+        wire = dict(settings_dict(settings, len(prompts)), device_topk=options.get("device_topk"),
+                    device_candidates=options.get("device_candidates", 1024))
+        executor = RayExecutor(self, wire, _ShardProgress(progress, len(prompts), started))
+        results, stats, outcome = run_phases(executor, prompts, indices, settings.method, settings.max_sequences,
+                                             settings.theta, answers, scorer, None)
+        self.last_plan = outcome.plan if outcome is not None else None
+        stats.workers, stats.worker_start_seconds = self.n_workers, self.start_seconds
+        count(stats, results)
         stats.wall_seconds = time.perf_counter() - started
         stats.ray_overhead_seconds = max(0.0, stats.wall_seconds - self._critical)
-        return RunResult(prompts=results, stats=stats, settings=recorded)
+        # The workers' own record (it holds what only a loaded model decides, e.g. the device path).
+        recorded = dict(executor.recorded or wire, method=settings.method, n_prompts=len(prompts))
+        return RunResult(prompts=results, stats=stats, settings=recorded, reallocation=outcome)
+
+    def _reset(self) -> None:
+        self.last_plan, self.last_shards, self.last_dispatches, self.last_busy, self._critical = None, {}, [], {}, 0.0
+
+
+class RayExecutor:
+    """Runs phase jobs on a RayWorkers pool: shards balanced by cost, one engine run per shard.
+
+    Each dispatch is recorded on the pool: `last_dispatches` holds (phase, shards of PhaseJobs) in
+    order, `last_shards` the prompt indices of phase (a)'s shards ("a") and of the first
+    reallocation try's ("c").
+    """
+
+    def __init__(self, pool: RayWorkers, settings: dict, reporter: "_ShardProgress") -> None:
+        self.pool = pool
+        self.settings = settings
+        self.reporter = reporter
+        self.recorded: Optional[dict] = None
+
+    def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Any = None) -> PhaseOutput:
+        stats = RunStats(method=method)
+        if not jobs:
+            return PhaseOutput(prompts=[], stats=stats)
+        pool, t = self.pool, self.settings["max_new_tokens"]
+        phase = "a" if all(j.round == 0 for j in jobs) else "c"
+        costs = [len(j.prompt) / CHARS_PER_TOKEN + j.max_sequences * t for j in jobs]
+        shards = [[jobs[k] for k in members] for members in balance(costs, pool._n_shards(len(jobs)))]
+        pool.last_dispatches.append((phase, shards))
+        pool.last_shards.setdefault(phase, [[j.index for j in shard] for shard in shards])
+        outputs = pool._dispatch(
+            phase, [[j.to_dict() for j in shard] for shard in shards],
+            lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), self.reporter)
+        by_index: dict[int, PromptResult] = {}
+        for out in outputs:
+            stats.merge(RunStats(**out["stats"]))
+            for d in out["prompts"]:
+                if d["index"] in by_index:
+                    raise RuntimeError(f"internal error: prompt {d['index']} came back from two shards")
+                by_index[d["index"]] = prompt_from_dict(d)
+        missing = [j.index for j in jobs if j.index not in by_index]
+        if missing:
+            raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
+        if self.recorded is None:
+            self.recorded = outputs[0]["settings"]
+        return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats)
 
 
 def _model_path(model: Any) -> str:
     path = model.path if isinstance(model, Model) else os.fspath(model)
     return os.path.abspath(os.path.expanduser(path))
-
-
-def _add_stats(stats: RunStats, shard: dict) -> None:
-    for key in _STAT_SUMS:
-        setattr(stats, key, getattr(stats, key) + shard[key])
-    for key in _STAT_MAXES:
-        if key in shard and hasattr(stats, key):
-            setattr(stats, key, max(getattr(stats, key), shard[key]))
 
 
 def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_worker: Optional[int],
@@ -562,7 +540,7 @@ def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_work
     return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers), True
 
 
-def run_distributed(model: Any, prompts: list[str], indices: list[int], settings: _Settings, options: dict,
+def run_distributed(model: Any, prompts: list[str], indices: list[int], settings: Settings, options: dict,
                     answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
                     progress: Any, *, cluster: Cluster, workers: Optional[int] = None,
                     threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None,
@@ -580,21 +558,24 @@ def reallocate_distributed(model: Any, result: RunResult, method: str, answers: 
                            scorer: Optional[Callable[[str, str], bool]], progress: Any, *,
                            cluster: Cluster) -> RunResult:
     """`eager_cpp.reallocate(..., cluster=...)` after its input checks: phase (c) on Ray workers."""
-    settings = _settings_from_dict(result.settings)
+    settings = settings_from_dict(result.settings)
     settings.method = method
     pool, owned = _pool(model, cluster, None, None, None)
     try:
         if answers is not None:
             answers = list(answers)
-            _score(result.prompts, answers, scorer)
+            score(result.prompts, answers, scorer)
         started = time.perf_counter()
         stats = result.stats
         stats.method = method
         stats.workers = pool.n_workers
-        pool.last_plan, pool.last_shards, pool.last_busy, pool._critical = None, {}, {}, 0.0
-        pool._reallocate(result.prompts, settings, result.settings, stats, answers, scorer,
-                         _ShardProgress(progress, len(result.prompts), started))
-        _count(stats, result.prompts)
+        pool._reset()
+        executor = RayExecutor(pool, dict(result.settings, method=method),
+                               _ShardProgress(progress, len(result.prompts), started))
+        result.reallocation = reallocate_phases(executor, result.prompts, stats, method, settings.max_sequences,
+                                                settings.theta, answers, scorer, None)
+        pool.last_plan = result.reallocation.plan
+        count(stats, result.prompts)
         elapsed = time.perf_counter() - started
         stats.wall_seconds += elapsed
         stats.ray_overhead_seconds += max(0.0, elapsed - pool._critical)

@@ -22,6 +22,7 @@ COLUMNS = [
     ("tokens_ratio", "#T/FP", "{:.2f}"),
     ("mean_sequences", "#S", "{:.2f}"),
     ("reallocated", "realloc", "{}"),
+    ("unspent", "unspent", "{}"),
     ("wall_seconds", "wall s", "{:.1f}"),
 ]
 
@@ -44,6 +45,8 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
         "tokens": m["tokens"],
         "mean_sequences": m["mean_sequences"],
         "reallocated": result.stats.reallocated_sequences,
+        "unspent": result.stats.unspent_sequences,
+        "sequences": result.stats.sequences,
         "prompts_given_budget": sum(1 for p in result.prompts if any(s.round > 0 for s in p.sequences)),
         "solved_by_reallocation": sum(
             1 for p in result.prompts

@@ -50,27 +50,28 @@ def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, str | None]:
-    """Majority answer of one prompt as (first raw answer of the group, normalised key).
+def majority_vote(answers: Sequence[str | None], correct: Sequence[bool] | None = None) -> tuple[Any, Any]:
+    """Majority answer of one prompt as (first raw answer of the group, group key).
 
-    Votes are grouped by normalised answer. None or empty-after-normalisation answers do not
-    vote. Ties go to the group whose answer appeared first among the sequences (dicts keep
-    insertion order and only a strictly larger count replaces the leader). (None, None) when
-    nobody voted.
+    Votes are grouped by normalised answer, or by (normalised answer, correctness) when
+    ``correct`` is given. None or empty-after-normalisation answers do not vote. Ties go to the
+    group whose answer appeared first among the sequences (dicts keep insertion order and only a
+    strictly larger count replaces the leader). (None, None) when nobody voted.
     """
-    counts: dict[str, int] = {}
-    first_raw: dict[str, str] = {}
-    for ans in answers:
+    counts: dict[Any, int] = {}
+    first_raw: dict[Any, str] = {}
+    for k, ans in enumerate(answers):
         if ans is None:
             continue
-        key = normalize_answer(ans)
-        if not key:
+        norm = normalize_answer(ans)
+        if not norm:
             continue
+        key: Any = norm if correct is None else (norm, bool(correct[k]))
         if key not in counts:
             counts[key] = 0
             first_raw[key] = ans
         counts[key] += 1
-    best_key: str | None = None
+    best_key: Any = None
     best = 0
     for key, cnt in counts.items():
         if cnt > best:
@@ -132,14 +133,11 @@ def score_prompt(item: Mapping[str, Any], ks: Iterable[int] = DEFAULT_KS, index:
         raise ValueError(f"prompt {index}: generated_tokens must be >= 0, got {tokens}")
 
     n_correct = sum(correct)
-    majority_raw, majority_key = majority_vote(answers)
-    # The majority group is correct iff any of its members was scored correct: the scorer is
-    # the authority (it may accept forms the normaliser alone would not equate).
-    cons = majority_key is not None and any(
-        ok
-        for ans, ok in zip(answers, correct)
-        if ans is not None and normalize_answer(ans) == majority_key
-    )
+    # Votes group by (normalised answer, the scorer's verdict): the scorer and the vote then never
+    # disagree about a group. With an extractor that matches the scorer (the default scorers) the
+    # verdict is the same across a normalised answer and the groups are the answers' own.
+    majority_raw, majority_key = majority_vote(answers, correct)
+    cons = majority_key is not None and majority_key[1]
     unbiased = {k: pass_at_k_unbiased(n_seq, n_correct, k) for k in ks}
     return PromptScore(
         passed=n_correct > 0,

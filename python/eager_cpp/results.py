@@ -44,6 +44,7 @@ class PromptResult:
     sequences: list[Sequence]
     prompt_tokens: int
     gold_answer: Optional[str] = None
+    steps: int = 0  # rounds (one token for each live sequence) the prompt was live for, over all its runs
 
     @property
     def n_sequences(self) -> int:
@@ -77,6 +78,21 @@ class RunStats:
     workers: int = 0
     worker_start_seconds: float = 0.0  # starting the workers and loading the model (not in wall_seconds)
     ray_overhead_seconds: float = 0.0  # wall_seconds minus, per phase, the busiest worker's time in it
+    # Reallocating methods only: the saved budget b, the tries that spent it and what they left.
+    reallocation_budget: int = 0
+    reallocation_tries: int = 0
+    unspent_sequences: int = 0
+
+    # Engine figures that add up over the engine runs of one run (and over Ray shards), and those that peak.
+    SUMMED = ("prompt_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps")
+    PEAKED = ("max_live_sequences", "device_dropped_mass_max")
+
+    def merge(self, other: "RunStats") -> None:
+        """Fold another engine run's figures into these."""
+        for key in self.SUMMED:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for key in self.PEAKED:
+            setattr(self, key, max(getattr(self, key), getattr(other, key)))
 
     @property
     def tokens_per_second(self) -> float:
@@ -95,13 +111,22 @@ class RunResult:
     prompts: list[PromptResult]
     stats: RunStats
     settings: dict[str, Any] = field(default_factory=dict)
+    # Reallocating methods: the plan and what its tries produced (phases.ReallocationOutcome).
+    reallocation: Any = None
 
     def score(self, answers: list[str], scorer: Optional[Callable[[str, str], bool]] = None) -> None:
-        """Attach gold answers and mark every sequence correct or not."""
+        """Attach gold answers and mark every sequence correct or not.
+
+        One extractor/scorer pair decides both correctness and the majority vote's groups: a scorer
+        with an ``extract(text)`` method (like ``AnswerScorer``) supplies the answers that vote; a
+        plain callable scores while the "auto" extractor supplies them, and then a group votes only
+        with members the scorer judged alike (metrics.majority_vote).
+        """
         if len(answers) != len(self.prompts):
             raise ValueError(f"got {len(answers)} answers for {len(self.prompts)} prompts")
         scorer = scorer or AnswerScorer("auto")
-        extract = scorer.extract if isinstance(scorer, AnswerScorer) else (lambda t: extract_answer(t, "auto"))
+        custom_extract = getattr(scorer, "extract", None)
+        extract = custom_extract if callable(custom_extract) else (lambda t: extract_answer(t, "auto"))
         for p, gold in zip(self.prompts, answers):
             p.gold_answer = str(gold)
             for s in p.sequences:
@@ -146,7 +171,7 @@ def prompt_from_dict(d: dict[str, Any]) -> PromptResult:
     fields = set(Sequence.__dataclass_fields__)
     sequences = [Sequence(**{k: v for k, v in s.items() if k in fields}) for s in d["sequences"]]
     return PromptResult(index=d["index"], prompt=d["prompt"], sequences=sequences, prompt_tokens=d["prompt_tokens"],
-                        gold_answer=d.get("gold_answer"))
+                        gold_answer=d.get("gold_answer"), steps=d.get("steps", 0))
 
 
 def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
@@ -157,5 +182,6 @@ def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
         "gold_answer": p.gold_answer,
         "n_sequences": p.n_sequences,
         "generated_tokens": p.generated_tokens,
+        "steps": p.steps,
         "sequences": [asdict(s) for s in p.sequences],
     }

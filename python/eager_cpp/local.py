@@ -1,0 +1,85 @@
+"""The executor that runs phase jobs on the engine in this process (Ray actors each hold one)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from . import _core
+from .model import Model
+from .phases import PhaseJob, PhaseOutput, ProgressFn
+from .results import PromptResult, RunStats, Sequence
+
+ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
+
+
+class LocalExecutor:
+    """Runs every job list as one batched engine run on `model` with the engine config `config`.
+
+    chat / chat_template: how prompt texts become tokens (the model's chat template or plain text).
+    Prompts are tokenized once per prompt index and reused by later tries.
+    """
+
+    def __init__(self, model: Model, config: Any, chat: bool = False, chat_template: Optional[str] = None) -> None:
+        self.model = model
+        self.config = config
+        self.chat = chat
+        self.chat_template = chat_template
+        self._tokens: dict[int, list[int]] = {}
+
+    def tokens(self, index: int, prompt: str) -> list[int]:
+        """The prompt's tokens, checked against the model's context (ValueError naming the prompt)."""
+        cached = self._tokens.get(index)
+        if cached is not None:
+            return cached
+        text = self.model.format_chat(prompt, self.chat_template) if self.chat else prompt
+        tokens = self.model.tokenize(text)
+        limit = self.model.n_ctx_train
+        need = len(tokens) + self.config.max_new_tokens
+        if need > limit:
+            raise ValueError(
+                f"prompt {index} is {len(tokens)} tokens; with max_new_tokens={self.config.max_new_tokens} a "
+                f"sequence would need {need} positions, beyond the model's context of {limit}")
+        self._tokens[index] = tokens
+        return tokens
+
+    def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Optional[ProgressFn]) -> PhaseOutput:
+        stats = RunStats(method=method)
+        if not jobs:
+            return PhaseOutput(prompts=[], stats=stats)
+        core_jobs = [_core.PromptJob(self.tokens(j.index, j.prompt), j.max_sequences, j.theta, j.index,
+                                     j.sequence_base) for j in jobs]
+        self.config.method = ENGINE_METHODS[method]
+        with self.model.exclusive():  # one generation at a time per model (its context is one)
+            out = _core.generate(self.model._model, self.config, core_jobs, progress)
+        prompts = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
+        s = out.stats
+        for key in RunStats.SUMMED + RunStats.PEAKED:
+            setattr(stats, key, getattr(s, key))
+        return PhaseOutput(prompts=prompts, stats=stats)
+
+
+def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:
+    """The engine's sequences of one job as result Sequences numbered from the job's base.
+
+    A parent is always in the same engine run, so full token_ids come from the chain within it.
+    """
+    result = PromptResult(index=job.index, prompt=job.prompt, sequences=[], prompt_tokens=core_prompt.prompt_tokens,
+                          steps=core_prompt.steps)
+    base = job.sequence_base
+    for local, cs in enumerate(core_prompt.sequences):
+        parent = None if cs.parent < 0 else cs.parent + base
+        own = list(cs.own_tokens)
+        inherited = result.sequences[cs.parent].token_ids[: cs.branch_step] if parent is not None else []
+        result.sequences.append(Sequence(
+            index=base + local,
+            text=cs.text.decode("utf-8", errors="replace"),
+            token_ids=inherited + own,
+            own_tokens=own,
+            entropies=[float(h) for h in cs.entropies],
+            parent=parent,
+            branch_step=cs.branch_step,
+            finish_reason=cs.finish_reason,
+            round=job.round,
+            branch_entropy=float(cs.branch_entropy) if parent is not None else None,
+        ))
+    return result

@@ -1,0 +1,182 @@
+"""The phases of a run, whatever executes them: this process's engine or Ray actors.
+
+(a) One engine run over every prompt: EAGer-init from one sequence each, or Full Parallel.
+(b) ``budget.plan_reallocation`` on per-prompt summaries: the saved budget b = M*N - sum(n_i) as eᵢ
+    extra sequences for the prompts the method selects (a pure function).
+(c) The extras, tried until spent: each try runs EAGer-init on every prompt still short of its eᵢ,
+    all batched together, capped at what it still lacks (so the total is exactly eᵢ, never more);
+    the threshold of a prompt's next try follows ``budget.retry_theta``; after ``MAX_TRIES`` what is
+    left is reported as unspent. Sequence indices (and so random streams) continue per prompt, so
+    the same jobs give the same samples on any executor.
+
+An executor runs a list of ``PhaseJob``s and returns, per job, the job's new sequences. This module
+never imports the native extension or Ray: ``local.LocalExecutor`` and the Ray executor in
+``distributed`` implement ``Executor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Protocol, Sequence as Seq
+
+from .budget import PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
+from .results import PromptResult, RunResult, RunStats
+
+__all__ = ["MAX_TRIES", "Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "count", "merge",
+           "reallocate_phases", "run_phases", "score", "summarize"]
+
+MAX_TRIES = 8  # reallocation tries per run; what they leave is reported as unspent
+MAX_SEQUENCES_PER_JOB = 256  # llama.cpp's sequence-id limit: one engine run of a prompt holds at most this
+
+ProgressFn = Callable[[dict], None]
+Scorer = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class PhaseJob:
+    """One prompt's part of one engine run."""
+
+    index: int  # the prompt's index: results carry it and its random streams derive from it
+    prompt: str
+    max_sequences: int  # the cap of this run (M in phase (a), what the prompt still lacks in (c))
+    theta: float
+    sequence_base: int = 0  # index of the job's first new sequence: streams continue across runs
+    round: int = 0  # 0: phase (a); t: the t-th reallocation try
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PhaseJob":
+        return cls(**d)
+
+
+@dataclass
+class PhaseOutput:
+    """Per job (same order), a PromptResult holding only that job's new sequences; the runs' stats."""
+
+    prompts: list[PromptResult]
+    stats: RunStats
+
+
+class Executor(Protocol):
+    """Runs phase jobs somewhere: ``method`` is "parallel" or "eager_init"."""
+
+    def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Optional[ProgressFn]) -> PhaseOutput: ...
+
+
+@dataclass
+class ReallocationOutcome:
+    """What phases (b) and (c) did: the plan, the tries, and the part of the budget left unspent."""
+
+    plan: ReallocationPlan
+    tries: int = 0
+    granted: dict[int, int] = field(default_factory=dict)  # prompt index -> extra sequences planned
+    produced: dict[int, int] = field(default_factory=dict)  # prompt index -> extra sequences made
+
+    @property
+    def unspent(self) -> int:
+        """Budget neither given (caps) nor produced (tries ran out)."""
+        return self.plan.budget - sum(self.produced.values())
+
+
+def merge(results: list[PromptResult], jobs: Seq[PhaseJob], output: PhaseOutput) -> None:
+    """Append each job's new sequences to its prompt's result, checking that every job came back once."""
+    if len(output.prompts) != len(jobs):
+        raise RuntimeError(f"internal error: {len(jobs)} jobs but {len(output.prompts)} results came back")
+    position = {p.index: k for k, p in enumerate(results)}
+    seen: set[int] = set()
+    for job, new in zip(jobs, output.prompts):  # every check before any change: a bad output changes nothing
+        if new.index != job.index or job.index in seen or job.index not in position:
+            raise RuntimeError(f"internal error: results for prompt {new.index} do not match job {job.index}")
+        seen.add(job.index)
+        target = results[position[job.index]]
+        if new.sequences and new.sequences[0].index != target.n_sequences:
+            raise RuntimeError(f"internal error: new sequences of prompt {job.index} start at "
+                               f"{new.sequences[0].index}, after its {target.n_sequences} sequences")
+        if len(new.sequences) > job.max_sequences:
+            raise RuntimeError(f"internal error: prompt {job.index} got {len(new.sequences)} sequences from a job "
+                               f"capped at {job.max_sequences}")
+    for job, new in zip(jobs, output.prompts):
+        target = results[position[job.index]]
+        target.sequences.extend(new.sequences)
+        target.steps += new.steps
+        if not target.prompt_tokens:
+            target.prompt_tokens = new.prompt_tokens
+
+
+def count(stats: RunStats, prompts: list[PromptResult]) -> None:
+    """#S and #T over the prompts, as every entry point (and the Ray driver) reports them."""
+    stats.sequences = sum(p.n_sequences for p in prompts)
+    stats.generated_tokens = sum(p.generated_tokens for p in prompts)
+
+
+def score(results: list[PromptResult], answers: Optional[Seq[Any]], scorer: Optional[Scorer]) -> None:
+    if answers is not None:
+        RunResult(prompts=results, stats=RunStats(method="")).score([str(a) for a in answers], scorer)
+
+
+def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
+    """Phase (a) -> the planner's input: nᵢ per prompt and whether any sequence is correct."""
+    out = []
+    for p in results:
+        solved = None if p.gold_answer is None else any(bool(s.correct) for s in p.sequences)
+        out.append(PromptSummary(index=p.index, sequences=p.n_sequences, solved=solved, theta=theta))
+    return out
+
+
+def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method: str, max_sequences: int,
+               theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
+               progress: Optional[ProgressFn]) -> tuple[list[PromptResult], RunStats, Optional[ReallocationOutcome]]:
+    """Phase (a) over all prompts, then (b) and (c) for the reallocating methods."""
+    results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
+    stats = RunStats(method=method)
+    jobs = [PhaseJob(index=i, prompt=p, max_sequences=max_sequences, theta=theta) for i, p in zip(indices, prompts)]
+    output = executor.run_jobs(jobs, "parallel" if method == "parallel" else "eager_init", progress)
+    merge(results, jobs, output)
+    stats.merge(output.stats)
+    score(results, answers, scorer)
+    outcome = None
+    if method in ("eager_adapt", "eager"):
+        outcome = reallocate_phases(executor, results, stats, method, max_sequences, theta, answers, scorer, progress)
+    return results, stats, outcome
+
+
+def reallocate_phases(executor: Executor, results: list[PromptResult], stats: RunStats, method: str,
+                      max_sequences: int, theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
+                      progress: Optional[ProgressFn], max_tries: int = MAX_TRIES) -> ReallocationOutcome:
+    """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring)."""
+    plan = plan_reallocation(summarize(results, theta), max_sequences, method)
+    outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
+                                  produced={e.index: 0 for e in plan.extras})
+    position = {p.index: k for k, p in enumerate(results)}
+    thetas = {e.index: e.theta for e in plan.extras}
+    for attempt in range(1, max_tries + 1):
+        jobs = []
+        for e in plan.extras:
+            lacking = e.extra_sequences - outcome.produced[e.index]
+            if lacking > 0:
+                p = results[position[e.index]]
+                jobs.append(PhaseJob(index=e.index, prompt=p.prompt, max_sequences=min(lacking, MAX_SEQUENCES_PER_JOB),
+                                     theta=thetas[e.index], sequence_base=p.n_sequences, round=attempt))
+        if not jobs:
+            break
+        before = {job.index: results[position[job.index]].n_sequences for job in jobs}
+        output = executor.run_jobs(jobs, "eager_init", progress)
+        merge(results, jobs, output)
+        stats.merge(output.stats)
+        outcome.tries = attempt
+        score(results, answers, scorer)
+        for job in jobs:
+            p = results[position[job.index]]
+            got = p.n_sequences - before[job.index]
+            outcome.produced[job.index] += got
+            solved = None if p.gold_answer is None else any(bool(s.correct) for s in p.sequences)
+            thetas[job.index] = retry_theta(PromptSummary(index=job.index, sequences=got, solved=solved,
+                                                          theta=job.theta, tries=attempt), job.max_sequences, method)
+    stats.rounds = outcome.tries + 1
+    stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
+    stats.reallocation_tries = outcome.tries
+    stats.reallocation_budget = plan.budget
+    stats.unspent_sequences = outcome.unspent
+    return outcome
