@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts: data, model, tables, JSON output.
 
-Timings on the development machine are noisy (DESIGN.md §5): every script compares two things
+Timings on the development machine are noisy (docs/method.md, "Numerical noise"): every script compares two things
 measured in the same run and reports their ratio; absolute times are context, not pass/fail.
 """
 

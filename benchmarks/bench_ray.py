@@ -9,7 +9,7 @@ For each: wall seconds, generated tokens (#T) and tokens/s; for the Ray runs als
 start (Ray actor + model load, not in the wall), each worker's seconds inside its shards, and the
 Ray overhead: the driver's wall minus, per phase, the busiest worker's time in it (scheduling,
 transfer of prompts and results, driver-side gathering), as a share of the wall. Ratios compare
-configurations measured in the same run (DESIGN.md §5); absolute times are context.
+configurations measured in the same run (docs/method.md, "Numerical noise"); absolute times are context.
 
 A local Ray is started once (2 logical CPUs, no dashboard) and reused by both Ray configurations.
 

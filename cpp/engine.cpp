@@ -24,7 +24,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-constexpr int kMaxSequenceIds = 256;  // llama.cpp's LLAMA_MAX_SEQ
 constexpr uint32_t kBatchTokens = 512;
 constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this many cells
 // Automatic sizing keeps the KV cache under this many bytes unless a single prompt needs more.

@@ -13,6 +13,9 @@
 
 namespace eager {
 
+// llama.cpp's sequence-id limit (LLAMA_MAX_SEQ): one engine run holds at most this many sequences.
+constexpr int kMaxSequenceIds = 256;
+
 enum class Method { Parallel, EagerInit };
 enum class ThresholdMode { Fixed, P99 };
 
@@ -35,7 +38,7 @@ struct EngineConfig {
     // Select the top candidates and the entropy in the model's compute graph (device_topk.hpp)
     // instead of scanning each full logits row on the host; meant for a GPU-offloaded model.
     bool device_topk = false;
-    int device_candidates = 256;  // C: the tokens per row that leave the device
+    int device_candidates = 1024;  // C: the tokens per row that leave the device
 };
 
 struct PromptJob {

@@ -62,6 +62,10 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("top_p", &SamplingParams::top_p)
         .def_readwrite("min_p", &SamplingParams::min_p);
 
+    // The limits the Python options check against, read from here rather than typed twice.
+    m.attr("MAX_SEQUENCES") = eager::kMaxSequenceIds;
+    m.attr("MAX_ENTROPY_TOP_K") = eager::kMaxEntropyTopK;
+
     py::class_<EngineConfig>(m, "EngineConfig")
         .def(py::init<>())
         .def_readwrite("method", &EngineConfig::method)

@@ -1,4 +1,4 @@
-"""Tests for eager_cpp.budget.plan_reallocation (DESIGN.md §2, "Reallocation")."""
+"""Tests for eager_cpp.budget.plan_reallocation (docs/method.md, "Reallocation")."""
 
 import random
 

@@ -3,7 +3,7 @@
 The Ray tests share one pool of 2 workers (1 thread each) on a local Ray the module starts. They
 skip when Ray is not installed; the Ray-less import test runs either way.
 
-Parity: llama.cpp's CPU kernels are not batch-invariant (DESIGN.md §5): a token's entropy moves by
+Parity: llama.cpp's CPU kernels are not batch-invariant (docs/method.md, "Numerical noise"): a token's entropy moves by
 ~0.02 nats with the other prompts in its batch, which can flip a branch or a sampled token. So
 "the same as one process" is checked two ways: with max_live_sequences=1 (each prompt decodes
 alone, so its batches do not depend on the shard) against a plain single-process run; and with
@@ -26,7 +26,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp.local import LocalExecutor
-from eager_cpp.options import settings_from_dict
+from eager_cpp.options import RunOptions
 from eager_cpp.phases import PhaseOutput, merge
 from eager_cpp.scoring import default_scorer
 from conftest import load_jsonl
@@ -135,9 +135,7 @@ def test_default_batching_matches_the_same_shards_in_one_process(pool, model, ca
 
     # One process, the very shards the workers ran, dispatch after dispatch: phase (a)'s shards, then
     # each reallocation try's, each shard one engine run in this process.
-    s = settings_from_dict(dist.settings)
-    s.config.n_threads = 2
-    executor = LocalExecutor(model, s.config)
+    executor = LocalExecutor(model, RunOptions.from_dict(dist.settings))
     ref = [eager_cpp.PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in enumerate(prompts)]
     phases = [phase for phase, _ in pool.last_dispatches]
     assert phases[0] == "a" and set(phases[1:]) == {"c"}

@@ -14,6 +14,7 @@ from .api import METHODS, reallocate, run, summarize  # noqa: E402
 from .budget import PromptSummary, ReallocationPlan, plan_reallocation  # noqa: E402
 from .kernels import topk_entropy  # noqa: E402
 from .model import Model, builtin_chat_templates, default_model_path  # noqa: E402
+from .options import Method, RunOptions  # noqa: E402
 from .results import PromptResult, RunResult, RunStats, Sequence  # noqa: E402
 from .scoring import default_scorer, extract_answer, scorer_for_dataset  # noqa: E402
 from .system import llama_cpp_reference, system_info  # noqa: E402
@@ -21,8 +22,8 @@ from .system import llama_cpp_reference, system_info  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Model", "PromptResult", "PromptSummary", "ReallocationPlan", "RunResult", "RunStats",
-    "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer", "extract_answer",
+    "METHODS", "Method", "Model", "PromptResult", "PromptSummary", "ReallocationPlan", "RunOptions", "RunResult",
+    "RunStats", "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer", "extract_answer",
     "llama_cpp_reference", "plan_reallocation", "reallocate", "run", "scorer_for_dataset", "summarize",
     "system_info", "topk_entropy",
 ]

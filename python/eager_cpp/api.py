@@ -7,19 +7,16 @@ this process (`local.LocalExecutor`) or Ray actors (`distributed`).
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from . import _core
 from .budget import PromptSummary
 from .local import LocalExecutor
 from .model import Model
-from .options import (METHODS, bind_to_model, check_int, check_settings, set_device_path, settings_dict,
-                      settings_from_dict, Settings)
+from .options import METHODS, RunOptions
 from .phases import MAX_SEQUENCES_PER_JOB, count, reallocate_phases, run_phases, score
 from .phases import summarize as _summarize
 from .results import PromptResult, RunResult, RunStats
@@ -43,99 +40,61 @@ def run(
     stop: Optional[Union[str, Seq[str]]] = None,
     record_entropies: bool = True,
     *,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    entropy_after_temperature: bool = False,
-    think_end_marker: Optional[str] = "</think>",
-    no_branch_window: int = 1000,
-    threshold_mode: str = "fixed",
-    chat: bool = False,
-    chat_template: Optional[str] = None,
-    max_live_sequences: int = 32,
-    ignore_eos: bool = False,
     progress: Union[None, bool, ProgressCallback] = None,
-    n_ctx: Optional[int] = None,
-    n_threads: Optional[int] = None,
     prompt_indices: Optional[Seq[int]] = None,
     n_gpu_layers: int = 0,
-    device_topk: Optional[bool] = None,
-    device_candidates: int = 1024,
     cluster: Any = None,
     workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
+    **options: Any,
 ) -> RunResult:
     """Generate up to `max_sequences` samples per prompt with EAGer or Full Parallel.
 
     method: "parallel" (M independent samples), "eager_init" (branch where top-K entropy >
     entropy_threshold), "eager_adapt" (EAGer-init, then the saved budget goes to prompts that
     reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
+    options: any other field of `eager_cpp.RunOptions` by name (top_k, top_p, min_p,
+    entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
+    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, n_threads).
+    device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
+    compute graph, so only those leave the GPU (None: on when the model is offloaded).
     prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
     a shard of a larger set passes its global indices so its samples match an unsharded run.
     n_gpu_layers: layers to offload when `model` is a path (-1: all; needs a GPU-enabled llama.cpp).
-    device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
-    compute graph, so only those leave the GPU (None: on when the model is offloaded). Sampling is
-    then renormalised over the candidates; stats.device_dropped_mass_max says what that left out.
     cluster: None (this process), "local" (start Ray on this machine), a Ray address, or an
     `eager_cpp.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
     `threads_per_worker` threads each); see eager_cpp.distributed. Needs `pip install "eager_cpp[ray]"`.
-    Returns a RunResult; see DESIGN.md §3 for its fields.
+    A Model runs one generation at a time: calls from several threads take turns.
+    Returns a RunResult (README, "Python API"; the method in docs/method.md).
     """
+    opts = RunOptions.create(method=method, max_sequences=max_sequences, entropy_threshold=entropy_threshold,
+                             temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens,
+                             seed=seed, stop=stop, record_entropies=record_entropies, **options)
     prompts = _check_prompts(prompts)
     indices = _check_indices(prompt_indices, len(prompts))
-    settings = check_settings(
-        method, max_sequences, entropy_threshold, temperature, top_k_entropy, max_new_tokens, seed, stop,
-        record_entropies, top_k, top_p, min_p, entropy_after_temperature, think_end_marker, no_branch_window,
-        threshold_mode, chat, chat_template, max_live_sequences, ignore_eos, n_ctx, n_threads,
-    )
-    if answers is not None:
-        answers = list(answers)
-        if len(answers) != len(prompts):
-            raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
-    if method == "eager" and answers is None:
-        raise ValueError('method="eager" needs answers= (one gold answer per prompt); use "eager_adapt" without labels')
-    if scorer is not None and not callable(scorer):
-        raise TypeError("scorer must be a callable (text, answer) -> bool")
+    answers = _check_answers(opts, answers, scorer, len(prompts))
     if cluster is not None:
         from .distributed import run_distributed
 
-        options = dict(
-            max_sequences=max_sequences, entropy_threshold=entropy_threshold, temperature=temperature,
-            top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens, seed=seed, stop=stop,
-            record_entropies=record_entropies, top_k=top_k, top_p=top_p, min_p=min_p,
-            entropy_after_temperature=entropy_after_temperature, think_end_marker=think_end_marker,
-            no_branch_window=no_branch_window, threshold_mode=threshold_mode, chat=chat, chat_template=chat_template,
-            max_live_sequences=max_live_sequences, ignore_eos=ignore_eos, device_topk=device_topk,
-            device_candidates=device_candidates,
-        )
-        return run_distributed(model, prompts, indices, settings, options, answers, scorer, progress, cluster=cluster,
-                               workers=workers, threads_per_worker=threads_per_worker or n_threads, n_ctx=n_ctx,
-                               n_gpu_layers=n_gpu_layers)
+        return run_distributed(model, prompts, indices, opts, answers, scorer, progress, cluster=cluster,
+                               workers=workers, threads_per_worker=threads_per_worker or opts.n_threads,
+                               n_ctx=opts.n_ctx, n_gpu_layers=n_gpu_layers)
     if workers is not None or threads_per_worker is not None:
         raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
-
-    check_int("device_candidates", device_candidates, 2)
-    if device_topk is not None and not isinstance(device_topk, bool):
-        raise TypeError(f"device_topk must be True, False or None, got {device_topk!r}")
-
-    owned = not isinstance(model, Model)
-    llm = Model(model, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers) if owned else model
-    if not owned:
-        settings.config.n_ctx = n_ctx or llm.n_ctx or 0
-        settings.config.n_threads = n_threads or llm.n_threads or 0
-    set_device_path(settings.config, llm, device_topk, device_candidates)
-    executor = LocalExecutor(llm, settings.config, settings.chat, settings.chat_template)
-    # Everything the phases will need is checked before phase (a) is paid for.
-    for i, p in zip(indices, prompts):
-        executor.tokens(i, p)
-    _check_extras_fit(settings, max(len(executor.tokens(i, p)) for i, p in zip(indices, prompts)))
     reporter = _make_reporter(progress)
+    llm = model if isinstance(model, Model) else Model(model, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
+                                                          n_gpu_layers=n_gpu_layers)
+    opts = opts.resolved(llm)
+    executor = LocalExecutor(llm, opts)
+    # Everything the phases will need is checked before phase (a) is paid for.
+    longest = max(len(executor.tokens(i, p)) for i, p in zip(indices, prompts))
+    _check_extras_fit(opts, executor.config.n_ctx, longest)
     started = time.perf_counter()
-    results, stats, outcome = run_phases(executor, prompts, indices, method, settings.max_sequences, settings.theta,
-                                         answers, scorer, reporter.update if reporter is not None else None)
+    results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
+                                         opts.entropy_threshold, answers, scorer,
+                                         reporter.update if reporter is not None else None)
     _finish(stats, results, time.perf_counter() - started, reporter)
-    return RunResult(prompts=results, stats=stats, settings=settings_dict(settings, len(prompts)),
-                     reallocation=outcome)
+    return RunResult(prompts=results, stats=stats, settings=opts.recorded(len(prompts)), reallocation=outcome)
 
 
 def reallocate(
@@ -151,50 +110,69 @@ def reallocate(
 
     The saved budget of `result` goes to the prompts `method` selects ("eager_adapt": those
     that reached M; "eager": those with no correct sequence, which needs `answers`). The extra
-    sequences are appended to `result` in place (round 1) and `result` is returned.
+    sequences are appended to `result` in place (round t for the t-th try) and `result` is returned.
     cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
     """
     if method not in ("eager_adapt", "eager"):
         raise ValueError(f'reallocate needs method "eager_adapt" or "eager", got {method!r}')
+    if not isinstance(result, RunResult):
+        raise TypeError(f"reallocate takes the RunResult of an eager_init run, got {type(result).__name__}")
     if result.settings.get("method") != "eager_init":
         raise ValueError("reallocate takes the result of an eager_init run")
     if method == "eager" and answers is None and any(p.gold_answer is None for p in result.prompts):
         raise ValueError('method="eager" needs answers= (one gold answer per prompt)')
+    opts = replace(RunOptions.from_dict(result.settings), method=method)
+    answers = _check_answers(opts, answers, scorer, len(result.prompts), required=False)
     if cluster is not None:
         from .distributed import reallocate_distributed
 
-        return reallocate_distributed(model, result, method, answers, scorer, progress, cluster=cluster)
-    settings = settings_from_dict(result.settings)
-    settings.method = method
+        return reallocate_distributed(model, result, opts, answers, scorer, progress, cluster=cluster)
     llm = model if isinstance(model, Model) else Model(model)
-    bind_to_model(settings, llm)
-    executor = LocalExecutor(llm, settings.config, settings.chat, settings.chat_template)
-    for p in result.prompts:
-        executor.tokens(p.index, p.prompt)
-    _check_extras_fit(settings, max(len(executor.tokens(p.index, p.prompt)) for p in result.prompts))
-    if answers is not None:
-        score(result.prompts, list(answers), scorer)
+    executor = LocalExecutor(llm, opts)
+    longest = max(len(executor.tokens(p.index, p.prompt)) for p in result.prompts)
+    _check_extras_fit(opts, executor.config.n_ctx, longest)
+    score(result.prompts, answers, scorer)
     reporter = _make_reporter(progress)
     started = time.perf_counter()
     stats = result.stats
     stats.method = method
-    result.reallocation = reallocate_phases(executor, result.prompts, stats, method, settings.max_sequences,
-                                            settings.theta, answers, scorer,
+    result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
+                                            opts.entropy_threshold, answers, scorer,
                                             reporter.update if reporter is not None else None)
     _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started, reporter)
     result.settings["method"] = method
     return result
 
 
-def _check_extras_fit(settings: Settings, longest_prompt: int) -> None:
+def _check_answers(opts: RunOptions, answers: Optional[Seq[Any]], scorer: Any, n: int,
+                   required: bool = True) -> Optional[list[Any]]:
+    if scorer is not None and not callable(scorer):
+        raise TypeError("scorer must be a callable (text, answer) -> bool")
+    if answers is None:
+        if opts.method == "eager" and required:
+            raise ValueError('method="eager" needs answers= (one gold answer per prompt); '
+                             'use "eager_adapt" without labels')
+        return None
+    if isinstance(answers, (str, bytes)):
+        raise TypeError("answers must be a list (one gold answer per prompt), not a single string")
+    try:
+        answers = list(answers)
+    except TypeError:
+        raise TypeError(f"answers must be a list, got {type(answers).__name__}") from None
+    if len(answers) != n:
+        raise ValueError(f"got {len(answers)} answers for {n} prompts")
+    return answers
+
+
+def _check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
     """A reallocating run's largest extra job must fit a context the caller fixed (n_ctx)."""
-    if settings.method not in ("eager_adapt", "eager") or not settings.config.n_ctx:
+    if not opts.reallocates or not n_ctx:
         return
-    cap = min(MAX_SEQUENCES_PER_JOB, (3 if settings.method == "eager_adapt" else 1) * settings.max_sequences)
-    need = longest_prompt + cap * settings.config.max_new_tokens
-    if need > settings.config.n_ctx:
-        raise ValueError(f"method={settings.method!r} may give a prompt {cap} extra sequences in one engine run: "
-                         f"up to {need} KV cells with the longest prompt, but n_ctx is {settings.config.n_ctx}; "
+    cap = min(MAX_SEQUENCES_PER_JOB, (3 if opts.method == "eager_adapt" else 1) * opts.max_sequences)
+    need = longest_prompt + cap * opts.max_new_tokens
+    if need > n_ctx:
+        raise ValueError(f"method={opts.method!r} may give a prompt {cap} extra sequences in one engine run: "
+                         f"up to {need} KV cells with the longest prompt, but n_ctx is {n_ctx}; "
                          "raise n_ctx or lower max_sequences or max_new_tokens")
 
 

@@ -1,4 +1,4 @@
-"""Budget reallocation after EAGer-init, as a pure function (DESIGN.md §2, "Reallocation").
+"""Budget reallocation after EAGer-init, as a pure function (docs/method.md, "Reallocation").
 
 ``plan_reallocation`` looks only at per-prompt summaries and returns a plan; it runs nothing.
 The caller then starts one fresh EAGer-init run per ``PromptExtra`` with cap = ``extra_sequences``

@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from .options import Settings, bind_to_model, set_device_path, settings_dict, settings_from_dict
+from .options import RunOptions
 from .budget import ReallocationPlan
 from .local import LocalExecutor
 from .model import Model
@@ -133,15 +133,12 @@ class _Worker:
         started = time.perf_counter()
         self.running, self.progress = shard, {}
         try:
-            s = settings_from_dict(settings)
-            bind_to_model(s, model)
-            set_device_path(s.config, model, settings.get("device_topk"), settings.get("device_candidates", 1024))
-            executor = LocalExecutor(model, s.config, s.chat, s.chat_template)
+            executor = LocalExecutor(model, RunOptions.from_dict(settings))
             out = executor.run_jobs([PhaseJob.from_dict(j) for j in jobs], method, self._on_engine_progress)
         finally:
             self.running = None
         return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
-                "settings": settings_dict(s, int(settings.get("n_prompts", len(jobs)))),
+                "settings": executor.options.recorded(int(settings.get("n_prompts", len(jobs)))),
                 "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
     def _on_engine_progress(self, done: int, total: int, live: int, tokens: int, seconds: float) -> bool:
@@ -453,24 +450,23 @@ class RayWorkers:
         self._critical += max((h.busy for h in self._handles), default=0.0)
         return outputs  # type: ignore[return-value]
 
-    def run(self, prompts: list[str], indices: list[int], settings: Settings, options: dict,
+    def run(self, prompts: list[str], indices: list[int], options: RunOptions,
             answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
             progress: Union[None, bool, Callable[[dict], None]]) -> RunResult:
         """All phases of one run on validated input (`eager_cpp.run(..., cluster=pool)` calls this)."""
         started = time.perf_counter()
         self._reset()
-        wire = dict(settings_dict(settings, len(prompts)), device_topk=options.get("device_topk"),
-                    device_candidates=options.get("device_candidates", 1024))
+        wire = options.recorded(len(prompts))
         executor = RayExecutor(self, wire, _ShardProgress(progress, len(prompts), started))
-        results, stats, outcome = run_phases(executor, prompts, indices, settings.method, settings.max_sequences,
-                                             settings.theta, answers, scorer, None)
+        results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
+                                             options.entropy_threshold, answers, scorer, None)
         self.last_plan = outcome.plan if outcome is not None else None
         stats.workers, stats.worker_start_seconds = self.n_workers, self.start_seconds
         count(stats, results)
         stats.wall_seconds = time.perf_counter() - started
         stats.ray_overhead_seconds = max(0.0, stats.wall_seconds - self._critical)
         # The workers' own record (it holds what only a loaded model decides, e.g. the device path).
-        recorded = dict(executor.recorded or wire, method=settings.method, n_prompts=len(prompts))
+        recorded = dict(executor.recorded or wire, method=options.method, n_prompts=len(prompts))
         return RunResult(prompts=results, stats=stats, settings=recorded, reallocation=outcome)
 
     def _reset(self) -> None:
@@ -540,7 +536,7 @@ def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_work
     return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers), True
 
 
-def run_distributed(model: Any, prompts: list[str], indices: list[int], settings: Settings, options: dict,
+def run_distributed(model: Any, prompts: list[str], indices: list[int], options: RunOptions,
                     answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
                     progress: Any, *, cluster: Cluster, workers: Optional[int] = None,
                     threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None,
@@ -548,38 +544,35 @@ def run_distributed(model: Any, prompts: list[str], indices: list[int], settings
     """`eager_cpp.run(..., cluster=...)` after its input checks: the run on Ray workers."""
     pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx, n_gpu_layers)
     try:
-        return pool.run(prompts, indices, settings, options, answers, scorer, progress)
+        return pool.run(prompts, indices, options, answers, scorer, progress)
     finally:
         if owned:
             pool.close()
 
 
-def reallocate_distributed(model: Any, result: RunResult, method: str, answers: Optional[Seq[Any]],
+def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, answers: Optional[Seq[Any]],
                            scorer: Optional[Callable[[str, str], bool]], progress: Any, *,
                            cluster: Cluster) -> RunResult:
     """`eager_cpp.reallocate(..., cluster=...)` after its input checks: phase (c) on Ray workers."""
-    settings = settings_from_dict(result.settings)
-    settings.method = method
     pool, owned = _pool(model, cluster, None, None, None)
     try:
-        if answers is not None:
-            answers = list(answers)
-            score(result.prompts, answers, scorer)
+        score(result.prompts, answers, scorer)
         started = time.perf_counter()
         stats = result.stats
-        stats.method = method
+        stats.method = options.method
         stats.workers = pool.n_workers
         pool._reset()
-        executor = RayExecutor(pool, dict(result.settings, method=method),
+        executor = RayExecutor(pool, options.recorded(len(result.prompts)),
                                _ShardProgress(progress, len(result.prompts), started))
-        result.reallocation = reallocate_phases(executor, result.prompts, stats, method, settings.max_sequences,
-                                                settings.theta, answers, scorer, None)
+        result.reallocation = reallocate_phases(executor, result.prompts, stats, options.method,
+                                                options.max_sequences, options.entropy_threshold, answers, scorer,
+                                                None)
         pool.last_plan = result.reallocation.plan
         count(stats, result.prompts)
         elapsed = time.perf_counter() - started
         stats.wall_seconds += elapsed
         stats.ray_overhead_seconds += max(0.0, elapsed - pool._critical)
-        result.settings["method"] = method
+        result.settings["method"] = options.method
         return result
     finally:
         if owned:

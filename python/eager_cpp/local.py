@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from . import _core
 from .model import Model
+from .options import RunOptions
 from .phases import PhaseJob, PhaseOutput, ProgressFn
 from .results import PromptResult, RunStats, Sequence
 
@@ -13,17 +14,16 @@ ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.
 
 
 class LocalExecutor:
-    """Runs every job list as one batched engine run on `model` with the engine config `config`.
+    """Runs every job list as one batched engine run on `model`, with `options` (an `options.RunOptions`).
 
-    chat / chat_template: how prompt texts become tokens (the model's chat template or plain text).
-    Prompts are tokenized once per prompt index and reused by later tries.
+    Prompt texts become tokens as the options say (the chat template or plain text), once per prompt
+    index, reused by later tries.
     """
 
-    def __init__(self, model: Model, config: Any, chat: bool = False, chat_template: Optional[str] = None) -> None:
+    def __init__(self, model: Model, options: RunOptions) -> None:
         self.model = model
-        self.config = config
-        self.chat = chat
-        self.chat_template = chat_template
+        self.options = options.resolved(model)
+        self.config = self.options.engine_config(model)
         self._tokens: dict[int, list[int]] = {}
 
     def tokens(self, index: int, prompt: str) -> list[int]:
@@ -31,7 +31,7 @@ class LocalExecutor:
         cached = self._tokens.get(index)
         if cached is not None:
             return cached
-        text = self.model.format_chat(prompt, self.chat_template) if self.chat else prompt
+        text = self.model.format_chat(prompt, self.options.chat_template) if self.options.chat else prompt
         tokens = self.model.tokenize(text)
         limit = self.model.n_ctx_train
         need = len(tokens) + self.config.max_new_tokens

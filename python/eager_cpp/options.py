@@ -1,39 +1,38 @@
-"""The options of a run: their checks, their engine config, and the dict a result records.
+"""Every option of a run once: its default, its check, its engine config and its recorded form.
 
-One place for every option's validation and wire format, shared by the API, the executors and the
-Ray workers (which rebuild a run's settings from the recorded dict).
+``RunOptions`` is what every layer passes along (the API, the executors, the Ray workers, the CLI's
+resume check), in the spirit of llama.cpp server's one ``task_params``. Adding an option means a
+field here, a line in ``engine_config`` when the engine reads it, and the engine's config in C++
+and its binding.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import Any, ClassVar, Optional
 
 from . import _core
 from .model import MAX_CTX, MAX_THREADS, Model
 
-METHODS = ("parallel", "eager_init", "eager_adapt", "eager")
+MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
+MAX_ENTROPY_TOP_K = int(_core.MAX_ENTROPY_TOP_K)
+
+
+class Method(str, Enum):
+    PARALLEL = "parallel"
+    EAGER_INIT = "eager_init"
+    EAGER_ADAPT = "eager_adapt"
+    EAGER = "eager"
+
+    @property
+    def reallocates(self) -> bool:
+        return self in (Method.EAGER_ADAPT, Method.EAGER)
+
+
+METHODS = tuple(m.value for m in Method)
 THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
-MAX_SEQUENCES_LIMIT = 256  # llama.cpp's sequence-id limit
-
-
-@dataclass
-class Settings:
-    """Validated options of one run, shared by its phases."""
-
-    method: str
-    max_sequences: int
-    theta: float
-    config: Any  # _core.EngineConfig
-    chat: bool
-    chat_template: Optional[str]
-
-
-def bind_to_model(settings: Settings, llm: Model) -> None:
-    """Rebuilt settings take the context size and threads of the model they will run on."""
-    settings.config.n_ctx = llm.n_ctx or 0
-    settings.config.n_threads = llm.n_threads or 0
 
 
 def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
@@ -45,125 +44,173 @@ def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> in
     return value
 
 
-def check_float(name: str, value: Any, low: float, allow_equal: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if math.isnan(v) or v < low or (not allow_equal and v == low):
-        raise ValueError(f"{name} must be {'>=' if allow_equal else '>'} {low}, got {value}")
+def check_float(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    """A real number (not a string, not a bool) in [low, high] (or (low, high]), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
+        lo = f"({low}" if low_open else f"[{low}"
+        hi = f"{high}]" if math.isfinite(high) else "inf)"
+        raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
     return v
 
 
-def check_settings(method, max_sequences, theta, temperature, top_k_entropy, max_new_tokens, seed, stop,
-                    record_entropies, top_k, top_p, min_p, entropy_after_temperature, think_end_marker,
-                    no_branch_window, threshold_mode, chat, chat_template, max_live_sequences, ignore_eos,
-                    n_ctx, n_threads) -> Settings:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    check_int("max_sequences", max_sequences, 1, MAX_SEQUENCES_LIMIT)
-    theta = check_float("entropy_threshold", theta, 0.0)
-    temperature = check_float("temperature", temperature, 0.0)
-    if math.isinf(temperature):
-        raise ValueError("temperature must be finite")
-    check_int("top_k_entropy", top_k_entropy, 2, 64)
-    check_int("max_new_tokens", max_new_tokens, 1)
-    check_int("seed", seed, 0)
-    check_int("top_k", top_k, 0)
-    top_p = check_float("top_p", top_p, 0.0, allow_equal=False)
-    if top_p > 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    min_p = check_float("min_p", min_p, 0.0)
-    if min_p > 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
-    check_int("no_branch_window", no_branch_window, 1)
-    check_int("max_live_sequences", max_live_sequences, 1, MAX_SEQUENCES_LIMIT)
-    if threshold_mode not in THRESHOLD_MODES:
-        raise ValueError(f"unknown threshold_mode {threshold_mode!r}; expected 'fixed' or 'p99'")
-    if stop is None:
-        stops: list[str] = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    else:
-        stops = list(stop)
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ValueError("stop must be a non-empty string or a list of non-empty strings")
-    if think_end_marker is not None and not isinstance(think_end_marker, str):
-        raise TypeError("think_end_marker must be a string or None")
-    if n_ctx is not None:
-        check_int("n_ctx", n_ctx, 1, MAX_CTX)
-    if n_threads is not None:
-        check_int("n_threads", n_threads, 1, MAX_THREADS)
-
-    cfg = _core.EngineConfig()
-    cfg.max_new_tokens = max_new_tokens
-    cfg.seed = seed
-    cfg.sampling.temperature = temperature
-    cfg.sampling.top_k = top_k
-    cfg.sampling.top_p = top_p
-    cfg.sampling.min_p = min_p
-    cfg.entropy_k = top_k_entropy
-    cfg.entropy_after_temperature = bool(entropy_after_temperature)
-    cfg.record_entropies = bool(record_entropies)
-    cfg.stop = stops
-    cfg.think_end_marker = think_end_marker or ""
-    cfg.no_branch_window = no_branch_window
-    cfg.threshold_mode = THRESHOLD_MODES[threshold_mode]
-    cfg.max_live_sequences = max_live_sequences
-    cfg.ignore_eos = bool(ignore_eos)
-    cfg.n_ctx = n_ctx or 0
-    cfg.n_threads = n_threads or 0
-    return Settings(method, max_sequences, theta, cfg, bool(chat), chat_template)
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
-def set_device_path(cfg: Any, llm: Model, device_topk: Optional[bool], device_candidates: int) -> None:
-    cfg.device_topk = llm.offloaded if device_topk is None else device_topk
-    cfg.device_candidates = device_candidates
-    if cfg.device_topk and device_candidates < cfg.entropy_k:
-        raise ValueError(f"device_candidates={device_candidates} must be at least top_k_entropy={cfg.entropy_k}")
-    if cfg.device_topk and cfg.sampling.top_k > device_candidates:
-        raise ValueError(f"top_k={cfg.sampling.top_k} exceeds device_candidates={device_candidates}; "
-                         "raise device_candidates")
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of one run (README, "Python API"); `eager_cpp.run(**...)` takes each by name."""
 
+    method: str = "eager_init"
+    max_sequences: int = 8  # M
+    entropy_threshold: float = 2.0  # θ
+    temperature: float = 0.6
+    top_k_entropy: int = 20
+    max_new_tokens: int = 512
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    record_entropies: bool = True
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    entropy_after_temperature: bool = False
+    think_end_marker: Optional[str] = "</think>"
+    no_branch_window: int = 1000
+    threshold_mode: str = "fixed"
+    chat: bool = False
+    chat_template: Optional[str] = None
+    max_live_sequences: int = 32
+    ignore_eos: bool = False
+    device_topk: Optional[bool] = None  # None: on when the model is offloaded to a GPU
+    device_candidates: int = 1024
+    n_ctx: Optional[int] = None  # None: the model's, else sized per run
+    n_threads: Optional[int] = None  # None: the model's, else all cores
 
-def settings_dict(settings: Settings, n_prompts: int) -> dict[str, Any]:
-    """Every option that shapes the samples, enough to rebuild the run's settings."""
-    c = settings.config
-    return {
-        "method": settings.method,
-        "max_sequences": settings.max_sequences,
-        "entropy_threshold": settings.theta,
-        "temperature": c.sampling.temperature,
-        "top_k_entropy": c.entropy_k,
-        "max_new_tokens": c.max_new_tokens,
-        "seed": c.seed,
-        "stop": list(c.stop),
-        "record_entropies": c.record_entropies,
-        "top_k": c.sampling.top_k,
-        "top_p": c.sampling.top_p,
-        "min_p": c.sampling.min_p,
-        "entropy_after_temperature": c.entropy_after_temperature,
-        "think_end_marker": c.think_end_marker or None,
-        "no_branch_window": c.no_branch_window,
-        "threshold_mode": "p99" if c.threshold_mode == _core.ThresholdMode.P99 else "fixed",
-        "chat": settings.chat,
-        "chat_template": settings.chat_template,
-        "max_live_sequences": c.max_live_sequences,
-        "ignore_eos": c.ignore_eos,
-        "device_topk": c.device_topk,
-        "device_candidates": c.device_candidates,
-        "n_prompts": n_prompts,
-    }
+    VERSION: ClassVar[int] = 2
+    # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads")
 
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
 
-def settings_from_dict(d: dict[str, Any]) -> Settings:
-    settings = check_settings(
-        d["method"], d["max_sequences"], d["entropy_threshold"], d["temperature"], d["top_k_entropy"],
-        d["max_new_tokens"], d["seed"], d["stop"], d["record_entropies"], d["top_k"], d["top_p"], d["min_p"],
-        d["entropy_after_temperature"], d["think_end_marker"], d["no_branch_window"], d["threshold_mode"],
-        d["chat"], d["chat_template"], d["max_live_sequences"], d["ignore_eos"], None, None,
-    )
-    # Results written before the device path existed ran on the host kernel.
-    settings.config.device_topk = bool(d.get("device_topk", False))
-    settings.config.device_candidates = int(d.get("device_candidates", 1024))
-    return settings
+    @classmethod
+    def create(cls, **options: Any) -> "RunOptions":
+        """Validated options from keyword arguments; an unknown name is a TypeError listing the known ones."""
+        unknown = sorted(set(options) - set(cls.names()))
+        if unknown:
+            raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"run options are: {', '.join(cls.names())}")
+        stop = options.get("stop")
+        if stop is None:
+            options["stop"] = ()
+        elif isinstance(stop, str):
+            options["stop"] = (stop,)
+        elif isinstance(stop, (list, tuple)):
+            options["stop"] = tuple(stop)
+        else:
+            raise TypeError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+        return cls(**options).validate()
+
+    def validate(self) -> "RunOptions":
+        """Every check; returns the options with numbers normalised (floats as float)."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)
+        theta = check_float("entropy_threshold", self.entropy_threshold, 0.0)
+        # float32 in the engine: a temperature past ~3e38 would become inf there.
+        temperature = check_float("temperature", self.temperature, 0.0, 1e30)
+        check_int("top_k_entropy", self.top_k_entropy, 2, MAX_ENTROPY_TOP_K)
+        check_int("max_new_tokens", self.max_new_tokens, 1, MAX_CTX)
+        check_int("seed", self.seed, 0, 2**64 - 1)
+        check_int("top_k", self.top_k, 0, 2**31 - 1)
+        top_p = check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        min_p = check_float("min_p", self.min_p, 0.0, 1.0)
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+        for name in ("record_entropies", "entropy_after_temperature", "chat", "ignore_eos"):
+            check_bool(name, getattr(self, name))
+        for name in ("think_end_marker", "chat_template"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+        check_int("no_branch_window", self.no_branch_window, 1)
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ValueError(f"unknown threshold_mode {self.threshold_mode!r}; expected 'fixed' or 'p99'")
+        check_int("max_live_sequences", self.max_live_sequences, 1, MAX_SEQUENCES)
+        if self.device_topk is not None:
+            check_bool("device_topk", self.device_topk)
+        check_int("device_candidates", self.device_candidates, 2, 2**31 - 1)
+        if self.device_topk and self.device_candidates < self.top_k_entropy:
+            raise ValueError(f"device_candidates={self.device_candidates} must be at least "
+                             f"top_k_entropy={self.top_k_entropy}")
+        if self.device_topk and self.top_k > self.device_candidates:
+            raise ValueError(f"top_k={self.top_k} exceeds device_candidates={self.device_candidates}; "
+                             "raise device_candidates")
+        if self.n_ctx is not None:
+            check_int("n_ctx", self.n_ctx, 1, MAX_CTX)
+        if self.n_threads is not None:
+            check_int("n_threads", self.n_threads, 1, MAX_THREADS)
+        return replace(self, entropy_threshold=theta, temperature=temperature, top_p=top_p, min_p=min_p)
+
+    @property
+    def reallocates(self) -> bool:
+        return Method(self.method).reallocates
+
+    def resolved(self, model: Model) -> "RunOptions":
+        """The options as they run on `model`: the device path decided (auto follows the offload)."""
+        device = model.offloaded if self.device_topk is None else self.device_topk
+        return replace(self, device_topk=device).validate()
+
+    def engine_config(self, model: Model) -> Any:
+        """The engine's config for a run on `model` (context and threads: these options, else the model's)."""
+        o = self.resolved(model)
+        cfg = _core.EngineConfig()
+        cfg.max_new_tokens = o.max_new_tokens
+        cfg.seed = o.seed
+        cfg.sampling.temperature = o.temperature
+        cfg.sampling.top_k = o.top_k
+        cfg.sampling.top_p = o.top_p
+        cfg.sampling.min_p = o.min_p
+        cfg.entropy_k = o.top_k_entropy
+        cfg.entropy_after_temperature = o.entropy_after_temperature
+        cfg.record_entropies = o.record_entropies
+        cfg.stop = list(o.stop)
+        cfg.think_end_marker = o.think_end_marker or ""
+        cfg.no_branch_window = o.no_branch_window
+        cfg.threshold_mode = THRESHOLD_MODES[o.threshold_mode]
+        cfg.max_live_sequences = o.max_live_sequences
+        cfg.ignore_eos = o.ignore_eos
+        cfg.device_topk = bool(o.device_topk)
+        cfg.device_candidates = o.device_candidates
+        cfg.n_ctx = o.n_ctx or model.n_ctx or 0
+        cfg.n_threads = o.n_threads or model.n_threads or 0
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recorded form (a result's `settings`): every option that shapes the samples, versioned."""
+        d = {name: getattr(self, name) for name in self.names() if name not in self.PLACEMENT}
+        d["stop"] = list(self.stop)
+        d["options_version"] = self.VERSION
+        return d
+
+    def recorded(self, n_prompts: int) -> dict[str, Any]:
+        """What a result records of its run (`RunResult.settings`): `to_dict()` and the prompt count."""
+        return dict(self.to_dict(), n_prompts=n_prompts)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunOptions":
+        """Options from a recorded dict (this version's or version 1's, which had no options_version)."""
+        version = d.get("options_version", 1)
+        if not isinstance(version, int) or version > cls.VERSION:
+            raise ValueError(f"these settings were written by a newer eager_cpp (options_version {version!r}); "
+                             f"this one reads up to {cls.VERSION}")
+        known = {k: v for k, v in d.items() if k in cls.names() and k not in cls.PLACEMENT}
+        if version == 1:
+            # Results written before the device path existed ran on the host kernel.
+            known.setdefault("device_topk", False)
+        return cls.create(**known)

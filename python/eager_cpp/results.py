@@ -134,7 +134,7 @@ class RunResult:
                 s.correct = bool(scorer(s.text, str(gold)))
 
     def metrics(self, ks: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
-        """Pass@k, Cons@k, Pass Rate, #T, #S (DESIGN §2), overall and per prompt."""
+        """Pass@k, Cons@k, Pass Rate, #T, #S (docs/method.md, "Metrics"), overall and per prompt."""
         if any(p.gold_answer is None for p in self.prompts):
             raise ValueError("metrics need gold answers: pass answers= to run() or call result.score(answers)")
         per_prompt = [
