@@ -62,3 +62,32 @@ def test_kernel_rejects_bad_input():
         eager_cpp.topk_entropy(np.zeros((2, 10), dtype=np.float32), k=20)
     with pytest.raises(TypeError):
         eager_cpp.topk_entropy(np.array([["a", "b"]]))
+
+
+def test_non_finite_logits_follow_one_rule():
+    """NaN: no distribution (ValueError naming the row); +inf: the limit (equal shares); -inf: probability 0."""
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(4, 300)).astype(np.float32)
+    with_nan = rows.copy()
+    with_nan[2, 0] = np.nan
+    with pytest.raises(ValueError, match="logits row 2 contains NaN"):
+        eager_cpp.topk_entropy(with_nan, 20)
+    with_nan[2, 0], with_nan[1, -1] = 0.0, np.nan  # a NaN at the end is not ignored either
+    with pytest.raises(ValueError, match="logits row 1 contains NaN"):
+        eager_cpp.topk_entropy(with_nan, 20)
+    with pytest.raises(ValueError, match="all -inf"):
+        eager_cpp.topk_entropy(np.full((1, 50), -np.inf, np.float32), 20)
+
+    limits = rows.copy()
+    limits[0, [4, 9, 200]] = np.inf  # three infinite logits share the mass: ln 3, top-2 the lowest ids
+    limits[1, :] = np.inf  # all infinite: K equal shares, ln K (as equal finite logits give)
+    limits[2, [7]] = np.inf  # one: all the mass, entropy 0, top-2 the best finite logit
+    limits[3, :150] = -np.inf  # -inf is probability 0: the same as leaving those tokens out
+    ent, top1, top2 = eager_cpp.topk_entropy(limits, 20)
+    assert ent[:3] == pytest.approx([np.log(3), np.log(20), 0.0], abs=1e-6)
+    assert (top1[:3].tolist(), top2[:2].tolist()) == ([4, 0, 7], [9, 1])
+    assert top2[2] == int(np.argmax(np.where(np.isinf(limits[2]), -np.inf, limits[2])))
+    ref_ent, ref1, ref2 = numpy_topk_entropy(limits[3:], 20)
+    assert ent[3] == pytest.approx(ref_ent[0], abs=1e-5) and (top1[3], top2[3]) == (ref1[0], ref2[0])
+    # Equal finite logits give ln K too: +inf everywhere is their limit.
+    assert eager_cpp.topk_entropy(np.zeros((1, 300), np.float32), 20)[0][0] == pytest.approx(np.log(20), abs=1e-6)

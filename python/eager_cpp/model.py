@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,16 +22,40 @@ MAX_CTX = 1 << 24  # KV cells: far past any model's training context, below what
 
 
 def check_gguf_path(path: PathLike) -> str:
-    """Return `path` as a string after checking it names a readable GGUF file."""
-    p = Path(os.fspath(path)).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"model file not found: {p}")
-    if p.is_dir():
+    """Return `path` as a string after checking it names a readable, well-formed GGUF file.
+
+    Everything llama.cpp would only report on stderr, or assert on (ending the process), is a Python
+    exception here: a missing or unreadable file, something that is not a regular file (a FIFO would
+    block forever), a file that is not GGUF, and the header values in `gguf_header`.
+    """
+    from .gguf_header import check_gguf_header
+
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
+    raw = os.fspath(path)
+    if not raw:
+        raise ValueError("model path is empty: pass the path of a .gguf file")
+    p = Path(raw).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise FileNotFoundError(f"model path is a broken symbolic link: {p} -> {os.readlink(p)}") from None
+        raise FileNotFoundError(f"model file not found: {p}") from None
+    except OSError as e:  # a symlink loop (ELOOP), a name too long, a permission on a parent folder
+        raise ValueError(f"cannot open the model path {p}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"model path is a directory, expected a .gguf file: {p}")
-    with open(p, "rb") as f:
-        magic = f.read(4)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"model path is not a regular file (a FIFO, socket or device): {p}")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ValueError(f"cannot read the model file {p}: {e.strerror or e}") from None
     if magic != GGUF_MAGIC:
         raise ValueError(f"not a GGUF file (it does not start with b'GGUF'): {p}")
+    check_gguf_header(str(p))
     return str(p)
 
 
