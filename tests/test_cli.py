@@ -68,7 +68,7 @@ def test_run_reallocating_method(tmp_path, capitals_small):
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and sum(r["n_sequences"] for r in rows) <= 12
-    assert all(r["gold_answer"] for r in rows)
+    assert all(r["answer"] for r in rows)
 
 
 def test_eval_prints_table_and_json(tmp_path, capitals_small):
@@ -117,3 +117,78 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and "--gpu-layers" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("run", "--no-such-flag")
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr or "required" in proc.stderr
+
+
+RUN = ["--method", "eager_init", "-M", "2", "--theta", "1.0", "--max-new-tokens", "4", "--stop", "\\n", "--quiet"]
+
+
+def test_overwrite_keeps_the_old_results_until_new_ones_exist(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Country: Peru\\nCapital:\nCountry: Chile\\nCapital:\n")
+    out = tmp_path / "existing.jsonl"
+    assert cli("run", str(prompts), "-o", str(out), *RUN).returncode == 0
+    before, meta_before = out.read_text(), (tmp_path / "existing.jsonl.meta.json").read_text()
+    for bad in (["-M", "0"], ["--max-new-tokens", "40000"], ["--top-p", "0"], ["--threads", "100000"]):
+        proc = cli("run", str(prompts), "-o", str(out), *RUN, *bad, "--overwrite")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert out.read_text() == before and (tmp_path / "existing.jsonl.meta.json").read_text() == meta_before
+    huge = tmp_path / "huge.txt"
+    huge.write_text("x" * 10_000_000 + "\n")  # beyond the model's context: refused before anything is replaced
+    proc = cli("run", str(huge), "-o", str(out), *RUN, "--overwrite")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert out.read_text() == before
+    # A valid overwrite replaces both.
+    proc = cli("run", str(prompts), "-o", str(out), *RUN[:-1], "--seed", "9", "--overwrite", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "existing.jsonl.meta.json").read_text())["settings"]["seed"] == 9
+
+
+def test_resume_refuses_changed_prompts_and_chunk_sizes(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Country: Peru\\nCapital:\nCountry: Chile\\nCapital:\n")
+    out = tmp_path / "o.jsonl"
+    assert cli("run", str(prompts), "-o", str(out), *RUN, "--chunk-size", "1").returncode == 0
+    prompts.write_text("Country: Peru\\nCapital:\nCountry: Japan\\nCapital:\n")
+    proc = cli("run", str(prompts), "-o", str(out), *RUN, "--chunk-size", "1", "--resume")
+    assert proc.returncode == 2 and "prompt 2 of the input" in proc.stderr
+    prompts.write_text("Country: Peru\\nCapital:\nCountry: Chile\\nCapital:\n")
+    proc = cli("run", str(prompts), "-o", str(out), *RUN, "--chunk-size", "2", "--resume")
+    assert proc.returncode == 2 and "chunk_size" in proc.stderr
+    (tmp_path / "o.jsonl.meta.json").write_text("{not json")
+    proc = cli("run", str(prompts), "-o", str(out), *RUN, "--chunk-size", "1", "--resume")
+    assert proc.returncode == 2 and "o.jsonl.meta.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_user_errors_are_one_line_never_a_traceback(tmp_path, capitals_small):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Country: Peru\\nCapital:\n")
+    cases = [
+        (["run", str(prompts), "-o", "/sys/x.jsonl", *RUN], "cannot write /sys/x.jsonl"),
+        (["eval", str(capitals_small), "--json", "/proc/version", "-M", "2", "--max-new-tokens", "2"],
+         "cannot write /proc/version"),
+        (["eval", str(capitals_small), "--methods", ""], "--methods is empty"),
+        (["run", str(prompts), "-o", str(tmp_path / "o.jsonl"), *RUN, "--threads", "100000"], "--threads must be"),
+    ]
+    for argv, message in cases:
+        proc = cli(*argv)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (argv, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # A results file without 'index' on a line, then --resume.
+    out = tmp_path / "r.jsonl"
+    assert cli("run", str(prompts), "-o", str(out), *RUN).returncode == 0
+    out.write_text('{"no_index": 1}\n')
+    proc = cli("run", str(prompts), "-o", str(out), *RUN, "--resume")
+    assert proc.returncode == 2 and "without an integer 'index'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_scores_whenever_answers_are_given_and_reads_back(tmp_path, capitals_small):
+    import eager_cpp
+
+    out = tmp_path / "scored.jsonl"
+    proc = cli("run", str(capitals_small), "-o", str(out), *RUN)
+    assert proc.returncode == 0, proc.stderr
+    result = eager_cpp.RunResult.from_jsonl(out)
+    assert [p.index for p in result.prompts] == [0, 1, 2, 3]
+    assert all(p.gold_answer for p in result.prompts)
+    assert all(s.correct is not None for p in result.prompts for s in p.sequences)
+    assert result.settings["method"] == "eager_init" and result.metrics()["pass@k"] >= 0.0

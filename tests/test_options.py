@@ -74,3 +74,17 @@ def test_unknown_option_names_the_known_ones(model):
 def test_reallocate_rejects_what_is_not_a_result(model):
     with pytest.raises(TypeError, match="RunResult of an eager_init run"):
         eager_cpp.reallocate(model, None)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda m: eager_cpp.run(m, ["\ud800"]), ValueError, "prompt 0 is not valid Unicode"),
+    (lambda m: eager_cpp.run(m, b"hi"), TypeError, "not bytes"),
+    (lambda m: eager_cpp.run(m, ["a"], prompt_indices=[2**64]), ValueError, "prompt_indices must be"),
+    (lambda m: eager_cpp.run(m, ["a"], answers="Paris"), TypeError, "answers must be a list"),
+    (lambda m: m.detokenize([-1]), ValueError, r"token ids must be ints in \[0, 262144\)"),
+    (lambda m: m.tokenize(b"x"), TypeError, "text must be a str"),
+    (lambda m: eager_cpp.reallocate(m, None), TypeError, "RunResult"),
+])
+def test_bad_input_says_what_is_wrong(model, call, error, match):
+    with pytest.raises(error, match=match):
+        call(model)

@@ -190,8 +190,9 @@ def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
 
 
 def _check_prompts(prompts: Any) -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not a single string (wrap it: [prompt])")
+    if isinstance(prompts, (str, bytes, bytearray)):
+        kind = "a single string (wrap it: [prompt])" if isinstance(prompts, str) else "bytes (decode them to str)"
+        raise TypeError(f"prompts must be a list of strings, not {kind}")
     try:
         prompts = list(prompts)
     except TypeError:
@@ -203,6 +204,10 @@ def _check_prompts(prompts: Any) -> list[str]:
             raise TypeError(f"prompt {i} is {type(p).__name__}, expected str")
         if not p:
             raise ValueError(f"prompt {i} is empty")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"prompt {i} is not valid Unicode text ({e.reason} at character {e.start})") from None
     return prompts
 
 
@@ -212,8 +217,8 @@ def _check_indices(indices: Optional[Seq[int]], n: int) -> list[int]:
     out = list(indices)
     if len(out) != n:
         raise ValueError(f"got {len(out)} prompt_indices for {n} prompts")
-    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in out) or len(set(out)) != n:
-        raise ValueError("prompt_indices must be distinct non-negative ints")
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**63 for i in out) or len(set(out)) != n:
+        raise ValueError("prompt_indices must be distinct ints in [0, 2**63)")
     return out
 
 

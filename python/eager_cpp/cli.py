@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
-from .model import Model, default_model_path
+from .model import MAX_THREADS, Model, default_model_path
+from .options import RunOptions
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, default_scorer, scorer_for_dataset
 
@@ -60,7 +63,10 @@ def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eage
     p.add_argument("--theta", type=float, default=2.0, help="entropy threshold θ (default: 2.0)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per sequence (default: 512)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-sequence random streams (default: 0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (default: 0, off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the best (default: 0, off)")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; '\\n' is a newline)")
     p.add_argument("--top-k-entropy", type=int, default=20, help="K of the top-K entropy (default: 20)")
     p.add_argument("--threshold-mode", choices=("fixed", "p99"), default="fixed")
@@ -138,7 +144,13 @@ def _model_arg(args: argparse.Namespace) -> str:
         raise CliError(str(e)) from None
 
 
+def _check_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise CliError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+
+
 def _load_model(args: argparse.Namespace) -> Model:
+    _check_threads(args)
     if args.gpu_layers < -1:
         raise CliError(f"--gpu-layers must be -1 (all layers) or more, got {args.gpu_layers}")
     path = _model_arg(args)
@@ -152,6 +164,7 @@ def _load_model(args: argparse.Namespace) -> Model:
 
 def _ray_workers(args: argparse.Namespace) -> Any:
     """--ray: a pool of Ray workers holding the model; the driver itself does not load it."""
+    _check_threads(args)
     try:
         from .distributed import RayWorkers
 
@@ -182,7 +195,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         stop=[_unescape(s) for s in args.stop] if args.stop else None,
         top_k_entropy=args.top_k_entropy, threshold_mode=args.threshold_mode,
         think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
-        max_live_sequences=args.max_live,
+        max_live_sequences=args.max_live, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
     )
 
 
@@ -259,11 +272,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- run
 
 
-def _settings_key(args: argparse.Namespace, model: Any, n: int) -> dict[str, Any]:
+def _prompt_hash(example: Example) -> str:
+    """What --resume compares per input line: the prompt and its answer."""
+    data = json.dumps([example.prompt, example.answer], ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example], chunk_size: int) -> dict[str, Any]:
+    """Everything that shapes the results file: --resume refuses to continue under anything else.
+
+    The chunk size is in it because llama.cpp is not batch-invariant (docs/method.md).
+    """
     opts = _run_options(args)
     path = model.path if isinstance(model, Model) else str(model)
-    opts.update(method=args.method, input=str(Path(args.input).resolve()), model=path, n_prompts=n)
+    opts.update(method=args.method, input=str(Path(args.input).resolve()), model=path, n_prompts=len(examples),
+                chunk_size=chunk_size, stop=opts["stop"])
     return opts
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+            raise ValueError("no 'settings' object")
+        return meta
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read {meta_path} ({e}); rerun with --overwrite to start over") from None
+
+
+def _check_resume(meta: dict[str, Any], meta_path: Path, key: dict[str, Any], hashes: list[str]) -> None:
+    old = meta["settings"]
+    diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise CliError(f"--resume with other settings than the interrupted run ({shown})")
+    old_hashes = meta.get("prompt_hashes")
+    if not isinstance(old_hashes, list):
+        raise CliError(f"{meta_path} records no prompt hashes (written by an older eager-cpp); rerun with --overwrite")
+    for number, (a, b) in enumerate(zip(old_hashes, hashes), start=1):
+        if a != b:
+            raise CliError(f"--resume: prompt {number} of the input (or its answer) changed since the interrupted "
+                           "run; rerun with --overwrite")
 
 
 def _read_done(path: Path) -> dict[int, dict]:
@@ -272,11 +330,14 @@ def _read_done(path: Path) -> dict[int, dict]:
     if not path.exists():
         return done
     good = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             break
+        if not isinstance(row, dict) or isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int):
+            raise CliError(f"{path}:{number}: a results line without an integer 'index'; this file was not written "
+                           "by 'eager-cpp run' (rerun with --overwrite)")
         done[row["index"]] = row
         good.append(line)
     path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
@@ -290,13 +351,19 @@ def _append_line(f, prompt: PromptResult) -> None:
 
 
 def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
-                progress: _Progress, answers: Optional[list[str]] = None, cluster: Any = None) -> Optional[dict]:
-    """Engine runs over the prompts not yet in `path`, each finished prompt appended at once."""
-    done = _read_done(path)
+                progress: _Progress, answers: Optional[list[str]] = None, cluster: Any = None,
+                stage: Optional[Path] = None, on_durable: Optional[Any] = None) -> Optional[dict]:
+    """Engine runs over the prompts not yet in `path`, each finished prompt appended at once.
+
+    stage: write there instead and move it onto `path` once the first chunk is on disk (--overwrite:
+    the old results stay until new ones exist); on_durable() then runs (it writes the metadata).
+    """
+    done = _read_done(path) if stage is None else {}
     pending = [i for i in range(len(examples)) if i not in done]
     progress.done_before = len(done)
     settings = None
-    with open(path, "a", encoding="utf-8") as f:
+    target = stage or path
+    with open(target, "w" if stage is not None else "a", encoding="utf-8") as f:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start:start + chunk_size]
             r = run(model, [examples[i].prompt for i in chunk], method=method, prompt_indices=chunk,
@@ -304,62 +371,86 @@ def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, pa
                     cluster=cluster, **opts)
             for p in r.prompts:
                 _append_line(f, p)
+            if stage is not None and start == 0:
+                os.replace(stage, path)  # the open file follows the rename
+                if on_durable is not None:
+                    on_durable()
             progress.done_before += len(chunk)
             settings = r.settings
     return settings
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work when results could not be written there."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not path.is_file():
+        raise CliError(f"cannot write {path}: it exists and is not a regular file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".eager-cpp-check-"):
+            pass
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     examples = load_examples(args.input)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise CliError("--chunk-size must be at least 1")
+    # Everything checkable is checked before the model loads and before any file is touched.
+    RunOptions.create(method=args.method, **_run_options(args))
+    answers = [e.answer for e in examples] if all(e.answer is not None for e in examples) else None
+    if args.method == "eager" and answers is None:
+        raise CliError("--method eager needs an 'answer' field on every JSONL line")
+    out = Path(args.output)
+    _check_writable(out)
+    if (out.exists() or out.with_name(out.name + ".meta.json").exists()) and not (args.resume or args.overwrite):
+        raise CliError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
     model, cluster = _model_or_workers(args)
     try:
-        return _run_command(args, examples, model, cluster)
+        return _run_command(args, examples, answers, model, cluster)
     finally:
         if cluster is not None:
             cluster.close()
 
 
-def _run_command(args: argparse.Namespace, examples: list[Example], model: Any, cluster: Any) -> int:
+def _run_command(args: argparse.Namespace, examples: list[Example], answers: Optional[list[str]], model: Any,
+                 cluster: Any) -> int:
     chunk_size = args.chunk_size or (32 * cluster.n_workers if cluster is not None else 32)
     out = Path(args.output)
     meta_path = out.with_name(out.name + ".meta.json")
-    key = _settings_key(args, model, len(examples))
-    if out.exists() or meta_path.exists():
-        if args.resume:
-            if not meta_path.exists():
-                raise CliError(f"{out} has no {meta_path.name}; it was not written by 'eager-cpp run'")
-            old = json.loads(meta_path.read_text())["settings"]
-            diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
-            if diff:
-                shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                raise CliError(f"--resume with other settings than the interrupted run ({shown})")
-        elif args.overwrite:
-            for p in (out, meta_path, out.with_name(out.name + ".init.jsonl")):
-                if p.exists():
-                    p.unlink()
-        else:
-            raise CliError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
-    meta = {"settings": key, "complete": False}
-    meta_path.write_text(json.dumps(meta, indent=2))
-    answers = [e.answer for e in examples] if all(e.answer is not None for e in examples) else None
-    if args.method == "eager" and answers is None:
-        raise CliError("--method eager needs an 'answer' field on every JSONL line")
+    init_path = out.with_name(out.name + ".init.jsonl")
+    key = _settings_key(args, model, examples, chunk_size)
+    hashes = [_prompt_hash(e) for e in examples]
+    meta = {"settings": key, "prompt_hashes": hashes, "complete": False}
+    existing = out.exists() or meta_path.exists()
+    fresh = not (existing and args.resume)
+    if not fresh:
+        old = _read_meta(meta_path) if meta_path.exists() else None
+        if old is None:
+            raise CliError(f"{out} has no {meta_path.name}; it was not written by 'eager-cpp run'")
+        _check_resume(old, meta_path, key, hashes)
+        meta = dict(old, settings=key, prompt_hashes=hashes)
     opts = _run_options(args)
     progress = _Progress(len(examples), _progress_enabled(args))
+
+    def write_meta() -> None:
+        _write_atomic(meta_path, json.dumps(meta, indent=2))
+
+    if not fresh:
+        write_meta()
     try:
         if args.method in ("parallel", "eager_init"):
-            _run_chunks(model, examples, args.method, opts, out, chunk_size, progress, cluster=cluster)
+            _run_chunks(model, examples, args.method, opts, out, chunk_size, progress, answers, cluster=cluster,
+                        stage=out.with_name(out.name + ".new") if fresh else None, on_durable=write_meta)
         else:
             # Phase (a) is checkpointed prompt by prompt; phases (b)+(c) then write the final file.
-            init_path = out.with_name(out.name + ".init.jsonl")
             settings = _run_chunks(model, examples, "eager_init", opts, init_path, chunk_size, progress, answers,
-                                   cluster=cluster)
+                                   cluster=cluster, stage=init_path.with_name(init_path.name + ".new") if fresh
+                                   else None, on_durable=write_meta)
             if settings is not None:
                 meta["engine_settings"] = settings
-                meta_path.write_text(json.dumps(meta, indent=2))
-            settings = settings or json.loads(meta_path.read_text()).get("engine_settings")
+                write_meta()
+            settings = settings or meta.get("engine_settings")
             if settings is None:
                 raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
             prompts = [prompt_from_dict(d) for _, d in sorted(_read_done(init_path).items())]
@@ -371,7 +462,7 @@ def _run_command(args: argparse.Namespace, examples: list[Example], model: Any, 
     finally:
         progress.close()
     meta["complete"] = True
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_meta()
     n = sum(1 for _ in open(out, encoding="utf-8"))
     print(f"wrote {n} prompts to {out}")
     return 0
@@ -384,6 +475,14 @@ def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
     examples = load_examples(args.dataset, require_answers=True, limit=args.limit)
     scorer = default_scorer(args.scorer) if args.scorer else scorer_for_dataset(args.dataset)
     return [e.prompt for e in examples], [e.answer for e in examples], scorer
+
+
+def _methods(text: str) -> list[str]:
+    methods = _csv(text, str, "methods")
+    for m in methods:
+        if m not in METHODS:
+            raise CliError(f"unknown method {m!r} in --methods; expected {', '.join(METHODS)}")
+    return methods
 
 
 def _csv(text: str, cast, name: str) -> list:
@@ -400,14 +499,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import format_table, sweep
 
     prompts, answers, scorer = _labelled(args)
-    methods = _csv(args.methods, str, "methods") if args.methods else [args.method]
-    for m in methods:
-        if m not in METHODS:
-            raise CliError(f"unknown method {m!r} in --methods; expected {', '.join(METHODS)}")
-    thetas = _csv(args.thetas, float, "thetas") if args.thetas else [args.theta]
+    methods = _methods(args.methods) if args.methods is not None else [args.method]
+    thetas = _csv(args.thetas, float, "thetas") if args.thetas is not None else [args.theta]
     opts = _run_options(args)
+    for m in methods:
+        for t in thetas:
+            RunOptions.create(**dict(opts, method=m, entropy_threshold=t))
     opts.pop("max_sequences")
     opts.pop("entropy_threshold")
+    if args.json_out:
+        _check_writable(Path(args.json_out))
     model, cluster = _model_or_workers(args)
     if cluster is not None:
         opts["cluster"] = cluster
@@ -427,22 +528,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .evaluate import format_table, sweep
-    from .plots import plot_bench
 
+    try:  # before the sweep, not after it
+        from .plots import plot_bench
+    except ImportError as e:
+        raise CliError(f"bench draws its plots with matplotlib ({e}): pip install \"eager_cpp[plot]\"") from None
     prompts, answers, scorer = _labelled(args)
-    methods = _csv(args.methods, str, "methods")
+    methods = _methods(args.methods)
     thetas = _csv(args.thetas, float, "thetas")
     ms = _csv(args.Ms, int, "Ms")
-    model = _load_model(args)
     opts = _run_options(args)
+    for m in methods:
+        for t in thetas:
+            for max_sequences in ms:
+                RunOptions.create(**dict(opts, method=m, entropy_threshold=t, max_sequences=max_sequences))
     opts.pop("max_sequences")
     opts.pop("entropy_threshold")
+    out = Path(args.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create --out-dir {out}: {e.strerror or e}") from None
+    _check_writable(out / "bench.json")
+    model = _load_model(args)
     rows = sweep(model, prompts, answers, methods, thetas, ms, scorer,
                  on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']} M={r['M']}",
                                                              file=sys.stderr),
                  **opts)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2, default=str))
     print(format_table(rows))
     for png in plot_bench(rows, out):
@@ -478,7 +590,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CliError as e:
         print(f"eager-cpp: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError) as e:  # FileNotFoundError, PermissionError, ... are OSErrors
         print(f"eager-cpp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -160,10 +160,21 @@ class Model:
         return self._model.chat_template
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return self._model.tokenize(text, add_special, True)
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text is not valid Unicode ({e.reason} at character {e.start})") from None
+        return self._model.tokenize(text, bool(add_special), True)
 
     def detokenize(self, tokens: list[int]) -> str:
-        return self._model.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        ids = list(tokens)
+        n = self.n_vocab
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n:
+                raise ValueError(f"token ids must be ints in [0, {n}), got {t!r}")
+        return self._model.detokenize(ids).decode("utf-8", errors="replace")
 
     def format_chat(self, prompt: str, chat_template: Optional[str] = None) -> str:
         """Wrap `prompt` as a user message and open the assistant turn."""

@@ -165,13 +165,42 @@ class RunResult:
             for p in self.prompts:
                 f.write(json.dumps(prompt_to_dict(p), ensure_ascii=False) + "\n")
 
+    @classmethod
+    def from_jsonl(cls, path: "str | os.PathLike[str]", settings: Optional[dict[str, Any]] = None) -> "RunResult":
+        """Results written by `to_jsonl` or `eager-cpp run` read back (prompts in index order).
+
+        The run's settings live beside the file (`eager-cpp run` writes them to PATH.meta.json) and
+        are taken from there when present, else from `settings`. Stats are recounted from the prompts.
+        """
+        prompts: list[PromptResult] = []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    prompts.append(prompt_from_dict(json.loads(line)))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{number}: not a results line ({e})") from None
+        prompts.sort(key=lambda p: p.index)
+        if settings is None:
+            meta = os.fspath(path) + ".meta.json"
+            if os.path.exists(meta):
+                with open(meta, encoding="utf-8") as f:
+                    recorded = json.load(f)
+                settings = recorded.get("engine_settings") or recorded.get("settings")
+        stats = RunStats(method=(settings or {}).get("method", ""))
+        stats.sequences = sum(p.n_sequences for p in prompts)
+        stats.generated_tokens = sum(p.generated_tokens for p in prompts)
+        return cls(prompts=prompts, stats=stats, settings=dict(settings or {}))
+
 
 def prompt_from_dict(d: dict[str, Any]) -> PromptResult:
     """Inverse of prompt_to_dict (for resuming from a results JSONL)."""
     fields = set(Sequence.__dataclass_fields__)
     sequences = [Sequence(**{k: v for k, v in s.items() if k in fields}) for s in d["sequences"]]
+    gold = d.get("answer", d.get("gold_answer"))  # "gold_answer" in files written before 0.2
     return PromptResult(index=d["index"], prompt=d["prompt"], sequences=sequences, prompt_tokens=d["prompt_tokens"],
-                        gold_answer=d.get("gold_answer"), steps=d.get("steps", 0))
+                        gold_answer=None if gold is None else str(gold), steps=d.get("steps", 0))
 
 
 def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
@@ -179,7 +208,7 @@ def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
         "index": p.index,
         "prompt": p.prompt,
         "prompt_tokens": p.prompt_tokens,
-        "gold_answer": p.gold_answer,
+        "answer": p.gold_answer,  # the gold answer, as the input's "answer" field names it
         "n_sequences": p.n_sequences,
         "generated_tokens": p.generated_tokens,
         "steps": p.steps,
