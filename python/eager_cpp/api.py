@@ -8,7 +8,6 @@ this process (`local.LocalExecutor`) or Ray actors (`distributed`).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence as Seq, Union
@@ -17,12 +16,13 @@ from .budget import PromptSummary
 from .local import LocalExecutor
 from .model import Model
 from .options import METHODS, RunOptions
+from .progress import ProgressArg, ProgressSink
 from .phases import MAX_SEQUENCES_PER_JOB, count, reallocate_phases, run_phases, score
 from .phases import summarize as _summarize
 from .results import PromptResult, RunResult, RunStats
 
 
-ProgressCallback = Callable[[dict], None]
+ProgressCallback = ProgressArg
 
 
 def run(
@@ -81,7 +81,7 @@ def run(
                                n_ctx=opts.n_ctx, n_gpu_layers=n_gpu_layers)
     if workers is not None or threads_per_worker is not None:
         raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
-    reporter = _make_reporter(progress)
+    sink = ProgressSink(progress)
     llm = model if isinstance(model, Model) else Model(model, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
                                                           n_gpu_layers=n_gpu_layers)
     opts = opts.resolved(llm)
@@ -90,10 +90,12 @@ def run(
     longest = max(len(executor.tokens(i, p)) for i, p in zip(indices, prompts))
     _check_extras_fit(opts, executor.config.n_ctx, longest)
     started = time.perf_counter()
-    results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
-                                         opts.entropy_threshold, answers, scorer,
-                                         reporter.update if reporter is not None else None)
-    _finish(stats, results, time.perf_counter() - started, reporter)
+    try:
+        results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
+                                             opts.entropy_threshold, answers, scorer, sink if sink.active else None)
+    finally:
+        sink.close()
+    _finish(stats, results, time.perf_counter() - started)
     return RunResult(prompts=results, stats=stats, settings=opts.recorded(len(prompts)), reallocation=outcome)
 
 
@@ -132,14 +134,17 @@ def reallocate(
     longest = max(len(executor.tokens(p.index, p.prompt)) for p in result.prompts)
     _check_extras_fit(opts, executor.config.n_ctx, longest)
     score(result.prompts, answers, scorer)
-    reporter = _make_reporter(progress)
+    sink = ProgressSink(progress)
     started = time.perf_counter()
     stats = result.stats
     stats.method = method
-    result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
-                                            opts.entropy_threshold, answers, scorer,
-                                            reporter.update if reporter is not None else None)
-    _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started, reporter)
+    try:
+        result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
+                                                opts.entropy_threshold, answers, scorer,
+                                                sink if sink.active else None)
+    finally:
+        sink.close()
+    _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started)
     result.settings["method"] = method
     return result
 
@@ -176,12 +181,10 @@ def _check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None
                          "raise n_ctx or lower max_sequences or max_new_tokens")
 
 
-def _finish(stats: RunStats, prompts: list[PromptResult], wall_seconds: float, reporter: Optional["_Reporter"]) -> None:
-    """The totals every entry point reports, and the end of its progress line."""
+def _finish(stats: RunStats, prompts: list[PromptResult], wall_seconds: float) -> None:
+    """The totals every entry point reports."""
     count(stats, prompts)
     stats.wall_seconds = wall_seconds
-    if reporter is not None:
-        reporter.finish()
 
 
 def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
@@ -220,43 +223,3 @@ def _check_indices(indices: Optional[Seq[int]], n: int) -> list[int]:
     if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**63 for i in out) or len(set(out)) != n:
         raise ValueError("prompt_indices must be distinct ints in [0, 2**63)")
     return out
-
-
-class _Reporter:
-    """Progress on long runs: a user callback, or a throttled status line on stderr."""
-
-    def __init__(self, callback: Optional[ProgressCallback]) -> None:
-        self.callback = callback
-        self.last = 0.0
-        self.printed = False
-
-    def update(self, done: int, total: int, live: int, tokens: int, seconds: float) -> None:
-        info = {"prompts_done": done, "prompts_total": total, "live_sequences": live,
-                "generated_tokens": tokens, "elapsed_seconds": seconds,
-                "tokens_per_second": tokens / seconds if seconds > 0 else 0.0}
-        if self.callback is not None:
-            self.callback(info)
-            return
-        now = time.monotonic()
-        if now - self.last < 0.5 and done < total:
-            return
-        self.last = now
-        self.printed = True
-        sys.stderr.write(f"\r[eager_cpp] prompts {done}/{total} | live {live:3d} | {tokens} tokens | "
-                         f"{info['tokens_per_second']:.1f} tok/s ")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.printed:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _make_reporter(progress: Union[None, bool, ProgressCallback]) -> Optional[_Reporter]:
-    if progress is None or progress is False:
-        return None
-    if progress is True:
-        return _Reporter(None)
-    if callable(progress):
-        return _Reporter(progress)
-    raise TypeError("progress must be None, True/False or a callable taking a dict")

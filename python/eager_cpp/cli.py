@@ -15,6 +15,7 @@ from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
 from .model import MAX_THREADS, Model, default_model_path
 from .options import RunOptions
+from .progress import ProgressLine
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, default_scorer, scorer_for_dataset
 
@@ -199,32 +200,6 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-class _Progress:
-    """A one-line progress bar on stderr: prompts done, live sequences, tokens/s."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = total
-        self.done_before = 0
-        self.enabled = enabled
-        self.shown = False
-
-    def callback(self, info: dict) -> None:
-        done = self.done_before + info["prompts_done"]
-        width = 24
-        filled = int(width * done / max(1, self.total))
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} prompts | "
-                         f"live {info['live_sequences']:3d} | {info['tokens_per_second']:6.1f} tok/s ")
-        sys.stderr.flush()
-        self.shown = True
-
-    def hook(self):
-        return self.callback if self.enabled else None
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-
-
 def _progress_enabled(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
@@ -351,7 +326,7 @@ def _append_line(f, prompt: PromptResult) -> None:
 
 
 def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
-                progress: _Progress, answers: Optional[list[str]] = None, cluster: Any = None,
+                progress: Optional[ProgressLine], answers: Optional[list[str]] = None, cluster: Any = None,
                 stage: Optional[Path] = None, on_durable: Optional[Any] = None) -> Optional[dict]:
     """Engine runs over the prompts not yet in `path`, each finished prompt appended at once.
 
@@ -360,14 +335,15 @@ def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, pa
     """
     done = _read_done(path) if stage is None else {}
     pending = [i for i in range(len(examples)) if i not in done]
-    progress.done_before = len(done)
+    if progress is not None:
+        progress.offset = len(done)
     settings = None
     target = stage or path
     with open(target, "w" if stage is not None else "a", encoding="utf-8") as f:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start:start + chunk_size]
             r = run(model, [examples[i].prompt for i in chunk], method=method, prompt_indices=chunk,
-                    answers=[answers[i] for i in chunk] if answers else None, progress=progress.hook(),
+                    answers=[answers[i] for i in chunk] if answers else None, progress=progress,
                     cluster=cluster, **opts)
             for p in r.prompts:
                 _append_line(f, p)
@@ -375,7 +351,8 @@ def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, pa
                 os.replace(stage, path)  # the open file follows the rename
                 if on_durable is not None:
                     on_durable()
-            progress.done_before += len(chunk)
+            if progress is not None:
+                progress.offset += len(chunk)
             settings = r.settings
     return settings
 
@@ -431,7 +408,7 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
         _check_resume(old, meta_path, key, hashes)
         meta = dict(old, settings=key, prompt_hashes=hashes)
     opts = _run_options(args)
-    progress = _Progress(len(examples), _progress_enabled(args))
+    progress = ProgressLine(total=len(examples)) if _progress_enabled(args) else None
 
     def write_meta() -> None:
         _write_atomic(meta_path, json.dumps(meta, indent=2))
@@ -460,7 +437,8 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
             result.to_jsonl(tmp)
             tmp.replace(out)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     meta["complete"] = True
     write_meta()
     n = sum(1 for _ in open(out, encoding="utf-8"))

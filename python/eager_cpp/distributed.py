@@ -38,6 +38,7 @@ from .budget import ReallocationPlan
 from .local import LocalExecutor
 from .model import Model
 from .phases import PhaseJob, PhaseOutput, count, reallocate_phases, run_phases, score
+from .progress import ProgressEvent, ProgressSink
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
 
 __all__ = ["RAY_HINT", "RayWorkers", "balance", "reallocate_distributed", "run_distributed"]
@@ -118,8 +119,8 @@ class _Worker:
         """Answered while a shard runs (the actor has a second thread): what it is doing."""
         return {"pid": self.pid, "running": self.running, "progress": dict(self.progress)}
 
-    def _on_progress(self, info: dict) -> None:
-        self.progress = info
+    def _on_progress(self, event: ProgressEvent) -> None:
+        self.progress = event.to_dict()
 
     def _ready(self) -> Model:
         if self.model is None:
@@ -134,17 +135,13 @@ class _Worker:
         self.running, self.progress = shard, {}
         try:
             executor = LocalExecutor(model, RunOptions.from_dict(settings))
-            out = executor.run_jobs([PhaseJob.from_dict(j) for j in jobs], method, self._on_engine_progress)
+            out = executor.run_jobs([PhaseJob.from_dict(j) for j in jobs], method, self._on_progress)
         finally:
             self.running = None
         return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
                 "settings": executor.options.recorded(int(settings.get("n_prompts", len(jobs)))),
                 "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
-    def _on_engine_progress(self, done: int, total: int, live: int, tokens: int, seconds: float) -> bool:
-        self.progress = {"prompts_done": done, "prompts_total": total, "live_sequences": live,
-                         "generated_tokens": tokens, "elapsed_seconds": seconds}
-        return True
 
 
 def _load_error(kind: str, message: str, node: str, host: str, path: str) -> Exception:
@@ -176,37 +173,27 @@ class _Handle:
 
 
 class _ShardProgress:
-    """A line on stderr per finished shard (progress=True) or the callback's dict."""
+    """One progress event per finished shard, into the run's progress sink (progress.ProgressSink)."""
 
-    def __init__(self, progress: Union[None, bool, Callable[[dict], None]], total: int, started: float) -> None:
-        if progress is not None and not isinstance(progress, bool) and not callable(progress):
-            raise TypeError("progress must be None, True/False or a callable taking a dict")
-        self.progress = progress
-        self.total = total
-        self.started = started
+    def __init__(self, sink: Any, phase: str, round_: int, total: int, started: float) -> None:
+        self.sink, self.phase, self.round, self.total, self.started = sink, phase, round_, total, started
         self.prompts_done = 0
         self.tokens = 0
+
+    @property
+    def verbose(self) -> bool:
+        return self.sink is not None
 
     def shard_done(self, phase: str, done: int, shards: int, worker: int, out: dict) -> None:
         n = len(out["prompts"])
         tokens = sum(len(s["own_tokens"]) for p in out["prompts"] for s in p["sequences"])
         self.tokens += tokens
-        if phase == "a":
-            self.prompts_done += n
-        elapsed = time.perf_counter() - self.started
-        info = {"prompts_done": self.prompts_done, "prompts_total": self.total, "live_sequences": 0,
-                "generated_tokens": self.tokens, "elapsed_seconds": elapsed,
-                "tokens_per_second": self.tokens / elapsed if elapsed > 0 else 0.0,
-                "phase": phase, "shards_done": done, "shards_total": shards, "worker": worker,
-                "node": out["node"], "shard_prompts": n, "shard_tokens": tokens, "shard_seconds": out["busy_seconds"]}
-        if callable(self.progress):
-            self.progress(info)
-        elif self.progress:
-            what = "prompts" if phase == "a" else "prompts' extra sequences"
-            sys.stderr.write(f"[eager_cpp] phase ({phase}) shard {done}/{shards}: {n} {what}, {tokens} tokens on "
-                             f"worker {worker} ({out['node']}) in {out['busy_seconds']:.1f} s | "
-                             f"{self.prompts_done}/{self.total} prompts, {elapsed:.1f} s\n")
-            sys.stderr.flush()
+        self.prompts_done += n
+        if self.sink is not None:
+            self.sink(ProgressEvent(self.phase, self.round, self.prompts_done, self.total, 0, self.tokens,
+                                    time.perf_counter() - self.started, shards_done=done, shards_total=shards,
+                                    worker=worker, node=out["node"], shard_prompts=n, shard_tokens=tokens,
+                                    shard_seconds=out["busy_seconds"]))
 
 
 class RayWorkers:
@@ -420,7 +407,7 @@ class RayWorkers:
                     try:
                         out = ray.get(ref, timeout=600.0)
                     except dead as e:
-                        if reporter.progress:
+                        if reporter.verbose:
                             sys.stderr.write(f"[eager_cpp] worker {handle.number} died ({type(e).__name__}); "
                                              f"shard {shard} of phase ({phase}) runs again on another worker\n")
                         new = self._replace(handle, e, count=True)
@@ -457,9 +444,14 @@ class RayWorkers:
         started = time.perf_counter()
         self._reset()
         wire = options.recorded(len(prompts))
-        executor = RayExecutor(self, wire, _ShardProgress(progress, len(prompts), started))
-        results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
-                                             options.entropy_threshold, answers, scorer, None)
+        executor = RayExecutor(self, wire, started)
+        sink = ProgressSink(progress)
+        try:
+            results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
+                                                 options.entropy_threshold, answers, scorer,
+                                                 sink if sink.active else None)
+        finally:
+            sink.close()
         self.last_plan = outcome.plan if outcome is not None else None
         stats.workers, stats.worker_start_seconds = self.n_workers, self.start_seconds
         count(stats, results)
@@ -481,10 +473,10 @@ class RayExecutor:
     reallocation try's ("c").
     """
 
-    def __init__(self, pool: RayWorkers, settings: dict, reporter: "_ShardProgress") -> None:
+    def __init__(self, pool: RayWorkers, settings: dict, started: float) -> None:
         self.pool = pool
         self.settings = settings
-        self.reporter = reporter
+        self.started = started
         self.recorded: Optional[dict] = None
 
     def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Any = None) -> PhaseOutput:
@@ -493,13 +485,14 @@ class RayExecutor:
             return PhaseOutput(prompts=[], stats=stats)
         pool, t = self.pool, self.settings["max_new_tokens"]
         phase = "a" if all(j.round == 0 for j in jobs) else "c"
+        reporter = _ShardProgress(progress, phase, max(j.round for j in jobs), len(jobs), self.started)
         costs = [len(j.prompt) / CHARS_PER_TOKEN + j.max_sequences * t for j in jobs]
         shards = [[jobs[k] for k in members] for members in balance(costs, pool._n_shards(len(jobs)))]
         pool.last_dispatches.append((phase, shards))
         pool.last_shards.setdefault(phase, [[j.index for j in shard] for shard in shards])
         outputs = pool._dispatch(
             phase, [[j.to_dict() for j in shard] for shard in shards],
-            lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), self.reporter)
+            lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), reporter)
         by_index: dict[int, PromptResult] = {}
         for out in outputs:
             stats.merge(RunStats(**out["stats"]))
@@ -562,11 +555,14 @@ def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, a
         stats.method = options.method
         stats.workers = pool.n_workers
         pool._reset()
-        executor = RayExecutor(pool, options.recorded(len(result.prompts)),
-                               _ShardProgress(progress, len(result.prompts), started))
-        result.reallocation = reallocate_phases(executor, result.prompts, stats, options.method,
-                                                options.max_sequences, options.entropy_threshold, answers, scorer,
-                                                None)
+        executor = RayExecutor(pool, options.recorded(len(result.prompts)), started)
+        sink = ProgressSink(progress)
+        try:
+            result.reallocation = reallocate_phases(executor, result.prompts, stats, options.method,
+                                                    options.max_sequences, options.entropy_threshold, answers,
+                                                    scorer, sink if sink.active else None)
+        finally:
+            sink.close()
         pool.last_plan = result.reallocation.plan
         count(stats, result.prompts)
         elapsed = time.perf_counter() - started

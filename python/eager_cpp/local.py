@@ -8,6 +8,7 @@ from . import _core
 from .model import Model
 from .options import RunOptions
 from .phases import PhaseJob, PhaseOutput, ProgressFn
+from .progress import ProgressEvent
 from .results import PromptResult, RunStats, Sequence
 
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
@@ -49,8 +50,15 @@ class LocalExecutor:
         core_jobs = [_core.PromptJob(self.tokens(j.index, j.prompt), j.max_sequences, j.theta, j.index,
                                      j.sequence_base) for j in jobs]
         self.config.method = ENGINE_METHODS[method]
+        on_step = None
+        if progress is not None:
+            phase, round_ = ("a", 0) if all(j.round == 0 for j in jobs) else ("c", max(j.round for j in jobs))
+
+            def on_step(done: int, total: int, live: int, tokens: int, seconds: float) -> None:
+                progress(ProgressEvent(phase, round_, done, total, live, tokens, seconds))
+
         with self.model.exclusive():  # one generation at a time per model (its context is one)
-            out = _core.generate(self.model._model, self.config, core_jobs, progress)
+            out = _core.generate(self.model._model, self.config, core_jobs, on_step)
         prompts = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
         s = out.stats
         for key in RunStats.SUMMED + RunStats.PEAKED:

@@ -28,7 +28,7 @@ __all__ = ["MAX_TRIES", "Executor", "PhaseJob", "PhaseOutput", "ReallocationOutc
 MAX_TRIES = 8  # reallocation tries per run; what they leave is reported as unspent
 MAX_SEQUENCES_PER_JOB = 256  # llama.cpp's sequence-id limit: one engine run of a prompt holds at most this
 
-ProgressFn = Callable[[dict], None]
+ProgressFn = Callable[[Any], None]  # takes a progress.ProgressEvent
 Scorer = Callable[[str, str], bool]
 
 
