@@ -45,6 +45,7 @@ struct PromptState {
     bool branching_open = true;
     int steps_without_branch = 0;
     int64_t counted_round = -1;    // the last round (advance call) that counted this prompt's step
+    bool counted_final = false;    // its sequence count is in the growth estimate
     bool branched_this_round = false;
     int n_sequences = 0;
     int live = 0;
@@ -81,6 +82,7 @@ private:
     ContextShape plan_context() const;
     bool try_admit(const PromptJob & job);
     double growth_estimate() const;
+    void mark_final(int prompt);
     double expected_sequences(const PromptJob & job, double estimate) const;
     double expected_live(double estimate) const;
     void admit(int prompt);
@@ -113,6 +115,9 @@ private:
     std::vector<PromptState> state_;
     RunOutput out_;
     size_t next_job_ = 0;
+    std::vector<int> in_flight_;  // admitted prompts not done, in admission order
+    double final_sequences_ = 0;  // over prompts whose count is final (growth_estimate)
+    int final_count_ = 0;
     int ids_reserved_ = 0;
     int64_t cells_reserved_ = 0;
     int prompts_done_ = 0;
@@ -227,15 +232,17 @@ double Run::growth_estimate() const {
     // EAGer prompts grow after admission, up to their cap, as long as they may branch. Estimate
     // the growth from prompts whose count is final (done, or closed for branching); before any
     // is (negative result), callers assume the cap, so the first admissions do not overshoot:
-    // every prompt in flight widens the KV span that each token's attention covers.
-    double sum = 0;
-    int count = 0;
-    for (size_t i = 0; i < next_job_; ++i) {
-        if (!state_[i].done && state_[i].branching_open) continue;
-        sum += state_[i].n_sequences;
-        ++count;
-    }
-    return count > 0 ? sum / count : -1.0;
+    // every prompt in flight widens the KV span that each token's attention covers. The sums are
+    // kept as prompts become final, so admission stays O(prompts in flight), not O(prompts so far).
+    return final_count_ > 0 ? final_sequences_ / final_count_ : -1.0;
+}
+
+void Run::mark_final(int prompt) {
+    PromptState & st = state_[prompt];
+    if (st.counted_final) return;
+    st.counted_final = true;
+    final_sequences_ += st.n_sequences;
+    ++final_count_;
 }
 
 double Run::expected_sequences(const PromptJob & job, double estimate) const {
@@ -246,9 +253,8 @@ double Run::expected_sequences(const PromptJob & job, double estimate) const {
 
 double Run::expected_live(double estimate) const {
     double total = 0;
-    for (size_t i = 0; i < next_job_; ++i) {
+    for (int i : in_flight_) {  // in admission order, as the sum always ran
         const PromptState & st = state_[i];
-        if (st.done) continue;
         if (!st.branching_open) {
             total += st.live;
             continue;
@@ -274,6 +280,7 @@ bool Run::try_admit(const PromptJob & job) {
 
 void Run::admit(int prompt) {
     const PromptJob & job = jobs_[prompt];
+    in_flight_.push_back(prompt);
     ids_reserved_ += job.max_sequences;
     cells_reserved_ += worst_case_cells(job, cfg_.max_new_tokens);
     out_.prompts[prompt].prompt_tokens = static_cast<int>(job.tokens.size());
@@ -473,6 +480,7 @@ void Run::advance(const std::vector<int> & slots, const std::vector<int32_t> & o
         st.steps_without_branch = st.branched_this_round ? 0 : st.steps_without_branch + 1;
         if (st.steps_without_branch >= cfg_.no_branch_window || st.n_sequences >= jobs_[prompt].max_sequences)
             st.branching_open = false;
+        if (!st.branching_open) mark_final(prompt);
     }
     release_finished();
     out_.stats.bookkeeping_seconds += seconds_since(t1);
@@ -522,6 +530,8 @@ void Run::release_finished() {
         PromptState & st = state_[seq.prompt];
         if (--st.live == 0) {
             st.done = true;
+            mark_final(seq.prompt);
+            in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), seq.prompt));
             ++prompts_done_;
             ids_reserved_ -= jobs_[seq.prompt].max_sequences;
             cells_reserved_ -= worst_case_cells(jobs_[seq.prompt], cfg_.max_new_tokens);
