@@ -1,6 +1,7 @@
 #include "cpu_buffers.hpp"
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "ggml-backend.h"
 
@@ -63,13 +64,23 @@ CpuBufferPlan plan_cpu_buffers(const std::vector<std::string> & offered, CpuBuff
 }
 
 std::vector<std::string> offered_cpu_buffers() {
-    std::lock_guard<std::mutex> lock(scope_mutex());  // never read the array while a scope narrows it
+    // No lock: original_entries() is filled before any scope first narrows the array (a scope's
+    // constructor reads it before writing), and is constant after.
     std::vector<std::string> names;
     for (auto * buft : original_entries()) names.emplace_back(ggml_backend_buft_name(buft));
     return names;
 }
 
-CpuBufferScope::CpuBufferScope(const std::vector<std::string> & keep) : lock_(scope_mutex()) {
+namespace {
+thread_local bool in_scope = false;  // a second scope on the same thread would wait for itself
+}  // namespace
+
+CpuBufferScope::CpuBufferScope(const std::vector<std::string> & keep) {
+    if (in_scope)
+        throw std::logic_error("a model load inside a CPU buffer scope on the same thread (load it outside the "
+                               "'with CpuBufferScope' block)");
+    lock_ = std::unique_lock<std::mutex>(scope_mutex());
+    in_scope = true;
     const auto & original = original_entries();
     ggml_backend_buffer_type_t * array = extra_buffer_array();
     if (array == nullptr) {
@@ -89,6 +100,7 @@ CpuBufferScope::CpuBufferScope(const std::vector<std::string> & keep) : lock_(sc
 CpuBufferScope::~CpuBufferScope() {
     ggml_backend_buffer_type_t * array = extra_buffer_array();
     if (array != nullptr) write_entries(array, original_entries(), original_entries().size());
+    in_scope = false;
 }
 
 }  // namespace eager

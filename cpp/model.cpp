@@ -35,19 +35,24 @@ std::mutex & log_mutex() {
     return m;
 }
 
-// Our own callback while it lives, the previous one restored after.
+// Our own callback while it lives, the previous one restored after. When a load in another thread
+// holds the log, its callback (ours, in C) is installed already: nothing to swap, and no waiting (a
+// Model freed with the GIL held must not wait for another thread's load).
 class QuietLog {
 public:
-    QuietLog() : lock_(log_mutex()) {
+    QuietLog() : lock_(log_mutex(), std::try_to_lock) {
+        if (!lock_.owns_lock()) return;
         llama_log_get(&previous_, &previous_data_);
         llama_log_set(log_filter, nullptr);
     }
-    ~QuietLog() { llama_log_set(previous_, previous_data_); }
+    ~QuietLog() {
+        if (lock_.owns_lock()) llama_log_set(previous_, previous_data_);
+    }
     QuietLog(const QuietLog &) = delete;
     QuietLog & operator=(const QuietLog &) = delete;
 
 private:
-    std::lock_guard<std::mutex> lock_;
+    std::unique_lock<std::mutex> lock_;
     ggml_log_callback previous_ = nullptr;
     void * previous_data_ = nullptr;
 };
@@ -88,6 +93,9 @@ private:
     static void callback(ggml_log_level level, const char * text, void * data) {
         auto * self = static_cast<LoadLog *>(data);
         log_filter(level, text, nullptr);
+        // The callback is process-wide: lines from other threads (another Model's decode or free,
+        // llama-cpp-python) are printed as usual but are not this load's, and are not kept.
+        if (std::this_thread::get_id() != self->loader_) return;
         if (level != GGML_LOG_LEVEL_CONT) self->level_ = level;
         self->partial_ += text;
         size_t start = 0, end;
@@ -99,6 +107,7 @@ private:
     }
 
     std::lock_guard<std::mutex> lock_;
+    std::thread::id loader_ = std::this_thread::get_id();
     ggml_log_callback previous_ = nullptr;
     void * previous_data_ = nullptr;
     ggml_log_level level_ = GGML_LOG_LEVEL_INFO;

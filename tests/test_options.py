@@ -88,3 +88,10 @@ def test_reallocate_rejects_what_is_not_a_result(model):
 def test_bad_input_says_what_is_wrong(model, call, error, match):
     with pytest.raises(error, match=match):
         call(model)
+
+
+def test_the_phase_pipelines_per_job_limit_is_the_engines():
+    from eager_cpp import _core
+    from eager_cpp.phases import MAX_SEQUENCES_PER_JOB
+
+    assert MAX_SEQUENCES_PER_JOB == _core.MAX_SEQUENCES  # phases.py imports no extension: checked here

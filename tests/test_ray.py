@@ -373,3 +373,12 @@ def test_losing_a_node_mid_run_reruns_its_shard(model_path, capitals):
     assert report["restarts"] >= 1
     assert report["indices"] == list(range(len(prompts)))
     assert report["same"]
+
+
+@needs_ray
+def test_a_prompt_too_long_fails_on_the_driver_before_any_shard(pool, capitals):
+    prompts, _ = capitals
+    with pytest.raises(ValueError, match="prompt 1 is .* tokens; with max_new_tokens=100 "):
+        eager_cpp.run(pool.model_path, [prompts[0], prompts[1] * 3000], cluster=pool, max_new_tokens=100)
+    assert pool.last_dispatches == []  # nothing was dispatched
+    assert pool.cpu_buffers == "safe" and all(i["error"] is None for i in pool.workers_info())

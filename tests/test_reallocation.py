@@ -147,3 +147,11 @@ def test_a_custom_scorer_extracts_the_answers_that_vote(model):
     for s in r.prompts[0].sequences:
         assert s.answer == LastWordScorer().extract(s.text)
         assert s.correct == (s.answer == "Paris")
+
+
+def test_reallocate_scores_the_extras_with_the_results_own_labels(model, capitals):
+    prompts, answers = capitals
+    init = eager_cpp.run(model, prompts, method="eager_init", answers=answers, scorer=FIRST_LINE, **common())
+    out = eager_cpp.reallocate(model, init, "eager", scorer=FIRST_LINE)  # labels: the ones init was scored with
+    extras = [s for p in out.prompts for s in p.sequences if s.round > 0]
+    assert extras and all(s.correct is not None and s.answer is not None for s in extras)

@@ -169,3 +169,25 @@ def test_info_command_prints_the_report(model_path):
     text = subprocess.run([sys.executable, "-m", "eager_cpp.cli", "info", "--no-model"], capture_output=True,
                           text=True, timeout=300)
     assert text.returncode == 0 and "amx_guard_active" in text.stdout and "llama_cpp_features" in text.stdout
+
+
+def test_a_load_inside_a_buffer_scope_on_the_same_thread_raises_instead_of_waiting(model_path):
+    with _core.CpuBufferScope(list(_core.offered_cpu_buffers())):
+        with pytest.raises(RuntimeError, match="inside a CPU buffer scope on the same thread"):
+            eager_cpp.Model(model_path, n_threads=2)
+        assert _core.offered_cpu_buffers()  # answered without waiting for the scope
+    assert eager_cpp.Model(model_path, n_threads=2).weight_buffers
+
+
+def test_info_on_a_model_llama_cpp_refuses_is_one_line(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "empty.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    proc = subprocess.run([sys.executable, "-m", "eager_cpp.cli", "info", "--model", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "could not load" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,9 +15,9 @@ from typing import Any, Callable, Optional, Sequence as Seq, Union
 from .budget import PromptSummary
 from .local import LocalExecutor
 from .model import Model
-from .options import METHODS, RunOptions
+from .options import METHODS, RunOptions, check_extras_fit
 from .progress import ProgressArg, ProgressSink
-from .phases import MAX_SEQUENCES_PER_JOB, count, reallocate_phases, run_phases, score
+from .phases import count, reallocate_phases, run_phases, score
 from .phases import summarize as _summarize
 from .results import PromptResult, RunResult, RunStats
 
@@ -76,6 +76,7 @@ def run(
     if cluster is not None:
         from .distributed import run_distributed
 
+        ProgressSink(progress)  # a bad progress= fails here, before workers start
         return run_distributed(model, prompts, indices, opts, answers, scorer, progress, cluster=cluster,
                                workers=workers, threads_per_worker=threads_per_worker or opts.n_threads,
                                n_ctx=opts.n_ctx, n_gpu_layers=n_gpu_layers)
@@ -88,7 +89,7 @@ def run(
     executor = LocalExecutor(llm, opts)
     # Everything the phases will need is checked before phase (a) is paid for.
     longest = max(len(executor.tokens(i, p)) for i, p in zip(indices, prompts))
-    _check_extras_fit(opts, executor.config.n_ctx, longest)
+    check_extras_fit(opts, executor.config.n_ctx, longest)
     started = time.perf_counter()
     try:
         results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
@@ -124,6 +125,8 @@ def reallocate(
     if method == "eager" and answers is None and any(p.gold_answer is None for p in result.prompts):
         raise ValueError('method="eager" needs answers= (one gold answer per prompt)')
     opts = replace(RunOptions.from_dict(result.settings), method=method)
+    if answers is None and result.prompts and all(p.gold_answer is not None for p in result.prompts):
+        answers = [p.gold_answer for p in result.prompts]  # the labels the result was scored with
     answers = _check_answers(opts, answers, scorer, len(result.prompts), required=False)
     if cluster is not None:
         from .distributed import reallocate_distributed
@@ -132,7 +135,7 @@ def reallocate(
     llm = model if isinstance(model, Model) else Model(model)
     executor = LocalExecutor(llm, opts)
     longest = max(len(executor.tokens(p.index, p.prompt)) for p in result.prompts)
-    _check_extras_fit(opts, executor.config.n_ctx, longest)
+    check_extras_fit(opts, executor.config.n_ctx, longest)
     score(result.prompts, answers, scorer)
     sink = ProgressSink(progress)
     started = time.perf_counter()
@@ -167,18 +170,6 @@ def _check_answers(opts: RunOptions, answers: Optional[Seq[Any]], scorer: Any, n
     if len(answers) != n:
         raise ValueError(f"got {len(answers)} answers for {n} prompts")
     return answers
-
-
-def _check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
-    """A reallocating run's largest extra job must fit a context the caller fixed (n_ctx)."""
-    if not opts.reallocates or not n_ctx:
-        return
-    cap = min(MAX_SEQUENCES_PER_JOB, (3 if opts.method == "eager_adapt" else 1) * opts.max_sequences)
-    need = longest_prompt + cap * opts.max_new_tokens
-    if need > n_ctx:
-        raise ValueError(f"method={opts.method!r} may give a prompt {cap} extra sequences in one engine run: "
-                         f"up to {need} KV cells with the longest prompt, but n_ctx is {n_ctx}; "
-                         "raise n_ctx or lower max_sequences or max_new_tokens")
 
 
 def _finish(stats: RunStats, prompts: list[PromptResult], wall_seconds: float) -> None:

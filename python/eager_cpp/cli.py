@@ -331,7 +331,8 @@ def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, pa
     """Engine runs over the prompts not yet in `path`, each finished prompt appended at once.
 
     stage: write there instead and move it onto `path` once the first chunk is on disk (--overwrite:
-    the old results stay until new ones exist); on_durable() then runs (it writes the metadata).
+    the old results stay until new ones exist). on_durable(settings) runs after every chunk is on
+    disk, with the run's recorded settings (it writes the metadata).
     """
     done = _read_done(path) if stage is None else {}
     pending = [i for i in range(len(examples)) if i not in done]
@@ -347,13 +348,13 @@ def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, pa
                     cluster=cluster, **opts)
             for p in r.prompts:
                 _append_line(f, p)
+            settings = r.settings
             if stage is not None and start == 0:
                 os.replace(stage, path)  # the open file follows the rename
-                if on_durable is not None:
-                    on_durable()
+            if on_durable is not None:
+                on_durable(settings)
             if progress is not None:
                 progress.offset += len(chunk)
-            settings = r.settings
     return settings
 
 
@@ -410,7 +411,9 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
     opts = _run_options(args)
     progress = ProgressLine(total=len(examples)) if _progress_enabled(args) else None
 
-    def write_meta() -> None:
+    def write_meta(engine_settings: Optional[dict] = None) -> None:
+        if engine_settings is not None:
+            meta["engine_settings"] = engine_settings  # what phases (b)+(c) rebuild the run from
         _write_atomic(meta_path, json.dumps(meta, indent=2))
 
     if not fresh:
@@ -424,9 +427,6 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
             settings = _run_chunks(model, examples, "eager_init", opts, init_path, chunk_size, progress, answers,
                                    cluster=cluster, stage=init_path.with_name(init_path.name + ".new") if fresh
                                    else None, on_durable=write_meta)
-            if settings is not None:
-                meta["engine_settings"] = settings
-                write_meta()
             settings = settings or meta.get("engine_settings")
             if settings is None:
                 raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
@@ -568,7 +568,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CliError as e:
         print(f"eager-cpp: error: {e}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, TypeError) as e:  # FileNotFoundError, PermissionError, ... are OSErrors
+    except (OSError, ValueError, TypeError, RuntimeError) as e:  # OSError: FileNotFoundError, PermissionError, ...
         print(f"eager-cpp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

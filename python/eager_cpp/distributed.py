@@ -7,7 +7,7 @@ A run on a cluster goes through the same phases as `api.run` in one process:
 
 (a) The driver splits the prompts into shards balanced by cost (estimated prompt tokens + M x
     max_new_tokens; longest first onto the lightest shard). Each actor holds one loaded `Model`
-    and runs `eager_cpp.run(..., prompt_indices=<global indices>)` on a shard, returning plain
+    and runs the shard's phase jobs on its local executor (one batched engine run), returning plain
     dicts. Random streams derive from (seed, prompt index, sequence index), so a prompt's samples
     do not depend on which actor ran it or which prompts shared its shard.
 (b) The driver scores (labels stay on the driver) and plans with the same pure function as one
@@ -33,7 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from .options import RunOptions
+from .options import RunOptions, check_extras_fit
+from .system import resolve_cpu_buffers
 from .budget import ReallocationPlan
 from .local import LocalExecutor
 from .model import Model
@@ -88,7 +89,8 @@ def balance(costs: Seq[float], bins: int) -> list[list[int]]:
 class _Worker:
     """One Ray actor: the model loaded once, phases run on request (made remote lazily)."""
 
-    def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int], n_gpu_layers: int = 0) -> None:
+    def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int], n_gpu_layers: int = 0,
+                 cpu_buffers: Optional[str] = None) -> None:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         try:
@@ -104,7 +106,8 @@ class _Worker:
         self.model: Optional[Model] = None
         self.error: Optional[tuple[str, str]] = None
         try:
-            self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+            self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                               cpu_buffers=cpu_buffers)
         except Exception as e:  # reported by info() and raised on use, as a clear error on the driver
             self.error = (type(e).__name__, str(e))
         self.model_path = model_path
@@ -127,6 +130,11 @@ class _Worker:
             assert self.error is not None
             raise _load_error(self.error[0], self.error[1], self.node, self.host, self.model_path)
         return self.model
+
+    def check_prompts(self, settings: dict, prompts: list[tuple[int, str]]) -> int:
+        """Tokenize every prompt as a run would (ValueError naming one too long); the longest length."""
+        executor = LocalExecutor(self._ready(), RunOptions.from_dict(settings))
+        return max(len(executor.tokens(index, prompt)) for index, prompt in prompts)
 
     def run_jobs(self, shard: str, settings: dict, jobs: list[dict], method: str) -> dict:
         """Phase jobs on this actor's model, as the local executor runs them in one process."""
@@ -212,7 +220,8 @@ class RayWorkers:
     less to re-run after a failure, less to transfer at once). start_timeout: seconds for the
     workers to start and load the model. max_restarts: replacements for dead workers per pool
     (default: 2 x workers). n_gpu_layers / gpus_per_worker: offload on GPU nodes (each worker
-    then reserves that many of Ray's GPUs). After a run, `last_plan` holds its reallocation plan,
+    then reserves that many of Ray's GPUs). cpu_buffers: the workers' CPU buffer choice (see
+    eager_cpp.Model; a Model passed as `model` gives its own). After a run, `last_plan` holds its reallocation plan,
     `last_shards` its shards as prompt indices per phase ({"a": [[...], ...], "c": [...]}) and
     `last_busy` each worker's seconds inside its shards ({worker number: seconds}).
     """
@@ -222,7 +231,7 @@ class RayWorkers:
                  n_ctx: Optional[int] = None, num_cpus: Optional[int] = None,
                  object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES, max_shard_prompts: int = 256,
                  start_timeout: float = 600.0, max_restarts: Optional[int] = None, n_gpu_layers: int = 0,
-                 gpus_per_worker: float = 0.0) -> None:
+                 gpus_per_worker: float = 0.0, cpu_buffers: Optional[str] = None) -> None:
         ray = _import_ray()
         if not isinstance(cluster, str) or not cluster:
             raise ValueError(f'cluster must be "local" or a Ray address, got {cluster!r}')
@@ -235,6 +244,9 @@ class RayWorkers:
             raise ValueError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
         self.model_path = _model_path(model)
         self.n_gpu_layers = int(n_gpu_layers)
+        # The workers load with the driver's CPU buffer choice (a Model's own, else its default here),
+        # so a remote node does not depend on its own environment for it.
+        self.cpu_buffers = resolve_cpu_buffers(model.cpu_buffers if isinstance(model, Model) else cpu_buffers)
         self.gpus_per_worker = float(gpus_per_worker)
         self.start_timeout = float(start_timeout)
         self.cluster = cluster
@@ -282,7 +294,7 @@ class RayWorkers:
     def _spawn(self) -> _Handle:
         actor = self._cls.options(num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker, max_concurrency=2,
                                   max_restarts=0, scheduling_strategy="SPREAD").remote(
-            self.model_path, self.threads_per_worker, self.n_ctx, self.n_gpu_layers)
+            self.model_path, self.threads_per_worker, self.n_ctx, self.n_gpu_layers, self.cpu_buffers)
         self._spawned += 1
         return _Handle(actor=actor, number=self._spawned - 1, info_ref=actor.info.remote())
 
@@ -444,6 +456,7 @@ class RayWorkers:
         started = time.perf_counter()
         self._reset()
         wire = options.recorded(len(prompts))
+        self._check_before_phase_a(wire, options, list(zip(indices, prompts)))
         executor = RayExecutor(self, wire, started)
         sink = ProgressSink(progress)
         try:
@@ -460,6 +473,20 @@ class RayWorkers:
         # The workers' own record (it holds what only a loaded model decides, e.g. the device path).
         recorded = dict(executor.recorded or wire, method=options.method, n_prompts=len(prompts))
         return RunResult(prompts=results, stats=stats, settings=recorded, reallocation=outcome)
+
+    def _check_before_phase_a(self, wire: dict, options: RunOptions, prompts: list[tuple[int, str]]) -> None:
+        """What one process checks before phase (a), on one worker: every prompt fits the model's context,
+        and a reallocation's largest try fits a fixed n_ctx (so no failure comes after phase (a))."""
+        handle = next((h for h in self._handles if h.info is not None), None)
+        if handle is None:
+            self.workers_info()
+            handle = self._handles[0]
+        try:
+            longest = self._ray.get(handle.actor.check_prompts.remote(wire, prompts), timeout=600.0)
+        except self._ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            raise (cause if isinstance(cause, Exception) else e) from None
+        check_extras_fit(options, self.n_ctx or 0, longest)
 
     def _reset(self) -> None:
         self.last_plan, self.last_shards, self.last_dispatches, self.last_busy, self._critical = None, {}, [], {}, 0.0

@@ -53,8 +53,10 @@ def topk_entropy(logits: "np.ndarray", k: int = 20, temperature: float = 1.0, n_
     ok, why = cuda_available()
     if not ok:
         raise RuntimeError(f"the CUDA kernel cannot run here: {why}")
-    entropy, ids, _, _, _ = _core.cuda_topk_entropy(rows.reshape(-1, rows.shape[-1]), k, temperature)
-    return entropy, np.ascontiguousarray(ids[:, 0]), np.ascontiguousarray(ids[:, 1])
+    entropy, ids, _, _, _ = _core.cuda_topk_entropy(flat, k, temperature)
+    top1, top2 = np.ascontiguousarray(ids[:, 0]), np.ascontiguousarray(ids[:, 1])
+    _apply_infinite_limit(flat, k, entropy, top1, top2)
+    return entropy, top1, top2
 
 
 def _apply_infinite_limit(flat: "np.ndarray", k: int, entropy: "np.ndarray", top1: "np.ndarray",

@@ -117,8 +117,8 @@ class Model:
         """Hold the model for one generation: other threads wait (GIL released); the same thread raises."""
         me = threading.get_ident()
         if self._holder == me:
-            raise RuntimeError("this Model is already generating in this thread (a progress callback or scorer "
-                               "called run() on the model it runs on); use another Model for a nested run")
+            raise RuntimeError("this Model is already generating in this thread (a progress callback called "
+                               "run() on the model it reports on); use another Model for a nested run")
         self._lock.acquire()
         self._holder = me
         try:

@@ -214,3 +214,15 @@ class RunOptions:
             # Results written before the device path existed ran on the host kernel.
             known.setdefault("device_topk", False)
         return cls.create(**known)
+
+
+def check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
+    """A reallocating run's largest extra job must fit a context the caller fixed (n_ctx)."""
+    if not opts.reallocates or not n_ctx:
+        return
+    cap = min(MAX_SEQUENCES, (3 if opts.method == "eager_adapt" else 1) * opts.max_sequences)
+    need = longest_prompt + cap * opts.max_new_tokens
+    if need > n_ctx:
+        raise ValueError(f"method={opts.method!r} may give a prompt {cap} extra sequences in one engine run: "
+                         f"up to {need} KV cells with the longest prompt, but n_ctx is {n_ctx}; "
+                         "raise n_ctx or lower max_sequences or max_new_tokens")
