@@ -15,6 +15,7 @@ public:
     explicit PyCpuBufferScope(std::vector<std::string> keep) : keep_(std::move(keep)) {}
     bool enter() {
         if (scope_) throw std::runtime_error("CpuBufferScope is already entered");
+        // (A second scope on this thread raises in CpuBufferScope: it would wait for itself.)
         py::gil_scoped_release release;
         scope_ = std::make_unique<eager::CpuBufferScope>(keep_);
         return scope_->narrowed();
