@@ -74,3 +74,20 @@ def numpy_topk_entropy(rows: np.ndarray, k: int, temperature: float = 1.0):
         top1.append(int(order[0]))
         top2.append(int(order[1]))
     return np.array(ents), np.array(top1), np.array(top2)
+
+
+def write_gguf(path, arch: str = "llama", **keys):
+    """A tiny GGUF with the given metadata and no tensors (llama.cpp refuses to load it)."""
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(64)
+    for key, value in keys.items():
+        if isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

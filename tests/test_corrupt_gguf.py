@@ -13,24 +13,13 @@ import pytest
 
 import eager_cpp
 from eager_cpp.gguf_header import _Reader
+from conftest import write_gguf as conftest_write_gguf
 
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
 
 
 def write_gguf(path, arch="gemma3", **keys):
-    """A tiny GGUF with the given metadata (no tensors)."""
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(64)
-    for key, value in keys.items():
-        if isinstance(value, float):
-            w.add_float32(key, value)
-        else:
-            w.add_uint32(key, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return conftest_write_gguf(path, arch, **keys)
 
 
 @pytest.mark.parametrize("key, value, match", [

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import eager_cpp
-from conftest import CAPITAL_PROMPTS, reference_logits
+from conftest import CAPITAL_PROMPTS, reference_logits, write_gguf
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -220,14 +220,7 @@ def test_ctrl_c_interrupts_promptly_and_model_stays_usable(model_path):
 
 
 def test_gguf_without_weights_is_a_clean_error(tmp_path):
-    gguf = pytest.importorskip("gguf")
-    path = tmp_path / "empty.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(64)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_gguf(tmp_path / "empty.gguf")
     assert path.read_bytes()[:4] == b"GGUF"
     with pytest.raises(RuntimeError, match="could not load"):
         eager_cpp.Model(path)

@@ -18,7 +18,7 @@ from eager_cpp.system import (
     resolve_cpu_buffers,
 )
 
-from conftest import CAPITAL_PROMPTS
+from conftest import CAPITAL_PROMPTS, write_gguf
 
 # ---------------------------------------------------------------------------- the decision, pure
 
@@ -180,14 +180,7 @@ def test_a_load_inside_a_buffer_scope_on_the_same_thread_raises_instead_of_waiti
 
 
 def test_info_on_a_model_llama_cpp_refuses_is_one_line(tmp_path):
-    gguf = pytest.importorskip("gguf")
-    path = tmp_path / "empty.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(64)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = write_gguf(tmp_path / "empty.gguf")
     proc = subprocess.run([sys.executable, "-m", "eager_cpp.cli", "info", "--model", str(path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "could not load" in proc.stderr and "Traceback" not in proc.stderr
