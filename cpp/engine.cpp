@@ -79,6 +79,7 @@ public:
 
 private:
     void validate() const;
+    void validate_seeds(const PromptJob & job, size_t i) const;
     ContextShape plan_context() const;
     bool try_admit(const PromptJob & job);
     double growth_estimate() const;
@@ -86,6 +87,9 @@ private:
     double expected_sequences(const PromptJob & job, double estimate) const;
     double expected_live(double estimate) const;
     void admit(int prompt);
+    void admit_seeds(int prompt);
+    int32_t prefill(const std::vector<int32_t> & tokens, size_t begin, int32_t pos, llama_seq_id id, const char * what);
+    void start_seed(int slot, const BranchSeed & seed, int32_t row, const TopK * reuse, TopK & top, float & entropy);
     void step();
     void advance(const std::vector<int> & seq_slots, const std::vector<int32_t> & output_rows);
     void compute_rows(const std::vector<int32_t> & output_rows, const std::vector<RowRequest> & requests,
@@ -150,11 +154,31 @@ void Run::validate() const {
                                   " (llama.cpp's sequence-id limit)");
         for (int32_t t : job.tokens)
             if (t < 0 || t >= n_vocab_) throw InvalidArgument("prompt " + std::to_string(i) + " has a token id outside the vocabulary");
+        validate_seeds(job, i);
         if (cfg_.n_ctx > 0 && worst_case_cells(job, cfg_.max_new_tokens) > cfg_.n_ctx)
             throw InvalidArgument("prompt " + std::to_string(i) + " needs up to " +
                                   std::to_string(worst_case_cells(job, cfg_.max_new_tokens)) +
                                   " KV cells (prompt tokens + max_sequences x max_new_tokens) but n_ctx is " +
                                   std::to_string(cfg_.n_ctx));
+    }
+}
+
+void Run::validate_seeds(const PromptJob & job, size_t i) const {
+    if (job.seeds.empty()) return;
+    const std::string where = "prompt " + std::to_string(i) + ": ";
+    if (cfg_.method != Method::EagerInit) throw InvalidArgument(where + "branch seeds need the EAGer-init method");
+    if (static_cast<int>(job.seeds.size()) > job.max_sequences)
+        throw InvalidArgument(where + std::to_string(job.seeds.size()) + " branch seeds exceed max_sequences=" +
+                              std::to_string(job.max_sequences));
+    for (const BranchSeed & seed : job.seeds) {
+        if (static_cast<int>(seed.prefix.size()) >= cfg_.max_new_tokens)
+            throw InvalidArgument(where + "a branch seed's prefix of " + std::to_string(seed.prefix.size()) +
+                                  " tokens leaves no room under max_new_tokens=" + std::to_string(cfg_.max_new_tokens));
+        if (seed.rank < 1 || seed.rank + static_cast<int>(seed.exclude.size()) > kMaxEntropyTopK)
+            throw InvalidArgument(where + "a branch seed's rank must be >= 1 and rank + excluded tokens <= " +
+                                  std::to_string(kMaxEntropyTopK));
+        for (int32_t t : seed.prefix)
+            if (t < 0 || t >= n_vocab_) throw InvalidArgument(where + "a branch seed has a token id outside the vocabulary");
     }
 }
 
@@ -188,7 +212,8 @@ ContextShape Run::plan_context() const {
     const int64_t budget_cells = static_cast<int64_t>(kAutoKvBudgetBytes / std::max(1.0, bytes_per_cell));
     int64_t cells = 0, ids = 0, live = 0;
     for (const auto & job : jobs_) {
-        const int initial = cfg_.method == Method::Parallel ? job.max_sequences : 1;
+        const int initial = cfg_.method == Method::Parallel ? job.max_sequences
+                                                             : std::max<int>(1, static_cast<int>(job.seeds.size()));
         const int64_t worst = worst_case_cells(job, cfg_.max_new_tokens);
         if (ids + job.max_sequences > shape.n_seq_max) break;
         if (live > 0 && live + initial > cfg_.max_live_sequences) break;
@@ -285,18 +310,13 @@ void Run::admit(int prompt) {
     cells_reserved_ += worst_case_cells(job, cfg_.max_new_tokens);
     out_.prompts[prompt].prompt_tokens = static_cast<int>(job.tokens.size());
     out_.stats.prompt_tokens += static_cast<int64_t>(job.tokens.size());
+    if (!job.seeds.empty()) return admit_seeds(prompt);
 
     const int root = new_sequence(prompt, -1);
     const llama_seq_id root_id = live_[root].id;
     const auto t0 = Clock::now();
     const int32_t n = static_cast<int32_t>(job.tokens.size());
-    int32_t last_row = -1;
-    for (int32_t begin = 0; begin < n; begin += batch_->capacity()) {
-        const int32_t end = std::min(n, begin + batch_->capacity());
-        batch_->clear();
-        for (int32_t i = begin; i < end; ++i) last_row = batch_->add(job.tokens[i], i, root_id, i == n - 1);
-        batch_->decode(ctx_, "prompt prefill");
-    }
+    const int32_t last_row = prefill(job.tokens, 0, 0, root_id, "prompt prefill");
     out_.stats.prefill_seconds += seconds_since(t0);
     live_[root].n_past = n;
 
@@ -311,6 +331,106 @@ void Run::admit(int prompt) {
         }
     }
     advance(slots, std::vector<int32_t>(slots.size(), last_row));
+}
+
+int32_t Run::prefill(const std::vector<int32_t> & tokens, size_t begin, int32_t pos, llama_seq_id id,
+                      const char * what) {
+    // tokens[begin..] at positions pos.. of sequence `id`; logits for the last one (its row returned).
+    const size_t n = tokens.size();
+    int32_t last_row = -1;
+    for (size_t at = begin; at < n; at += batch_->capacity()) {
+        const size_t end = std::min(n, at + batch_->capacity());
+        batch_->clear();
+        for (size_t i = at; i < end; ++i) last_row = batch_->add(tokens[i], pos + static_cast<int32_t>(i - begin), id, i == n - 1);
+        batch_->decode(ctx_, what);
+    }
+    return last_row;
+}
+
+void Run::admit_seeds(int prompt) {
+    // Every seed is a root of this job (its local index is its place in job.seeds). Prefixes are
+    // prefilled in sorted order: each shares with the one before it the longest common start any
+    // earlier one could offer, so that part is forked by KV sequence copy and only the rest is decoded.
+    const PromptJob & job = jobs_[prompt];
+    const int n_seeds = static_cast<int>(job.seeds.size());
+    const int32_t n_prompt = static_cast<int32_t>(job.tokens.size());
+    std::vector<int> slots(n_seeds);
+    for (int k = 0; k < n_seeds; ++k) slots[k] = new_sequence(prompt, -1);
+    std::vector<int> order(n_seeds);
+    for (int k = 0; k < n_seeds; ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return job.seeds[a].prefix < job.seeds[b].prefix; });
+
+    const auto t0 = Clock::now();
+    TopK top;
+    float entropy = 0.0f;
+    int previous = -1;
+    for (int k : order) {
+        const BranchSeed & seed = job.seeds[k];
+        const llama_seq_id id = live_[slots[k]].id;
+        int32_t row = -1;
+        bool same_point = false;
+        if (previous < 0) {
+            row = prefill(job.tokens, 0, 0, id, "prompt prefill");
+            if (!seed.prefix.empty()) row = prefill(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
+            out_.stats.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
+        } else {
+            const std::vector<int32_t> & before = job.seeds[previous].prefix;
+            const auto [a, b] = std::mismatch(before.begin(), before.end(), seed.prefix.begin(), seed.prefix.end());
+            const size_t common = static_cast<size_t>(b - seed.prefix.begin());
+            same_point = common == seed.prefix.size() && a == before.end();
+            const llama_seq_id from = live_[slots[previous]].id;
+            if (same_point) {
+                llama_memory_seq_cp(mem_, from, id, -1, -1);
+            } else {
+                llama_memory_seq_cp(mem_, from, id, 0, n_prompt + static_cast<int32_t>(common));
+                row = prefill(seed.prefix, common, n_prompt + static_cast<int32_t>(common), id, "branch prefix prefill");
+                out_.stats.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size() - common);
+            }
+        }
+        start_seed(slots[k], seed, row, same_point ? &top : nullptr, top, entropy);
+        previous = k;
+    }
+    out_.stats.prefill_seconds += seconds_since(t0);
+
+    PromptState & st = state_[prompt];
+    ++out_.prompts[prompt].steps;
+    if (st.n_sequences >= job.max_sequences) {
+        st.branching_open = false;
+        mark_final(prompt);
+    }
+    release_finished();
+}
+
+void Run::start_seed(int slot, const BranchSeed & seed, int32_t row, const TopK * reuse, TopK & top, float & entropy) {
+    // The seed's inherited part, then its forced first token from the logits at the point (`row`),
+    // or from the previous seed's when both continue the same point (`reuse`).
+    LiveSequence & seq = live_[slot];
+    SequenceResult & res = out_.prompts[seq.prompt].sequences[seq.local];
+    const int32_t n_prompt = static_cast<int32_t>(jobs_[seq.prompt].tokens.size());
+    res.branch_step = static_cast<int>(seed.prefix.size());
+    for (int32_t t : seed.prefix) res.text += model_.token_to_piece(t);
+    seq.generated = static_cast<int>(seed.prefix.size());
+    seq.n_past = n_prompt + seq.generated;
+    seq.past_marker = !cfg_.think_end_marker.empty() && res.text.find(cfg_.think_end_marker) != std::string::npos;
+    if (reuse == nullptr) {
+        const int k = std::max(cfg_.entropy_k, seed.rank + static_cast<int>(seed.exclude.size()));
+        const bool tempered = cfg_.entropy_after_temperature && cfg_.sampling.temperature > 0.0f;
+        if (cfg_.device_topk) {
+            const DeviceRow d = read_device_row(ctx_, row);
+            top_of_candidates(d.ids, d.logits, d.count, k, top);
+            entropy = d.entropy;
+        } else {
+            const float * logits = llama_get_logits_ith(ctx_, row);
+            if (logits == nullptr) throw LlamaError("llama.cpp returned no logits for a branch prefix");
+            scan_row(logits, n_vocab_, k, top);
+            entropy = topk_entropy_of(top, cfg_.entropy_k, tempered ? cfg_.sampling.temperature : 1.0f);
+        }
+    }
+    const int32_t token = nth_not_excluded(top, seed.exclude, seed.rank);
+    if (token < 0) throw LlamaError("internal error: a branch point has fewer candidate tokens than its seed's rank");
+    (void) seq.rng.uniform();  // the step's draw, as every sequence takes one per step
+    res.branch_entropy = entropy;
+    append_token(seq, token, entropy);
 }
 
 int Run::new_sequence(int prompt, int parent_slot) {
@@ -496,8 +616,10 @@ void Run::append_token(LiveSequence & seq, int32_t token, float entropy) {
     const size_t appended_at = res.text.size();
     res.text += model_.token_to_piece(token);
     if (!seq.past_marker && !cfg_.think_end_marker.empty() &&
-        find_from(res.text, cfg_.think_end_marker, appended_at) != std::string::npos)
+        find_from(res.text, cfg_.think_end_marker, appended_at) != std::string::npos) {
         seq.past_marker = true;
+        res.marker_step = seq.generated - 1;
+    }
     for (const std::string & stop : cfg_.stop) {
         const size_t at = find_from(res.text, stop, appended_at);
         if (at != std::string::npos) {

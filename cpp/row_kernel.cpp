@@ -256,4 +256,27 @@ RowResult process_candidates(const int32_t * ids, const float * logits, int n, f
     return out;
 }
 
+void top_of_candidates(const int32_t * ids, const float * logits, int n, int k, TopK & top) {
+    top.k = std::clamp(k, 1, kMaxEntropyTopK);
+    top.size = 0;
+    std::vector<TokenLogit> pairs(static_cast<size_t>(std::max(n, 0)));
+    for (int i = 0; i < n; ++i) pairs[i] = {ids[i], logits[i]};
+    const int take = std::min(top.k, n);
+    std::partial_sort(pairs.begin(), pairs.begin() + take, pairs.end(), [](const TokenLogit & a, const TokenLogit & b) {
+        return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+    });
+    for (int i = 0; i < take; ++i) top.items[i] = pairs[i];
+    top.size = take;
+}
+
+int32_t nth_not_excluded(const TopK & top, const std::vector<int32_t> & exclude, int rank) {
+    int seen = 0;
+    for (int i = 0; i < top.size; ++i) {
+        const int32_t id = top.items[i].id;
+        if (std::find(exclude.begin(), exclude.end(), id) != exclude.end()) continue;
+        if (++seen == rank) return id;
+    }
+    return -1;
+}
+
 }  // namespace eager

@@ -73,4 +73,11 @@ RowResult process_row(const float * logits, int n_vocab, const RowRequest & requ
 RowResult process_candidates(const int32_t * ids, const float * logits, int n, float entropy,
                              const RowRequest & request, double u, RowScratch & scratch);
 
+// The device path's scan_row: the k best of `n` candidates (any order), in scan_row's order.
+void top_of_candidates(const int32_t * ids, const float * logits, int n, int k, TopK & top);
+
+// The `rank`-th (1-based) most likely token of `top` whose id is not in `exclude`: how a continued
+// tree takes the best alternative not yet taken at a branch point. -1 when `top` holds too few.
+int32_t nth_not_excluded(const TopK & top, const std::vector<int32_t> & exclude, int rank);
+
 }  // namespace eager

@@ -86,19 +86,30 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("device_topk", &EngineConfig::device_topk)
         .def_readwrite("device_candidates", &EngineConfig::device_candidates);
 
+    py::class_<BranchSeed>(m, "BranchSeed")
+        .def(py::init([](std::vector<int32_t> prefix, std::vector<int32_t> exclude, int rank) {
+                 return BranchSeed{std::move(prefix), std::move(exclude), rank};
+             }),
+             py::arg("prefix"), py::arg("exclude"), py::arg("rank") = 1)
+        .def_readwrite("prefix", &BranchSeed::prefix)
+        .def_readwrite("exclude", &BranchSeed::exclude)
+        .def_readwrite("rank", &BranchSeed::rank);
+
     py::class_<PromptJob>(m, "PromptJob")
         .def(py::init<>())
         .def(py::init([](std::vector<int32_t> tokens, int max_sequences, float theta, uint64_t stream_id,
-                         int sequence_index_base) {
-                 return PromptJob{std::move(tokens), max_sequences, theta, stream_id, sequence_index_base};
+                         int sequence_index_base, std::vector<BranchSeed> seeds) {
+                 return PromptJob{std::move(tokens), max_sequences, theta, stream_id, sequence_index_base,
+                                  std::move(seeds)};
              }),
              py::arg("tokens"), py::arg("max_sequences"), py::arg("theta"), py::arg("stream_id"),
-             py::arg("sequence_index_base") = 0)
+             py::arg("sequence_index_base") = 0, py::arg("seeds") = std::vector<BranchSeed>{})
         .def_readwrite("tokens", &PromptJob::tokens)
         .def_readwrite("max_sequences", &PromptJob::max_sequences)
         .def_readwrite("theta", &PromptJob::theta)
         .def_readwrite("stream_id", &PromptJob::stream_id)
-        .def_readwrite("sequence_index_base", &PromptJob::sequence_index_base);
+        .def_readwrite("sequence_index_base", &PromptJob::sequence_index_base)
+        .def_readwrite("seeds", &PromptJob::seeds);
 
     py::class_<SequenceResult>(m, "SequenceResult")
         .def_readonly("own_tokens", &SequenceResult::own_tokens)
@@ -107,7 +118,8 @@ void bind_engine(py::module_ & m) {
         .def_readonly("branch_step", &SequenceResult::branch_step)
         .def_readonly("branch_entropy", &SequenceResult::branch_entropy)
         .def_property_readonly("text", [](const SequenceResult & s) { return py::bytes(s.text); })
-        .def_readonly("finish_reason", &SequenceResult::finish_reason);
+        .def_readonly("finish_reason", &SequenceResult::finish_reason)
+        .def_readonly("marker_step", &SequenceResult::marker_step);
 
     py::class_<PromptResult>(m, "PromptResult")
         .def_readonly("sequences", &PromptResult::sequences)
@@ -123,6 +135,7 @@ void bind_engine(py::module_ & m) {
         .def_readonly("steps", &RunStats::steps)
         .def_readonly("generated_tokens", &RunStats::generated_tokens)
         .def_readonly("prompt_tokens", &RunStats::prompt_tokens)
+        .def_readonly("reprocessed_tokens", &RunStats::reprocessed_tokens)
         .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
         .def_readonly("n_ctx", &RunStats::n_ctx)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max);

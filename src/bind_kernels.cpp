@@ -1,4 +1,5 @@
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <cmath>
 #include <stdexcept>
@@ -57,6 +58,17 @@ py::tuple topk_entropy(py::array_t<float, py::array::c_style | py::array::forcec
     return py::make_tuple(entropy, top1, top2);
 }
 
+// nth_not_excluded(row, exclude, rank): the token a branch seed takes from this logits row.
+int32_t nth_not_excluded(py::array_t<float, py::array::c_style | py::array::forcecast> logits,
+                         const std::vector<int32_t> & exclude, int rank) {
+    if (logits.ndim() != 1 || logits.shape(0) < 1) throw std::invalid_argument("logits must be a non-empty 1-D row");
+    if (rank < 1 || rank + static_cast<int>(exclude.size()) > eager::kMaxEntropyTopK)
+        throw std::invalid_argument("rank must be >= 1 and rank + len(exclude) <= " + std::to_string(eager::kMaxEntropyTopK));
+    eager::TopK top;
+    eager::scan_row(logits.data(), static_cast<int>(logits.shape(0)), rank + static_cast<int>(exclude.size()), top);
+    return eager::nth_not_excluded(top, exclude, rank);
+}
+
 // (available, reason): whether cuda_topk_entropy can run here.
 py::tuple cuda_status() {
 #ifdef EAGER_CPP_HAVE_CUDA
@@ -98,6 +110,8 @@ void bind_kernels(py::module_ & m) {
           py::arg("n_threads") = 0,
           "Top-K entropy (natural log, renormalised over the K largest probabilities) and the top-1/top-2 "
           "token ids of each logits row.");
+    m.def("nth_not_excluded", &nth_not_excluded, py::arg("logits"), py::arg("exclude"), py::arg("rank") = 1,
+          "The rank-th most likely token of a logits row not in `exclude` (-1 when the row has too few).");
     m.def("cuda_status", &cuda_status, "(available, reason): whether the CUDA top-K entropy kernel can run here.");
 #ifdef EAGER_CPP_HAVE_CUDA
     m.def("cuda_topk_entropy", &cuda_topk_entropy, py::arg("logits"), py::arg("k") = 20, py::arg("temperature") = 1.0f,

@@ -78,14 +78,22 @@ class EngineConfig:
     device_candidates: int
     def __init__(self) -> None: ...
 
+class BranchSeed:
+    prefix: list[int]
+    exclude: list[int]
+    rank: int
+    def __init__(self, prefix: list[int], exclude: list[int], rank: int = 1) -> None: ...
+
 class PromptJob:
     tokens: list[int]
     max_sequences: int
     theta: float
     stream_id: int
     sequence_index_base: int
+    seeds: list[BranchSeed]
     def __init__(
-        self, tokens: list[int], max_sequences: int, theta: float, stream_id: int, sequence_index_base: int = 0
+        self, tokens: list[int], max_sequences: int, theta: float, stream_id: int, sequence_index_base: int = 0,
+        seeds: list[BranchSeed] = ...,
     ) -> None: ...
 
 class SequenceResult:
@@ -96,6 +104,7 @@ class SequenceResult:
     branch_entropy: float
     text: bytes
     finish_reason: str
+    marker_step: int
 
 class PromptResult:
     sequences: list[SequenceResult]
@@ -111,6 +120,7 @@ class RunStats:
     steps: int
     generated_tokens: int
     prompt_tokens: int
+    reprocessed_tokens: int
     max_live_sequences: int
     n_ctx: int
     device_dropped_mass_max: float
@@ -131,6 +141,7 @@ def topk_entropy(
     logits: npt.NDArray[np.float32], k: int = 20, temperature: float = 1.0, n_threads: int = 0
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]]: ...
 
+def nth_not_excluded(logits: npt.NDArray[np.float32], exclude: list[int], rank: int = 1) -> int: ...
 def cuda_status() -> tuple[bool, str]: ...
 def cuda_topk_entropy(
     logits: npt.NDArray[np.float32], k: int = 20, temperature: float = 1.0
