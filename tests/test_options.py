@@ -39,6 +39,9 @@ def test_recorded_form_round_trips_and_is_versioned():
     assert RunOptions.from_dict(old).device_topk is False
     with pytest.raises(ValueError, match="newer eager_cpp"):
         RunOptions.from_dict(dict(d, options_version=RunOptions.VERSION + 1))
+    # Version 2 predates tree reallocation: its reallocating runs started fresh.
+    v2 = {k: v for k, v in dict(d, options_version=2).items() if k != "reallocation"}
+    assert RunOptions.from_dict(v2).reallocation == "fresh"
 
 
 @pytest.mark.parametrize("name, value, error, match", [
@@ -55,6 +58,7 @@ def test_recorded_form_round_trips_and_is_versioned():
     ("top_p", 0.0, ValueError, r"top_p must be a finite number in \(0.0, 1.0\]"),
     ("record_entropies", "yes", TypeError, "record_entropies must be True or False"),
     ("method", "beam", ValueError, "unknown method 'beam'"),
+    ("reallocation", "forest", ValueError, "unknown reallocation 'forest'"),
     ("stop", 5, TypeError, "stop must be a string or a list of strings"),
     ("stop", [""], ValueError, "non-empty"),
 ])

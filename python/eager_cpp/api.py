@@ -53,7 +53,10 @@ def run(
     method: "parallel" (M independent samples), "eager_init" (branch where top-K entropy >
     entropy_threshold), "eager_adapt" (EAGer-init, then the saved budget goes to prompts that
     reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
-    options: any other field of `eager_cpp.RunOptions` by name (top_k, top_p, min_p,
+    reallocation (option): how "eager_adapt" and "eager" spend the saved budget: "fresh" (new
+    EAGer-init runs from the prompt, the paper's) or "tree" (each extra continues the prompt's tree
+    at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
+    options: any other field of `eager_cpp.RunOptions` by name (reallocation, top_k, top_p, min_p,
     entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
     chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, n_threads).
     device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
@@ -93,7 +96,8 @@ def run(
     started = time.perf_counter()
     try:
         results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
-                                             opts.entropy_threshold, answers, scorer, sink if sink.active else None)
+                                             opts.entropy_threshold, answers, scorer, sink if sink.active else None,
+                                             reallocation=opts.reallocation, no_branch_window=opts.no_branch_window)
     finally:
         sink.close()
     _finish(stats, results, time.perf_counter() - started)
@@ -144,7 +148,8 @@ def reallocate(
     try:
         result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
                                                 opts.entropy_threshold, answers, scorer,
-                                                sink if sink.active else None)
+                                                sink if sink.active else None, reallocation=opts.reallocation,
+                                                no_branch_window=opts.no_branch_window)
     finally:
         sink.close()
     _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started)

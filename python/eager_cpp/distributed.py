@@ -462,7 +462,8 @@ class RayWorkers:
         try:
             results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
                                                  options.entropy_threshold, answers, scorer,
-                                                 sink if sink.active else None)
+                                                 sink if sink.active else None, reallocation=options.reallocation,
+                                                 no_branch_window=options.no_branch_window)
         finally:
             sink.close()
         self.last_plan = outcome.plan if outcome is not None else None
@@ -587,7 +588,9 @@ def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, a
         try:
             result.reallocation = reallocate_phases(executor, result.prompts, stats, options.method,
                                                     options.max_sequences, options.entropy_threshold, answers,
-                                                    scorer, sink if sink.active else None)
+                                                    scorer, sink if sink.active else None,
+                                                    reallocation=options.reallocation,
+                                                    no_branch_window=options.no_branch_window)
         finally:
             sink.close()
         pool.last_plan = result.reallocation.plan

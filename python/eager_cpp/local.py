@@ -48,7 +48,9 @@ class LocalExecutor:
         if not jobs:
             return PhaseOutput(prompts=[], stats=stats)
         core_jobs = [_core.PromptJob(self.tokens(j.index, j.prompt), j.max_sequences, j.theta, j.index,
-                                     j.sequence_base) for j in jobs]
+                                     j.sequence_base,
+                                     [_core.BranchSeed(list(s.prefix), list(s.exclude), s.rank) for s in j.seeds])
+                     for j in jobs]
         self.config.method = ENGINE_METHODS[method]
         on_step = None
         if progress is not None:
@@ -69,15 +71,21 @@ class LocalExecutor:
 def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:
     """The engine's sequences of one job as result Sequences numbered from the job's base.
 
-    A parent is always in the same engine run, so full token_ids come from the chain within it.
+    A parent is in the same engine run, so full token_ids come from the chain within it, except for
+    the job's seeds (tree reallocation): their parent is the earlier sequence they continue, and
+    their prefix is the seed's.
     """
     result = PromptResult(index=job.index, prompt=job.prompt, sequences=[], prompt_tokens=core_prompt.prompt_tokens,
                           steps=core_prompt.steps)
     base = job.sequence_base
     for local, cs in enumerate(core_prompt.sequences):
-        parent = None if cs.parent < 0 else cs.parent + base
         own = list(cs.own_tokens)
-        inherited = result.sequences[cs.parent].token_ids[: cs.branch_step] if parent is not None else []
+        if local < len(job.seeds):
+            parent, inherited = job.seeds[local].source, list(job.seeds[local].prefix)
+        elif cs.parent >= 0:
+            parent, inherited = cs.parent + base, result.sequences[cs.parent].token_ids[: cs.branch_step]
+        else:
+            parent, inherited = None, []
         result.sequences.append(Sequence(
             index=base + local,
             text=cs.text.decode("utf-8", errors="replace"),
@@ -89,5 +97,6 @@ def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:
             finish_reason=cs.finish_reason,
             round=job.round,
             branch_entropy=float(cs.branch_entropy) if parent is not None else None,
+            marker_step=None if cs.marker_step < 0 else cs.marker_step,
         ))
     return result

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Optional
 
 from . import _core
 from .model import MAX_CTX, MAX_THREADS, Model
+from .phases import REALLOCATIONS
 
 MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
 MAX_ENTROPY_TOP_K = int(_core.MAX_ENTROPY_TOP_K)
@@ -69,6 +70,7 @@ class RunOptions:
     method: str = "eager_init"
     max_sequences: int = 8  # M
     entropy_threshold: float = 2.0  # θ
+    reallocation: str = "fresh"  # reallocating methods: "fresh" EAGer-init runs, or "tree" continuations
     temperature: float = 0.6
     top_k_entropy: int = 20
     max_new_tokens: int = 512
@@ -91,7 +93,7 @@ class RunOptions:
     n_ctx: Optional[int] = None  # None: the model's, else sized per run
     n_threads: Optional[int] = None  # None: the model's, else all cores
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3  # 3: reallocation
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
     PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads")
 
@@ -121,6 +123,11 @@ class RunOptions:
         """Every check; returns the options with numbers normalised (floats as float)."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.reallocation not in REALLOCATIONS:
+            raise ValueError(f"unknown reallocation {self.reallocation!r}; expected one of {', '.join(REALLOCATIONS)}")
+        if self.reallocation == "tree" and not self.record_entropies:
+            raise ValueError('reallocation="tree" ranks branch points by the recorded entropies: '
+                             "it needs record_entropies=True")
         check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)
         theta = check_float("entropy_threshold", self.entropy_threshold, 0.0)
         # float32 in the engine: a temperature past ~3e38 would become inf there.

@@ -8,6 +8,9 @@
     the threshold of a prompt's next try follows ``budget.retry_theta``; after ``MAX_TRIES`` what is
     left is reported as unspent. Sequence indices (and so random streams) continue per prompt, so
     the same jobs give the same samples on any executor.
+    With ``reallocation="tree"`` a try does not start fresh: each extra continues the prompt's tree at
+    a branch point ``tree.choose_branch_points`` picks (a ``Seed``: the point's prefix, the tokens taken
+    there, a rank), so one try produces exactly the eᵢ it was given.
 
 An executor runs a list of ``PhaseJob``s and returns, per job, the job's new sequences. This module
 never imports the native extension or Ray: ``local.LocalExecutor`` and the Ray executor in
@@ -21,15 +24,27 @@ from typing import Any, Callable, Optional, Protocol, Sequence as Seq
 
 from .budget import PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
 from .results import PromptResult, RunResult, RunStats
+from .tree import branch_points, choose_branch_points
 
-__all__ = ["MAX_TRIES", "Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "count", "merge",
-           "reallocate_phases", "run_phases", "score", "summarize"]
+__all__ = ["MAX_TRIES", "REALLOCATIONS", "Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "Seed",
+           "count", "merge", "reallocate_phases", "run_phases", "score", "summarize", "tree_seeds"]
 
 MAX_TRIES = 8  # reallocation tries per run; what they leave is reported as unspent
 MAX_SEQUENCES_PER_JOB = 256  # llama.cpp's sequence-id limit: one engine run of a prompt holds at most this
+REALLOCATIONS = ("fresh", "tree")  # how extras start: new EAGer-init runs, or continuations of the tree
 
 ProgressFn = Callable[[Any], None]  # takes a progress.ProgressEvent
 Scorer = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A new sequence that continues the prompt's tree at a branch point (tree reallocation)."""
+
+    source: int  # the sequence whose tokens before the point are the prefix: the new one's parent
+    prefix: tuple[int, ...]  # those tokens (generated ones; the prompt not included)
+    exclude: tuple[int, ...]  # tokens the tree already took at the point
+    rank: int = 1  # the first own token: the rank-th most likely not in `exclude`
 
 
 @dataclass(frozen=True)
@@ -42,13 +57,16 @@ class PhaseJob:
     theta: float
     sequence_base: int = 0  # index of the job's first new sequence: streams continue across runs
     round: int = 0  # 0: phase (a); t: the t-th reallocation try
+    seeds: tuple[Seed, ...] = ()  # tree reallocation: the job's first sequences continue these points
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PhaseJob":
-        return cls(**d)
+        seeds = tuple(Seed(source=s["source"], prefix=tuple(s["prefix"]), exclude=tuple(s["exclude"]), rank=s["rank"])
+                      for s in d.get("seeds", ()))
+        return cls(**{**d, "seeds": seeds})
 
 
 @dataclass
@@ -127,7 +145,8 @@ def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
 
 def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method: str, max_sequences: int,
                theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
-               progress: Optional[ProgressFn]) -> tuple[list[PromptResult], RunStats, Optional[ReallocationOutcome]]:
+               progress: Optional[ProgressFn], reallocation: str = "fresh",
+               no_branch_window: int = 1000) -> tuple[list[PromptResult], RunStats, Optional[ReallocationOutcome]]:
     """Phase (a) over all prompts, then (b) and (c) for the reallocating methods."""
     results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
     stats = RunStats(method=method)
@@ -138,14 +157,29 @@ def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method:
     score(results, answers, scorer)
     outcome = None
     if method in ("eager_adapt", "eager"):
-        outcome = reallocate_phases(executor, results, stats, method, max_sequences, theta, answers, scorer, progress)
+        outcome = reallocate_phases(executor, results, stats, method, max_sequences, theta, answers, scorer, progress,
+                                    reallocation=reallocation, no_branch_window=no_branch_window)
     return results, stats, outcome
+
+
+def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int) -> tuple[Seed, ...]:
+    """Up to `n` seeds that continue `prompt`'s tree at its highest-entropy untaken branch points."""
+    by_index = {s.index: s for s in prompt.sequences}
+    seeds = []
+    for choice in choose_branch_points(branch_points(prompt.sequences, no_branch_window), n):
+        point = choice.point
+        prefix = tuple(by_index[point.sequence].token_ids[: point.step])
+        seeds.append(Seed(source=point.sequence, prefix=prefix, exclude=point.taken, rank=choice.rank))
+    return tuple(seeds)
 
 
 def reallocate_phases(executor: Executor, results: list[PromptResult], stats: RunStats, method: str,
                       max_sequences: int, theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
-                      progress: Optional[ProgressFn], max_tries: int = MAX_TRIES) -> ReallocationOutcome:
+                      progress: Optional[ProgressFn], max_tries: int = MAX_TRIES, reallocation: str = "fresh",
+                      no_branch_window: int = 1000) -> ReallocationOutcome:
     """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring)."""
+    if reallocation not in REALLOCATIONS:
+        raise ValueError(f"unknown reallocation {reallocation!r}; expected one of {', '.join(REALLOCATIONS)}")
     plan = plan_reallocation(summarize(results, theta), max_sequences, method)
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
                                   produced={e.index: 0 for e in plan.extras})
@@ -157,8 +191,12 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
             lacking = e.extra_sequences - outcome.produced[e.index]
             if lacking > 0:
                 p = results[position[e.index]]
-                jobs.append(PhaseJob(index=e.index, prompt=p.prompt, max_sequences=min(lacking, MAX_SEQUENCES_PER_JOB),
-                                     theta=thetas[e.index], sequence_base=p.n_sequences, round=attempt))
+                cap = min(lacking, MAX_SEQUENCES_PER_JOB)
+                seeds = tree_seeds(p, cap, no_branch_window) if reallocation == "tree" else ()
+                if reallocation == "tree" and not seeds:
+                    continue  # no branch point left to continue: what it lacks stays unspent
+                jobs.append(PhaseJob(index=e.index, prompt=p.prompt, max_sequences=len(seeds) or cap,
+                                     theta=thetas[e.index], sequence_base=p.n_sequences, round=attempt, seeds=seeds))
         if not jobs:
             break
         before = {job.index: results[position[job.index]].n_sequences for job in jobs}

@@ -16,7 +16,9 @@ class Sequence:
     """One generated sequence of a prompt.
 
     token_ids holds every generated token, the prefix inherited from the parent included;
-    own_tokens only those it generated itself (what #T counts), from index branch_step on.
+    own_tokens only those it generated itself (what #T counts), from index branch_step on. A sequence
+    of tree reallocation has as parent the sequence whose tree it continues, and inherits its prefix
+    from there (prefilled again: RunStats.reprocessed_tokens, not #T).
     """
 
     index: int
@@ -27,10 +29,11 @@ class Sequence:
     parent: Optional[int]
     branch_step: int
     finish_reason: str
-    round: int = 0  # 0: EAGer-init / Full Parallel; 1: extra sequences from reallocation
+    round: int = 0  # 0: EAGer-init / Full Parallel; t: extra sequences of the t-th reallocation try
     branch_entropy: Optional[float] = None
     answer: Optional[str] = None
     correct: Optional[bool] = None
+    marker_step: Optional[int] = None  # index in token_ids of the token that completed the end-of-thinking marker
 
     @property
     def reallocated(self) -> bool:
@@ -60,6 +63,7 @@ class RunStats:
     method: str
     generated_tokens: int = 0  # #T: a shared prefix counted once
     prompt_tokens: int = 0     # each prompt counted once per run it was prefilled in
+    reprocessed_tokens: int = 0  # tree reallocation: prefixes of continued trees prefilled again (not #T)
     sequences: int = 0
     wall_seconds: float = 0.0
     prefill_seconds: float = 0.0
@@ -84,7 +88,7 @@ class RunStats:
     unspent_sequences: int = 0
 
     # Engine figures that add up over the engine runs of one run (and over Ray shards), and those that peak.
-    SUMMED = ("prompt_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps")
+    SUMMED = ("prompt_tokens", "reprocessed_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps")
     PEAKED = ("max_live_sequences", "device_dropped_mass_max")
 
     def merge(self, other: "RunStats") -> None:

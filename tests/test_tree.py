@@ -1,0 +1,235 @@
+"""Tree reallocation: the branch-point choice (pure) and continued trees on the real model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import eager_cpp
+from eager_cpp import _core
+from eager_cpp.phases import PhaseJob, Seed, tree_seeds
+from eager_cpp.results import PromptResult, Sequence
+from eager_cpp.scoring import default_scorer
+from eager_cpp.tree import BranchChoice, branch_points, branching_closes_at, choose_branch_points
+from conftest import load_jsonl, reference_logits
+
+FIRST_LINE = default_scorer("first_line")
+
+
+def seq(index, token_ids, entropies, parent=None, branch_step=0, round=0, marker_step=None):
+    """A result Sequence as the engine reports one: entropies for its own tokens only."""
+    own = token_ids[branch_step:]
+    assert len(entropies) == len(own)
+    return Sequence(index=index, text="", token_ids=list(token_ids), own_tokens=list(own), entropies=list(entropies),
+                    parent=parent, branch_step=branch_step, finish_reason="length", round=round,
+                    branch_entropy=entropies[0] if parent is not None else None, marker_step=marker_step)
+
+
+# A phase-(a) tree: root 0 took 10,11,12,13; child 1 branched at step 1 (took 21 where 0 took 11).
+TREE = [
+    seq(0, [10, 11, 12, 13], [0.2, 1.5, 0.9, 0.1]),
+    seq(1, [10, 21, 22, 23], [1.5, 0.4, 2.0], parent=0, branch_step=1),
+]
+
+
+# --- the pure choice -------------------------------------------------------------------------------
+
+def test_points_are_tree_nodes_ranked_by_entropy_with_the_tokens_taken_there():
+    points = branch_points(TREE)
+    # The child's first own step is the same node as the root's step 1: one point, both tokens taken.
+    assert [(p.sequence, p.step) for p in points] == [(1, 3), (0, 1), (0, 2), (1, 2), (0, 0), (0, 3)]
+    by_node = {(p.sequence, p.step): p for p in points}
+    assert by_node[(0, 1)].taken == (11, 21)
+    assert by_node[(0, 1)].entropy == 1.5
+    assert by_node[(1, 3)].taken == (23,) and by_node[(1, 3)].entropy == 2.0
+    assert by_node[(0, 0)].taken == (10,)
+
+
+def test_roots_that_sampled_the_same_start_share_their_nodes():
+    roots = [seq(0, [5, 6, 7], [1.0, 1.1, 1.2]), seq(1, [5, 6, 8], [0.9, 0.8, 0.7]), seq(2, [9], [3.0])]
+    points = branch_points(roots)
+    steps = {(p.sequence, p.step): p.taken for p in points}
+    # Steps 0 and 1 of root 1 are root 0's nodes (same prefix): recorded once, with the first entropy.
+    assert steps == {(0, 0): (5, 9), (0, 1): (6,), (0, 2): (7, 8)}
+
+
+def test_each_point_once_per_rank_rank_one_everywhere_first():
+    points = branch_points(TREE)
+    chosen = choose_branch_points(points, 8)
+    pairs = [(c.point.sequence, c.point.step, c.rank) for c in chosen]
+    assert len(set(pairs)) == len(pairs) == 8
+    assert [r for *_, r in pairs] == [1] * 6 + [2, 2]
+    assert pairs[:2] == [(1, 3, 1), (0, 1, 1)]  # highest entropy first
+    assert pairs[6:] == [(1, 3, 2), (0, 1, 2)]
+    assert choose_branch_points(points, 0) == []
+    with pytest.raises(ValueError):
+        choose_branch_points(points, -1)
+
+
+def test_ranks_stop_where_the_engine_cannot_rank():
+    points = branch_points([seq(0, [1], [1.0])])  # one point, one token taken
+    chosen = choose_branch_points(points, 100, max_ranked=4)
+    assert [c.rank for c in chosen] == [1, 2, 3]  # rank + 1 taken token <= 4
+    assert choose_branch_points([], 3) == []
+
+
+def test_no_branch_window_excludes_steps_after_branching_closed():
+    # Window 2: with no branch, the count after step j is j + 1, so branching closes after step 1.
+    assert branching_closes_at([seq(0, [1, 2, 3, 4, 5], [1.0] * 5)], 2) == 1
+    # The child born at step 1 resets the count: 1 after step 2, 2 after step 3 -> closes after step 3.
+    tree = [seq(0, [1, 2, 3, 4, 5, 6], [1.0] * 6), seq(1, [1, 9, 3, 4, 5, 6], [1.0] * 5, parent=0, branch_step=1)]
+    assert branching_closes_at(tree, 2) == 3
+    assert branching_closes_at(tree, 1000) is None
+    assert {p.step for p in branch_points(tree, no_branch_window=2)} == {0, 1, 2, 3}
+    # Extras (round > 0) did not run under phase (a)'s window: they do not move it.
+    extra = seq(2, [1, 2, 3, 4, 5, 6, 7], [1.0] * 3, parent=0, branch_step=4, round=1)
+    assert branching_closes_at(tree + [extra], 2) == 3
+    with pytest.raises(ValueError):
+        branching_closes_at(tree, 0)
+
+
+def test_steps_after_the_end_of_thinking_marker_are_excluded():
+    tree = [seq(0, [1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0], marker_step=1)]  # token 1 completed the marker
+    assert [p.step for p in branch_points(tree)] == [1, 0]
+    assert branch_points([seq(0, [1, 2], [float("nan"), 1.0])])[0].step == 1  # unrecorded entropy: no point
+
+
+def test_seeds_carry_the_prefix_and_the_tokens_taken():
+    prompt = PromptResult(index=3, prompt="p", sequences=list(TREE), prompt_tokens=4)
+    seeds = tree_seeds(prompt, 3, 1000)
+    assert seeds[0] == Seed(source=1, prefix=(10, 21, 22), exclude=(23,), rank=1)
+    assert seeds[1] == Seed(source=0, prefix=(10,), exclude=(11, 21), rank=1)
+    job = PhaseJob(index=3, prompt="p", max_sequences=3, theta=1.0, sequence_base=2, round=1, seeds=seeds)
+    assert PhaseJob.from_dict(job.to_dict()) == job  # what Ray actors receive
+
+
+def test_nth_not_excluded_on_a_row():
+    row = np.array([0.1, 3.0, 2.0, 2.0, -1.0, 5.0], dtype=np.float32)
+    assert _core.nth_not_excluded(row, [], 1) == 5
+    assert _core.nth_not_excluded(row, [5, 1], 1) == 2  # tie 2.0: the lower id first
+    assert _core.nth_not_excluded(row, [5, 1], 2) == 3
+    assert _core.nth_not_excluded(row, [5], 5) == 4
+    assert _core.nth_not_excluded(row, [5], 6) == -1  # the row has no 6th
+    with pytest.raises(ValueError):
+        _core.nth_not_excluded(row, [], 0)
+
+
+# --- on the real model ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def capitals():
+    rows = load_jsonl("capitals_dev_100.jsonl", limit=10)
+    return [r["prompt"] for r in rows], [r["answer"] for r in rows]
+
+
+def common(**kw):
+    base = dict(max_sequences=4, entropy_threshold=0.75, temperature=0.6, max_new_tokens=10, stop="\n", seed=7,
+                reallocation="tree")
+    base.update(kw)
+    return base
+
+
+def test_tree_extras_continue_their_source_with_the_best_untaken_token(model, reference, capitals):
+    prompts, _ = capitals
+    r = eager_cpp.run(model, prompts, method="eager_adapt", **common())
+    outcome = r.reallocation
+    assert outcome.granted and outcome.produced == outcome.granted  # one try spends a tree's extras
+    assert r.stats.reallocation_tries == 1
+    extras = checked = exact = 0
+    expected_reprocessed = 0
+    for prompt, p in zip(prompts, r.prompts):
+        first = [s for s in p.sequences if s.round == 0]
+        later = [s for s in p.sequences if s.round > 0]
+        assert len(later) == outcome.produced.get(p.index, 0)
+        assert p.n_sequences <= 4 + outcome.granted.get(p.index, 0)  # never past the plan
+        points = {(pt.sequence, pt.step): pt for pt in branch_points(first)}
+        prefixes = set()
+        prompt_tokens = model.tokenize(prompt)
+        for s in later:
+            extras += 1
+            source = p.sequences[s.parent]
+            assert source.round == 0
+            # Its tokens before the branch are its source's; from there on they are its own.
+            assert s.token_ids[: s.branch_step] == source.token_ids[: s.branch_step]
+            assert s.token_ids[s.branch_step:] == s.own_tokens and s.own_tokens
+            point = points[(s.parent, s.branch_step)]
+            assert s.own_tokens[0] not in point.taken  # never a token the tree already took there
+            prefixes.add(tuple(s.token_ids[: s.branch_step]))
+            # Under teacher forcing its first token is the best one not taken there (the reference's
+            # top candidates outside `taken`), within the batch noise the branch tests allow.
+            row = reference_logits(reference, prompt_tokens + s.token_ids[: s.branch_step + 1])[-2]
+            order = [t for t in np.argsort(-row, kind="stable").tolist() if t not in point.taken]
+            rank = sum(1 for o in later if (o.parent, o.branch_step) == (s.parent, s.branch_step) and o.index <= s.index)
+            checked += 1
+            if order[rank - 1] == s.own_tokens[0]:
+                exact += 1
+            else:
+                assert s.own_tokens[0] in order[: rank + 4]
+                assert abs(row[s.own_tokens[0]] - row[order[rank - 1]]) < 1.0
+            assert math.isclose(s.branch_entropy, point.entropy, abs_tol=0.3)
+        # Prefixes are reprocessed once per distinct prefix at most (shared starts are forked).
+        expected_reprocessed += sum(len(x) for x in prefixes)
+    assert extras > 0 and exact >= 0.75 * checked
+    assert 0 < r.stats.reprocessed_tokens <= expected_reprocessed
+    assert r.stats.generated_tokens == sum(len(s.own_tokens) for p in r.prompts for s in p.sequences)
+
+
+def test_tree_reallocation_is_reproducible_and_spends_full_eager_budget(model, capitals):
+    prompts, answers = capitals
+    a = eager_cpp.run(model, prompts, method="eager", answers=answers, scorer=FIRST_LINE, **common())
+    b = eager_cpp.run(model, prompts, method="eager", answers=answers, scorer=FIRST_LINE, **common())
+    sig = lambda r: [[(s.parent, s.branch_step, s.token_ids) for s in p.sequences] for p in r.prompts]
+    assert sig(a) == sig(b)
+    assert a.settings["reallocation"] == "tree"
+    for p in a.prompts:
+        if any(s.correct for s in p.sequences if s.round == 0):
+            assert all(s.round == 0 for s in p.sequences)
+    assert a.stats.sequences == 4 * len(prompts) - a.stats.unspent_sequences
+
+
+def test_seeds_that_share_a_point_take_successive_ranks(model):
+    """Engine level: three seeds at one point and one deeper, the prompt prefilled once."""
+    tokens = model.tokenize("Country: Peru\nCapital:")
+    cfg = eager_cpp.RunOptions.create(max_new_tokens=6, temperature=0.0).engine_config(model)
+    cfg.method = _core.Method.EAGER_INIT
+    probe = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)])
+    greedy = list(probe.prompts[0].sequences[0].own_tokens)
+    seeds = [_core.BranchSeed([], [greedy[0]], 1), _core.BranchSeed([], [greedy[0]], 2),
+             _core.BranchSeed(greedy[:2], [greedy[2]], 1), _core.BranchSeed([], [greedy[0]], 3)]
+    out = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 4, 1e9, 0, 1, seeds)])
+    firsts = [s.own_tokens[0] for s in out.prompts[0].sequences]
+    assert len(set(firsts[:2] + firsts[3:])) == 3 and greedy[0] not in firsts[:2] + firsts[3:]
+    assert firsts[2] != greedy[2]
+    assert [s.branch_step for s in out.prompts[0].sequences] == [0, 0, 2, 0]
+    assert out.stats.reprocessed_tokens == 2 and out.stats.prompt_tokens == len(tokens)
+    assert out.stats.generated_tokens == sum(len(s.own_tokens) for s in out.prompts[0].sequences)
+    # A seed continues from its prefix: its text starts with the prefix's.
+    prefix_text = model.detokenize(greedy[:2])
+    assert out.prompts[0].sequences[2].text.decode().startswith(prefix_text)
+
+
+def test_bad_seeds_are_clear_errors(model):
+    tokens = model.tokenize("Country: Peru\nCapital:")
+    cfg = eager_cpp.RunOptions.create(max_new_tokens=4).engine_config(model)
+    cfg.method = _core.Method.EAGER_INIT
+    cases = [
+        ([_core.BranchSeed([1, 2, 3, 4], [], 1)], 1, "no room"),
+        ([_core.BranchSeed([], [], 0)], 1, "rank"),
+        ([_core.BranchSeed([10**9], [], 1)], 1, "vocabulary"),
+        ([_core.BranchSeed([], [], 1)] * 2, 1, "exceed max_sequences"),
+    ]
+    for seeds, m, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _core.generate(model._model, cfg, [_core.PromptJob(tokens, m, 1.0, 0, 0, seeds)])
+    cfg.method = _core.Method.PARALLEL
+    with pytest.raises(ValueError, match="EAGer-init"):
+        _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1.0, 0, 0, [_core.BranchSeed([], [], 1)])])
+
+
+def test_tree_option_is_checked():
+    with pytest.raises(ValueError, match="reallocation"):
+        eager_cpp.RunOptions.create(reallocation="forest")
+    with pytest.raises(ValueError, match="record_entropies"):
+        eager_cpp.RunOptions.create(method="eager_adapt", reallocation="tree", record_entropies=False)
