@@ -71,6 +71,43 @@ def test_run_reallocating_method(tmp_path, capitals_small):
     assert all(r["answer"] for r in rows)
 
 
+def test_tree_run_then_show_draws_the_tree(tmp_path, capitals_small):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "tree.jsonl"
+    proc = cli("run", str(capitals_small), "-o", str(out), "--method", "eager_adapt", "--reallocation", "tree",
+               "-M", "3", "--theta", "0.5", "--max-new-tokens", "6", "--stop", "\\n", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    extended = [r for r in rows if any(s["round"] > 0 for s in r["sequences"])]
+    assert extended, "θ = 0.5 caps some prompts here, so the tree reallocation has budget to spend"
+    index = extended[0]["index"]
+    extras = [s for s in extended[0]["sequences"] if s["round"] > 0]
+    assert all(s["parent"] is not None for s in extras)  # continuations, not fresh roots
+    png = tmp_path / "tree.png"
+    proc = cli("show", str(out), "--prompt", str(index), "-o", str(png))
+    assert proc.returncode == 0, proc.stderr
+    # The text tree: one line per sequence, the extras marked with their try and branch point.
+    assert proc.stdout.count("\n#") + proc.stdout.count("\n  ") >= len(extended[0]["sequences"])
+    assert "[try 1] from #" in proc.stdout
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    proc = cli("show", str(out), "--prompt", "999")
+    assert proc.returncode == 2 and "prompt 999 is not in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_compares_fresh_and_tree_reallocation(tmp_path, capitals_small):
+    out = tmp_path / "table.json"
+    proc = cli("eval", str(capitals_small), "--methods", "parallel,eager_adapt", "--reallocation", "fresh,tree",
+               "--thetas", "0.5", "-M", "3", "--max-new-tokens", "6", "--stop", "\\n", "--json", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["reallocation"]) for r in rows] == [("parallel", "-"), ("eager_adapt", "fresh"),
+                                                                 ("eager_adapt", "tree")]
+    assert rows[1]["reprocessed"] == 0 and rows[2]["reprocessed"] >= 0
+    proc = cli("eval", str(capitals_small), "--reallocation", "forest", "--quiet")
+    assert proc.returncode == 2 and "unknown reallocation 'forest'" in proc.stderr
+
+
 def test_eval_prints_table_and_json(tmp_path, capitals_small):
     out = tmp_path / "table.json"
     proc = cli("eval", str(capitals_small), "--methods", "parallel,eager_init,eager_adapt,eager", "--thetas", "1.0",

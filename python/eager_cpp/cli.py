@@ -15,6 +15,7 @@ from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
 from .model import MAX_THREADS, Model, default_model_path
 from .options import RunOptions
+from .phases import REALLOCATIONS
 from .progress import ProgressLine
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, default_scorer, scorer_for_dataset
@@ -60,6 +61,10 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eager_init") -> None:
     p.add_argument("--method", choices=METHODS, default=method_default)
+    p.add_argument("--reallocation", default="fresh",
+                   help="how eager_adapt and eager spend the saved budget: fresh (new EAGer-init runs, the "
+                        "paper's) or tree (continue each prompt's tree at its most uncertain points); eval "
+                        "and bench take a comma-separated list to compare (default: fresh)")
     p.add_argument("-M", "--max-sequences", type=int, default=8, help="sequences per prompt, M (default: 8)")
     p.add_argument("--theta", type=float, default=2.0, help="entropy threshold θ (default: 2.0)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
@@ -121,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scorer", choices=STYLES, default=None)
     b.add_argument("--limit", type=int, default=None)
     b.add_argument("--out-dir", default="eager_bench", help="folder for bench.json and the PNG plots")
+
+    s = sub.add_parser("show", help="one prompt's tree from a results JSONL: as text, and drawn with -o")
+    s.add_argument("results", help="results JSONL (eager-cpp run -o, RunResult.to_jsonl)")
+    s.add_argument("--prompt", type=int, required=True, metavar="I", help="the prompt's index")
+    s.add_argument("-o", "--output", default=None, help="PNG of the tree (needs matplotlib)")
 
     i = sub.add_parser("info", help="the llama.cpp build, CPU features, buffer types and devices: paste it "
                                     "into a bug report")
@@ -197,7 +207,16 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         top_k_entropy=args.top_k_entropy, threshold_mode=args.threshold_mode,
         think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
         max_live_sequences=args.max_live, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        reallocation=args.reallocation,
     )
+
+
+def _reallocations(text: str) -> list[str]:
+    modes = _csv(text, str, "reallocation")
+    for mode in modes:
+        if mode not in REALLOCATIONS:
+            raise CliError(f"unknown reallocation {mode!r} in --reallocation; expected {', '.join(REALLOCATIONS)}")
+    return modes
 
 
 def _progress_enabled(args: argparse.Namespace) -> bool:
@@ -479,12 +498,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts, answers, scorer = _labelled(args)
     methods = _methods(args.methods) if args.methods is not None else [args.method]
     thetas = _csv(args.thetas, float, "thetas") if args.thetas is not None else [args.theta]
+    modes = _reallocations(args.reallocation)
     opts = _run_options(args)
     for m in methods:
         for t in thetas:
-            RunOptions.create(**dict(opts, method=m, entropy_threshold=t))
-    opts.pop("max_sequences")
-    opts.pop("entropy_threshold")
+            for mode in modes:
+                RunOptions.create(**dict(opts, method=m, entropy_threshold=t, reallocation=mode))
+    for name in ("max_sequences", "entropy_threshold", "reallocation"):
+        opts.pop(name)
     if args.json_out:
         _check_writable(Path(args.json_out))
     model, cluster = _model_or_workers(args)
@@ -492,9 +513,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         opts["cluster"] = cluster
     try:
         rows = sweep(model, prompts, answers, methods, thetas, [args.max_sequences], scorer,
-                     on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']}",
-                                                                 file=sys.stderr),
-                     **opts)
+                     on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} {r['reallocation']} "
+                                                                 f"θ={r['theta']}", file=sys.stderr),
+                     reallocations=modes, **opts)
     finally:
         if cluster is not None:
             cluster.close()
@@ -515,13 +536,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = _methods(args.methods)
     thetas = _csv(args.thetas, float, "thetas")
     ms = _csv(args.Ms, int, "Ms")
+    modes = _reallocations(args.reallocation)
     opts = _run_options(args)
     for m in methods:
         for t in thetas:
             for max_sequences in ms:
-                RunOptions.create(**dict(opts, method=m, entropy_threshold=t, max_sequences=max_sequences))
-    opts.pop("max_sequences")
-    opts.pop("entropy_threshold")
+                for mode in modes:
+                    RunOptions.create(**dict(opts, method=m, entropy_threshold=t, max_sequences=max_sequences,
+                                             reallocation=mode))
+    for name in ("max_sequences", "entropy_threshold", "reallocation"):
+        opts.pop(name)
     out = Path(args.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -530,13 +554,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_writable(out / "bench.json")
     model = _load_model(args)
     rows = sweep(model, prompts, answers, methods, thetas, ms, scorer,
-                 on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} θ={r['theta']} M={r['M']}",
-                                                             file=sys.stderr),
-                 **opts)
+                 on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} {r['reallocation']} "
+                                                             f"θ={r['theta']} M={r['M']}", file=sys.stderr),
+                 reallocations=modes, **opts)
     (out / "bench.json").write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2, default=str))
     print(format_table(rows))
     for png in plot_bench(rows, out):
         print(f"wrote {png}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .plots import format_tree
+
+    result = RunResult.from_jsonl(args.results)
+    found = [p for p in result.prompts if p.index == args.prompt]
+    if not found:
+        have = [p.index for p in result.prompts]
+        span = f"{min(have)}..{max(have)}" if have else "none"
+        raise CliError(f"prompt {args.prompt} is not in {args.results} (its prompt indices: {span})")
+    prompt = found[0]
+    if args.output:
+        try:
+            from .plots import plot_tree
+        except ImportError as e:
+            raise CliError(f"show draws with matplotlib ({e}): pip install \"eager_cpp[plot]\"") from None
+        _check_writable(Path(args.output))
+    print(format_tree(prompt))
+    if args.output:
+        print(f"wrote {plot_tree(prompt, args.output)}")
     return 0
 
 
@@ -558,7 +604,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_bench, "info": cmd_info}
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_bench, "show": cmd_show,
+            "info": cmd_info}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

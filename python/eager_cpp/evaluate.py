@@ -13,6 +13,7 @@ from .results import RunResult
 
 COLUMNS = [
     ("method", "method", "{}"),
+    ("reallocation", "spend", "{}"),
     ("theta", "θ", "{}"),
     ("M", "M", "{}"),
     ("pass@k", "Pass@k", "{:.3f}"),
@@ -22,6 +23,7 @@ COLUMNS = [
     ("tokens_ratio", "#T/FP", "{:.2f}"),
     ("mean_sequences", "#S", "{:.2f}"),
     ("reallocated", "realloc", "{}"),
+    ("reprocessed", "#reproc", "{}"),
     ("unspent", "unspent", "{}"),
     ("wall_seconds", "wall s", "{:.1f}"),
 ]
@@ -35,8 +37,10 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
     result = run(model, list(prompts), method=method, max_sequences=max_sequences, answers=list(answers),
                  scorer=scorer, **kwargs)
     m = result.metrics()
+    mode = result.settings.get("reallocation", "fresh") if result.stats.method in ("eager_adapt", "eager") else "-"
     row = {
         "method": method,
+        "reallocation": mode,
         "theta": theta if method != "parallel" else "-",
         "M": max_sequences,
         "pass@k": m["pass@k"],
@@ -45,6 +49,7 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
         "tokens": m["tokens"],
         "mean_sequences": m["mean_sequences"],
         "reallocated": result.stats.reallocated_sequences,
+        "reprocessed": result.stats.reprocessed_tokens,
         "unspent": result.stats.unspent_sequences,
         "sequences": result.stats.sequences,
         "prompts_given_budget": sum(1 for p in result.prompts if any(s.round > 0 for s in p.sequences)),
@@ -59,11 +64,14 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
 
 def sweep(model: Model, prompts: Sequence[str], answers: Sequence[str], methods: Iterable[str],
           thetas: Iterable[float], max_sequences: Iterable[int], scorer: Callable[[str, str], bool],
-          on_row: Optional[Callable[[dict], None]] = None, **run_kwargs: Any) -> list[dict]:
-    """Full Parallel once per M, every other method once per (θ, M); ratios against Full Parallel."""
+          on_row: Optional[Callable[[dict], None]] = None, reallocations: Iterable[str] = ("fresh",),
+          **run_kwargs: Any) -> list[dict]:
+    """Full Parallel once per M, every other method once per (θ, M), the reallocating ones once per
+    reallocation mode ("fresh", "tree"); #T ratios against Full Parallel at the same M."""
     rows: list[dict] = []
     methods = list(methods)
     thetas = list(thetas)
+    modes = list(reallocations)
     for m in max_sequences:
         baseline_tokens = None
         if "parallel" in methods:
@@ -77,11 +85,13 @@ def sweep(model: Model, prompts: Sequence[str], answers: Sequence[str], methods:
             for method in methods:
                 if method == "parallel":
                     continue
-                row, _ = evaluate_one(model, prompts, answers, method, theta, m, scorer, **run_kwargs)
-                row["tokens_ratio"] = row["tokens"] / baseline_tokens if baseline_tokens else float("nan")
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+                for mode in modes if method in ("eager_adapt", "eager") else modes[:1]:
+                    row, _ = evaluate_one(model, prompts, answers, method, theta, m, scorer, reallocation=mode,
+                                          **run_kwargs)
+                    row["tokens_ratio"] = row["tokens"] / baseline_tokens if baseline_tokens else float("nan")
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
     return rows
 
 
