@@ -10,8 +10,14 @@
 (c) Cost of the CPU buffer guard's fallback: batched decode tok/s (bare llama_decode and engine steps)
     at n live sequences with the model loaded with --cpu-buffers (default "safe": every extra buffer
     type but AMX) vs with none (use_extra_bufts = false), interleaved in one run.
+(s) llama-server, the peer a llama.cpp user picks for many samples: built from the pinned llama.cpp
+    sources (benchmarks/llama_server.py; built once under build/llama-server, about 10-20 minutes),
+    32 slots, unified KV, the same threads; the same GSM8K prompts as n_cmpl = M requests, all in
+    flight at once. Beside it in the same run: eager_cpp Full Parallel, EAGer-init at each --thetas,
+    and bare llama_decode at 32 sequences. Targets: Full Parallel >= 1.0x llama-server's tokens/s
+    and >= 0.95x bare decode's; EAGer-init's wall <= 0.5x llama-server's at θ = 2.5.
 
-Both models are loaded before timing; only generation is timed. Full size:
+Both models are loaded before timing; only generation is timed. Full size (parts a, b and s):
     python benchmarks/bench_engine.py
 Smoke:
     python benchmarks/bench_engine.py --prompts 1 --max-sequences 2 --max-new-tokens 8 --ns 1,2 --steps 4
@@ -24,6 +30,7 @@ import collections
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import _common as C
@@ -37,8 +44,8 @@ WARMUP_TEXT = "Question: Tom has 3 apples and buys 4 more. How many apples does 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p, "bench_engine")
-    p.add_argument("--part", choices=("a", "b", "c", "both", "all"), default="both",
-                   help="which part to run: a, b, c, both (a and b) or all (default: both)")
+    p.add_argument("--part", choices=("a", "b", "c", "s", "both", "default", "all"), default="default",
+                   help="which part to run: a, b, c, s, both (a and b), default (a, b and s) or all")
     p.add_argument("--cpu-buffers", choices=("safe", "all", "none"), default=None,
                    help="CPU buffer types of both engines' models (default: $EAGER_CPP_CPU_BUFFERS or safe)")
     g = p.add_argument_group("(a) eager_cpp vs llama-cpp-python, Full Parallel")
@@ -59,11 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--prompt-index", type=int, default=0, help="which gsm8k prompt is the shared prefix (default: 0)")
     g.add_argument("--repeats", type=C.positive, default=1,
                    help="interleaved repeats per n; the median time is reported (default: 1)")
+    g = p.add_argument_group("(s) llama-server side by side (also uses --prompts, --max-sequences, "
+                             "--max-new-tokens, --temperature, --seed)")
+    g.add_argument("--thetas", default="2.0,2.5,2.8", help="EAGer-init thresholds (default: 2.0,2.5,2.8)")
+    g.add_argument("--slots", type=C.positive, default=32, help="llama-server parallel slots (default: 32)")
+    g.add_argument("--server-log", default=None, help="file for llama-server's log (default: none)")
     g = p.add_argument_group("(c) CPU buffer types vs none")
     g.add_argument("--buffer-ns", default="1,8,32", help="live-sequence counts (default: 1,8,32)")
     args = p.parse_args(argv)
     args.ns = C.csv_values(p, args.ns, int, "ns", 1, 256)
     args.buffer_ns = C.csv_values(p, args.buffer_ns, int, "buffer-ns", 1, 256)
+    args.thetas = C.csv_values(p, args.thetas, float, "thetas", 0.0)
     if args.threads < 1:
         p.error("--threads must be >= 1")
     return args
@@ -335,6 +348,91 @@ def part_c(args: argparse.Namespace, path: str, model: Any) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# (s) llama-server side by side
+# ---------------------------------------------------------------------------------------------
+
+
+def _eager_row(model: Any, prompts: list[str], args: argparse.Namespace, method: str, theta: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    res = eager_cpp.run(model, prompts, method=method, max_sequences=args.max_sequences, entropy_threshold=theta,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                        record_entropies=False)
+    wall = time.perf_counter() - t0
+    s = res.stats
+    return {"sequences": s.sequences, "generated_tokens": s.generated_tokens, "wall_seconds": wall,
+            "tokens_per_second": C.ratio(s.generated_tokens, wall), **C.engine_split(s)}
+
+
+def part_s(args: argparse.Namespace, path: str, model: Any) -> dict[str, Any]:
+    import llama_server as LS
+
+    if not LS.binary_path().exists():
+        print(f"\n(s) building llama-server once under {LS.BUILD_ROOT} (about 10-20 minutes) ...", flush=True)
+    binary = LS.build()
+    records = C.load_prompts(args.data, args.prompts)
+    prompts = [r["prompt"] for r in records]
+    lengths = [len(model.tokenize(p)) for p in prompts]
+    # The unified pool every slot shares: room for all slots at the longest prompt plus a full sample.
+    n_ctx = (args.slots * (max(lengths) + args.max_new_tokens + 8) + 255) // 256 * 256
+    print(f"\n(s) llama-server vs eager_cpp: {len(prompts)} GSM8K prompts x M={args.max_sequences}, max_new_tokens="
+          f"{args.max_new_tokens}, T={args.temperature}, threads={args.threads}; server: {args.slots} slots, "
+          f"unified KV of {n_ctx} cells, n_cmpl={args.max_sequences}, every request in flight at once", flush=True)
+    log = Path(args.server_log) if args.server_log else None
+    with LS.LlamaServer(path, slots=args.slots, threads=args.threads, n_ctx=n_ctx, binary=binary, log=log) as server:
+        command = " ".join(server.command()[1:])
+        server.complete(WARMUP_TEXT, n_cmpl=2, max_tokens=4, temperature=args.temperature, seed=1)
+        print("  timing llama-server ...", flush=True)
+        srv = server.complete_all(prompts, n_cmpl=args.max_sequences, max_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, seed=args.seed)
+    srv.pop("completions")
+    eager_cpp.run(model, [WARMUP_TEXT], method="parallel", max_sequences=2, max_new_tokens=4, seed=1)
+    rows: dict[str, dict[str, Any]] = {}
+    print("  timing eager_cpp Full Parallel ...", flush=True)
+    rows["parallel"] = _eager_row(model, prompts, args, "parallel", 0.0)
+    for theta in args.thetas:
+        print(f"  timing eager_cpp EAGer-init θ={theta} ...", flush=True)
+        rows[f"eager_init θ={theta}"] = _eager_row(model, prompts, args, "eager_init", theta)
+    ptoks = model.tokenize(prompts[0])
+    bare_n = min(32, args.slots)
+    bare_s = _core.bench_bare_decode(model._model, ptoks, bare_n, args.max_new_tokens, args.threads)
+    bare_tps = bare_n * args.max_new_tokens / bare_s
+
+    fp = rows["parallel"]
+    table = [["llama-server", srv["sequences"], srv["tokens"], srv["wall_s"], srv["tokens_per_s"], 1.0, 1.0]]
+    for name, r in rows.items():
+        table.append([f"eager_cpp {name}", r["sequences"], r["generated_tokens"], r["wall_seconds"],
+                      r["tokens_per_second"], C.ratio(r["generated_tokens"], srv["tokens"]),
+                      C.ratio(r["wall_seconds"], srv["wall_s"])])
+    print()
+    print(C.table(["engine", "samples", "gen tokens", "wall s", "tok/s", "tokens / server", "wall / server"], table))
+    fp_vs_server = C.ratio(fp["tokens_per_second"], srv["tokens_per_s"])
+    fp_vs_bare = C.ratio(fp["tokens_per_second"], bare_tps)
+    print(f"\n  bare llama_decode, {bare_n} sequences x {args.max_new_tokens} steps: {bare_tps:.1f} tok/s")
+    print(f"  Full Parallel tok/s vs llama-server: {fp_vs_server:.2f}x (target >= 1.0: "
+          f"{C.verdict(fp_vs_server, 1.0, True)}); vs bare decode: {fp_vs_bare:.2f}x (target >= 0.95: "
+          f"{C.verdict(fp_vs_bare, 0.95, True)})")
+    out: dict[str, Any] = {
+        "settings": {"prompts": len(prompts), "max_sequences": args.max_sequences, "max_new_tokens": args.max_new_tokens,
+                     "temperature": args.temperature, "seed": args.seed, "slots": args.slots, "server_n_ctx": n_ctx,
+                     "server_command": command, "thetas": args.thetas,
+                     "prompt_tokens_min": min(lengths), "prompt_tokens_max": max(lengths)},
+        "llama_server": srv, "eager_cpp": rows, "bare_decode_tokens_per_second": bare_tps,
+        "full_parallel_vs_server_tokens_per_second": fp_vs_server, "full_parallel_vs_bare": fp_vs_bare,
+    }
+    for theta in args.thetas:
+        r = rows[f"eager_init θ={theta}"]
+        wall_ratio = C.ratio(r["wall_seconds"], srv["wall_s"])
+        token_ratio_fp = C.ratio(r["generated_tokens"], fp["generated_tokens"])
+        wall_ratio_fp = C.ratio(r["wall_seconds"], fp["wall_seconds"])
+        out[f"eager_init_{theta}"] = {"wall_vs_server": wall_ratio, "tokens_vs_parallel": token_ratio_fp,
+                                      "wall_vs_parallel": wall_ratio_fp}
+        goal = f" (target <= 0.5: {C.verdict(wall_ratio, 0.5, False)})" if theta == 2.5 else ""
+        print(f"  EAGer-init θ={theta}: wall {wall_ratio:.2f}x llama-server's{goal}; vs Full Parallel: "
+              f"{token_ratio_fp:.2f}x the tokens in {wall_ratio_fp:.2f}x the wall")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     C.warn_if_busy()
@@ -343,12 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {path} ({model.description}), threads={args.threads}, CPU buffers: {model.cpu_buffers} "
           f"(kept {list(model.cpu_buffer_plan.keep)}, guarded out {list(model.cpu_buffer_plan.dropped)})")
     payload: dict[str, Any] = {"benchmark": "engine", "environment": C.environment(path, args.threads)}
-    if args.part in ("a", "both", "all"):
+    if args.part in ("a", "both", "default", "all"):
         payload["a_full_parallel_vs_llama_cpp_python"] = part_a(args, path, model)
-    if args.part in ("b", "both", "all"):
+    if args.part in ("b", "both", "default", "all"):
         payload["b_engine_vs_bare_decode"] = part_b(args, model)
     if args.part in ("c", "all"):
         payload["c_cpu_buffers_vs_none"] = part_c(args, path, model)
+    if args.part in ("s", "default", "all"):
+        payload["s_llama_server"] = part_s(args, path, model)
     C.write_json(args.out, payload)
     return 0
 
