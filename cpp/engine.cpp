@@ -9,6 +9,7 @@
 #include "batch.hpp"
 #include "device_topk.hpp"
 #include "errors.hpp"
+#include "kv_trace.hpp"
 #include "llama.h"
 #include "rng.hpp"
 
@@ -26,6 +27,10 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 constexpr uint32_t kBatchTokens = 512;
 constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this many cells
+// A prompt shares a multiple of this many tokens with the anchor: its own prefill then starts on the
+// same row alignment (within a micro-batch) as a fresh one, so shared and fresh cells agree as far
+// as llama.cpp's kernels let them. It also skips sharing too short to pay for the copy.
+constexpr size_t kShareGranularity = 64;
 // Automatic sizing keeps the KV cache under this many bytes unless a single prompt needs more.
 constexpr double kAutoKvBudgetBytes = 4.0 * 1024 * 1024 * 1024;
 
@@ -88,6 +93,8 @@ private:
     double expected_live(double estimate) const;
     void admit(int prompt);
     void admit_seeds(int prompt);
+    int32_t prefill_prompt(int prompt, llama_seq_id id);
+    bool plans_anchor() const;
     int32_t prefill(const std::vector<int32_t> & tokens, size_t begin, int32_t pos, llama_seq_id id, const char * what);
     void start_seed(int slot, const BranchSeed & seed, int32_t row, const TopK * reuse, TopK & top, float & entropy);
     void step();
@@ -123,13 +130,17 @@ private:
     double final_sequences_ = 0;  // over prompts whose count is final (growth_estimate)
     int final_count_ = 0;
     int ids_reserved_ = 0;
+    int ids_available_ = 0;   // sequence ids prompts may reserve (all but the anchor's)
     int64_t cells_reserved_ = 0;
+    llama_seq_id anchor_id_ = -1;         // holds the last admitted prompt's cells (-1: no sharing)
+    std::vector<int32_t> anchor_tokens_;  // ... and its tokens
     int prompts_done_ = 0;
     int live_count_ = 0;
     int64_t round_ = 0;  // advance calls so far: each gives every sequence it covers one token
     std::vector<RowScratch> scratch_;
     std::vector<RowResult> results_;
     Clock::time_point start_;
+    std::unique_ptr<KvTraceLog> kv_trace_;  // trace_steps with LLAMA_KV_CACHE_DEBUG set
 };
 
 void Run::validate() const {
@@ -192,7 +203,8 @@ ContextShape Run::plan_context() const {
         total_ids += job.max_sequences;
         max_worst = std::max(max_worst, worst_case_cells(job, cfg_.max_new_tokens));
     }
-    shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(kMaxSequenceIds, total_ids));
+    // One more id for the anchor of prefix sharing, when the limit leaves room for it.
+    shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(kMaxSequenceIds, total_ids + (plans_anchor() ? 1 : 0)));
     if (cfg_.device_topk) {
         const float t = cfg_.sampling.temperature;
         shape.device.enabled = true;
@@ -223,12 +235,20 @@ ContextShape Run::plan_context() const {
         live += initial;
     }
     cells = std::max(cells, max_worst);
+    if (plans_anchor()) {
+        size_t longest = 0;
+        for (const auto & job : jobs_) longest = std::max(longest, job.tokens.size());
+        cells += static_cast<int64_t>(longest);  // the anchor may outlive the prompt it copied
+    }
     shape.n_ctx = static_cast<uint32_t>((cells + kCellPadding - 1) / kCellPadding * kCellPadding);
     return shape;
 }
 
+bool Run::plans_anchor() const { return cfg_.share_prompt_prefixes && jobs_.size() > 1; }
+
 RunOutput Run::execute() {
     validate();
+    if (cfg_.trace_steps && KvTraceLog::enabled()) kv_trace_ = std::make_unique<KvTraceLog>();
     start_ = Clock::now();
     ctx_ = model_.acquire_context(plan_context());
     mem_ = llama_get_memory(ctx_);
@@ -237,7 +257,21 @@ RunOutput Run::execute() {
     n_seq_max_ = static_cast<int>(llama_n_seq_max(ctx_));
     n_threads_ = std::max(1, model_.context_shape().n_threads);
     batch_ = std::make_unique<Batch>(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx_), n_seq_max_)));
-    for (int id = n_seq_max_ - 1; id >= 0; --id) free_ids_.push_back(id);
+    // The anchor takes the last id, when every job still finds its ids and its cells beside it.
+    int max_ids = 0;
+    int64_t max_worst = 0;
+    size_t longest = 0;
+    for (const auto & job : jobs_) {
+        max_ids = std::max(max_ids, job.max_sequences);
+        max_worst = std::max(max_worst, worst_case_cells(job, cfg_.max_new_tokens));
+        longest = std::max(longest, job.tokens.size());
+    }
+    if (plans_anchor() && n_seq_max_ > max_ids && max_worst + static_cast<int64_t>(longest) <= static_cast<int64_t>(n_ctx_)) {
+        anchor_id_ = n_seq_max_ - 1;
+        cells_reserved_ = static_cast<int64_t>(longest);
+    }
+    ids_available_ = anchor_id_ >= 0 ? n_seq_max_ - 1 : n_seq_max_;
+    for (int id = ids_available_ - 1; id >= 0; --id) free_ids_.push_back(id);
     state_.assign(jobs_.size(), PromptState{});
     out_.prompts.assign(jobs_.size(), PromptResult{});
     scratch_.resize(n_threads_);
@@ -259,6 +293,8 @@ double Run::growth_estimate() const {
     // is (negative result), callers assume the cap, so the first admissions do not overshoot:
     // every prompt in flight widens the KV span that each token's attention covers. The sums are
     // kept as prompts become final, so admission stays O(prompts in flight), not O(prompts so far).
+    // (Projecting the first wave's growth from its branching so far was tried: at θ = 2.5 on GSM8K it
+    // admitted 14 prompts that grew to 70 live sequences, and each step cost 16 ms per token instead of 8.)
     return final_count_ > 0 ? final_sequences_ / final_count_ : -1.0;
 }
 
@@ -293,7 +329,7 @@ double Run::expected_live(double estimate) const {
 bool Run::try_admit(const PromptJob & job) {
     // Reserving M ids and the worst-case cells up front means a branch never finds the
     // cache full.
-    if (ids_reserved_ + job.max_sequences > n_seq_max_) return false;
+    if (ids_reserved_ + job.max_sequences > ids_available_) return false;
     if (cells_reserved_ + worst_case_cells(job, cfg_.max_new_tokens) > static_cast<int64_t>(n_ctx_)) return false;
     if (live_count_ == 0) return true;
     // Keep the batch near llama.cpp's throughput peak, counting the sequences that prompts
@@ -316,7 +352,7 @@ void Run::admit(int prompt) {
     const llama_seq_id root_id = live_[root].id;
     const auto t0 = Clock::now();
     const int32_t n = static_cast<int32_t>(job.tokens.size());
-    const int32_t last_row = prefill(job.tokens, 0, 0, root_id, "prompt prefill");
+    const int32_t last_row = prefill_prompt(prompt, root_id);
     out_.stats.prefill_seconds += seconds_since(t0);
     live_[root].n_past = n;
 
@@ -347,6 +383,27 @@ int32_t Run::prefill(const std::vector<int32_t> & tokens, size_t begin, int32_t 
     return last_row;
 }
 
+int32_t Run::prefill_prompt(int prompt, llama_seq_id id) {
+    // The prompt's tokens into sequence `id`; the part it shares with the anchor is copied, not decoded.
+    const std::vector<int32_t> & tokens = jobs_[prompt].tokens;
+    size_t shared = 0;
+    if (anchor_id_ >= 0 && !anchor_tokens_.empty()) {
+        const auto [a, b] = std::mismatch(anchor_tokens_.begin(), anchor_tokens_.end(), tokens.begin(), tokens.end());
+        // At least the last token is decoded: its logits start the prompt's sequences.
+        shared = std::min(static_cast<size_t>(b - tokens.begin()), tokens.size() - 1) / kShareGranularity * kShareGranularity;
+        if (shared > 0) llama_memory_seq_cp(mem_, anchor_id_, id, 0, static_cast<llama_pos>(shared));
+    }
+    const int32_t row = prefill(tokens, shared, static_cast<int32_t>(shared), id, "prompt prefill");
+    out_.stats.shared_prompt_tokens += static_cast<int64_t>(shared);
+    if (anchor_id_ >= 0) {
+        // The anchor moves to this prompt: the cells only the old anchor held are freed.
+        llama_memory_seq_rm(mem_, anchor_id_, -1, -1);
+        llama_memory_seq_cp(mem_, id, anchor_id_, 0, static_cast<llama_pos>(tokens.size()));
+        anchor_tokens_ = tokens;
+    }
+    return row;
+}
+
 void Run::admit_seeds(int prompt) {
     // Every seed is a root of this job (its local index is its place in job.seeds). Prefixes are
     // prefilled in sorted order: each shares with the one before it the longest common start any
@@ -370,7 +427,7 @@ void Run::admit_seeds(int prompt) {
         int32_t row = -1;
         bool same_point = false;
         if (previous < 0) {
-            row = prefill(job.tokens, 0, 0, id, "prompt prefill");
+            row = prefill_prompt(prompt, id);
             if (!seed.prefix.empty()) row = prefill(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
             out_.stats.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
         } else {
@@ -485,9 +542,25 @@ void Run::step() {
     out_.stats.bookkeeping_seconds += seconds_since(t0);
 
     const auto t1 = Clock::now();
+    if (kv_trace_) kv_trace_->take();  // what admission's prefills logged is not this step's
     batch_->decode(ctx_, "generation");
-    out_.stats.decode_seconds += seconds_since(t1);
+    const double decode_s = seconds_since(t1);
+    out_.stats.decode_seconds += decode_s;
     ++out_.stats.steps;
+    if (cfg_.trace_steps) {
+        StepTrace t;
+        t.tokens = static_cast<int32_t>(slots.size());
+        t.prompts = static_cast<int32_t>(in_flight_.size());
+        t.decode_ms = static_cast<float>(decode_s * 1e3);
+        if (kv_trace_) {
+            const KvSpan span = kv_trace_->take();
+            t.kv_span = span.span;
+            t.kv_used = span.used;
+            t.kv_span_swa = span.span_swa;
+            t.kv_used_swa = span.used_swa;
+        }
+        out_.stats.step_trace.push_back(t);
+    }
 
     for (int slot : slots) live_[slot].n_past += 1;
     advance(slots, row_index);

@@ -39,6 +39,12 @@ struct EngineConfig {
     // instead of scanning each full logits row on the host; meant for a GPU-offloaded model.
     bool device_topk = false;
     int device_candidates = 1024;  // C: the tokens per row that leave the device
+    // Record every generation step (StepTrace); with LLAMA_KV_CACHE_DEBUG=1 set before the context
+    // was created, also the KV span each step attended over (kv_trace.hpp). A measuring mode.
+    bool trace_steps = false;
+    // Prompts that start like the one admitted before them (few-shot headers) copy that part of
+    // its KV cells (seq copy from an anchor sequence) instead of prefilling it again.
+    bool share_prompt_prefixes = true;
 };
 
 // A sequence that continues an earlier tree of the prompt at one of its branch points: it starts
@@ -79,6 +85,16 @@ struct PromptResult {
     int steps = 0;  // decode steps the prompt was live for
 };
 
+struct StepTrace {
+    int32_t tokens = 0;            // live sequences decoded (one token each)
+    int32_t prompts = 0;           // prompts in flight
+    float decode_ms = 0;           // llama_decode of the step
+    int32_t kv_span = -1;          // cells every token attended over (up to the highest in use), -1: not traced
+    int32_t kv_used = -1;          // cells in use
+    int32_t kv_span_swa = -1;      // the same for a separate sliding-window cache
+    int32_t kv_used_swa = -1;
+};
+
 struct RunStats {
     double prefill_seconds = 0;
     double decode_seconds = 0;       // inside llama_decode for generation steps
@@ -88,12 +104,14 @@ struct RunStats {
     int64_t steps = 0;
     int64_t generated_tokens = 0;
     int64_t prompt_tokens = 0;
+    int64_t shared_prompt_tokens = 0;  // prompt tokens not prefilled: copied from an earlier prompt's cells
     int64_t reprocessed_tokens = 0;  // seed prefixes decoded again (their shared parts once)
     int max_live_sequences = 0;
     uint32_t n_ctx = 0;
     // Device path only: the largest probability mass (at the sampling temperature) of one row
     // that lay outside its C candidates, which sampling therefore never saw.
     double device_dropped_mass_max = 0;
+    std::vector<StepTrace> step_trace;  // EngineConfig::trace_steps only
 };
 
 struct Progress {

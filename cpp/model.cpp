@@ -9,10 +9,9 @@
 
 #include "errors.hpp"
 #include "llama.h"
+#include "llama_log.hpp"
 
 namespace eager {
-
-namespace {
 
 // llama.cpp logs every tensor it loads and warns about model quirks it already works
 // around; only its errors reach a user here, unless EAGER_CPP_VERBOSE is set.
@@ -21,18 +20,20 @@ void log_filter(ggml_log_level level, const char * text, void *) {
     if (verbose || level == GGML_LOG_LEVEL_ERROR) std::fputs(text, stderr);
 }
 
+// The log callback is process-wide: one swap at a time.
+std::mutex & log_mutex() {
+    static std::mutex m;
+    return m;
+}
+
+namespace {
+
 void init_backend_once() {
     static std::once_flag once;
     std::call_once(once, [] {
         llama_log_set(log_filter, nullptr);
         llama_backend_init();
     });
-}
-
-// The log callback is process-wide: one swap at a time.
-std::mutex & log_mutex() {
-    static std::mutex m;
-    return m;
 }
 
 // Our own callback while it lives, the previous one restored after. When a load in another thread

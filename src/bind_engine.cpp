@@ -84,7 +84,18 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("n_threads", &EngineConfig::n_threads)
         .def_readwrite("n_ctx", &EngineConfig::n_ctx)
         .def_readwrite("device_topk", &EngineConfig::device_topk)
-        .def_readwrite("device_candidates", &EngineConfig::device_candidates);
+        .def_readwrite("device_candidates", &EngineConfig::device_candidates)
+        .def_readwrite("trace_steps", &EngineConfig::trace_steps)
+        .def_readwrite("share_prompt_prefixes", &EngineConfig::share_prompt_prefixes);
+
+    py::class_<StepTrace>(m, "StepTrace")
+        .def_readonly("tokens", &StepTrace::tokens)
+        .def_readonly("prompts", &StepTrace::prompts)
+        .def_readonly("decode_ms", &StepTrace::decode_ms)
+        .def_readonly("kv_span", &StepTrace::kv_span)
+        .def_readonly("kv_used", &StepTrace::kv_used)
+        .def_readonly("kv_span_swa", &StepTrace::kv_span_swa)
+        .def_readonly("kv_used_swa", &StepTrace::kv_used_swa);
 
     py::class_<BranchSeed>(m, "BranchSeed")
         .def(py::init([](std::vector<int32_t> prefix, std::vector<int32_t> exclude, int rank) {
@@ -136,9 +147,11 @@ void bind_engine(py::module_ & m) {
         .def_readonly("generated_tokens", &RunStats::generated_tokens)
         .def_readonly("prompt_tokens", &RunStats::prompt_tokens)
         .def_readonly("reprocessed_tokens", &RunStats::reprocessed_tokens)
+        .def_readonly("shared_prompt_tokens", &RunStats::shared_prompt_tokens)
         .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
         .def_readonly("n_ctx", &RunStats::n_ctx)
-        .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max);
+        .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)
+        .def_readonly("step_trace", &RunStats::step_trace);
 
     py::class_<RunOutput>(m, "RunOutput")
         .def_readonly("prompts", &RunOutput::prompts)

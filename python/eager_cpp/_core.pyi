@@ -76,6 +76,8 @@ class EngineConfig:
     n_ctx: int
     device_topk: bool
     device_candidates: int
+    trace_steps: bool
+    share_prompt_prefixes: bool
     def __init__(self) -> None: ...
 
 class BranchSeed:
@@ -111,6 +113,15 @@ class PromptResult:
     prompt_tokens: int
     steps: int
 
+class StepTrace:
+    tokens: int
+    prompts: int
+    decode_ms: float
+    kv_span: int
+    kv_used: int
+    kv_span_swa: int
+    kv_used_swa: int
+
 class RunStats:
     prefill_seconds: float
     decode_seconds: float
@@ -121,9 +132,11 @@ class RunStats:
     generated_tokens: int
     prompt_tokens: int
     reprocessed_tokens: int
+    shared_prompt_tokens: int
     max_live_sequences: int
     n_ctx: int
     device_dropped_mass_max: float
+    step_trace: list[StepTrace]
 
 class RunOutput:
     prompts: list[PromptResult]

@@ -92,10 +92,11 @@ class RunOptions:
     device_candidates: int = 1024
     n_ctx: Optional[int] = None  # None: the model's, else sized per run
     n_threads: Optional[int] = None  # None: the model's, else all cores
+    share_prompt_prefixes: bool = True  # copy the KV cells a prompt shares with the one before it
 
     VERSION: ClassVar[int] = 3  # 3: reallocation
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads")
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "share_prompt_prefixes")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -140,7 +141,7 @@ class RunOptions:
         min_p = check_float("min_p", self.min_p, 0.0, 1.0)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings")
-        for name in ("record_entropies", "entropy_after_temperature", "chat", "ignore_eos"):
+        for name in ("record_entropies", "entropy_after_temperature", "chat", "ignore_eos", "share_prompt_prefixes"):
             check_bool(name, getattr(self, name))
         for name in ("think_end_marker", "chat_template"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
@@ -196,6 +197,7 @@ class RunOptions:
         cfg.device_candidates = o.device_candidates
         cfg.n_ctx = o.n_ctx or model.n_ctx or 0
         cfg.n_threads = o.n_threads or model.n_threads or 0
+        cfg.share_prompt_prefixes = o.share_prompt_prefixes
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class RunStats:
     generated_tokens: int = 0  # #T: a shared prefix counted once
     prompt_tokens: int = 0     # each prompt counted once per run it was prefilled in
     reprocessed_tokens: int = 0  # tree reallocation: prefixes of continued trees prefilled again (not #T)
+    shared_prompt_tokens: int = 0  # prompt tokens copied from an earlier prompt's KV cells instead of prefilled
     sequences: int = 0
     wall_seconds: float = 0.0
     prefill_seconds: float = 0.0
@@ -88,7 +89,7 @@ class RunStats:
     unspent_sequences: int = 0
 
     # Engine figures that add up over the engine runs of one run (and over Ray shards), and those that peak.
-    SUMMED = ("prompt_tokens", "reprocessed_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps")
+    SUMMED = ("prompt_tokens", "shared_prompt_tokens", "reprocessed_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps")
     PEAKED = ("max_live_sequences", "device_dropped_mass_max")
 
     def merge(self, other: "RunStats") -> None:
