@@ -127,6 +127,23 @@ def test_workers_match_one_process(pool, model, capitals, method):
 
 
 @needs_ray
+@pytest.mark.parametrize("method", ["eager_adapt", "eager"])
+def test_tree_reallocation_on_workers_matches_one_process(pool, model, capitals, method):
+    prompts, answers = capitals
+    labels = dict(answers=answers, scorer=FIRST_LINE) if method == "eager" else {}
+    kw = settings(max_live_sequences=1, reallocation="tree")
+    dist = eager_cpp.run(pool.model_path, prompts, method=method, cluster=pool, **kw, **labels)
+    single = eager_cpp.run(model, prompts, method=method, **kw, **labels)
+    check_complete(dist, len(prompts))
+    extras = [s for p in dist.prompts for s in p.sequences if s.round > 0]
+    assert extras and all(s.parent is not None for s in extras)  # continuations, not fresh roots
+    assert signature(dist) == signature(single)
+    assert dist.settings == single.settings and dist.settings["reallocation"] == "tree"
+    assert dist.stats.reprocessed_tokens == single.stats.reprocessed_tokens > 0
+    assert dist.reallocation.produced == single.reallocation.produced == dist.reallocation.granted
+
+
+@needs_ray
 def test_default_batching_matches_the_same_shards_in_one_process(pool, model, capitals):
     prompts, _ = capitals
     kw = settings()

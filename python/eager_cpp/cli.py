@@ -211,14 +211,6 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _reallocations(text: str) -> list[str]:
-    modes = _csv(text, str, "reallocation")
-    for mode in modes:
-        if mode not in REALLOCATIONS:
-            raise CliError(f"unknown reallocation {mode!r} in --reallocation; expected {', '.join(REALLOCATIONS)}")
-    return modes
-
-
 def _progress_enabled(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
@@ -474,12 +466,21 @@ def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
     return [e.prompt for e in examples], [e.answer for e in examples], scorer
 
 
+def _choices(text: str, flag: str, noun: str, allowed: tuple[str, ...]) -> list[str]:
+    """Comma-separated names of a flag, each one of `allowed`."""
+    values = _csv(text, str, flag)
+    for v in values:
+        if v not in allowed:
+            raise CliError(f"unknown {noun} {v!r} in --{flag}; expected {', '.join(allowed)}")
+    return values
+
+
 def _methods(text: str) -> list[str]:
-    methods = _csv(text, str, "methods")
-    for m in methods:
-        if m not in METHODS:
-            raise CliError(f"unknown method {m!r} in --methods; expected {', '.join(METHODS)}")
-    return methods
+    return _choices(text, "methods", "method", METHODS)
+
+
+def _reallocations(text: str) -> list[str]:
+    return _choices(text, "reallocation", "reallocation", REALLOCATIONS)
 
 
 def _csv(text: str, cast, name: str) -> list:
