@@ -92,11 +92,13 @@ class RunOptions:
     device_candidates: int = 1024
     n_ctx: Optional[int] = None  # None: the model's, else sized per run
     n_threads: Optional[int] = None  # None: the model's, else all cores
-    share_prompt_prefixes: bool = True  # copy the KV cells a prompt shares with the one before it
+    # Copy the KV cells a prompt shares with the one before it. Recorded (so Ray workers get it): llama.cpp's
+    # batch noise lets copied and prefilled cells differ in the last bits.
+    share_prompt_prefixes: bool = True
 
     VERSION: ClassVar[int] = 3  # 3: reallocation
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "share_prompt_prefixes")
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
