@@ -134,6 +134,7 @@ private:
     int64_t cells_reserved_ = 0;
     llama_seq_id anchor_id_ = -1;         // holds the last admitted prompt's cells (-1: no sharing)
     std::vector<int32_t> anchor_tokens_;  // ... and its tokens
+    size_t anchor_held_ = 0;              // how many of them it holds cells for
     int prompts_done_ = 0;
     int live_count_ = 0;
     int64_t round_ = 0;  // advance calls so far: each gives every sequence it covers one token
@@ -390,15 +391,19 @@ int32_t Run::prefill_prompt(int prompt, llama_seq_id id) {
     if (anchor_id_ >= 0 && !anchor_tokens_.empty()) {
         const auto [a, b] = std::mismatch(anchor_tokens_.begin(), anchor_tokens_.end(), tokens.begin(), tokens.end());
         // At least the last token is decoded: its logits start the prompt's sequences.
-        shared = std::min(static_cast<size_t>(b - tokens.begin()), tokens.size() - 1) / kShareGranularity * kShareGranularity;
+        shared = std::min({static_cast<size_t>(b - tokens.begin()), tokens.size() - 1, anchor_held_}) /
+                 kShareGranularity * kShareGranularity;
         if (shared > 0) llama_memory_seq_cp(mem_, anchor_id_, id, 0, static_cast<llama_pos>(shared));
     }
     const int32_t row = prefill(tokens, shared, static_cast<int32_t>(shared), id, "prompt prefill");
     out_.stats.shared_prompt_tokens += static_cast<int64_t>(shared);
     if (anchor_id_ >= 0) {
-        // The anchor moves to this prompt: the cells only the old anchor held are freed.
+        // The anchor moves to this prompt: the cells only the old anchor held are freed. It holds only
+        // what a later prompt could copy (whole 64-token blocks before the last token), so a prompt
+        // shorter than a block leaves no cells behind and the next one lays out its cells as alone.
+        anchor_held_ = (tokens.size() - 1) / kShareGranularity * kShareGranularity;
         llama_memory_seq_rm(mem_, anchor_id_, -1, -1);
-        llama_memory_seq_cp(mem_, id, anchor_id_, 0, static_cast<llama_pos>(tokens.size()));
+        if (anchor_held_ > 0) llama_memory_seq_cp(mem_, id, anchor_id_, 0, static_cast<llama_pos>(anchor_held_));
         anchor_tokens_ = tokens;
     }
     return row;
