@@ -200,6 +200,9 @@ def test_ctrl_c_interrupts_promptly_and_model_stays_usable(model_path):
         import os, signal, threading, time
         import eager_cpp
         m = eager_cpp.Model({model_path!r})
+        # A suite started in the background (nohup, `cmd &`) passes SIGINT down ignored; a user's
+        # Ctrl-C reaches a foreground process with Python's own handler, which this restores.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         t = time.monotonic()
         try:

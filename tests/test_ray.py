@@ -286,6 +286,9 @@ def test_ctrl_c_on_the_driver_kills_the_workers(pool, capitals):
                 return
             time.sleep(0.05)
 
+    # A suite started in the background passes SIGINT down ignored: restore Python's handler, as a
+    # foreground process that gets a user's Ctrl-C has it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=interrupt_when_busy)
     thread.start()
     try:
@@ -294,6 +297,7 @@ def test_ctrl_c_on_the_driver_kills_the_workers(pool, capitals):
                                                                                                   stop=None))
     finally:
         thread.join()
+        signal.signal(signal.SIGINT, previous)
     assert sent and time.monotonic() - sent[0] < 10
     assert "closed" in repr(own)
     deadline = time.monotonic() + 20
