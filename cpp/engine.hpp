@@ -100,14 +100,12 @@ struct RunStats {
     double decode_seconds = 0;       // inside llama_decode for generation steps
     double row_kernel_seconds = 0;   // entropy + top-2 + sampling over all rows
     double bookkeeping_seconds = 0;  // branching, stops, batch building
-    double total_seconds = 0;
     int64_t steps = 0;
     int64_t generated_tokens = 0;
     int64_t prompt_tokens = 0;
     int64_t shared_prompt_tokens = 0;  // prompt tokens not prefilled: copied from an earlier prompt's cells
     int64_t reprocessed_tokens = 0;  // seed prefixes decoded again (their shared parts once)
     int max_live_sequences = 0;
-    uint32_t n_ctx = 0;
     // Device path only: the largest probability mass (at the sampling temperature) of one row
     // that lay outside its C candidates, which sampling therefore never saw.
     double device_dropped_mass_max = 0;
@@ -132,9 +130,6 @@ struct RunOutput {
 
 RunOutput generate(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
                    const ProgressFn & on_progress);
-
-// Worst-case KV cells of a prompt: its tokens plus M full-length continuations.
-int64_t worst_case_cells(const PromptJob & job, int max_new_tokens);
 
 // Bare llama_decode throughput for the engine-efficiency benchmark: prefill `prompt`, fork it
 // into n_sequences, then decode n_steps steps of one token per sequence with logits for each.

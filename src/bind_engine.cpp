@@ -142,14 +142,12 @@ void bind_engine(py::module_ & m) {
         .def_readonly("decode_seconds", &RunStats::decode_seconds)
         .def_readonly("row_kernel_seconds", &RunStats::row_kernel_seconds)
         .def_readonly("bookkeeping_seconds", &RunStats::bookkeeping_seconds)
-        .def_readonly("total_seconds", &RunStats::total_seconds)
         .def_readonly("steps", &RunStats::steps)
         .def_readonly("generated_tokens", &RunStats::generated_tokens)
         .def_readonly("prompt_tokens", &RunStats::prompt_tokens)
         .def_readonly("reprocessed_tokens", &RunStats::reprocessed_tokens)
         .def_readonly("shared_prompt_tokens", &RunStats::shared_prompt_tokens)
         .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
-        .def_readonly("n_ctx", &RunStats::n_ctx)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)
         .def_readonly("step_trace", &RunStats::step_trace);
 
@@ -161,7 +159,6 @@ void bind_engine(py::module_ & m) {
           py::arg("progress") = py::none(),
           "Run the batched engine over the prompt jobs; progress(prompts_done, prompts_total, live, tokens, "
           "seconds) is called between steps.");
-    m.def("worst_case_cells", &worst_case_cells, py::arg("job"), py::arg("max_new_tokens"));
     m.def("bench_bare_decode", [](Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
                                   int n_threads) {
               py::gil_scoped_release release;

@@ -9,3 +9,4 @@ void bind_model(py::module_ & m);
 void bind_engine(py::module_ & m);
 void bind_kernels(py::module_ & m);
 void bind_system(py::module_ & m);
+void bind_policies(py::module_ & m);

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
     bind_model(m);
     bind_engine(m);
     bind_kernels(m);
+    bind_policies(m);  // after bind_engine: it uses the Method and ThresholdMode enums
 }

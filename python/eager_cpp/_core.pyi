@@ -127,14 +127,12 @@ class RunStats:
     decode_seconds: float
     row_kernel_seconds: float
     bookkeeping_seconds: float
-    total_seconds: float
     steps: int
     generated_tokens: int
     prompt_tokens: int
     reprocessed_tokens: int
     shared_prompt_tokens: int
     max_live_sequences: int
-    n_ctx: int
     device_dropped_mass_max: float
     step_trace: list[StepTrace]
 
@@ -148,7 +146,6 @@ def generate(
     jobs: list[PromptJob],
     progress: Optional[Callable[[int, int, int, int, float], None]] = None,
 ) -> RunOutput: ...
-def worst_case_cells(job: PromptJob, max_new_tokens: int) -> int: ...
 def bench_bare_decode(model: Model, prompt: list[int], n_sequences: int, n_steps: int, n_threads: int = 0) -> float: ...
 def topk_entropy(
     logits: npt.NDArray[np.float32], k: int = 20, temperature: float = 1.0, n_threads: int = 0

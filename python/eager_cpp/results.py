@@ -47,7 +47,7 @@ class PromptResult:
     sequences: list[Sequence]
     prompt_tokens: int
     gold_answer: Optional[str] = None
-    steps: int = 0  # rounds (one token for each live sequence) the prompt was live for, over all its runs
+    steps: int = 0  # engine steps (one token for each live sequence) the prompt was live for, over all its runs
 
     @property
     def n_sequences(self) -> int:

@@ -1,0 +1,30 @@
+#include "prefill.hpp"
+
+#include <algorithm>
+
+namespace eager {
+
+int32_t Prefill::tokens(const std::vector<int32_t> & tokens, size_t begin, int32_t pos, llama_seq_id id,
+                        const char * what) {
+    const size_t n = tokens.size();
+    int32_t last_row = -1;
+    for (size_t at = begin; at < n; at += batch_.capacity()) {
+        const size_t end = std::min(n, at + static_cast<size_t>(batch_.capacity()));
+        batch_.clear();
+        for (size_t i = at; i < end; ++i) last_row = batch_.add(tokens[i], pos + static_cast<int32_t>(i - begin), id, i == n - 1);
+        batch_.decode(ctx_, what);
+    }
+    return last_row;
+}
+
+int32_t Prefill::prompt(const std::vector<int32_t> & prompt, llama_seq_id id, RunStats & stats) {
+    llama_memory_t mem = llama_get_memory(ctx_);
+    const size_t shared = anchor_.shareable(prompt);
+    anchor_.copy_to(mem, id, shared);
+    const int32_t row = tokens(prompt, shared, static_cast<int32_t>(shared), id, "prompt prefill");
+    stats.shared_prompt_tokens += static_cast<int64_t>(shared);
+    anchor_.move_to(mem, id, prompt);
+    return row;
+}
+
+}  // namespace eager

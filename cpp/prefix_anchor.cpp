@@ -1,0 +1,27 @@
+#include "prefix_anchor.hpp"
+
+#include <algorithm>
+
+namespace eager {
+
+size_t PrefixAnchor::shareable(const std::vector<int32_t> & tokens) const {
+    if (!active() || tokens_.empty()) return 0;
+    const auto [a, b] = std::mismatch(tokens_.begin(), tokens_.end(), tokens.begin(), tokens.end());
+    (void) a;
+    const size_t common = static_cast<size_t>(b - tokens.begin());
+    return std::min({common, tokens.size() - 1, held_}) / kShareGranularity * kShareGranularity;
+}
+
+void PrefixAnchor::copy_to(llama_memory_t mem, llama_seq_id id, size_t n) const {
+    if (n > 0) llama_memory_seq_cp(mem, id_, id, 0, static_cast<llama_pos>(n));
+}
+
+void PrefixAnchor::move_to(llama_memory_t mem, llama_seq_id from, const std::vector<int32_t> & tokens) {
+    if (!active()) return;
+    held_ = (tokens.size() - 1) / kShareGranularity * kShareGranularity;
+    llama_memory_seq_rm(mem, id_, -1, -1);
+    if (held_ > 0) llama_memory_seq_cp(mem, from, id_, 0, static_cast<llama_pos>(held_));
+    tokens_ = tokens;
+}
+
+}  // namespace eager

@@ -1,0 +1,43 @@
+// Tree-reallocation seeds (BranchSeed): every seed of a prompt becomes one new sequence that starts
+// from its prefix and takes a forced first token, the rank-th most likely not yet taken at its point.
+// Prefixes are prefilled in sorted order; each copies from the one before it the longest common start
+// any earlier one could offer (KV sequence copy), so a shared part is decoded once and only the rest
+// is reprocessed.
+#pragma once
+
+#include <vector>
+
+#include "engine.hpp"
+#include "prefill.hpp"
+#include "rows.hpp"
+#include "sequence_table.hpp"
+
+namespace eager {
+
+class Model;
+
+class SeedStart {
+public:
+    SeedStart(const Model & model, const EngineConfig & config, llama_context * ctx, SequenceTable & table,
+              Prefill & prefill, const RowWork & rows, RunStats & stats)
+        : model_(model), cfg_(config), ctx_(ctx), table_(table), prefill_(prefill), rows_(rows), stats_(stats) {}
+
+    // Creates the seeds' sequences of `prompt` (its roots, in seed order) and gives each its first token.
+    void start(int prompt, const PromptJob & job);
+
+private:
+    // Prefills seed `k`'s prefix after `previous` (-1: none); returns the output row of its point, or -1
+    // when it continues the same point as `previous` (whose candidates it reuses).
+    int32_t prefill_after(const PromptJob & job, const std::vector<int> & slots, int k, int previous);
+    void take_first_token(int slot, const BranchSeed & seed, int32_t row, TopK & top, float & entropy);
+
+    const Model & model_;
+    const EngineConfig & cfg_;
+    llama_context * ctx_;
+    SequenceTable & table_;
+    Prefill & prefill_;
+    const RowWork & rows_;
+    RunStats & stats_;
+};
+
+}  // namespace eager

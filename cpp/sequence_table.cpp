@@ -1,0 +1,114 @@
+#include "sequence_table.hpp"
+
+#include <algorithm>
+
+#include "errors.hpp"
+#include "model.hpp"
+
+namespace eager {
+
+namespace {
+
+size_t find_from(const std::string & text, const std::string & needle, size_t appended_at) {
+    const size_t start = appended_at >= needle.size() ? appended_at - needle.size() + 1 : 0;
+    return text.find(needle, start);
+}
+
+}  // namespace
+
+SequenceTable::SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
+                             RunOutput & out, llama_memory_t mem, int n_ids)
+    : model_(model), cfg_(config), jobs_(jobs), out_(out), mem_(mem), state_(jobs.size()) {
+    for (int id = n_ids - 1; id >= 0; --id) free_ids_.push_back(id);  // lowest ids first
+}
+
+int SequenceTable::create(int prompt, int parent_slot) {
+    if (free_ids_.empty()) throw LlamaError("internal error: no free sequence id");
+    PromptState & st = state_[prompt];
+    PromptResult & pr = out_.prompts[prompt];
+    const PromptJob & job = jobs_[prompt];
+    LiveSequence seq;
+    seq.prompt = prompt;
+    seq.local = static_cast<int>(pr.sequences.size());
+    seq.id = free_ids_.back();
+    free_ids_.pop_back();
+    seq.rng = Rng(cfg_.seed, job.stream_id, static_cast<uint64_t>(job.sequence_index_base + seq.local));
+    SequenceResult result;
+    if (parent_slot >= 0) {
+        const LiveSequence & parent = live_[parent_slot];
+        result.parent = parent.local;
+        result.branch_step = parent.generated;
+        result.text = pr.sequences[parent.local].text;
+        seq.n_past = parent.n_past;
+        seq.generated = parent.generated;
+        seq.past_marker = parent.past_marker;
+        llama_memory_seq_cp(mem_, parent.id, seq.id, -1, -1);
+    }
+    pr.sequences.push_back(std::move(result));
+    ++st.n_sequences;
+    ++st.live;
+    ++live_count_;
+    live_.push_back(std::move(seq));
+    out_.stats.max_live_sequences = std::max(out_.stats.max_live_sequences, live_count_);
+    return static_cast<int>(live_.size()) - 1;
+}
+
+void SequenceTable::share_cells(int from_slot, int to_slot) {
+    llama_memory_seq_cp(mem_, live_[from_slot].id, live_[to_slot].id, -1, -1);
+}
+
+void SequenceTable::append(LiveSequence & seq, int32_t token, float entropy) {
+    SequenceResult & res = result(seq);
+    res.own_tokens.push_back(token);
+    if (cfg_.record_entropies) res.entropies.push_back(entropy);
+    ++seq.generated;
+    ++out_.stats.generated_tokens;
+    if (!cfg_.ignore_eos && model_.is_eog(token)) return finish(seq, "eos");
+    const size_t appended_at = res.text.size();
+    res.text += model_.token_to_piece(token);
+    if (!seq.past_marker && !cfg_.think_end_marker.empty() &&
+        find_from(res.text, cfg_.think_end_marker, appended_at) != std::string::npos) {
+        seq.past_marker = true;
+        res.marker_step = seq.generated - 1;
+    }
+    for (const std::string & stop : cfg_.stop) {
+        const size_t at = find_from(res.text, stop, appended_at);
+        if (at != std::string::npos) {
+            res.text.resize(at);
+            return finish(seq, "stop");
+        }
+    }
+    if (seq.generated >= cfg_.max_new_tokens) return finish(seq, "length");
+    seq.pending = token;
+}
+
+void SequenceTable::finish(LiveSequence & seq, const char * reason) {
+    result(seq).finish_reason = reason;
+    seq.finished = true;
+}
+
+std::vector<int> SequenceTable::release_finished() {
+    std::vector<int> done;
+    size_t kept = 0;
+    for (size_t i = 0; i < live_.size(); ++i) {
+        LiveSequence & seq = live_[i];
+        if (!seq.finished) {
+            if (kept != i) live_[kept] = std::move(seq);
+            ++kept;
+            continue;
+        }
+        // Freed cells return to the pool once no sequence holds them; the id is reused.
+        llama_memory_seq_rm(mem_, seq.id, -1, -1);
+        free_ids_.push_back(seq.id);
+        --live_count_;
+        PromptState & st = state_[seq.prompt];
+        if (--st.live == 0) {
+            st.status = PromptStatus::Done;
+            done.push_back(seq.prompt);
+        }
+    }
+    live_.resize(kept);
+    return done;
+}
+
+}  // namespace eager

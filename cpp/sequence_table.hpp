@@ -1,0 +1,82 @@
+// The live sequences of a run and each prompt's state: forking a sequence (a KV sequence copy of its
+// parent), appending a token (with the stop strings, the end-of-thinking marker and the length cap),
+// and releasing finished sequences' ids and cells.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "branch_policy.hpp"
+#include "engine.hpp"
+#include "llama.h"
+#include "rng.hpp"
+
+namespace eager {
+
+class Model;
+
+struct LiveSequence {
+    int prompt = 0;       // index into the jobs
+    int local = 0;        // index within the prompt's result
+    llama_seq_id id = 0;  // KV sequence id
+    int32_t n_past = 0;   // position of the next token fed
+    int generated = 0;    // length of token_ids (inherited + own)
+    int32_t pending = -1; // token to feed at the next step
+    bool past_marker = false;
+    bool finished = false;
+    Rng rng;
+};
+
+enum class PromptStatus { Waiting, Running, Done };
+
+struct PromptState {
+    PromptStatus status = PromptStatus::Waiting;
+    int n_sequences = 0;  // finished and live, its root(s) included
+    int live = 0;
+    int64_t counted_step = -1;  // the last engine step that counted this prompt's step
+    BranchState branch;
+};
+
+class SequenceTable {
+public:
+    SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
+                  RunOutput & out, llama_memory_t mem, int n_ids);
+
+    int size() const { return static_cast<int>(live_.size()); }
+    int live_count() const { return live_count_; }
+    LiveSequence & operator[](int slot) { return live_[slot]; }
+    const LiveSequence & operator[](int slot) const { return live_[slot]; }
+    PromptState & prompt(int i) { return state_[i]; }
+    const PromptState & prompt(int i) const { return state_[i]; }
+    SequenceResult & result(const LiveSequence & seq) { return out_.prompts[seq.prompt].sequences[seq.local]; }
+    const PromptJob & job(int prompt) const { return jobs_[prompt]; }
+
+    // A new sequence of `prompt` with a free id and its own random stream; a child of the sequence
+    // in `parent_slot` (>= 0) shares its whole prefix by KV sequence copy. Returns its slot (the
+    // table may grow, so earlier references into it are invalid).
+    int create(int prompt, int parent_slot);
+    // Tags `to`'s id on every cell `from` holds (sequences that start from the same prompt).
+    void share_cells(int from_slot, int to_slot);
+
+    // Appends a generated token; finishes the sequence on EOS, a stop string or the length cap.
+    void append(LiveSequence & seq, int32_t token, float entropy);
+
+    // Frees the ids and cells of finished sequences; returns the prompts whose last sequence finished.
+    std::vector<int> release_finished();
+
+private:
+    void finish(LiveSequence & seq, const char * reason);
+
+    const Model & model_;
+    const EngineConfig & cfg_;
+    const std::vector<PromptJob> & jobs_;
+    RunOutput & out_;
+    llama_memory_t mem_;
+    std::vector<LiveSequence> live_;  // in creation order, which fixes the order children are numbered
+    std::vector<llama_seq_id> free_ids_;
+    std::vector<PromptState> state_;
+    int live_count_ = 0;
+};
+
+}  // namespace eager

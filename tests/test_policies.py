@@ -1,0 +1,173 @@
+"""The engine's branch policy and admission, fed synthetic rows and prompts: no model is loaded.
+
+`eager_cpp._core.policies` binds the same C++ objects the engine asks per row and per admission.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from eager_cpp import _core
+from eager_cpp.results import Sequence
+from eager_cpp.tree import branching_closes_at
+
+P = _core.policies
+EAGER, PARALLEL = _core.Method.EAGER_INIT, _core.Method.PARALLEL
+FIXED, P99 = _core.ThresholdMode.FIXED, _core.ThresholdMode.P99
+
+
+def policy(mode=FIXED, window=1000, method=EAGER):
+    return P.BranchPolicy(method, mode, window)
+
+
+def test_may_branch_needs_eager_init_an_open_prompt_no_marker_and_room_under_the_cap():
+    st = P.BranchState()
+    assert policy().may_branch(st, False, 3, 8)
+    assert not policy(method=PARALLEL).may_branch(st, False, 3, 8)
+    assert not policy().may_branch(st, True, 3, 8)  # past the end-of-thinking marker
+    assert not policy().may_branch(st, False, 8, 8)  # at the cap
+    st.open = False
+    assert not policy().may_branch(st, False, 3, 8)
+
+
+def test_a_row_branches_above_theta_with_a_distinct_second_token():
+    st = P.BranchState()
+    assert policy().branches(1.51, 7, 9, 1.5, st)
+    assert not policy().branches(1.5, 7, 9, 1.5, st)  # strictly above
+    assert not policy().branches(2.9, 7, 7, 1.5, st)  # no second token to give the child
+    assert not policy().branches(2.9, 7, -1, 1.5, st)
+
+
+def test_p99_floor_uses_only_earlier_steps_entropies():
+    pol = policy(P99)
+    st = P.BranchState()
+    for h in range(100):  # one step's entropies: they join the history when the step ends
+        pol.observe(st, float(h))
+    assert pol.branches(50.0, 1, 2, 1.0, st)  # same step: the floor is still empty
+    pol.end_step(st, 1, 8)
+    floor = float(np.percentile(np.arange(100, dtype=np.float32), 99))
+    assert pol.branches(floor + 0.01, 1, 2, 1.0, st)
+    assert not pol.branches(floor - 0.01, 1, 2, 1.0, st)  # above θ, under the floor
+    assert not pol.branches(50.0, 1, 2, 1.0, st)
+    assert not policy(FIXED).branches(0.5, 1, 2, 1.0, st)
+    assert policy(FIXED).branches(50.0, 1, 2, 1.0, st)  # the fixed mode ignores the history
+
+
+def test_p99_ignores_nan_entropies():
+    pol = policy(P99)
+    st = P.BranchState()
+    pol.observe(st, float("nan"))
+    pol.observe(st, 3.0)
+    pol.end_step(st, 1, 8)
+    assert st.history == [3.0]
+
+
+def test_percentile_99_matches_numpy():
+    rng = random.Random(7)
+    for n in (1, 2, 5, 100, 101, 1000):
+        values = [rng.uniform(0, 3) for _ in range(n)]
+        want = np.percentile(np.array(values, dtype=np.float64), 99)
+        assert P.percentile_99(values) == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert P.percentile_99([]) == float("-inf")
+
+
+def test_window_closes_after_steps_without_a_branch_and_a_branch_resets_it():
+    pol = policy(window=3)
+    st = P.BranchState()
+    assert not pol.end_step(st, 1, 8)
+    pol.mark_branch(st)
+    assert not pol.end_step(st, 2, 8)
+    assert st.steps_without_branch == 0
+    assert not pol.end_step(st, 2, 8)
+    assert not pol.end_step(st, 2, 8)
+    assert pol.end_step(st, 2, 8)  # the third quiet step closes it
+    assert not st.open
+
+
+def test_cap_closes_branching_at_the_end_of_the_step():
+    pol = policy()
+    st = P.BranchState()
+    assert pol.end_step(st, 8, 8)
+    st = P.BranchState()
+    assert pol.close_if_capped(st, 4, 4)
+    assert not pol.close_if_capped(P.BranchState(), 3, 4)
+
+
+def root(tokens: int, births: list[int]) -> list[Sequence]:
+    seqs = [Sequence(index=0, text="", token_ids=[1] * tokens, own_tokens=[1] * tokens, entropies=[0.0] * tokens,
+                     parent=None, branch_step=0, finish_reason="length")]
+    for k, b in enumerate(births, start=1):
+        seqs.append(Sequence(index=k, text="", token_ids=[1] * tokens, own_tokens=[1] * (tokens - b),
+                             entropies=[0.0] * (tokens - b), parent=0, branch_step=b, finish_reason="length"))
+    return seqs
+
+
+def closes_by_policy(tokens: int, births: list[int], window: int):
+    """The step at which the engine's policy closes a prompt whose children are born at `births`."""
+    pol = policy(window=window)
+    st = P.BranchState()
+    for step in range(tokens):
+        if step in births:
+            pol.mark_branch(st)
+        if pol.end_step(st, 1, 10_000):
+            return step
+    return None
+
+
+def test_tree_branching_closes_at_agrees_with_the_engine_policy():
+    rng = random.Random(3)
+    for _ in range(300):
+        tokens = rng.randint(1, 40)
+        window = rng.randint(1, 12)
+        births = sorted(rng.sample(range(tokens), rng.randint(0, min(tokens, 5))))
+        assert branching_closes_at(root(tokens, births), window) == closes_by_policy(tokens, births, window), \
+            (tokens, window, births)
+
+
+def job(m: int, n_tokens: int = 10) -> _core.PromptJob:
+    return _core.PromptJob(list(range(1, n_tokens + 1)), m, 2.0, 0)
+
+
+def test_admission_reserves_ids_and_worst_case_cells():
+    adm = P.Admission(EAGER, 32, 100, 16, 100_000)
+    assert adm.may_admit(job(8), [], 0)
+    adm.admitted(job(8))
+    adm.admitted(job(8))
+    assert not adm.may_admit(job(1), [], 0)  # the 16 ids are reserved
+    adm.released(job(8))
+    assert adm.may_admit(job(8), [], 0)
+    cells = P.Admission(EAGER, 32, 100, 256, 1000)  # a job of 8 x 100 tokens + 10 needs 810 cells
+    assert cells.may_admit(job(8), [], 0)
+    cells.admitted(job(8))
+    assert not cells.may_admit(job(2), [], 0)  # 810 + 210 > 1000
+    assert cells.may_admit(job(1), [], 0)  # 810 + 110 <= 1000
+
+
+def test_admission_counts_expected_growth_until_counts_are_final():
+    adm = P.Admission(EAGER, 16, 10, 256, 10**9)
+    open_prompt = P.PromptLoad(8, 1, 1, True)  # may grow to its cap of 8
+    assert adm.growth_estimate() == -1.0
+    assert adm.expected_live([open_prompt], -1.0) == 8.0
+    assert adm.may_admit(job(8), [open_prompt], 1)  # 8 + 8 <= 16
+    assert not adm.may_admit(job(8), [open_prompt, open_prompt], 2)  # 24 > 16
+    adm.count_final(2)
+    adm.count_final(4)
+    assert adm.growth_estimate() == 3.0
+    assert adm.expected_live([open_prompt], 3.0) == 3.0
+    assert adm.may_admit(job(8), [open_prompt] * 4, 4)  # 4 x 3 + 3 <= 16
+    closed = P.PromptLoad(8, 6, 2, False)  # closed for branching: only its live sequences count
+    assert adm.expected_live([closed], 3.0) == 2.0
+    finished_some = P.PromptLoad(8, 5, 1, True)  # 4 of its 5 finished: expected 3 - 4 < live
+    assert adm.expected_live([finished_some], 3.0) == 1.0
+
+
+def test_full_parallel_admission_counts_every_sample():
+    adm = P.Admission(PARALLEL, 16, 10, 256, 10**9)
+    adm.count_final(1)  # a growth estimate does not apply: Full Parallel starts all M at once
+    load = P.PromptLoad(8, 8, 8, False)
+    assert adm.may_admit(job(8), [load], 8)
+    assert not adm.may_admit(job(8), [load, load], 16)
+    assert adm.may_admit(job(3), [], 0)  # nothing live: the first prompt always starts
