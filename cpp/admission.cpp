@@ -6,29 +6,31 @@
 
 namespace eager {
 
-bool Admission::may_admit(const PromptJob & job, const std::vector<PromptLoad> & in_flight, int live) const {
+bool Admission::may_admit(const PromptJob & job, const std::vector<PromptLoad> & in_flight, int live,
+                          int64_t cells_held) const {
     if (ids_reserved_ + job.max_sequences > ids_available_) return false;
-    if (cells_reserved_ + worst_case_cells(job, max_new_tokens_) > cells_available_) return false;
     if (live == 0) return true;
+    const double estimate = growth_estimate();
+    const double need = static_cast<double>(job.tokens.size()) + expected_sequences(job.max_sequences, estimate) *
+                                                                   std::min<double>(expected_length(), max_new_tokens_);
+    if (cells_held + expected_growth(in_flight, estimate) + need > cells_ * (1.0 - kKvWatermark)) return false;
     // With a unified KV cache every token attends over all cells in use, so a batch far past the
     // throughput peak slows every token.
-    const double estimate = growth_estimate();
     return expected_live(in_flight, estimate) + expected_sequences(job.max_sequences, estimate) <= max_live_;
-}
-
-void Admission::admitted(const PromptJob & job) {
-    ids_reserved_ += job.max_sequences;
-    cells_reserved_ += worst_case_cells(job, max_new_tokens_);
-}
-
-void Admission::released(const PromptJob & job) {
-    ids_reserved_ -= job.max_sequences;
-    cells_reserved_ -= worst_case_cells(job, max_new_tokens_);
 }
 
 void Admission::count_final(int n_sequences) {
     final_sequences_ += n_sequences;
     ++final_count_;
+}
+
+void Admission::sequence_finished(int length) {
+    finished_tokens_ += length;
+    ++finished_sequences_;
+}
+
+double Admission::expected_length() const {
+    return finished_sequences_ > 0 ? finished_tokens_ / finished_sequences_ : max_new_tokens_;
 }
 
 double Admission::expected_sequences(int max_sequences, double estimate) const {
@@ -51,6 +53,16 @@ double Admission::expected_live(const std::vector<PromptLoad> & in_flight, doubl
         }
         const int finished = p.n_sequences - p.live;
         total += std::max<double>(p.live, expected_sequences(p.max_sequences, estimate) - finished);
+    }
+    return total;
+}
+
+double Admission::expected_growth(const std::vector<PromptLoad> & in_flight, double estimate) const {
+    const double length = expected_length();
+    double total = 0;
+    for (const PromptLoad & p : in_flight) {
+        total += std::max(0.0, p.live * length - static_cast<double>(p.live_tokens));
+        if (p.branching) total += std::max(0.0, expected_sequences(p.max_sequences, estimate) - p.n_sequences) * length;
     }
     return total;
 }

@@ -33,12 +33,18 @@ public:
 
     // llama_decode, with its failure codes turned into exceptions that say what to change.
     void decode(llama_context * ctx, const char * what) const {
-        const int32_t rc = llama_decode(ctx, batch_);
-        if (rc == 1)
+        if (!try_decode(ctx, what))
             throw LlamaError(std::string("llama_decode found no KV slot during ") + what +
-                             "; pass a larger n_ctx or lower max_live_sequences");
+                             "; raise kv_memory (or n_ctx) or lower max_live_sequences");
+    }
+
+    // The same, but a full KV cache returns false (llama.cpp then leaves the cache as it was).
+    bool try_decode(llama_context * ctx, const char * what) const {
+        const int32_t rc = llama_decode(ctx, batch_);
+        if (rc == 1) return false;
         if (rc != 0)
             throw LlamaError(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) + ")");
+        return true;
     }
 
 private:

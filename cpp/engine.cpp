@@ -1,8 +1,9 @@
 // The loop: plan the run, acquire the context, then admit prompts and step every live sequence one
 // token per llama_decode until every prompt is done. What each part decides lives beside it:
-// run_plan (checks, sizing), admission, prefill and prefix_anchor (prompts into the KV cache),
-// seed_start (tree seeds), rows (the row kernel), branch_policy (the EAGer decision) and
-// sequence_table (forks, tokens, stops, release).
+// run_plan (checks, sizing), admission, kv_memory (the cache as a budget: preemption and
+// recomputation), prefill and prefix_anchor (prompts into the KV cache), seed_start (tree seeds),
+// rows (the row kernel), branch_policy (the EAGer decision) and sequence_table (forks, tokens,
+// stops, release).
 #include "engine.hpp"
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "batch.hpp"
 #include "branch_policy.hpp"
 #include "errors.hpp"
+#include "kv_memory.hpp"
 #include "kv_trace.hpp"
 #include "llama.h"
 #include "prefill.hpp"
@@ -33,14 +35,16 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 class Engine {
 public:
     Engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs, const ProgressFn & progress,
-           llama_context * ctx, const AnchorPlan & anchor);
+           llama_context * ctx, int64_t cells, const AnchorPlan & anchor);
 
     RunOutput run();
 
 private:
+    void admit_ready();
     void admit(int prompt);
     void start_root(int prompt);
     void step();
+    std::vector<int> decode_running();
     void advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows);
     void apply(int slot, const RowResult & row);
     void end_step(const std::vector<int> & prompts);
@@ -64,6 +68,7 @@ private:
     Prefill prefill_;
     RowWork rows_;
     SeedStart seeds_;
+    KvMemory kv_;
 
     size_t next_job_ = 0;
     std::vector<int> in_flight_;  // admitted prompts not done, in admission order
@@ -74,31 +79,38 @@ private:
 };
 
 Engine::Engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-               const ProgressFn & progress, llama_context * ctx, const AnchorPlan & anchor)
+               const ProgressFn & progress, llama_context * ctx, int64_t cells, const AnchorPlan & anchor)
     : model_(model), cfg_(config), jobs_(jobs), progress_(progress), ctx_(ctx),
       n_seq_max_(static_cast<int>(llama_n_seq_max(ctx))),
       policy_(config.method, config.threshold_mode, config.no_branch_window),
       batch_(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx), n_seq_max_))),
       out_{std::vector<PromptResult>(jobs.size()), RunStats{}},
       admission_(config.method, config.max_live_sequences, config.max_new_tokens,
-                 anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, static_cast<int64_t>(model.context_shape().n_ctx)),
+                 anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, cells),
       table_(model, config, jobs, out_, llama_get_memory(ctx), anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_),
-      prefill_(ctx, batch_, PrefixAnchor(anchor.id)),
+      prefill_(ctx, batch_, PrefixAnchor(anchor.id, llama_model_n_swa(model.model()))),
       rows_(config, model.n_vocab(), std::max(1, model.context_shape().n_threads)),
-      seeds_(model, config, ctx, table_, prefill_, rows_, out_.stats) {
-    admission_.reserve_cells(anchor.reserved);
+      seeds_(model, config, ctx, table_, prefill_, rows_, out_.stats),
+      kv_(ctx, cells, table_, prefill_, out_.stats, anchor.reserved) {
+    out_.stats.kv_cells = cells;
     if (cfg_.trace_steps && KvTraceLog::enabled()) kv_trace_ = std::make_unique<KvTraceLog>();
 }
 
 RunOutput Engine::run() {
     while (prompts_done_ < static_cast<int>(jobs_.size())) {
         report_progress();
-        while (next_job_ < jobs_.size() && admission_.may_admit(jobs_[next_job_], loads(), table_.live_count()))
-            admit(static_cast<int>(next_job_++));
-        if (table_.live_count() > 0) step();
+        kv_.resume(in_flight_);  // preempted prompts first, as vLLM puts them back at the queue's front
+        if (!kv_.any_paused()) admit_ready();
+        if (table_.running_count() > 0) step();
     }
     report_progress();
     return std::move(out_);
+}
+
+void Engine::admit_ready() {
+    while (next_job_ < jobs_.size() &&
+           admission_.may_admit(jobs_[next_job_], loads(), table_.live_count(), kv_.cells_held(in_flight_)))
+        admit(static_cast<int>(next_job_++));
 }
 
 std::vector<PromptLoad> Engine::loads() const {
@@ -106,7 +118,11 @@ std::vector<PromptLoad> Engine::loads() const {
     loads.reserve(in_flight_.size());
     for (int i : in_flight_) {
         const PromptState & st = table_.prompt(i);
-        loads.push_back(PromptLoad{jobs_[i].max_sequences, st.n_sequences, st.live, st.branch.open});
+        loads.push_back(PromptLoad{jobs_[i].max_sequences, st.n_sequences, st.live, st.branch.open, 0});
+    }
+    for (int s = 0; s < table_.size(); ++s) {
+        const auto at = std::find(in_flight_.begin(), in_flight_.end(), table_[s].prompt);
+        loads[at - in_flight_.begin()].live_tokens += table_[s].generated;
     }
     return loads;
 }
@@ -151,26 +167,43 @@ void Engine::start_root(int prompt) {
 }
 
 void Engine::step() {
-    const auto t0 = Clock::now();
-    batch_.clear();
-    std::vector<int> slots(table_.size());
-    std::vector<int32_t> rows(table_.size());
-    for (int s = 0; s < table_.size(); ++s) {
-        const LiveSequence & seq = table_[s];
-        rows[s] = batch_.add(seq.pending, seq.n_past, seq.id, true);
-        slots[s] = s;
-    }
-    out_.stats.bookkeeping_seconds += seconds_since(t0);
-
-    const auto t1 = Clock::now();
-    if (kv_trace_) kv_trace_->take();  // what admission's prefills logged is not this step's
-    batch_.decode(ctx_, "generation");
-    const double decode_s = seconds_since(t1);
-    out_.stats.decode_seconds += decode_s;
-    ++out_.stats.steps;
-    if (cfg_.trace_steps) trace_step(static_cast<int>(slots.size()), decode_s);
+    const std::vector<int> slots = decode_running();
+    std::vector<int32_t> rows(slots.size());
+    for (size_t i = 0; i < slots.size(); ++i) rows[i] = static_cast<int32_t>(i);
     for (int slot : slots) table_[slot].n_past += 1;
     advance(slots, rows);
+}
+
+std::vector<int> Engine::decode_running() {
+    // One token for each running sequence; a cache too full for the step preempts first (the
+    // projection), and again when llama.cpp finds no cell anyway. Returns the slots decoded, in
+    // batch order.
+    for (;;) {
+        const auto t0 = Clock::now();
+        out_.stats.peak_kv_cells = std::max(out_.stats.peak_kv_cells, kv_.make_room(in_flight_));
+        batch_.clear();
+        std::vector<int> slots;
+        slots.reserve(table_.size());
+        for (int s = 0; s < table_.size(); ++s) {
+            const LiveSequence & seq = table_[s];
+            if (seq.paused) continue;
+            batch_.add(seq.pending, seq.n_past, seq.id, true);
+            slots.push_back(s);
+        }
+        out_.stats.bookkeeping_seconds += seconds_since(t0);
+        const auto t1 = Clock::now();
+        if (kv_trace_) kv_trace_->take();  // what admission's prefills logged is not this step's
+        const bool decoded = batch_.try_decode(ctx_, "generation");
+        const double decode_s = seconds_since(t1);
+        out_.stats.decode_seconds += decode_s;
+        if (!decoded) {
+            kv_.preempt(in_flight_);
+            continue;
+        }
+        ++out_.stats.steps;
+        if (cfg_.trace_steps) trace_step(static_cast<int>(slots.size()), decode_s);
+        return slots;
+    }
 }
 
 void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows) {
@@ -181,7 +214,8 @@ void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> 
         LiveSequence & seq = table_[slots[i]];
         const PromptState & st = table_.prompt(seq.prompt);
         const bool may = policy_.may_branch(st.branch, seq.past_marker, st.n_sequences, jobs_[seq.prompt].max_sequences);
-        requests[i] = row_request(cfg_, cfg_.record_entropies || may);
+        // The p99 floor keeps every row's entropy, recorded or not, as the reference's history does.
+        requests[i] = row_request(cfg_, cfg_.record_entropies || may || policy_.p99());
         // One draw per sequence per step, used or not, keeps every stream independent of branching.
         draws[i] = seq.rng.uniform();
     }
@@ -238,7 +272,9 @@ void Engine::end_step(const std::vector<int> & prompts) {
 }
 
 void Engine::release_finished() {
-    for (int prompt : table_.release_finished()) {
+    const SequenceTable::Released released = table_.release_finished();
+    for (int length : released.lengths) admission_.sequence_finished(length);
+    for (int prompt : released.prompts_done) {
         const PromptState & st = table_.prompt(prompt);
         if (st.branch.open) admission_.count_final(st.n_sequences);  // not counted when it closed
         in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), prompt));
@@ -277,11 +313,17 @@ void Engine::report_progress() {
 
 RunOutput generate(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
                    const ProgressFn & on_progress) {
-    validate_run(config, jobs, model.n_vocab());
-    llama_context * ctx = model.acquire_context(plan_context(config, jobs, kv_bytes_per_cell(model.model())));
+    validate_run(config, jobs, model.n_vocab(), model.n_ctx_train());
+    KvSizing kv;
+    kv.bytes_per_cell = kv_bytes_per_cell(model);
+    if (config.n_ctx == 0 && config.kv_memory == 0) kv.available_bytes = available_memory_bytes(model);
+    const ContextShape shape = plan_context(config, jobs, kv);
+    check_budget(config, jobs, shape.n_ctx, kv);
+    llama_context * ctx = model.acquire_context(shape);
     MemoryGuard guard{llama_get_memory(ctx)};
-    const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), model.context_shape().n_ctx);
-    Engine engine(model, config, jobs, on_progress, ctx, anchor);
+    // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
+    const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx);
+    Engine engine(model, config, jobs, on_progress, ctx, shape.n_ctx, anchor);
     return engine.run();
 }
 

@@ -34,7 +34,10 @@ struct EngineConfig {
     int max_live_sequences = 32;  // admission stops here: past ~32, a unified KV cache slows every token
     bool ignore_eos = false;      // for benchmarks that need a fixed length
     int n_threads = 0;            // 0 = all cores
-    uint32_t n_ctx = 0;           // 0 = sized from the job
+    uint32_t n_ctx = 0;           // KV cells; 0: from kv_memory
+    // Bytes the KV cache may take (kv_memory.hpp); 0: "auto", a share of the memory available, no more
+    // than the run's live sequences need at a bounded length. A full cache preempts, never denies a branch.
+    int64_t kv_memory = 0;
     // Select the top candidates and the entropy in the model's compute graph (device_topk.hpp)
     // instead of scanning each full logits row on the host; meant for a GPU-offloaded model.
     bool device_topk = false;
@@ -106,6 +109,10 @@ struct RunStats {
     int64_t shared_prompt_tokens = 0;  // prompt tokens not prefilled: copied from an earlier prompt's cells
     int64_t reprocessed_tokens = 0;  // seed prefixes decoded again (their shared parts once)
     int max_live_sequences = 0;
+    int64_t kv_cells = 0;            // the context's KV cells (what kv_memory bought)
+    int64_t peak_kv_cells = 0;       // the most cells the sequences held at once (the anchor's included)
+    int64_t preemptions = 0;         // prompts (or, in the only prompt running, sequences) paused for memory
+    int64_t recomputed_tokens = 0;   // tokens prefilled again when paused sequences resumed (not #T)
     // Device path only: the largest probability mass (at the sampling temperature) of one row
     // that lay outside its C candidates, which sampling therefore never saw.
     double device_dropped_mass_max = 0;

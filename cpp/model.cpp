@@ -125,7 +125,7 @@ int default_threads() {
 
 Model::Model(const std::string & path, int n_gpu_layers, CpuBuffers cpu_buffers,
              const std::vector<std::string> & guarded)
-    : path_(path) {
+    : path_(path), offloaded_(n_gpu_layers != 0 && llama_supports_gpu_offload()) {
     init_backend_once();
     cpu_plan_ = plan_cpu_buffers(offered_cpu_buffers(), cpu_buffers, guarded);
     llama_model_params params = llama_model_default_params();

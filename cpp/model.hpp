@@ -51,6 +51,7 @@ public:
     const std::string & path() const { return path_; }
     const CpuBufferPlan & cpu_buffer_plan() const { return cpu_plan_; }
     const std::vector<WeightBuffer> & weight_buffers() const { return weight_buffers_; }
+    bool offloaded() const { return offloaded_; }  // layers run on a GPU (their KV cache lives there)
 
     int n_vocab() const;
     int n_ctx_train() const;
@@ -75,6 +76,7 @@ public:
 
 private:
     std::string path_;
+    bool offloaded_ = false;
     CpuBufferPlan cpu_plan_;
     std::vector<WeightBuffer> weight_buffers_;
     llama_model * model_ = nullptr;

@@ -19,7 +19,7 @@ int32_t Prefill::tokens(const std::vector<int32_t> & tokens, size_t begin, int32
 
 int32_t Prefill::prompt(const std::vector<int32_t> & prompt, llama_seq_id id, RunStats & stats) {
     llama_memory_t mem = llama_get_memory(ctx_);
-    const size_t shared = anchor_.shareable(prompt);
+    const size_t shared = anchor_.shareable(mem, prompt);
     anchor_.copy_to(mem, id, shared);
     const int32_t row = tokens(prompt, shared, static_cast<int32_t>(shared), id, "prompt prefill");
     stats.shared_prompt_tokens += static_cast<int64_t>(shared);

@@ -2,14 +2,16 @@
 
 #include <algorithm>
 
+#include "kv_copy.hpp"
+
 namespace eager {
 
-size_t PrefixAnchor::shareable(const std::vector<int32_t> & tokens) const {
+size_t PrefixAnchor::shareable(llama_memory_t mem, const std::vector<int32_t> & tokens) const {
     if (!active() || tokens_.empty()) return 0;
-    const auto [a, b] = std::mismatch(tokens_.begin(), tokens_.end(), tokens.begin(), tokens.end());
-    (void) a;
-    const size_t common = static_cast<size_t>(b - tokens.begin());
-    return std::min({common, tokens.size() - 1, held_}) / kShareGranularity * kShareGranularity;
+    const auto mismatch = std::mismatch(tokens_.begin(), tokens_.end(), tokens.begin(), tokens.end());
+    const size_t common = static_cast<size_t>(mismatch.second - tokens.begin());
+    const size_t shared = std::min({common, tokens.size() - 1, held_}) / kShareGranularity * kShareGranularity;
+    return copy_is_whole(mem, id_, static_cast<llama_pos>(shared), n_swa_) ? shared : 0;
 }
 
 void PrefixAnchor::copy_to(llama_memory_t mem, llama_seq_id id, size_t n) const {

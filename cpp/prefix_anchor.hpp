@@ -18,14 +18,15 @@ constexpr size_t kShareGranularity = 64;
 
 class PrefixAnchor {
 public:
-    // id: the anchor's sequence id, -1 when the run shares nothing.
-    explicit PrefixAnchor(llama_seq_id id) : id_(id) {}
+    // id: the anchor's sequence id, -1 when the run shares nothing; n_swa: the model's sliding window.
+    PrefixAnchor(llama_seq_id id, int n_swa) : id_(id), n_swa_(n_swa) {}
 
     bool active() const { return id_ >= 0; }
 
     // How many of `tokens`' first tokens the anchor's cells can give (whole blocks; the last token is
-    // always decoded, since its logits start the prompt's sequences).
-    size_t shareable(const std::vector<int32_t> & tokens) const;
+    // always decoded, since its logits start the prompt's sequences; none when a sliding window would
+    // be left with holes: kv_copy.hpp).
+    size_t shareable(llama_memory_t mem, const std::vector<int32_t> & tokens) const;
 
     // Copies the first `n` cells to sequence `id` (n from shareable()).
     void copy_to(llama_memory_t mem, llama_seq_id id, size_t n) const;
@@ -37,6 +38,7 @@ public:
 
 private:
     llama_seq_id id_;
+    int n_swa_;
     std::vector<int32_t> tokens_;
     size_t held_ = 0;  // how many of tokens_ it holds cells for
 };

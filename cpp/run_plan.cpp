@@ -4,7 +4,6 @@
 #include <string>
 
 #include "errors.hpp"
-#include "llama.h"
 #include "row_kernel.hpp"
 
 namespace eager {
@@ -13,18 +12,17 @@ uint32_t round_up_cells(int64_t cells) {
     return static_cast<uint32_t>((cells + kCellPadding - 1) / kCellPadding * kCellPadding);
 }
 
-int64_t worst_case_cells(const PromptJob & job, int max_new_tokens) {
-    return static_cast<int64_t>(job.tokens.size()) + static_cast<int64_t>(job.max_sequences) * max_new_tokens;
+int64_t min_cells(const EngineConfig & config, const PromptJob & job) {
+    size_t prefix = 0;
+    for (const BranchSeed & seed : job.seeds) prefix = std::max(prefix, seed.prefix.size());
+    const int first = config.method == Method::Parallel ? job.max_sequences
+                                                         : std::max<int>(1, static_cast<int>(job.seeds.size()));
+    return static_cast<int64_t>(job.tokens.size() + prefix) + first;
 }
 
 float entropy_temperature(const EngineConfig & config) {
     const float t = config.sampling.temperature;
     return config.entropy_after_temperature && t > 0.0f ? t : 1.0f;
-}
-
-double kv_bytes_per_cell(const llama_model * m) {
-    const double head_dim = static_cast<double>(llama_model_n_embd(m)) / std::max(1, llama_model_n_head(m));
-    return 2.0 * 2.0 * llama_model_n_layer(m) * llama_model_n_head_kv(m) * head_dim;
 }
 
 namespace {
@@ -57,12 +55,16 @@ void validate_seeds(const EngineConfig & cfg, const PromptJob & job, size_t i, i
         if (seed.rank < 1 || seed.rank + static_cast<int>(seed.exclude.size()) > kMaxEntropyTopK)
             throw InvalidArgument(where + "a branch seed's rank must be >= 1 and rank + excluded tokens <= " +
                                   std::to_string(kMaxEntropyTopK));
-        for (int32_t t : seed.prefix)
-            if (t < 0 || t >= n_vocab) throw InvalidArgument(where + "a branch seed has a token id outside the vocabulary");
+        if (cfg.device_topk && seed.rank + static_cast<int>(seed.exclude.size()) > cfg.device_candidates)
+            throw InvalidArgument(where + "a branch seed's rank + excluded tokens exceed device_candidates=" +
+                                  std::to_string(cfg.device_candidates) + ", the tokens a row offers on the device path");
+        for (const auto * tokens : {&seed.prefix, &seed.exclude})
+            for (int32_t t : *tokens)
+                if (t < 0 || t >= n_vocab) throw InvalidArgument(where + "a branch seed has a token id outside the vocabulary");
     }
 }
 
-void validate_job(const EngineConfig & cfg, const PromptJob & job, size_t i, int n_vocab) {
+void validate_job(const EngineConfig & cfg, const PromptJob & job, size_t i, int n_vocab, int n_ctx_train) {
     if (job.tokens.empty()) throw InvalidArgument("prompt " + std::to_string(i) + " has no tokens");
     if (job.max_sequences < 1 || job.max_sequences > kMaxSequenceIds)
         throw InvalidArgument("max_sequences must be between 1 and " + std::to_string(kMaxSequenceIds) +
@@ -70,11 +72,13 @@ void validate_job(const EngineConfig & cfg, const PromptJob & job, size_t i, int
     for (int32_t t : job.tokens)
         if (t < 0 || t >= n_vocab) throw InvalidArgument("prompt " + std::to_string(i) + " has a token id outside the vocabulary");
     validate_seeds(cfg, job, i, n_vocab);
-    const int64_t worst = worst_case_cells(job, cfg.max_new_tokens);
-    if (cfg.n_ctx > 0 && worst > cfg.n_ctx)
-        throw InvalidArgument("prompt " + std::to_string(i) + " needs up to " + std::to_string(worst) +
-                              " KV cells (prompt tokens + max_sequences x max_new_tokens) but n_ctx is " +
-                              std::to_string(cfg.n_ctx));
+    // A sequence never outgrows the model: its last position stays inside the training context.
+    const int64_t positions = static_cast<int64_t>(job.tokens.size()) + cfg.max_new_tokens;
+    if (n_ctx_train > 0 && positions > n_ctx_train)
+        throw InvalidArgument("prompt " + std::to_string(i) + " is " + std::to_string(job.tokens.size()) +
+                              " tokens; with max_new_tokens=" + std::to_string(cfg.max_new_tokens) +
+                              " a sequence would need " + std::to_string(positions) +
+                              " positions, beyond the model's context of " + std::to_string(n_ctx_train));
 }
 
 DeviceTopKParams device_params(const EngineConfig & cfg) {
@@ -95,58 +99,83 @@ size_t longest_prompt(const std::vector<PromptJob> & jobs) {
     return longest;
 }
 
-// Cells for the prompts admission could hold at once (in job order, as it admits), within the budget.
-int64_t cells_in_flight(const EngineConfig & cfg, const std::vector<PromptJob> & jobs, uint32_t n_seq_max,
-                        int64_t budget_cells) {
+// Prompt cells of the prompts admission could start at once (in job order, as it admits).
+int64_t first_wave_prompt_cells(const EngineConfig & cfg, const std::vector<PromptJob> & jobs, uint32_t n_seq_max) {
     int64_t cells = 0, ids = 0, live = 0;
     for (const auto & job : jobs) {
         const int initial = cfg.method == Method::Parallel ? job.max_sequences
                                                             : std::max<int>(1, static_cast<int>(job.seeds.size()));
-        const int64_t worst = worst_case_cells(job, cfg.max_new_tokens);
         if (ids + job.max_sequences > n_seq_max) break;
         if (live > 0 && live + initial > cfg.max_live_sequences) break;
-        if (cells > 0 && cells + worst > budget_cells) break;
-        cells += worst;
+        cells += static_cast<int64_t>(job.tokens.size());
         ids += job.max_sequences;
         live += initial;
     }
     return cells;
 }
 
+int64_t largest_min_cells(const EngineConfig & cfg, const std::vector<PromptJob> & jobs) {
+    int64_t most = 0;
+    for (const auto & job : jobs) most = std::max(most, min_cells(cfg, job));
+    return most;
+}
+
+// "auto": what the first admissions' prompts and max_live_sequences sequences of a bounded length need,
+// within a share of the memory available; never less than the largest job needs to start.
+int64_t auto_cells(const EngineConfig & cfg, const std::vector<PromptJob> & jobs, uint32_t n_seq_max,
+                   const KvSizing & kv, bool anchor) {
+    const int64_t length = std::min<int64_t>(cfg.max_new_tokens, kAutoSequenceTokens);
+    int64_t cells = first_wave_prompt_cells(cfg, jobs, n_seq_max) + cfg.max_live_sequences * length;
+    if (anchor) cells += static_cast<int64_t>(longest_prompt(jobs));  // the anchor may outlive the prompt it copied
+    const int64_t share = static_cast<int64_t>(kAutoKvShare * kv.available_bytes / std::max(1.0, kv.bytes_per_cell));
+    const int64_t least = largest_min_cells(cfg, jobs) + (anchor ? static_cast<int64_t>(longest_prompt(jobs)) : 0);
+    return std::max(std::min(cells, share), least);
+}
+
 }  // namespace
 
-void validate_run(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_vocab) {
+void validate_run(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_vocab, int n_ctx_train) {
     if (jobs.empty()) throw InvalidArgument("no prompts to run");
     validate_config(config);
-    for (size_t i = 0; i < jobs.size(); ++i) validate_job(config, jobs[i], i, n_vocab);
+    for (size_t i = 0; i < jobs.size(); ++i) validate_job(config, jobs[i], i, n_vocab, n_ctx_train);
+}
+
+void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jobs, uint32_t n_ctx, const KvSizing & kv) {
+    for (size_t i = 0; i < jobs.size(); ++i) {
+        const int64_t need = min_cells(config, jobs[i]);
+        if (need <= static_cast<int64_t>(n_ctx)) continue;
+        const std::string budget = config.n_ctx > 0 ? "n_ctx=" + std::to_string(config.n_ctx)
+                                                    : "kv_memory=" + std::to_string(config.kv_memory) + " bytes (" +
+                                                          std::to_string(n_ctx) + " KV cells of " +
+                                                          std::to_string(static_cast<int64_t>(kv.bytes_per_cell)) + " bytes)";
+        throw InvalidArgument(budget + " is too small for prompt " + std::to_string(i) + ": it needs at least " +
+                              std::to_string(need) + " cells (its " + std::to_string(jobs[i].tokens.size()) +
+                              " prompt tokens and one step for each of its first sequences)");
+    }
 }
 
 bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs) {
     return config.share_prompt_prefixes && jobs.size() > 1;
 }
 
-ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, double bytes_per_cell) {
+ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {
     ContextShape shape;
     shape.n_threads = config.n_threads;
     shape.n_batch = kBatchTokens;
     int64_t total_ids = 0;
-    int64_t max_worst = 0;
-    for (const auto & job : jobs) {
-        total_ids += job.max_sequences;
-        max_worst = std::max(max_worst, worst_case_cells(job, config.max_new_tokens));
-    }
+    for (const auto & job : jobs) total_ids += job.max_sequences;
     // One more id for the anchor of prefix sharing, when the limit leaves room for it.
     const bool anchor = plans_anchor(config, jobs);
     shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(kMaxSequenceIds, total_ids + (anchor ? 1 : 0)));
     shape.device = device_params(config);
     if (config.n_ctx > 0) {
         shape.n_ctx = config.n_ctx;
-        return shape;
+    } else if (config.kv_memory > 0) {
+        const int64_t cells = static_cast<int64_t>(config.kv_memory / std::max(1.0, kv.bytes_per_cell));
+        shape.n_ctx = static_cast<uint32_t>(std::max<int64_t>(kCellPadding, cells / kCellPadding * kCellPadding));
+    } else {
+        shape.n_ctx = round_up_cells(auto_cells(config, jobs, shape.n_seq_max, kv, anchor));
     }
-    const int64_t budget_cells = static_cast<int64_t>(kAutoKvBudgetBytes / std::max(1.0, bytes_per_cell));
-    int64_t cells = std::max(cells_in_flight(config, jobs, shape.n_seq_max, budget_cells), max_worst);
-    if (anchor) cells += static_cast<int64_t>(longest_prompt(jobs));  // the anchor may outlive the prompt it copied
-    shape.n_ctx = round_up_cells(cells);
     return shape;
 }
 
@@ -154,13 +183,9 @@ AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob>
     AnchorPlan plan;
     if (!plans_anchor(config, jobs)) return plan;
     int max_ids = 0;
-    int64_t max_worst = 0;
-    for (const auto & job : jobs) {
-        max_ids = std::max(max_ids, job.max_sequences);
-        max_worst = std::max(max_worst, worst_case_cells(job, config.max_new_tokens));
-    }
+    for (const auto & job : jobs) max_ids = std::max(max_ids, job.max_sequences);
     const int64_t longest = static_cast<int64_t>(longest_prompt(jobs));
-    if (n_seq_max > max_ids && max_worst + longest <= static_cast<int64_t>(n_ctx)) {
+    if (n_seq_max > max_ids && largest_min_cells(config, jobs) + longest <= static_cast<int64_t>(n_ctx)) {
         plan.id = n_seq_max - 1;
         plan.reserved = longest;
     }

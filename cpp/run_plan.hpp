@@ -9,40 +9,50 @@
 #include "engine.hpp"
 #include "model.hpp"
 
-struct llama_model;
-
 namespace eager {
 
 constexpr uint32_t kBatchTokens = 512;  // tokens per llama_decode call (prefill chunks; a whole step is one)
 constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this many cells
-// Automatic sizing keeps the KV cache under this many bytes unless a single prompt needs more.
-constexpr double kAutoKvBudgetBytes = 4.0 * 1024 * 1024 * 1024;
+// kv_memory "auto": at most this share of the memory available, and no more than the prompts of the
+// first admissions and max_live_sequences sequences of at most kAutoSequenceTokens tokens need.
+constexpr double kAutoKvShare = 0.25;
+constexpr int64_t kAutoSequenceTokens = 4096;
+// Admission and resumption keep this share of the cells free for the growth they did not project.
+constexpr double kKvWatermark = 0.01;
 
 // Cells rounded up to llama.cpp's padding.
 uint32_t round_up_cells(int64_t cells);
 
-// Worst-case KV cells of a prompt: its tokens plus M full-length continuations.
-int64_t worst_case_cells(const PromptJob & job, int max_new_tokens);
+// The fewest cells a job needs to start: its prompt, its seeds' longest prefix, one step for each of
+// its first sequences.
+int64_t min_cells(const EngineConfig & config, const PromptJob & job);
+
+// What the KV budget is measured in: the model's bytes per cell, the memory "auto" may take a share of.
+struct KvSizing {
+    double bytes_per_cell = 1.0;
+    int64_t available_bytes = 0;
+};
 
 // The temperature logits are divided by before the top-K entropy: the sampling temperature when
 // the entropy is taken after temperature (and sampling is not greedy), else 1 (the raw logits).
 float entropy_temperature(const EngineConfig & config);
 
-// Bytes one KV cell takes over all layers (f16 keys and values), for sizing within a memory budget.
-double kv_bytes_per_cell(const llama_model * model);
+// Throws InvalidArgument naming what is wrong with the config or a job (and its seeds); n_ctx_train
+// bounds the positions a sequence may reach.
+void validate_run(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_vocab, int n_ctx_train);
 
-// Throws InvalidArgument naming what is wrong with the config or a job (and its seeds).
-void validate_run(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_vocab);
+// Throws InvalidArgument when a job cannot start in a cache of `n_ctx` cells, naming the budget.
+void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jobs, uint32_t n_ctx, const KvSizing & kv);
 
 // Prefix sharing is planned when it is on and there is a later prompt to share with.
 bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs);
 
-// The context the run asks for: every job's ids, and cells for the prompts admission could hold
-// at once within kAutoKvBudgetBytes (or config.n_ctx when set), plus the anchor's cells.
-ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, double bytes_per_cell);
+// The context the run asks for: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
+// buys, or "auto" gives (kAutoKvShare, kAutoSequenceTokens): never sized from M x max_new_tokens.
+ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
 // Where the anchor lives once the context exists: the last sequence id and the cells of the longest
-// prompt, when every job still finds its ids and worst-case cells beside it.
+// prompt, when every job still finds its ids and the cells to start beside it.
 struct AnchorPlan {
     int id = -1;             // -1: no sharing in this run
     int64_t reserved = 0;    // cells the anchor may hold

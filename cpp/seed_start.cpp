@@ -1,8 +1,10 @@
 #include "seed_start.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "errors.hpp"
+#include "kv_copy.hpp"
 #include "llama.h"
 #include "model.hpp"
 
@@ -18,11 +20,44 @@ void SeedStart::start(int prompt, const PromptJob & job) {
     TopK top;
     float entropy = 0.0f;
     int previous = -1;
-    for (int k : order) {
+    int ranked = 0;
+    for (size_t at = 0; at < order.size(); ++at) {
+        const int k = order[at];
         const int32_t row = prefill_after(job, slots, k, previous);
-        take_first_token(slots[k], job.seeds[k], row, top, entropy);
+        if (row >= 0) ranked = ranked_at_point(job, order, at);
+        take_first_token(slots[k], job.seeds[k], row, ranked, top, entropy);
         previous = k;
     }
+}
+
+int SeedStart::ranked_at_point(const PromptJob & job, const std::vector<int> & order, size_t at) const {
+    // Later seeds at the same point reuse this scan, so it reaches the largest rank any of them asks.
+    int ranked = cfg_.entropy_k;
+    if (cfg_.sampling.top_p < 1.0f) ranked = kMaxEntropyTopK;  // top_p's mass is judged over these
+    for (size_t j = at; j < order.size() && job.seeds[order[j]].prefix == job.seeds[order[at]].prefix; ++j) {
+        const BranchSeed & seed = job.seeds[order[j]];
+        ranked = std::max(ranked, seed.rank + static_cast<int>(seed.exclude.size()));
+    }
+    return std::min(ranked, kMaxEntropyTopK);
+}
+
+int allowed_by_filters(const TopK & top, const SamplingParams & sampling) {
+    int n = top.size;
+    if (sampling.top_k > 0) n = std::min(n, sampling.top_k);
+    if (n == 0 || (sampling.min_p <= 0.0f && sampling.top_p >= 1.0f)) return n;
+    const double t = sampling.temperature > 0.0f ? sampling.temperature : 1.0;
+    std::vector<double> w(n);
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) {
+        w[i] = std::exp((top.items[i].logit - top.items[0].logit) / t);
+        if (w[i] < sampling.min_p) return i;  // weights fall with the rank: the rest are cut too
+        total += w[i];
+    }
+    if (sampling.top_p >= 1.0f) return n;
+    double kept = 0.0;
+    int keep = 0;
+    while (keep < n && kept < sampling.top_p * total) kept += w[keep++];
+    return std::max(keep, 1);
 }
 
 int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> & slots, int k, int previous) {
@@ -44,12 +79,19 @@ int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> &
         llama_memory_seq_cp(mem, from, id, -1, -1);
         return -1;
     }
-    llama_memory_seq_cp(mem, from, id, 0, n_prompt + static_cast<int32_t>(common));
+    const int32_t shared = n_prompt + static_cast<int32_t>(common);
+    if (!copy_is_whole(mem, from, shared, n_swa_)) {  // its window there is gone: prefill it all again
+        prefill_.tokens(job.tokens, 0, 0, id, "prompt prefill");
+        stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
+        return seed.prefix.empty() ? -1 : prefill_.tokens(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
+    }
+    llama_memory_seq_cp(mem, from, id, 0, shared);
     stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size() - common);
-    return prefill_.tokens(seed.prefix, common, n_prompt + static_cast<int32_t>(common), id, "branch prefix prefill");
+    return prefill_.tokens(seed.prefix, common, shared, id, "branch prefix prefill");
 }
 
-void SeedStart::take_first_token(int slot, const BranchSeed & seed, int32_t row, TopK & top, float & entropy) {
+void SeedStart::take_first_token(int slot, const BranchSeed & seed, int32_t row, int ranked, TopK & top,
+                                 float & entropy) {
     // The seed's inherited part, then its forced first token from the logits at the point (`row`),
     // or from the previous seed's candidates when both continue the same point (row -1).
     LiveSequence & seq = table_[slot];
@@ -60,11 +102,13 @@ void SeedStart::take_first_token(int slot, const BranchSeed & seed, int32_t row,
     seq.generated = static_cast<int>(seed.prefix.size());
     seq.n_past = n_prompt + seq.generated;
     seq.past_marker = !cfg_.think_end_marker.empty() && res.text.find(cfg_.think_end_marker) != std::string::npos;
-    if (row >= 0) rows_.top_of_row(ctx_, row, std::max(cfg_.entropy_k, seed.rank + static_cast<int>(seed.exclude.size())), top, entropy);
-    const int32_t token = nth_not_excluded(top, seed.exclude, seed.rank);
-    if (token < 0) throw LlamaError("internal error: a branch point has fewer candidate tokens than its seed's rank");
+    if (row >= 0) rows_.top_of_row(ctx_, row, ranked, top, entropy);
+    TopK allowed = top;
+    allowed.size = allowed_by_filters(top, cfg_.sampling);
+    const int32_t token = nth_not_excluded(allowed, seed.exclude, seed.rank);
     (void) seq.rng.uniform();  // the step's draw, as every sequence takes one per step
     res.branch_entropy = entropy;
+    if (token < 0) return table_.finish(seq, "unavailable");
     table_.append(seq, token, entropy);
 }
 

@@ -87,8 +87,8 @@ void SequenceTable::finish(LiveSequence & seq, const char * reason) {
     seq.finished = true;
 }
 
-std::vector<int> SequenceTable::release_finished() {
-    std::vector<int> done;
+SequenceTable::Released SequenceTable::release_finished() {
+    Released out;
     size_t kept = 0;
     for (size_t i = 0; i < live_.size(); ++i) {
         LiveSequence & seq = live_[i];
@@ -101,14 +101,105 @@ std::vector<int> SequenceTable::release_finished() {
         llama_memory_seq_rm(mem_, seq.id, -1, -1);
         free_ids_.push_back(seq.id);
         --live_count_;
+        out.lengths.push_back(seq.generated);
         PromptState & st = state_[seq.prompt];
         if (--st.live == 0) {
             st.status = PromptStatus::Done;
-            done.push_back(seq.prompt);
+            out.prompts_done.push_back(seq.prompt);
         }
     }
     live_.resize(kept);
-    return done;
+    return out;
+}
+
+int32_t SequenceTable::fork_position(int prompt, int local) const {
+    const SequenceResult & r = out_.prompts[prompt].sequences[local];
+    return static_cast<int32_t>(jobs_[prompt].tokens.size()) + (r.parent >= 0 ? r.branch_step : 0);
+}
+
+int64_t SequenceTable::cells_held(const std::vector<int> & prompts, bool with_paused) const {
+    // Walk each prompt's tree from the youngest sequence up: a sequence holds its own cells up to its
+    // position if it runs, and its parent's from the parent's fork up to where it forked.
+    std::vector<std::vector<int32_t>> held(prompts.size());
+    std::vector<int> where(jobs_.size(), -1);
+    for (size_t k = 0; k < prompts.size(); ++k) {
+        where[prompts[k]] = static_cast<int>(k);
+        held[k].assign(out_.prompts[prompts[k]].sequences.size(), 0);
+    }
+    for (const LiveSequence & seq : live_)
+        if ((with_paused || !seq.paused) && where[seq.prompt] >= 0) held[where[seq.prompt]][seq.local] = seq.n_past;
+    int64_t total = 0;
+    for (size_t k = 0; k < prompts.size(); ++k) {
+        const int prompt = prompts[k];
+        const auto & seqs = out_.prompts[prompt].sequences;
+        bool any = false;
+        for (int local = static_cast<int>(seqs.size()) - 1; local >= 0; --local) {
+            if (held[k][local] == 0) continue;
+            any = true;
+            const int32_t fork = fork_position(prompt, local);
+            total += std::max<int32_t>(0, held[k][local] - fork);
+            if (seqs[local].parent >= 0) held[k][seqs[local].parent] = std::max(held[k][seqs[local].parent], fork);
+        }
+        if (any) total += static_cast<int64_t>(jobs_[prompt].tokens.size());
+    }
+    return total;
+}
+
+void SequenceTable::pause(int slot) {
+    LiveSequence & seq = live_[slot];
+    llama_memory_seq_rm(mem_, seq.id, -1, -1);
+    seq.paused = true;
+    ++state_[seq.prompt].paused;
+    ++paused_count_;
+}
+
+void SequenceTable::unpause(int slot) {
+    LiveSequence & seq = live_[slot];
+    seq.paused = false;
+    --state_[seq.prompt].paused;
+    --paused_count_;
+}
+
+std::vector<int32_t> SequenceTable::generated_tokens(int prompt, int local) const {
+    const SequenceResult & r = out_.prompts[prompt].sequences[local];
+    std::vector<int32_t> tokens;
+    if (r.parent >= 0) {
+        tokens = generated_tokens(prompt, r.parent);
+        tokens.resize(r.branch_step);
+    } else if (local < static_cast<int>(jobs_[prompt].seeds.size())) {
+        tokens = jobs_[prompt].seeds[local].prefix;
+    }
+    tokens.insert(tokens.end(), r.own_tokens.begin(), r.own_tokens.end());
+    return tokens;
+}
+
+std::vector<int32_t> SequenceTable::kv_tokens(int slot) const {
+    const LiveSequence & seq = live_[slot];
+    std::vector<int32_t> tokens = jobs_[seq.prompt].tokens;
+    const std::vector<int32_t> generated = generated_tokens(seq.prompt, seq.local);
+    tokens.insert(tokens.end(), generated.begin(), generated.end());
+    tokens.resize(seq.n_past);  // the pending token is fed by the next step
+    return tokens;
+}
+
+int SequenceTable::slot_of(int prompt, int local) const {
+    for (int s = 0; s < static_cast<int>(live_.size()); ++s)
+        if (live_[s].prompt == prompt && live_[s].local == local) return s;
+    return -1;
+}
+
+int SequenceTable::running_ancestor(int slot, int32_t & shared) const {
+    const int prompt = live_[slot].prompt;
+    const auto & seqs = out_.prompts[prompt].sequences;
+    for (int local = live_[slot].local; seqs[local].parent >= 0; local = seqs[local].parent) {
+        const int at = slot_of(prompt, seqs[local].parent);
+        if (at >= 0 && !live_[at].paused) {
+            shared = fork_position(prompt, local);
+            return at;
+        }
+    }
+    shared = 0;
+    return -1;
 }
 
 }  // namespace eager

@@ -25,6 +25,7 @@ struct LiveSequence {
     int32_t pending = -1; // token to feed at the next step
     bool past_marker = false;
     bool finished = false;
+    bool paused = false;  // preempted: holds no cells of its own until recomputed (kv_memory.hpp)
     Rng rng;
 };
 
@@ -33,7 +34,8 @@ enum class PromptStatus { Waiting, Running, Done };
 struct PromptState {
     PromptStatus status = PromptStatus::Waiting;
     int n_sequences = 0;  // finished and live, its root(s) included
-    int live = 0;
+    int live = 0;         // not finished: running or paused
+    int paused = 0;
     int64_t counted_step = -1;  // the last engine step that counted this prompt's step
     BranchState branch;
 };
@@ -44,7 +46,8 @@ public:
                   RunOutput & out, llama_memory_t mem, int n_ids);
 
     int size() const { return static_cast<int>(live_.size()); }
-    int live_count() const { return live_count_; }
+    int live_count() const { return live_count_; }  // running and paused
+    int running_count() const { return live_count_ - paused_count_; }
     LiveSequence & operator[](int slot) { return live_[slot]; }
     const LiveSequence & operator[](int slot) const { return live_[slot]; }
     PromptState & prompt(int i) { return state_[i]; }
@@ -61,12 +64,34 @@ public:
 
     // Appends a generated token; finishes the sequence on EOS, a stop string or the length cap.
     void append(LiveSequence & seq, int32_t token, float entropy);
+    void finish(LiveSequence & seq, const char * reason);
 
-    // Frees the ids and cells of finished sequences; returns the prompts whose last sequence finished.
-    std::vector<int> release_finished();
+    // Frees the ids and cells of finished sequences: the prompts whose last sequence finished, and
+    // the lengths (tokens generated, inherited ones included) of the sequences that finished.
+    struct Released {
+        std::vector<int> prompts_done;
+        std::vector<int> lengths;
+    };
+    Released release_finished();
+
+    // Cells the running sequences of `prompts` hold: each prompt's own cells once, however many
+    // sequences share them (a finished parent's cells count while a running child holds them).
+    // with_paused: as if the paused ones ran too (what resuming them all would hold).
+    int64_t cells_held(const std::vector<int> & prompts, bool with_paused = false) const;
+    // A paused sequence frees the cells only it holds; it keeps its id, its tokens and its stream.
+    void pause(int slot);
+    void unpause(int slot);
+    // The tokens at positions [0, n_past) of a sequence: its prompt, then every token it generated
+    // (inherited ones included) but the pending one.
+    std::vector<int32_t> kv_tokens(int slot) const;
+    // The slot of the nearest running ancestor and the position up to which their cells agree
+    // (-1 and 0 when none runs).
+    int running_ancestor(int slot, int32_t & shared) const;
 
 private:
-    void finish(LiveSequence & seq, const char * reason);
+    int slot_of(int prompt, int local) const;
+    std::vector<int32_t> generated_tokens(int prompt, int local) const;
+    int32_t fork_position(int prompt, int local) const;
 
     const Model & model_;
     const EngineConfig & cfg_;
@@ -77,6 +102,7 @@ private:
     std::vector<llama_seq_id> free_ids_;
     std::vector<PromptState> state_;
     int live_count_ = 0;
+    int paused_count_ = 0;
 };
 
 }  // namespace eager

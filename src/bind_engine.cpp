@@ -83,6 +83,7 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("ignore_eos", &EngineConfig::ignore_eos)
         .def_readwrite("n_threads", &EngineConfig::n_threads)
         .def_readwrite("n_ctx", &EngineConfig::n_ctx)
+        .def_readwrite("kv_memory", &EngineConfig::kv_memory)
         .def_readwrite("device_topk", &EngineConfig::device_topk)
         .def_readwrite("device_candidates", &EngineConfig::device_candidates)
         .def_readwrite("trace_steps", &EngineConfig::trace_steps)
@@ -148,6 +149,10 @@ void bind_engine(py::module_ & m) {
         .def_readonly("reprocessed_tokens", &RunStats::reprocessed_tokens)
         .def_readonly("shared_prompt_tokens", &RunStats::shared_prompt_tokens)
         .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
+        .def_readonly("kv_cells", &RunStats::kv_cells)
+        .def_readonly("peak_kv_cells", &RunStats::peak_kv_cells)
+        .def_readonly("preemptions", &RunStats::preemptions)
+        .def_readonly("recomputed_tokens", &RunStats::recomputed_tokens)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)
         .def_readonly("step_trace", &RunStats::step_trace);
 

@@ -2,6 +2,7 @@
 
 #include "bindings.hpp"
 #include "diagnostics.hpp"
+#include "kv_memory.hpp"
 #include "llama.h"
 #include "model.hpp"
 #include <pybind11/numpy.h>
@@ -33,6 +34,7 @@ void bind_model(py::module_ & m) {
         .def_property_readonly("path", &Model::path)
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_ctx_train", &Model::n_ctx_train)
+        .def_property_readonly("kv_bytes_per_cell", [](const Model & m) { return kv_bytes_per_cell(m); })
         .def_property_readonly("add_bos", &Model::add_bos)
         .def_property_readonly("description", &Model::description)
         .def_property_readonly("chat_template", &Model::builtin_chat_template)

@@ -38,17 +38,22 @@ void bind_policies(py::module_ & m) {
     p.def("percentile_99", &percentile_99, py::arg("values"));
 
     py::class_<PromptLoad>(p, "PromptLoad")
-        .def(py::init([](int max_sequences, int n_sequences, int live, bool branching) {
-                 return PromptLoad{max_sequences, n_sequences, live, branching};
-             }), py::arg("max_sequences"), py::arg("n_sequences"), py::arg("live"), py::arg("branching"));
+        .def(py::init([](int max_sequences, int n_sequences, int live, bool branching, int64_t live_tokens) {
+                 return PromptLoad{max_sequences, n_sequences, live, branching, live_tokens};
+             }), py::arg("max_sequences"), py::arg("n_sequences"), py::arg("live"), py::arg("branching"),
+             py::arg("live_tokens") = 0);
 
     py::class_<Admission>(p, "Admission")
         .def(py::init<Method, int, int, int, int64_t>(), py::arg("method"), py::arg("max_live_sequences"),
-             py::arg("max_new_tokens"), py::arg("ids_available"), py::arg("cells_available"))
-        .def("may_admit", &Admission::may_admit, py::arg("job"), py::arg("in_flight"), py::arg("live"))
+             py::arg("max_new_tokens"), py::arg("ids_available"), py::arg("cells"))
+        .def("may_admit", &Admission::may_admit, py::arg("job"), py::arg("in_flight"), py::arg("live"),
+             py::arg("cells_held"))
         .def("admitted", &Admission::admitted, py::arg("job"))
         .def("released", &Admission::released, py::arg("job"))
         .def("count_final", &Admission::count_final, py::arg("n_sequences"))
+        .def("sequence_finished", &Admission::sequence_finished, py::arg("length"))
         .def("growth_estimate", &Admission::growth_estimate)
-        .def("expected_live", &Admission::expected_live, py::arg("in_flight"), py::arg("estimate"));
+        .def("expected_length", &Admission::expected_length)
+        .def("expected_live", &Admission::expected_live, py::arg("in_flight"), py::arg("estimate"))
+        .def("expected_growth", &Admission::expected_growth, py::arg("in_flight"), py::arg("estimate"));
 }

@@ -131,19 +131,29 @@ def job(m: int, n_tokens: int = 10) -> _core.PromptJob:
     return _core.PromptJob(list(range(1, n_tokens + 1)), m, 2.0, 0)
 
 
-def test_admission_reserves_ids_and_worst_case_cells():
-    adm = P.Admission(EAGER, 32, 100, 16, 100_000)
-    assert adm.may_admit(job(8), [], 0)
+def test_admission_reserves_ids_not_cells():
+    adm = P.Admission(EAGER, 32, 100, 16, 10**9)
+    assert adm.may_admit(job(8), [], 0, 0)
     adm.admitted(job(8))
     adm.admitted(job(8))
-    assert not adm.may_admit(job(1), [], 0)  # the 16 ids are reserved
+    assert not adm.may_admit(job(1), [], 0, 0)  # the 16 ids are reserved
     adm.released(job(8))
-    assert adm.may_admit(job(8), [], 0)
-    cells = P.Admission(EAGER, 32, 100, 256, 1000)  # a job of 8 x 100 tokens + 10 needs 810 cells
-    assert cells.may_admit(job(8), [], 0)
-    cells.admitted(job(8))
-    assert not cells.may_admit(job(2), [], 0)  # 810 + 210 > 1000
-    assert cells.may_admit(job(1), [], 0)  # 810 + 110 <= 1000
+    assert adm.may_admit(job(8), [], 0, 0)
+
+
+def test_admission_projects_cells_from_the_lengths_of_finished_sequences():
+    adm = P.Admission(PARALLEL, 64, 1000, 256, 10_000)
+    running = P.PromptLoad(4, 4, 4, False, 40)  # 4 sequences 10 tokens in
+    assert adm.expected_length() == 1000.0  # nothing finished: the budget is the length
+    assert adm.expected_growth([running], -1.0) == 4 * 1000 - 40
+    assert not adm.may_admit(job(4), [running], 4, 2000)  # 2000 + 3960 + 10 + 4 x 1000 > 0.99 x 10000
+    for _ in range(4):
+        adm.sequence_finished(20)
+    assert adm.expected_length() == 20.0
+    assert adm.expected_growth([running], -1.0) == 4 * 20 - 40
+    assert adm.may_admit(job(4), [running], 4, 2000)  # 2000 + 40 + 10 + 4 x 20
+    assert not adm.may_admit(job(4), [running], 4, 9_900)  # the cells held leave no room
+    assert adm.may_admit(job(4), [], 0, 10**9)  # nothing live: the first prompt always starts
 
 
 def test_admission_counts_expected_growth_until_counts_are_final():
@@ -151,13 +161,13 @@ def test_admission_counts_expected_growth_until_counts_are_final():
     open_prompt = P.PromptLoad(8, 1, 1, True)  # may grow to its cap of 8
     assert adm.growth_estimate() == -1.0
     assert adm.expected_live([open_prompt], -1.0) == 8.0
-    assert adm.may_admit(job(8), [open_prompt], 1)  # 8 + 8 <= 16
-    assert not adm.may_admit(job(8), [open_prompt, open_prompt], 2)  # 24 > 16
+    assert adm.may_admit(job(8), [open_prompt], 1, 0)  # 8 + 8 <= 16
+    assert not adm.may_admit(job(8), [open_prompt, open_prompt], 2, 0)  # 24 > 16
     adm.count_final(2)
     adm.count_final(4)
     assert adm.growth_estimate() == 3.0
     assert adm.expected_live([open_prompt], 3.0) == 3.0
-    assert adm.may_admit(job(8), [open_prompt] * 4, 4)  # 4 x 3 + 3 <= 16
+    assert adm.may_admit(job(8), [open_prompt] * 4, 4, 0)  # 4 x 3 + 3 <= 16
     closed = P.PromptLoad(8, 6, 2, False)  # closed for branching: only its live sequences count
     assert adm.expected_live([closed], 3.0) == 2.0
     finished_some = P.PromptLoad(8, 5, 1, True)  # 4 of its 5 finished: expected 3 - 4 < live
@@ -168,6 +178,6 @@ def test_full_parallel_admission_counts_every_sample():
     adm = P.Admission(PARALLEL, 16, 10, 256, 10**9)
     adm.count_final(1)  # a growth estimate does not apply: Full Parallel starts all M at once
     load = P.PromptLoad(8, 8, 8, False)
-    assert adm.may_admit(job(8), [load], 8)
-    assert not adm.may_admit(job(8), [load, load], 16)
-    assert adm.may_admit(job(3), [], 0)  # nothing live: the first prompt always starts
+    assert adm.may_admit(job(8), [load], 8, 0)
+    assert not adm.may_admit(job(8), [load, load], 16, 0)
+    assert adm.may_admit(job(3), [], 0, 0)  # nothing live: the first prompt always starts

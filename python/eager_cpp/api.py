@@ -58,7 +58,7 @@ def run(
     at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
     options: any other field of `eager_cpp.RunOptions` by name (reallocation, top_k, top_p, min_p,
     entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
-    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, n_threads).
+    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, n_threads).
     device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
     compute graph, so only those leave the GPU (None: on when the model is offloaded).
     prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
@@ -82,12 +82,12 @@ def run(
         ProgressSink(progress)  # a bad progress= fails here, before workers start
         return run_distributed(model, prompts, indices, opts, answers, scorer, progress, cluster=cluster,
                                workers=workers, threads_per_worker=threads_per_worker or opts.n_threads,
-                               n_ctx=opts.n_ctx, n_gpu_layers=n_gpu_layers)
+                               n_ctx=opts.n_ctx, n_gpu_layers=n_gpu_layers, kv_memory=opts.kv_memory)
     if workers is not None or threads_per_worker is not None:
         raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
     sink = ProgressSink(progress)
     llm = model if isinstance(model, Model) else Model(model, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
-                                                          n_gpu_layers=n_gpu_layers)
+                                                          n_gpu_layers=n_gpu_layers, kv_memory=opts.kv_memory)
     opts = opts.resolved(llm)
     executor = LocalExecutor(llm, opts)
     # Everything the phases will need is checked before phase (a) is paid for.

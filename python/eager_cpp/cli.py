@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
-from .model import MAX_THREADS, Model, default_model_path
+from .model import MAX_THREADS, Model, default_model_path, parse_kv_memory
 from .options import RunOptions
 from .phases import REALLOCATIONS
 from .progress import ProgressLine
@@ -44,6 +44,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
                    help="layers offloaded to the GPU of a GPU-enabled llama.cpp (-1: all; default 0); the "
                         "entropy then runs on the device (README, GPU)")
+    p.add_argument("--kv-memory", default=None, metavar="SIZE",
+                   help="memory for the KV cache: bytes or a size like 8GiB (default: auto, a quarter of the memory "
+                        "available, no more than the live sequences need at 4096 tokens); a full cache preempts and "
+                        "recomputes prompts (README, Long generations)")
     p.add_argument("--cpu-buffers", choices=("safe", "all", "none"), default=None,
                    help="CPU buffer types for the weights: safe = all but AMX (default; AMX crashes on some "
                         "CPUs), all = AMX too, none = no repacking (default: $EAGER_CPP_CPU_BUFFERS or safe)")
@@ -160,13 +164,22 @@ def _check_threads(args: argparse.Namespace) -> None:
         raise CliError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
 
 
+def _kv_memory(args: argparse.Namespace) -> Any:
+    try:
+        parse_kv_memory(args.kv_memory)
+    except (TypeError, ValueError) as e:
+        raise CliError(f"--kv-memory: {e}") from None
+    return args.kv_memory
+
+
 def _load_model(args: argparse.Namespace) -> Model:
     _check_threads(args)
     if args.gpu_layers < -1:
         raise CliError(f"--gpu-layers must be -1 (all layers) or more, got {args.gpu_layers}")
     path = _model_arg(args)
     try:
-        return Model(path, n_threads=args.threads, n_gpu_layers=args.gpu_layers, cpu_buffers=args.cpu_buffers)
+        return Model(path, n_threads=args.threads, n_gpu_layers=args.gpu_layers, cpu_buffers=args.cpu_buffers,
+                     kv_memory=_kv_memory(args))
     except FileNotFoundError as e:
         raise CliError(f"{e}; pass --model PATH to a .gguf file, or omit --model for the default model") from None
     except (ValueError, IsADirectoryError, RuntimeError) as e:
@@ -180,7 +193,7 @@ def _ray_workers(args: argparse.Namespace) -> Any:
         from .distributed import RayWorkers
 
         return RayWorkers(_model_arg(args), args.ray, workers=args.workers, threads_per_worker=args.threads,
-                          n_gpu_layers=args.gpu_layers)
+                          n_gpu_layers=args.gpu_layers, kv_memory=_kv_memory(args))
     except (ImportError, TimeoutError, RuntimeError) as e:
         raise CliError(str(e)) from None
 

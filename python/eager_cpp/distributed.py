@@ -37,7 +37,7 @@ from .options import RunOptions, check_extras_fit
 from .system import resolve_cpu_buffers
 from .budget import ReallocationPlan
 from .local import LocalExecutor
-from .model import Model
+from .model import Model, parse_kv_memory
 from .phases import PhaseJob, PhaseOutput, count, reallocate_phases, run_phases, score
 from .progress import ProgressEvent, ProgressSink
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
@@ -90,7 +90,7 @@ class _Worker:
     """One Ray actor: the model loaded once, phases run on request (made remote lazily)."""
 
     def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int], n_gpu_layers: int = 0,
-                 cpu_buffers: Optional[str] = None) -> None:
+                 cpu_buffers: Optional[str] = None, kv_memory: Any = None) -> None:
         self.pid = os.getpid()
         self.host = socket.gethostname()
         try:
@@ -107,7 +107,7 @@ class _Worker:
         self.error: Optional[tuple[str, str]] = None
         try:
             self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                               cpu_buffers=cpu_buffers)
+                               cpu_buffers=cpu_buffers, kv_memory=kv_memory)
         except Exception as e:  # reported by info() and raised on use, as a clear error on the driver
             self.error = (type(e).__name__, str(e))
         self.model_path = model_path
@@ -231,8 +231,10 @@ class RayWorkers:
                  n_ctx: Optional[int] = None, num_cpus: Optional[int] = None,
                  object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES, max_shard_prompts: int = 256,
                  start_timeout: float = 600.0, max_restarts: Optional[int] = None, n_gpu_layers: int = 0,
-                 gpus_per_worker: float = 0.0, cpu_buffers: Optional[str] = None) -> None:
+                 gpus_per_worker: float = 0.0, cpu_buffers: Optional[str] = None, kv_memory: Any = None) -> None:
         ray = _import_ray()
+        parse_kv_memory(kv_memory)  # a bad size fails here, before any worker starts
+        self.kv_memory = kv_memory
         if not isinstance(cluster, str) or not cluster:
             raise ValueError(f'cluster must be "local" or a Ray address, got {cluster!r}')
         self.workers_requested = _check_count("workers", workers)
@@ -294,7 +296,7 @@ class RayWorkers:
     def _spawn(self) -> _Handle:
         actor = self._cls.options(num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker, max_concurrency=2,
                                   max_restarts=0, scheduling_strategy="SPREAD").remote(
-            self.model_path, self.threads_per_worker, self.n_ctx, self.n_gpu_layers, self.cpu_buffers)
+            self.model_path, self.threads_per_worker, self.n_ctx, self.n_gpu_layers, self.cpu_buffers, self.kv_memory)
         self._spawned += 1
         return _Handle(actor=actor, number=self._spawned - 1, info_ref=actor.info.remote())
 
@@ -542,7 +544,7 @@ def _model_path(model: Any) -> str:
 
 
 def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_worker: Optional[int],
-          n_ctx: Optional[int], n_gpu_layers: int = 0) -> tuple[RayWorkers, bool]:
+          n_ctx: Optional[int], n_gpu_layers: int = 0, kv_memory: Any = None) -> tuple[RayWorkers, bool]:
     """The pool to run on and whether this call owns it (and must close it)."""
     if isinstance(cluster, RayWorkers):
         if _model_path(model) != cluster.model_path:
@@ -554,16 +556,17 @@ def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_work
         return cluster, False
     if not isinstance(cluster, str):
         raise TypeError(f'cluster must be "local", a Ray address or a RayWorkers pool, got {type(cluster).__name__}')
-    return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers), True
+    return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
+                      kv_memory=kv_memory), True
 
 
 def run_distributed(model: Any, prompts: list[str], indices: list[int], options: RunOptions,
                     answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
                     progress: Any, *, cluster: Cluster, workers: Optional[int] = None,
                     threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None,
-                    n_gpu_layers: int = 0) -> RunResult:
+                    n_gpu_layers: int = 0, kv_memory: Any = None) -> RunResult:
     """`eager_cpp.run(..., cluster=...)` after its input checks: the run on Ray workers."""
-    pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx, n_gpu_layers)
+    pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx, n_gpu_layers, kv_memory)
     try:
         return pool.run(prompts, indices, options, answers, scorer, progress)
     finally:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from . import _core
 from .system import CPU_BUFFER_CHOICES, guarded_cpu_buffers, resolve_cpu_buffers
@@ -19,6 +20,29 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 MAX_THREADS = 1024  # past this, thread creation fails inside llama.cpp's OpenMP pool, not with an exception
 MAX_CTX = 1 << 24  # KV cells: far past any model's training context, below what allocation sizes overflow on
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 2**10, "M": 2**20, "G": 2**30,
+          "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_kv_memory(value: Any) -> int:
+    """Bytes for the KV cache from an int, a size such as "8GiB", "512MiB" or "2GB", or "auto"/None (0).
+
+    0 means "auto": a quarter of the memory available (RAM, or the GPU's free memory when layers are
+    offloaded), no more than the run's live sequences need at up to 4096 tokens each.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return 0
+    if isinstance(value, bool):
+        raise TypeError(f"kv_memory must be a number of bytes, a size like '8GiB', or 'auto', got {value!r}")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m is None or m.group(2).upper() not in _UNITS:
+            raise ValueError(f"kv_memory {value!r} is not a size: use bytes, a size like '8GiB', '512MiB' or '2GB', "
+                             "or 'auto'")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if not isinstance(value, int) or value < 1 or value > 2**50:
+        raise ValueError(f"kv_memory must be between 1 byte and 1 PiB (or 'auto'), got {value!r}")
+    return value
 
 
 def check_gguf_path(path: PathLike) -> str:
@@ -74,7 +98,10 @@ def default_model_path() -> str:
 class Model:
     """A GGUF model loaded into llama.cpp, reusable across `eager_cpp.run` calls.
 
-    n_ctx: KV cells shared by all sequences of a run (None: sized from each job).
+    n_ctx: KV cells shared by all sequences of a run (None: from kv_memory).
+    kv_memory: bytes the KV cache of a run may take: an int, a size like "8GiB", or "auto"/None (a
+    quarter of the memory available, no more than the run's live sequences need at up to 4096 tokens
+    each). A cache that fills preempts prompts and recomputes them later (README, "Long generations").
     n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to the GPU of a
     GPU-enabled llama.cpp (-1: all; README, "GPU"); ignored by a CPU-only build.
     cpu_buffers: which of llama.cpp's CPU extra buffer types may hold the weights: "safe" (all but
@@ -94,7 +121,9 @@ class Model:
         n_threads: Optional[int] = None,
         n_gpu_layers: int = 0,
         cpu_buffers: Optional[str] = None,
+        kv_memory: Any = None,
     ) -> None:
+        self.kv_memory = parse_kv_memory(kv_memory)
         if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 1 <= n_ctx <= MAX_CTX):
             raise ValueError(f"n_ctx must be an int between 1 and {MAX_CTX} or None, got {n_ctx!r}")
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)
@@ -149,6 +178,11 @@ class Model:
     @property
     def n_ctx_train(self) -> int:
         return self._model.n_ctx_train
+
+    @property
+    def kv_bytes_per_cell(self) -> int:
+        """Bytes one KV cell takes (keys and values of every layer): what kv_memory buys cells with."""
+        return int(self._model.kv_bytes_per_cell)
 
     @property
     def description(self) -> str:

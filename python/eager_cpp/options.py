@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, ClassVar, Optional
 
 from . import _core
-from .model import MAX_CTX, MAX_THREADS, Model
+from .model import MAX_CTX, MAX_THREADS, Model, parse_kv_memory
 from .phases import REALLOCATIONS
 
 MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
@@ -90,7 +90,8 @@ class RunOptions:
     ignore_eos: bool = False
     device_topk: Optional[bool] = None  # None: on when the model is offloaded to a GPU
     device_candidates: int = 1024
-    n_ctx: Optional[int] = None  # None: the model's, else sized per run
+    n_ctx: Optional[int] = None  # KV cells; None: the model's, else from kv_memory
+    kv_memory: Any = None  # bytes of KV cache (int, "8GiB", or None/"auto"); None: the model's
     n_threads: Optional[int] = None  # None: the model's, else all cores
     # Copy the KV cells a prompt shares with the one before it. Recorded (so Ray workers get it): llama.cpp's
     # batch noise lets copied and prefilled cells differ in the last bits.
@@ -98,7 +99,7 @@ class RunOptions:
 
     VERSION: ClassVar[int] = 3  # 3: reallocation
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads")
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -163,6 +164,7 @@ class RunOptions:
                              "raise device_candidates")
         if self.n_ctx is not None:
             check_int("n_ctx", self.n_ctx, 1, MAX_CTX)
+        parse_kv_memory(self.kv_memory)
         if self.n_threads is not None:
             check_int("n_threads", self.n_threads, 1, MAX_THREADS)
         return replace(self, entropy_threshold=theta, temperature=temperature, top_p=top_p, min_p=min_p)
@@ -198,6 +200,7 @@ class RunOptions:
         cfg.device_topk = bool(o.device_topk)
         cfg.device_candidates = o.device_candidates
         cfg.n_ctx = o.n_ctx or model.n_ctx or 0
+        cfg.kv_memory = parse_kv_memory(o.kv_memory) or model.kv_memory
         cfg.n_threads = o.n_threads or model.n_threads or 0
         cfg.share_prompt_prefixes = o.share_prompt_prefixes
         return cfg
@@ -228,12 +231,16 @@ class RunOptions:
 
 
 def check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
-    """A reallocating run's largest extra job must fit a context the caller fixed (n_ctx)."""
+    """A reallocating run's largest extra job must be able to start in a context the caller fixed (n_ctx).
+
+    Only the start is checked: the engine preempts and recomputes when sequences outgrow the cache.
+    """
     if not opts.reallocates or not n_ctx:
         return
     cap = min(MAX_SEQUENCES, (3 if opts.method == "eager_adapt" else 1) * opts.max_sequences)
-    need = longest_prompt + cap * opts.max_new_tokens
+    first = cap if opts.reallocation == "tree" else 1  # a tree try starts one seed per extra
+    need = longest_prompt + first + (opts.max_new_tokens - 1 if opts.reallocation == "tree" else 0)
     if need > n_ctx:
-        raise ValueError(f"method={opts.method!r} may give a prompt {cap} extra sequences in one engine run: "
-                         f"up to {need} KV cells with the longest prompt, but n_ctx is {n_ctx}; "
-                         "raise n_ctx or lower max_sequences or max_new_tokens")
+        raise ValueError(f"method={opts.method!r} may start {first} extra sequence{'s' if first > 1 else ''} of a "
+                         f"prompt in one engine run: up to {need} KV cells with the longest prompt, but n_ctx is "
+                         f"{n_ctx}; raise n_ctx or lower max_sequences")

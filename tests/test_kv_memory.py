@@ -1,0 +1,114 @@
+"""The KV cache as a memory budget: preemption by recompute when it fills, clear errors when it cannot hold a
+prompt, positions bounded by the model's context (README, "Long generations")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import eager_cpp
+
+from conftest import load_jsonl, reference_logits
+
+# Capitals prompts of ~30 tokens. 256 cells (the smallest cache llama.cpp makes) hold a few prompts' trees:
+# admission projects the lengths it has seen, so the sequences that run on past them fill the cache.
+SMALL = 256
+NOISE = 1.0  # logits: llama.cpp's batch noise (DESIGN: up to 0.58 apart on the CPUs measured) plus margin
+
+
+def prompts(n: int = 8) -> list[str]:
+    return [r["prompt"] for r in load_jsonl("capitals_dev_100.jsonl", 40)[10:10 + n]]
+
+
+def shape(result: eager_cpp.RunResult) -> list[list[tuple]]:
+    return [[(s.index, s.parent, s.branch_step, tuple(s.token_ids), s.finish_reason) for s in p.sequences]
+            for p in result.prompts]
+
+
+def assert_greedy_choices(model, reference, result: eager_cpp.RunResult) -> None:
+    """Every token is the model's greedy choice at its prefix (the second best where a child was born),
+    teacher-forced on llama-cpp-python, up to batch noise: recomputed cells that were wrong would not be."""
+    for p in result.prompts:
+        prompt = model.tokenize(p.prompt)
+        by = {s.index: s for s in p.sequences}
+        for s in p.sequences:
+            rows = reference_logits(reference, prompt + s.token_ids[:-1])[len(prompt) - 1:]
+            for j, (row, token) in enumerate(zip(rows, s.token_ids)):
+                maker = s  # the sequence that generated token j: an inherited one comes from an ancestor
+                while maker.parent is not None and j < maker.branch_step:
+                    maker = by[maker.parent]
+                rank = 2 if maker.parent is not None and j == maker.branch_step else 1
+                wanted = np.sort(row)[-rank]
+                assert row[token] >= wanted - NOISE, (p.index, s.index, j, float(row[token]), float(wanted))
+
+
+def test_a_full_cache_preempts_prompts_and_recomputes_them_as_the_model_would(model, reference):
+    kw = dict(method="eager_init", max_sequences=4, entropy_threshold=0.8, temperature=0.0, max_new_tokens=40,
+              stop="\n\n", seed=1)
+    tight = eager_cpp.run(model, prompts(), n_ctx=SMALL, **kw)
+    free = eager_cpp.run(model, prompts(), **kw)
+    assert free.stats.preemptions == 0 and tight.stats.preemptions > 0 and tight.stats.recomputed_tokens > 0
+    assert tight.stats.kv_cells == SMALL >= tight.stats.peak_kv_cells
+    assert free.stats.peak_kv_cells > SMALL  # the job did need more than the budget
+    assert sum(p.n_sequences for p in tight.prompts) > len(tight.prompts)  # trees, not lone roots
+    for p in tight.prompts:  # parents and branch steps intact: a child starts with its parent's prefix
+        by = {s.index: s for s in p.sequences}
+        for s in p.sequences:
+            if s.parent is not None:
+                assert s.token_ids[: s.branch_step] == by[s.parent].token_ids[: s.branch_step]
+    assert_greedy_choices(model, reference, tight)
+    # Beside the noise of other batch shapes, the preempted run is the unconstrained one.
+    same = sum(a == b for a, b in zip(shape(tight), shape(free)))
+    assert same >= len(free.prompts) - 2, (same, len(free.prompts))
+
+
+def test_sampling_under_preemption_keeps_every_sample_and_reruns_identically(model):
+    kw = dict(method="parallel", max_sequences=4, temperature=1.3, max_new_tokens=64, stop="\n", seed=0,
+              n_ctx=SMALL)
+    a = eager_cpp.run(model, prompts(), **kw)
+    b = eager_cpp.run(model, prompts(), **kw)
+    assert a.stats.preemptions > 0
+    assert all(p.n_sequences == 4 for p in a.prompts)
+    assert all(s.finish_reason in ("stop", "length") and len(s.token_ids) <= 64 for p in a.prompts for s in p.sequences)
+    assert a.stats.generated_tokens == sum(len(s.own_tokens) for p in a.prompts for s in p.sequences)
+    assert a.stats.sequences == 4 * len(a.prompts)
+    assert shape(a) == shape(b)
+
+
+def test_one_prompt_larger_than_the_cache_pauses_its_own_sequences(model, reference):
+    # One prompt whose 4 greedy samples outgrow the cache: its youngest sequences wait for the others and
+    # are recomputed, so all four are the same greedy text.
+    r = eager_cpp.run(model, prompts(1), method="parallel", max_sequences=4, temperature=0.0, max_new_tokens=90,
+                      ignore_eos=True, n_ctx=SMALL)
+    assert r.stats.preemptions > 0 and r.stats.recomputed_tokens > 0
+    assert [len(s.token_ids) for s in r.prompts[0].sequences] == [90] * 4
+    assert_greedy_choices(model, reference, r)
+
+
+def test_a_budget_too_small_for_one_prompt_is_a_clear_error(model):
+    long_prompt = load_jsonl("gsm8k_train_200.jsonl", 1)[0]["prompt"]  # ~480 tokens
+    with pytest.raises(ValueError, match=r"kv_memory=1048576 bytes \(256 KV cells.*too small for prompt 0.*needs at least"):
+        eager_cpp.run(model, [long_prompt], max_new_tokens=4, kv_memory="1MiB")
+    with pytest.raises(ValueError, match=r"n_ctx=256 is too small for prompt 0"):
+        eager_cpp.run(model, [long_prompt], max_new_tokens=4, n_ctx=256)
+
+
+@pytest.mark.parametrize("bad", ["lots", "-5", 0, -1, True, "12 parsecs"])
+def test_kv_memory_must_be_a_size(model, bad):
+    with pytest.raises((ValueError, TypeError), match="kv_memory"):
+        eager_cpp.run(model, ["2+2="], max_new_tokens=2, kv_memory=bad)
+
+
+def test_kv_memory_sizes_the_cache_and_auto_does_not_grow_with_the_budget(model):
+    per_cell = eager_cpp.run(model, ["2+2="], max_new_tokens=2, kv_memory="64MiB").stats.kv_cells
+    assert per_cell == (64 << 20) // 18432 // 256 * 256  # Gemma 3 270M: 18 KiB a cell (18 layers, 1 KV head of 256)
+    kw = dict(method="parallel", max_sequences=2, stop="\n", max_live_sequences=8)
+    short = eager_cpp.run(model, prompts(2), max_new_tokens=16, **kw)
+    long = eager_cpp.run(model, prompts(2), max_new_tokens=30000, **kw)
+    assert short.stats.kv_cells < long.stats.kv_cells <= 8 * 4096 + 1024  # live x 4096, not M x max_new_tokens
+    assert long.stats.peak_kv_cells < 1024  # what the short answers held
+
+
+def test_max_new_tokens_past_the_model_context_is_refused(model):
+    with pytest.raises(ValueError, match="beyond the model's context of 32768"):
+        eager_cpp.run(model, ["2+2="], max_new_tokens=32766)
