@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
-from .model import MAX_THREADS, Model, default_model_path
+from .model import MAX_THREADS, THREADS_LIMIT, Model, default_model_path
 from .options import RunOptions
 from .phases import REALLOCATIONS
 from .progress import ProgressLine
@@ -157,7 +157,7 @@ def _model_arg(args: argparse.Namespace) -> str:
 
 def _check_threads(args: argparse.Namespace) -> None:
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise CliError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+        raise CliError(f"--threads must be between 1 and {MAX_THREADS} ({THREADS_LIMIT}), got {args.threads}")
 
 
 def _load_model(args: argparse.Namespace) -> Model:

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, ClassVar, Optional
 
 from . import _core
-from .model import MAX_CTX, MAX_THREADS, Model
+from .model import MAX_CTX, MAX_THREADS, THREADS_LIMIT, Model
 from .phases import REALLOCATIONS
 
 MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
@@ -36,12 +36,22 @@ METHODS = tuple(m.value for m in Method)
 THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
 
 
-def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, low: int, high: Optional[int] = None, why: str = "") -> int:
+    """An int (not a bool) in [low, high]; `why` says where a bound comes from, in the message."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ValueError(f"{name} must be {bound}{f' ({why})' if why else ''}, got {value}")
+    return value
+
+
+def check_text(name: str, value: str) -> str:
+    """A str that is valid Unicode: a lone surrogate ("\\ud800") has no UTF-8 form for the engine."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode text ({e.reason} at character {e.start})") from None
     return value
 
 
@@ -164,7 +174,7 @@ class RunOptions:
         if self.n_ctx is not None:
             check_int("n_ctx", self.n_ctx, 1, MAX_CTX)
         if self.n_threads is not None:
-            check_int("n_threads", self.n_threads, 1, MAX_THREADS)
+            check_int("n_threads", self.n_threads, 1, MAX_THREADS, why=THREADS_LIMIT)
         return replace(self, entropy_threshold=theta, temperature=temperature, top_p=top_p, min_p=min_p)
 
     @property

@@ -1,0 +1,122 @@
+"""Bad input on the newer surfaces (issue 23): each a clear Python exception, or one `eager-cpp: error:` line
+with exit 2 naming the file and line, never a traceback, a pybind11 signature or a hang."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import eager_cpp
+from eager_cpp.gguf_header import _Reader
+from eager_cpp.model import MAX_THREADS
+from eager_cpp.options import RunOptions
+
+Q = "Country: Peru\nCapital:"
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI with a timeout: a hang fails the test instead of the suite."""
+    return subprocess.run([sys.executable, "-m", "eager_cpp", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eager-cpp: error: "), proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def sequence(index: int, parent: int | None, branch_step: int = 0, **fields) -> dict:
+    tokens = [10, 11, 12]
+    return dict(index=index, text=" Lima", token_ids=tokens, own_tokens=tokens[branch_step:],
+                entropies=[0.5] * (len(tokens) - branch_step), parent=parent, branch_step=branch_step,
+                finish_reason="stop", round=0, branch_entropy=None if parent is None else 1.5, **fields)
+
+
+def results_line(sequences: list | None = None) -> str:
+    seqs = [sequence(0, None), sequence(1, 0, branch_step=1)] if sequences is None else sequences
+    return json.dumps({"index": 0, "prompt": Q, "prompt_tokens": 6, "answer": "Lima", "sequences": seqs}) + "\n"
+
+
+@pytest.fixture
+def results_file(tmp_path) -> Path:
+    path = tmp_path / "r.jsonl"
+    path.write_text(results_line())
+    return path
+
+
+# ----------------------------------------------------------------------------- 4: ggml's thread limit
+
+
+def test_the_thread_limit_is_ggmls_own():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    site = Path(llama_cpp.__file__).resolve().parents[1]
+    header = next((p for p in (site / "include" / "ggml.h", Path(llama_cpp.__file__).parent / "include" / "ggml.h")
+                   if p.is_file()), None)
+    if header is None:
+        pytest.skip("the pinned llama-cpp-python installed no ggml.h")
+    found = re.search(r"#define\s+GGML_MAX_N_THREADS\s+(\d+)", header.read_text())
+    assert found, f"no GGML_MAX_N_THREADS in {header}"
+    assert MAX_THREADS == int(found.group(1)) == 512
+
+
+@pytest.mark.parametrize("n_threads", [513, 600, 1024])
+def test_thread_counts_past_ggmls_limit_are_refused_before_any_thread_starts(model_path, n_threads):
+    with pytest.raises(ValueError, match=r"n_threads must be between 1 and 512 \(ggml's limit, GGML_MAX_N_THREADS\)"):
+        RunOptions.create(n_threads=n_threads)
+    with pytest.raises(ValueError, match="GGML_MAX_N_THREADS"):
+        eager_cpp.Model(model_path, n_threads=n_threads)
+    assert RunOptions.create(n_threads=512).n_threads == 512
+
+
+def test_the_cli_refuses_threads_past_ggmls_limit(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    proc = cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--threads", "600", "--quiet")
+    assert_one_line_error(proc, "--threads must be between 1 and 512", "GGML_MAX_N_THREADS")
+
+
+# ----------------------------------------------------------------------------- 6: messages that keep their place
+
+
+def _with_context_length(src: str, dst: Path, value: int) -> Path:
+    """A copy of the model at `src` whose '<arch>.context_length' (a uint32) holds `value`."""
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as f:
+        buf = f.read(16 * 1024 * 1024)
+    r = _Reader(buf, str(dst))
+    r.take("4s"), r.take("I"), r.take("Q")
+    for _ in range(r.take("Q")):
+        key = r.string("key")
+        kind = r.take("I")
+        if key.endswith(b".context_length"):
+            assert kind == 4, "context_length is a uint32 in GGUF"
+            with open(dst, "r+b") as f:
+                f.seek(r.pos)
+                f.write(struct.pack("<I", value))
+            return dst
+        if kind == 8:
+            r.string(key)
+        elif kind == 9:
+            r.skip_array(key)
+        else:
+            r.take({0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}[kind])
+    raise AssertionError("the model has no context_length key")
+
+
+def test_a_context_length_past_int32_is_read_unsigned(tmp_path, model_path):
+    path = _with_context_length(model_path, tmp_path / "long_context.gguf", 2**32 - 1)
+    model = eager_cpp.Model(path, n_threads=1)
+    assert model.n_ctx_train == 2**32 - 1
+    result = eager_cpp.run(model, [Q], method="parallel", max_sequences=1, max_new_tokens=2)
+    assert len(result.prompts[0].sequences[0].own_tokens) >= 1
