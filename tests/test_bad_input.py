@@ -17,6 +17,7 @@ import eager_cpp
 from eager_cpp.gguf_header import _Reader
 from eager_cpp.model import MAX_THREADS
 from eager_cpp.options import RunOptions
+from eager_cpp.results import RunResult
 
 Q = "Country: Peru\nCapital:"
 
@@ -53,6 +54,37 @@ def results_file(tmp_path) -> Path:
     path = tmp_path / "r.jsonl"
     path.write_text(results_line())
     return path
+
+
+# ----------------------------------------------------------------------------- 3: no pybind11 signature dumps
+
+
+@pytest.mark.parametrize("stop", [["\ud800"], "\ud800", ["\n", "ok\udfff"]])
+def test_a_stop_string_with_a_lone_surrogate_is_a_value_error(model, stop):
+    with pytest.raises(ValueError, match=r"stop string \d .* is not valid Unicode text \(surrogates not allowed"):
+        eager_cpp.run(model, ["hi"], max_new_tokens=4, stop=stop)
+
+
+def test_a_think_end_marker_with_a_lone_surrogate_is_a_value_error():
+    with pytest.raises(ValueError, match="think_end_marker is not valid Unicode text"):
+        RunOptions.create(think_end_marker="</\ud800>")
+
+
+def _tree_result(model) -> eager_cpp.RunResult:
+    """Phase (a) of a tree-reallocating run whose one sequence per prompt leaves budget to spend."""
+    return eager_cpp.run(model, [Q], method="eager_init", reallocation="tree", max_sequences=3,
+                         entropy_threshold=100.0, max_new_tokens=3, answers=["zzz"])
+
+
+@pytest.mark.parametrize("bad", [2**40, 10**9, -5, 1.5])
+def test_tampered_token_ids_give_one_clean_error_before_the_engine(model, bad):
+    result = _tree_result(model)
+    first = result.prompts[0].sequences[0]
+    assert first.parent is None and len(first.token_ids) >= 1
+    first.token_ids[0] = bad  # every branch point's prefix (or its taken tokens) holds it
+    with pytest.raises(ValueError, match=r"prompt 0: a branch seed continuing sequence 0 has a token id outside "
+                                         rf"the vocabulary \[0, {model.n_vocab}\) in its .*: {re.escape(repr(bad))}"):
+        eager_cpp.reallocate(model, result, method="eager", answers=["zzz"])
 
 
 # ----------------------------------------------------------------------------- 4: ggml's thread limit

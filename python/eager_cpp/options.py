@@ -153,11 +153,15 @@ class RunOptions:
         min_p = check_float("min_p", self.min_p, 0.0, 1.0)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+        for i, s in enumerate(self.stop):
+            check_text(f"stop string {i} ({s!r})", s)
         for name in ("record_entropies", "entropy_after_temperature", "chat", "ignore_eos", "share_prompt_prefixes"):
             check_bool(name, getattr(self, name))
         for name in ("think_end_marker", "chat_template"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+            if getattr(self, name) is not None:
+                check_text(name, getattr(self, name))
         check_int("no_branch_window", self.no_branch_window, 1)
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"unknown threshold_mode {self.threshold_mode!r}; expected 'fixed' or 'p99'")
