@@ -4,6 +4,7 @@ with exit 2 naming the file and line, never a traceback, a pybind11 signature or
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 import eager_cpp
+from eager_cpp import textfiles
 from eager_cpp.gguf_header import _Reader
 from eager_cpp.model import MAX_THREADS
 from eager_cpp.options import RunOptions
+from eager_cpp.plots import tree_lanes
 from eager_cpp.results import RunResult
 
 Q = "Country: Peru\nCapital:"
@@ -118,6 +121,80 @@ def test_the_cli_refuses_threads_past_ggmls_limit(tmp_path):
     assert_one_line_error(proc, "--threads must be between 1 and 512", "GGML_MAX_N_THREADS")
 
 
+# ----------------------------------------------------------------------------- 5: eager-cpp show
+
+
+def test_show_draws_a_well_formed_file(results_file):
+    proc = cli("show", str(results_file), "--prompt", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "#1 from #0 at step 1" in proc.stdout
+
+
+def test_show_without_matplotlib_is_one_line_before_any_output(tmp_path, results_file):
+    # matplotlib installed but unimportable: what a machine without it sees.
+    blocker = tmp_path / "blocker" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")]))
+    proc = cli("show", str(results_file), "--prompt", "0", "-o", str(tmp_path / "tree.png"), env=env)
+    assert_one_line_error(proc, "matplotlib", 'pip install "eager_cpp[plot]"')
+    assert proc.stdout == "" and not (tmp_path / "tree.png").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    (results_line([1]), "sequence 0 is int, expected an object"),
+    (results_line([sequence(0, None) | {"text": 5}]), "sequence 0: 'text' must be str, got 5"),
+    (results_line([sequence(0, None) | {"token_ids": "abc"}]), "'token_ids' must be a list of int"),
+    (results_line([sequence(0, None) | {"parent": "x"}]), "'parent' must be int or null"),
+    ('{"index": 0, "prompt": "q", "prompt_tokens": 1, "sequences": {}}\n', "'sequences' must be list"),
+    ('[1, 2]\n', "expected a JSON object, got list"),
+])
+def test_show_names_the_line_of_a_malformed_result(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(results_line() + line)
+    assert_one_line_error(cli("show", str(path), "--prompt", "0"), f"{path}:2: not a results line", message)
+
+
+def test_show_refuses_a_duplicated_sequence_index_instead_of_looping(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text(results_line([sequence(0, None), sequence(0, 0, branch_step=1)]))
+    assert_one_line_error(cli("show", str(path), "--prompt", "0"), f"{path}:1:", "sequence 0 is its own parent")
+    path.write_text(results_line([sequence(0, None), sequence(1, 0, branch_step=1), sequence(1, 0, branch_step=2)]))
+    assert_one_line_error(cli("show", str(path), "--prompt", "0"), f"{path}:1:", "sequence index 1 appears twice")
+    # The layout itself refuses it too, for a result built in memory.
+    with pytest.raises(ValueError, match="sequence index 0 appears twice"):
+        tree_lanes([eager_cpp.Sequence(**sequence(0, None)), eager_cpp.Sequence(**sequence(0, 0, branch_step=1))])
+
+
+@pytest.mark.parametrize("make", ["fifo", "device"])
+def test_every_command_refuses_a_file_that_is_not_regular_without_blocking(tmp_path, make):
+    if make == "fifo":
+        path = tmp_path / "input.jsonl"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    out = tmp_path / "x.jsonl"
+    assert_one_line_error(cli("show", str(path), "--prompt", "0"), "results file is not a regular file", str(path))
+    assert_one_line_error(cli("run", str(path), "-o", str(out), "--quiet"), "input file is not a regular file",
+                          str(path))
+    assert_one_line_error(cli("eval", str(path), "--quiet"), "input file is not a regular file", str(path))
+    assert not out.exists()
+
+
+def test_a_line_over_the_limit_is_refused_after_reading_only_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(textfiles, "MAX_LINE_BYTES", 1000)
+    path = tmp_path / "long.jsonl"
+    path.write_text(results_line() + "x" * 5000 + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: a line longer than 1000 bytes"):
+        RunResult.from_jsonl(path)
+    # A line of exactly the limit (its newline aside) is read.
+    exact = tmp_path / "exact.jsonl"
+    line = results_line()
+    monkeypatch.setattr(textfiles, "MAX_LINE_BYTES", len(line) - 1)
+    exact.write_text(line)
+    assert len(RunResult.from_jsonl(exact).prompts) == 1
+
+
 # ----------------------------------------------------------------------------- 6: messages that keep their place
 
 
@@ -152,3 +229,30 @@ def test_a_context_length_past_int32_is_read_unsigned(tmp_path, model_path):
     assert model.n_ctx_train == 2**32 - 1
     result = eager_cpp.run(model, [Q], method="parallel", max_sequences=1, max_new_tokens=2)
     assert len(result.prompts[0].sequences[0].own_tokens) >= 1
+
+
+def test_invalid_utf8_names_the_file_and_line(tmp_path, results_file):
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"Country: Peru\\nCapital:\nCountry: \xff\xfe\n")
+    assert_one_line_error(cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--quiet"),
+                          f"{prompts}:2: not UTF-8 text")
+    results_file.write_bytes(results_file.read_bytes() + b'{"index": 1, "prompt": "\xc3"}\n')
+    assert_one_line_error(cli("show", str(results_file), "--prompt", "0"), f"{results_file}:2: not UTF-8 text")
+
+
+def test_a_lone_surrogate_in_a_jsonl_prompt_names_the_file_and_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "fine", "answer": "a"}\n{"prompt": "bad \\ud800", "answer": "a"}\n')
+    assert_one_line_error(cli("run", str(data), "-o", str(tmp_path / "o.jsonl"), "--quiet"),
+                          f"{data}:2: the 'prompt' field is not valid Unicode text")
+    data.write_text('{"prompt": "fine", "answer": "\\udfff"}\n')
+    assert_one_line_error(cli("eval", str(data), "--quiet"), f"{data}:1: the 'answer' field is not valid Unicode")
+
+
+def test_a_corrupt_meta_json_is_named(results_file):
+    meta = Path(str(results_file) + ".meta.json")
+    meta.write_text("{not json")
+    assert_one_line_error(cli("show", str(results_file), "--prompt", "0"), f"{meta}: not a results metadata file")
+    meta.write_text("[]")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(meta))}: not a results metadata file"):
+        RunResult.from_jsonl(results_file)
