@@ -16,6 +16,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp import textfiles
+from eager_cpp.datasets import load_examples
 from eager_cpp.gguf_header import _Reader
 from eager_cpp.model import MAX_THREADS
 from eager_cpp.options import RunOptions
@@ -256,3 +257,20 @@ def test_a_corrupt_meta_json_is_named(results_file):
     meta.write_text("[]")
     with pytest.raises(ValueError, match=rf"{re.escape(str(meta))}: not a results metadata file"):
         RunResult.from_jsonl(results_file)
+
+
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_eval_says_what_is_wrong_with_limit(tmp_path, limit):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "q", "answer": "a"}\n')
+    assert_one_line_error(cli("eval", str(data), "--limit", limit, "--quiet"), "--limit must be at least 1",
+                          f"got {limit}")
+    with pytest.raises(ValueError, match="limit must be a positive number"):
+        load_examples(data, limit=int(limit))
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    proc = cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--resume", "--overwrite", "--quiet")
+    assert_one_line_error(proc, "--resume", "--overwrite", "pass one of them")

@@ -391,6 +391,8 @@ def _check_writable(path: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise CliError("--resume continues the existing output and --overwrite replaces it: pass one of them")
     examples = load_examples(args.input)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise CliError("--chunk-size must be at least 1")
@@ -470,6 +472,8 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
 
 
 def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1 (the number of examples to use), got {args.limit}")
     examples = load_examples(args.dataset, require_answers=True, limit=args.limit)
     scorer = default_scorer(args.scorer) if args.scorer else scorer_for_dataset(args.dataset)
     return [e.prompt for e in examples], [e.answer for e in examples], scorer
