@@ -53,7 +53,7 @@ def test_recorded_form_round_trips_and_is_versioned():
     ("top_k", 2**40, ValueError, "top_k must be between 0 and"),
     ("max_new_tokens", 2**40, ValueError, "max_new_tokens must be between 1 and"),
     ("n_ctx", 2**40, ValueError, "n_ctx must be between 1 and"),
-    ("n_threads", 100_000, ValueError, "n_threads must be between 1 and 1024"),
+    ("n_threads", 100_000, ValueError, "n_threads must be between 1 and 512"),
     ("max_sequences", 257, ValueError, "max_sequences must be between 1 and 256"),
     ("top_p", 0.0, ValueError, r"top_p must be a finite number in \(0.0, 1.0\]"),
     ("record_entropies", "yes", TypeError, "record_entropies must be True or False"),

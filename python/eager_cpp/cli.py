@@ -13,12 +13,13 @@ from typing import Any, Optional
 
 from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
-from .model import MAX_THREADS, Model, default_model_path, parse_kv_memory
+from .model import MAX_THREADS, THREADS_LIMIT, Model, default_model_path, parse_kv_memory
 from .options import RunOptions
 from .phases import REALLOCATIONS
 from .progress import ProgressLine
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, default_scorer, scorer_for_dataset
+from .textfiles import read_text
 
 DEMO_PROMPTS = [
     "Country: France\nCapital: Paris\n\nCountry: Kenya\nCapital: Nairobi\n\nCountry: Australia\nCapital:",
@@ -161,7 +162,7 @@ def _model_arg(args: argparse.Namespace) -> str:
 
 def _check_threads(args: argparse.Namespace) -> None:
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise CliError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+        raise CliError(f"--threads must be between 1 and {MAX_THREADS} ({THREADS_LIMIT}), got {args.threads}")
 
 
 def _kv_memory(args: argparse.Namespace) -> Any:
@@ -300,7 +301,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json.loads(read_text(meta_path, "results metadata file"))
         if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
             raise ValueError("no 'settings' object")
         return meta
@@ -341,6 +342,14 @@ def _read_done(path: Path) -> dict[int, dict]:
         good.append(line)
     path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
     return done
+
+
+def _checked_prompt(path: Path, row: dict) -> PromptResult:
+    """A line `_read_done` kept, as a PromptResult; a malformed one names the file and the prompt."""
+    try:
+        return prompt_from_dict(row)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CliError(f"{path}: prompt {row['index']} is not a results line ({e}); rerun with --overwrite") from None
 
 
 def _append_line(f, prompt: PromptResult) -> None:
@@ -395,6 +404,8 @@ def _check_writable(path: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume and args.overwrite:
+        raise CliError("--resume continues the existing output and --overwrite replaces it: pass one of them")
     examples = load_examples(args.input)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise CliError("--chunk-size must be at least 1")
@@ -454,7 +465,7 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
             settings = settings or meta.get("engine_settings")
             if settings is None:
                 raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
-            prompts = [prompt_from_dict(d) for _, d in sorted(_read_done(init_path).items())]
+            prompts = [_checked_prompt(init_path, d) for _, d in sorted(_read_done(init_path).items())]
             result = RunResult(prompts=prompts, stats=RunStats(method="eager_init"), settings=dict(settings))
             reallocate(model, result, args.method, answers=answers, cluster=cluster)
             tmp = out.with_name(out.name + ".tmp")
@@ -474,6 +485,8 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
 
 
 def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1 (the number of examples to use), got {args.limit}")
     examples = load_examples(args.dataset, require_answers=True, limit=args.limit)
     scorer = default_scorer(args.scorer) if args.scorer else scorer_for_dataset(args.dataset)
     return [e.prompt for e in examples], [e.answer for e in examples], scorer
@@ -541,11 +554,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .evaluate import format_table, sweep
+    from .plots import plot_bench, require_matplotlib
 
     try:  # before the sweep, not after it
-        from .plots import plot_bench
+        require_matplotlib()
     except ImportError as e:
-        raise CliError(f"bench draws its plots with matplotlib ({e}): pip install \"eager_cpp[plot]\"") from None
+        raise CliError(f"bench draws its plots with matplotlib: {e}") from None
     prompts, answers, scorer = _labelled(args)
     methods = _methods(args.methods)
     thetas = _csv(args.thetas, float, "thetas")
@@ -579,8 +593,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .plots import format_tree
+    from .plots import format_tree, plot_tree, require_matplotlib
 
+    if args.output:
+        try:  # before reading the results, not after printing the tree
+            require_matplotlib()
+        except ImportError as e:
+            raise CliError(f"show -o draws the tree with matplotlib: {e}") from None
+        _check_writable(Path(args.output))
     result = RunResult.from_jsonl(args.results)
     found = [p for p in result.prompts if p.index == args.prompt]
     if not found:
@@ -588,12 +608,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         span = f"{min(have)}..{max(have)}" if have else "none"
         raise CliError(f"prompt {args.prompt} is not in {args.results} (its prompt indices: {span})")
     prompt = found[0]
-    if args.output:
-        try:
-            from .plots import plot_tree
-        except ImportError as e:
-            raise CliError(f"show draws with matplotlib ({e}): pip install \"eager_cpp[plot]\"") from None
-        _check_writable(Path(args.output))
     print(format_tree(prompt))
     if args.output:
         print(f"wrote {plot_tree(prompt, args.output)}")

@@ -37,7 +37,7 @@ from .options import RunOptions, check_extras_fit
 from .system import resolve_cpu_buffers
 from .budget import ReallocationPlan
 from .local import LocalExecutor
-from .model import Model, parse_kv_memory
+from .model import MAX_THREADS, THREADS_LIMIT, Model, parse_kv_memory
 from .phases import PhaseJob, PhaseOutput, count, reallocate_phases, run_phases, score
 from .progress import ProgressEvent, ProgressSink
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
@@ -239,6 +239,9 @@ class RayWorkers:
             raise ValueError(f'cluster must be "local" or a Ray address, got {cluster!r}')
         self.workers_requested = _check_count("workers", workers)
         self.threads_per_worker = _check_count("threads_per_worker", threads_per_worker) or 1
+        if self.threads_per_worker > MAX_THREADS:  # refused here, not by each worker as it loads
+            raise ValueError(f"threads_per_worker must be between 1 and {MAX_THREADS} ({THREADS_LIMIT}), "
+                             f"got {self.threads_per_worker}")
         self.n_ctx = _check_count("n_ctx", n_ctx)
         self.max_shard_prompts = _check_count("max_shard_prompts", max_shard_prompts)
         _check_count("num_cpus", num_cpus)

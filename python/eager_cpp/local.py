@@ -7,7 +7,7 @@ from typing import Any, Optional
 from . import _core
 from .model import Model
 from .options import RunOptions
-from .phases import PhaseJob, PhaseOutput, ProgressFn
+from .phases import PhaseJob, PhaseOutput, ProgressFn, Seed
 from .progress import ProgressEvent
 from .results import PromptResult, RunStats, Sequence
 
@@ -47,9 +47,9 @@ class LocalExecutor:
         stats = RunStats(method=method)
         if not jobs:
             return PhaseOutput(prompts=[], stats=stats)
+        n_vocab = self.model.n_vocab
         core_jobs = [_core.PromptJob(self.tokens(j.index, j.prompt), j.max_sequences, j.theta, j.index,
-                                     j.sequence_base,
-                                     [_core.BranchSeed(list(s.prefix), list(s.exclude), s.rank) for s in j.seeds])
+                                     j.sequence_base, [branch_seed(s, j.index, n_vocab) for s in j.seeds])
                      for j in jobs]
         self.config.method = ENGINE_METHODS[method]
         on_step = None
@@ -66,6 +66,23 @@ class LocalExecutor:
         for key in RunStats.SUMMED + RunStats.PEAKED:
             setattr(stats, key, getattr(s, key))
         return PhaseOutput(prompts=prompts, stats=stats)
+
+
+def branch_seed(seed: Seed, index: int, n_vocab: int) -> Any:
+    """The engine's BranchSeed for `seed` of prompt `index`, its token ids checked against the vocabulary.
+
+    The ids come from a result's sequences, which a caller may have edited or read from a file: one that
+    is not an int in [0, n_vocab) is a ValueError here, where the engine's binding (32-bit ids) would
+    answer an id past 2**31 with its signature instead.
+    """
+    for name, ids in (("prefix", seed.prefix), ("excluded tokens", seed.exclude)):
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
+                raise ValueError(f"prompt {index}: a branch seed continuing sequence {seed.source} has a token id "
+                                 f"outside the vocabulary [0, {n_vocab}) in its {name}: {t!r}")
+    if isinstance(seed.rank, bool) or not isinstance(seed.rank, int) or not 1 <= seed.rank < 2**31:
+        raise ValueError(f"prompt {index}: a branch seed's rank must be a positive int, got {seed.rank!r}")
+    return _core.BranchSeed(list(seed.prefix), list(seed.exclude), seed.rank)
 
 
 def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:

@@ -18,7 +18,10 @@ GGUF_MAGIC = b"GGUF"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-MAX_THREADS = 1024  # past this, thread creation fails inside llama.cpp's OpenMP pool, not with an exception
+# ggml's GGML_MAX_N_THREADS (ggml.h of the pinned llama.cpp): the most threads a graph computes with. Past it,
+# where the address space is limited, libgomp fails to create threads and ends the process (exit 1, no exception).
+MAX_THREADS = 512
+THREADS_LIMIT = "ggml's limit, GGML_MAX_N_THREADS"
 MAX_CTX = 1 << 24  # KV cells: far past any model's training context, below what allocation sizes overflow on
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 2**10, "M": 2**20, "G": 2**30,
           "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -128,7 +131,8 @@ class Model:
             raise ValueError(f"n_ctx must be an int between 1 and {MAX_CTX} or None, got {n_ctx!r}")
         if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int)
                                       or not 1 <= n_threads <= MAX_THREADS):
-            raise ValueError(f"n_threads must be an int between 1 and {MAX_THREADS} or None, got {n_threads!r}")
+            raise ValueError(f"n_threads must be an int between 1 and {MAX_THREADS} or None ({THREADS_LIMIT}), "
+                             f"got {n_threads!r}")
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an int >= -1 (-1: all layers), got {n_gpu_layers!r}")
         self.cpu_buffers = resolve_cpu_buffers(cpu_buffers)
@@ -177,7 +181,12 @@ class Model:
 
     @property
     def n_ctx_train(self) -> int:
-        return self._model.n_ctx_train
+        """The context length the model was trained with, from its GGUF metadata.
+
+        llama.cpp stores it unsigned but hands it out as int32: a header value past 2**31 - 1 comes back
+        negative, so it is read back as the unsigned value the file holds.
+        """
+        return self._model.n_ctx_train % 2**32
 
     @property
     def kv_bytes_per_cell(self) -> int:

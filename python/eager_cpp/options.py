@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any, ClassVar, Optional
 
 from . import _core
-from .model import MAX_CTX, MAX_THREADS, Model, parse_kv_memory
+from .model import MAX_CTX, MAX_THREADS, THREADS_LIMIT, Model, parse_kv_memory
 from .phases import REALLOCATIONS
 
 MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
@@ -36,12 +36,22 @@ METHODS = tuple(m.value for m in Method)
 THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
 
 
-def check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, low: int, high: Optional[int] = None, why: str = "") -> int:
+    """An int (not a bool) in [low, high]; `why` says where a bound comes from, in the message."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ValueError(f"{name} must be {bound}{f' ({why})' if why else ''}, got {value}")
+    return value
+
+
+def check_text(name: str, value: str) -> str:
+    """A str that is valid Unicode: a lone surrogate ("\\ud800") has no UTF-8 form for the engine."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode text ({e.reason} at character {e.start})") from None
     return value
 
 
@@ -144,11 +154,15 @@ class RunOptions:
         min_p = check_float("min_p", self.min_p, 0.0, 1.0)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+        for i, s in enumerate(self.stop):
+            check_text(f"stop string {i} ({s!r})", s)
         for name in ("record_entropies", "entropy_after_temperature", "chat", "ignore_eos", "share_prompt_prefixes"):
             check_bool(name, getattr(self, name))
         for name in ("think_end_marker", "chat_template"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+            if getattr(self, name) is not None:
+                check_text(name, getattr(self, name))
         check_int("no_branch_window", self.no_branch_window, 1)
         if self.threshold_mode not in THRESHOLD_MODES:
             raise ValueError(f"unknown threshold_mode {self.threshold_mode!r}; expected 'fixed' or 'p99'")
@@ -166,7 +180,7 @@ class RunOptions:
             check_int("n_ctx", self.n_ctx, 1, MAX_CTX)
         parse_kv_memory(self.kv_memory)
         if self.n_threads is not None:
-            check_int("n_threads", self.n_threads, 1, MAX_THREADS)
+            check_int("n_threads", self.n_threads, 1, MAX_THREADS, why=THREADS_LIMIT)
         return replace(self, entropy_threshold=theta, temperature=temperature, top_p=top_p, min_p=min_p)
 
     @property

@@ -28,6 +28,11 @@ def _pyplot():
     return plt
 
 
+def require_matplotlib() -> None:
+    """Raise the ImportError of `_pyplot` now, before any work whose plots could not be drawn."""
+    _pyplot()
+
+
 def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points no other point beats on both fewer tokens and higher Pass@k, by tokens."""
     frontier, best = [], float("-inf")
@@ -80,10 +85,17 @@ def plot_bench(rows: list[dict], out_dir: "str | Path") -> list[Path]:
 
 
 def tree_lanes(sequences: list) -> list[int]:
-    """Sequence indices in drawing order: each sequence directly above its children, children by branch step."""
+    """Sequence indices in drawing order: each sequence directly above its children, children by branch step.
+
+    A sequence index that appears twice is a ValueError: the walk from parent to children would never end.
+    """
     children: dict = {}
     roots = []
+    seen: set = set()
     for s in sequences:
+        if s.index in seen:
+            raise ValueError(f"sequence index {s.index} appears twice in one prompt's tree")
+        seen.add(s.index)
         if s.parent is None:
             roots.append(s)
         else:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 from .metrics import compute_metrics
 from .scoring import AnswerScorer, extract_answer
+from .textfiles import read_lines, read_text
 
 
 @dataclass
@@ -185,34 +186,96 @@ class RunResult:
         are taken from there when present, else from `settings`. Stats are recounted from the prompts.
         """
         prompts: list[PromptResult] = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    prompts.append(prompt_from_dict(json.loads(line)))
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{number}: not a results line ({e})") from None
+        for number, line in read_lines(path, "results file"):
+            if not line.strip():
+                continue
+            try:
+                prompts.append(prompt_from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{number}: not a results line ({e})") from None
         prompts.sort(key=lambda p: p.index)
         if settings is None:
             meta = os.fspath(path) + ".meta.json"
-            if os.path.exists(meta):
-                with open(meta, encoding="utf-8") as f:
-                    recorded = json.load(f)
-                settings = recorded.get("engine_settings") or recorded.get("settings")
+            if os.path.lexists(meta):
+                settings = _recorded_settings(meta)
         stats = RunStats(method=(settings or {}).get("method", ""))
         stats.sequences = sum(p.n_sequences for p in prompts)
         stats.generated_tokens = sum(p.generated_tokens for p in prompts)
         return cls(prompts=prompts, stats=stats, settings=dict(settings or {}))
 
 
-def prompt_from_dict(d: dict[str, Any]) -> PromptResult:
-    """Inverse of prompt_to_dict (for resuming from a results JSONL)."""
+def _recorded_settings(meta: str) -> dict[str, Any]:
+    """The run settings `eager-cpp run` recorded beside its results (PATH.meta.json)."""
+    try:
+        recorded = json.loads(read_text(meta, "results metadata file"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta}: not a results metadata file (invalid JSON: {e})") from None
+    settings = recorded.get("engine_settings") or recorded.get("settings") if isinstance(recorded, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{meta}: not a results metadata file (no 'settings' object)")
+    return settings
+
+
+# What each field of a stored sequence may hold: a file edited by hand (or by an attacker) gives a
+# ValueError naming the field, not an AttributeError deep inside whatever reads it next.
+_INT, _TEXT, _NUMBER = (int,), (str,), (int, float)
+_SEQUENCE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name -> (types, None allowed)
+    "index": (_INT, False), "text": (_TEXT, False), "parent": (_INT, True), "branch_step": (_INT, False),
+    "finish_reason": (_TEXT, False), "round": (_INT, False), "branch_entropy": (_NUMBER, True),
+    "answer": (_TEXT, True), "correct": ((bool,), True), "marker_step": (_INT, True),
+}
+_SEQUENCE_LISTS = {"token_ids": _INT, "own_tokens": _INT, "entropies": _NUMBER}
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _sequence_from_dict(s: Any, position: int) -> Sequence:
+    where = f"sequence {position}"
+    if not isinstance(s, dict):
+        raise ValueError(f"{where} is {type(s).__name__}, expected an object")
+    for name in ("index", "text", "token_ids", "own_tokens", "entropies", "parent", "branch_step", "finish_reason"):
+        if name not in s:
+            raise ValueError(f"{where} has no {name!r} field")
+    for name, (types, nullable) in _SEQUENCE_FIELDS.items():
+        value = s.get(name)
+        if name in s and not (value is None and nullable) and not _is(value, types):
+            raise ValueError(f"{where}: {name!r} must be {' or '.join(t.__name__ for t in types)}"
+                             f"{' or null' if nullable else ''}, got {value!r}"[:300])
+    for name, types in _SEQUENCE_LISTS.items():
+        value = s[name]
+        if not isinstance(value, list) or not all(_is(v, types) for v in value):
+            raise ValueError(f"{where}: {name!r} must be a list of {' or '.join(t.__name__ for t in types)}")
+    if s["index"] < 0 or s["branch_step"] < 0 or s.get("round", 0) < 0:
+        raise ValueError(f"{where}: 'index', 'branch_step' and 'round' must be >= 0")
+    if s["parent"] == s["index"]:
+        raise ValueError(f"{where}: sequence {s['index']} is its own parent")
     fields = set(Sequence.__dataclass_fields__)
-    sequences = [Sequence(**{k: v for k, v in s.items() if k in fields}) for s in d["sequences"]]
+    return Sequence(**{k: v for k, v in s.items() if k in fields})
+
+
+def prompt_from_dict(d: dict[str, Any]) -> PromptResult:
+    """Inverse of prompt_to_dict (for resuming from a results JSONL); ValueError naming what is malformed."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+    for name, types in (("index", _INT), ("prompt", _TEXT), ("prompt_tokens", _INT), ("sequences", (list,))):
+        if name not in d:
+            raise ValueError(f"no {name!r} field")
+        if not _is(d[name], types):
+            raise ValueError(f"{name!r} must be {types[0].__name__}, got {d[name]!r}"[:300])
+    steps = d.get("steps", 0)
+    if not _is(steps, _INT):
+        raise ValueError(f"'steps' must be int, got {steps!r}"[:300])
+    sequences = [_sequence_from_dict(s, k) for k, s in enumerate(d["sequences"])]
+    seen: set[int] = set()
+    for s in sequences:
+        if s.index in seen:  # a tree walk over such a prompt would never end
+            raise ValueError(f"sequence index {s.index} appears twice")
+        seen.add(s.index)
     gold = d.get("answer", d.get("gold_answer"))  # "gold_answer" in files written before 0.2
     return PromptResult(index=d["index"], prompt=d["prompt"], sequences=sequences, prompt_tokens=d["prompt_tokens"],
-                        gold_answer=None if gold is None else str(gold), steps=d.get("steps", 0))
+                        gold_answer=None if gold is None else str(gold), steps=steps)
 
 
 def prompt_to_dict(p: PromptResult) -> dict[str, Any]:
