@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include "errors.hpp"
@@ -52,10 +53,13 @@ private:
     int32_t capacity_;
 };
 
-// Clears a context's memory however a run ends, so an interrupted run leaves nothing behind.
+// Clears a context's memory however a run ends, so an interrupted run leaves nothing behind. Only the
+// cells' bookkeeping is reset after a run that ended normally: zeroing the data means touching the whole
+// KV buffer (gigabytes with a long-budget kv_memory), and stale values in empty cells are finite and
+// masked out of every attention. A run that threw (non-finite logits, say) zeroes the data too.
 struct MemoryGuard {
     llama_memory_t mem;
-    ~MemoryGuard() { llama_memory_clear(mem, true); }
+    ~MemoryGuard() { llama_memory_clear(mem, std::uncaught_exceptions() > 0); }
 };
 
 }  // namespace eager

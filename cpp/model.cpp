@@ -288,7 +288,8 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
         device_.detach(ctx_);
     }
     shape_.device = shape.device;
-    llama_memory_clear(llama_get_memory(ctx_), true);
+    // A new context's buffer is zeroed by llama.cpp; a reused one was cleared after its last run (batch.hpp).
+    llama_memory_clear(llama_get_memory(ctx_), false);
     return ctx_;
 }
 

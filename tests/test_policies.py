@@ -168,8 +168,9 @@ def test_admission_counts_expected_growth_until_counts_are_final():
     assert adm.growth_estimate() == 3.0
     assert adm.expected_live([open_prompt], 3.0) == 3.0
     assert adm.may_admit(job(8), [open_prompt] * 4, 4, 0)  # 4 x 3 + 3 <= 16
-    closed = P.PromptLoad(8, 6, 2, False)  # closed for branching: only its live sequences count
+    closed = P.PromptLoad(8, 2, 2, False)  # closed for branching: only its live sequences count
     assert adm.expected_live([closed], 3.0) == 2.0
+    assert adm.expected_live([P.PromptLoad(8, 2, 2, True)], 3.0) == 3.0  # open: it may grow to the estimate
     finished_some = P.PromptLoad(8, 5, 1, True)  # 4 of its 5 finished: expected 3 - 4 < live
     assert adm.expected_live([finished_some], 3.0) == 1.0
 
