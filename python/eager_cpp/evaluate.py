@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .api import run
 from .model import Model
+from .phases import REALLOCATING_METHODS
 from .results import RunResult
 
 COLUMNS = [
@@ -37,7 +38,7 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
     result = run(model, list(prompts), method=method, max_sequences=max_sequences, answers=list(answers),
                  scorer=scorer, **kwargs)
     m = result.metrics()
-    mode = result.settings.get("reallocation", "fresh") if result.stats.method in ("eager_adapt", "eager") else "-"
+    mode = result.settings.get("reallocation", "fresh") if result.stats.method in REALLOCATING_METHODS else "-"
     row = {
         "method": method,
         "reallocation": mode,
@@ -85,7 +86,7 @@ def sweep(model: Model, prompts: Sequence[str], answers: Sequence[str], methods:
             for method in methods:
                 if method == "parallel":
                     continue
-                for mode in modes if method in ("eager_adapt", "eager") else modes[:1]:
+                for mode in modes if method in REALLOCATING_METHODS else modes[:1]:
                     row, _ = evaluate_one(model, prompts, answers, method, theta, m, scorer, reallocation=mode,
                                           **run_kwargs)
                     row["tokens_ratio"] = row["tokens"] / baseline_tokens if baseline_tokens else float("nan")
