@@ -3,15 +3,18 @@ confidence-weighted vote (docs/method.md, "Label-free reallocation")."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 
 import eager_cpp
 from eager_cpp.budget import PromptSignals, doubt, plan_label_free
-from eager_cpp.label_free import (NO_ANSWER, confidence_weights, prompt_signals, trace_entropies, trace_uncertainty,
-                                  vote_counts)
+from eager_cpp.label_free import (NO_ANSWER, confidence_weights, departures, prompt_signals, trace_entropies,
+                                  trace_uncertainty, vote_counts)
 from eager_cpp.metrics import compute_metrics, weighted_vote
 from eager_cpp.phases import PhaseOutput, run_phases, signals_of
 from eager_cpp.results import PromptResult, RunStats, Sequence
@@ -195,9 +198,24 @@ def test_cons_weighted_is_reported_when_every_prompt_has_confidences():
         compute_metrics([dict(item, confidences=[1.0])])
 
 
-def test_confidence_weights_follow_the_worst_window():
+def test_confidence_weights_follow_the_worst_window_and_the_departures():
     seqs = [seq(0, "a", [0.0, 0.0]), seq(1, "b", [2.0, 2.0])]
     assert confidence_weights(seqs) == pytest.approx([1.0, math.exp(-2.0)])
+    # A child took the model's second choice at its branch point, a grandchild did so twice.
+    tree = [seq(0, "a", [0.0, 0.0, 0.0]), seq(1, "b", [0.0, 0.0], parent=0, branch_step=1),
+            seq(2, "c", [0.0], parent=1, branch_step=2)]
+    assert [departures(s, {t.index: t for t in tree}) for s in tree] == [0, 1, 2]
+    assert confidence_weights(tree) == pytest.approx([1.0, 0.5, 0.25])
+
+
+def test_the_weighted_vote_counts_a_trees_children_less_than_its_root():
+    # Root says Paris, surely; its three children (each the second choice at a point, then unsure) say
+    # Lyon: a plain vote follows the children, the weighted one the root (0.90 against 0.16 + 0.20 + 0.30).
+    tree = [seq(0, "Paris", [0.1, 0.1, 0.1, 0.1])] + [
+        seq(k, "Lyon", [1.5] * (4 - k), parent=0, branch_step=k) for k in (1, 2, 3)]
+    answers = [s.text for s in tree]
+    assert weighted_vote(answers, [1.0] * 4)[0] == "Lyon"
+    assert weighted_vote(answers, confidence_weights(tree))[0] == "Paris"
 
 
 # --- the phases, on a fake executor -------------------------------------------------------------
@@ -272,3 +290,35 @@ def test_real_run_plans_the_same_with_true_replaced_or_no_labels(model):
     assert labelled.settings["method"] == "eager_label_free"
     assert labelled.consensus(FIRST_LINE) == unlabelled.consensus(FIRST_LINE)
     assert labelled.consensus(FIRST_LINE) == [p["weighted_answer"] for p in m["per_prompt"]]
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eager_cpp", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_runs_and_evaluates_the_label_free_method(tmp_path):
+    from conftest import load_jsonl
+
+    rows = load_jsonl("capitals_dev_100.jsonl", limit=4)
+    data = tmp_path / "capitals_small.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
+    small = ["-M", "3", "--theta", "0.75", "--max-new-tokens", "6", "--stop", "\\n", "--quiet"]
+    out = tmp_path / "lf.jsonl"
+    proc = cli("run", str(data), "-o", str(out), "--method", "eager_label_free", "--label-free-signals", "votes,tree",
+               *small)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "lf.jsonl.meta.json").read_text())
+    assert meta["engine_settings"]["label_free_signals"] == ["votes", "tree"]
+    assert sum(json.loads(line)["n_sequences"] for line in out.read_text().splitlines()) <= 12
+    table = tmp_path / "table.json"
+    proc = cli("eval", str(data), "--methods", "eager_label_free", "--reallocation", "fresh,tree", "--json", str(table),
+               *small)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["method"], r["reallocation"]) for r in json.loads(table.read_text())["rows"]] == [
+        ("eager_label_free", "fresh"), ("eager_label_free", "tree")]
+    proc = cli("eval", str(data), "--methods", "eager_label_free", "--label-free-signals", "votes,gold", *small)
+    assert proc.returncode == 2 and "label_free_signals" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

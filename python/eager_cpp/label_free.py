@@ -6,7 +6,8 @@ Pure functions of a prompt's sequences (no model, no engine, never a gold answer
   included (a child records only its own tokens; the prefix's come from its ancestors).
 - ``trace_uncertainty``: DeepConf's "lowest group confidence" in entropy form: the highest mean entropy
   over any window of ``window`` consecutive tokens (the whole trace when shorter). Low = confident.
-- ``confidence_weights``: a vote weight per sequence, exp(-trace_uncertainty) in (0, 1].
+- ``departures``: how often a trace took a token other than the model's first choice at a branch point.
+- ``confidence_weights``: a vote weight per sequence, exp(-trace_uncertainty) x 0.5 ** departures, in (0, 1].
   ``metrics.weighted_vote`` counts them (Cons@k weighted: DeepConf's confidence-weighted majority).
 - ``prompt_signals``: the label-free planner's input (``budget.PromptSignals``) for one prompt.
 
@@ -25,10 +26,11 @@ from .results import Sequence
 from .scoring import normalize_answer
 from .tree import branch_points
 
-__all__ = ["DEFAULT_WINDOW", "NO_ANSWER", "confidence_weights", "prompt_signals", "trace_entropies",
-           "trace_uncertainty", "vote_counts"]
+__all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "NO_ANSWER", "confidence_weights", "departures", "prompt_signals",
+           "trace_entropies", "trace_uncertainty", "vote_counts"]
 
 DEFAULT_WINDOW = 16  # tokens per confidence window (DeepConf uses 2048 on long traces; capitals answers are <= 16)
+DEPARTURE_FACTOR = 0.5  # vote weight kept per departure from the model's first choice (0.25-0.5 tied on capitals dev)
 NO_ANSWER = "\x00no answer"  # the vote of a sequence whose text yields no answer: it disagrees with every answer
 
 
@@ -65,10 +67,32 @@ def trace_uncertainty(entropies: Seq[float], window: int = DEFAULT_WINDOW) -> fl
     return worst / window
 
 
-def confidence_weights(sequences: Seq[Sequence], window: int = DEFAULT_WINDOW) -> list[float]:
-    """Per sequence (same order), exp(-trace_uncertainty): 1.0 for a trace with no doubt, near 0 for a lost one."""
+def departures(sequence: Sequence, by_index: dict[int, Sequence]) -> int:
+    """How many times the trace left the model's first choice at a branch point: its ancestors in the tree.
+
+    A child starts with a token other than the most likely one at its branch point (the second in
+    EAGer-init, the rank-th untaken one in tree reallocation) while its parent continues with the most
+    likely, so each step up the parent chain is one such departure; a root (or a fresh extra) has none.
+    """
+    count, seen, current = 0, {sequence.index}, sequence
+    while current.parent is not None and current.parent in by_index and current.parent not in seen:
+        current = by_index[current.parent]
+        seen.add(current.index)
+        count += 1
+    return count
+
+
+def confidence_weights(sequences: Seq[Sequence], window: int = DEFAULT_WINDOW,
+                       departure_factor: float = DEPARTURE_FACTOR) -> list[float]:
+    """Per sequence (same order), its vote weight: exp(-trace_uncertainty) x departure_factor ** departures.
+
+    1.0 for a root trace with no doubt. The entropy part is DeepConf's trace confidence; the departure
+    part is what a tree adds: a child is the continuation the model ranked lower at an unsure point, and
+    a tree holds one such child per branch however unlikely it was, so an unweighted vote over-counts them.
+    """
     by_index = {s.index: s for s in sequences}
-    return [math.exp(-trace_uncertainty(trace_entropies(s, by_index), window)) for s in sequences]
+    return [math.exp(-trace_uncertainty(trace_entropies(s, by_index), window))
+            * departure_factor ** departures(s, by_index) for s in sequences]
 
 
 def _vote_key(answer: Optional[str]) -> str:
