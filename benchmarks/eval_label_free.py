@@ -6,7 +6,7 @@ seed, at each M:
   Full Parallel at M and at 2M;
   EAGer-init at θ once, then from copies of that same phase (a), each reallocation (eager_cpp.reallocate):
   EAGer-adapt (fresh, tree), the label-free rule (fresh, tree), full EAGer with labels (fresh, tree; the
-  ceiling), and the label-free rule with one signal alone (votes, confidence, tree; both spends): the ablation.
+  ceiling), and the label-free rule with one signal alone (votes, confidence, tree; tree spend): the ablation.
 Per run: Pass@k, Cons@k, Cons@k weighted by trace confidence (DeepConf-style), #T, #S (mean sequences per
 prompt), the extras' prompts and what they solved, the budget left unspent.
 
@@ -14,7 +14,7 @@ Target (issue 24): without labels, at budget M, Pass@k >= Full Parallel's at 2M 
 Cons@k no lower than Full Parallel's at M. The script prints, per M and label-free run, met or missed and by
 how much.
 
-    python benchmarks/eval_label_free.py --threads 2      # M = 8 and 16, about 15 minutes on 2 cores
+    python benchmarks/eval_label_free.py --threads 1      # M = 8 and 16, about 45 minutes on a busy 2-core machine
 Writes benchmarks/results/eval_label_free.json.
 """
 
@@ -45,10 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=C.positive, default=100, help="first N prompts of the capitals dev set")
     p.add_argument("--no-ablation", action="store_true", help="skip the single-signal runs")
+    p.add_argument("--ablation-spends", default="tree",
+                   help="how the single-signal runs spend: fresh, tree or fresh,tree (default: tree, the better spend)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--out", type=Path, default=C.default_out("eval_label_free"))
     args = p.parse_args(argv)
     args.Ms = C.csv_values(p, args.Ms, int, "Ms", 1, 128)
+    args.ablation_spends = [x for x in args.ablation_spends.split(",") if x]
+    if not args.ablation_spends or any(x not in ("fresh", "tree") for x in args.ablation_spends):
+        p.error("--ablation-spends takes fresh, tree or fresh,tree")
     return args
 
 
@@ -125,21 +130,22 @@ def run_m(model: Any, prompts: list[str], answers: list[str], scorer: Any, m: in
     print(f"  phase (a) leaves {report['unsolved_after_phase_a']} prompts unsolved; per signal: " + "; ".join(
         f"{k}: {v['doubtful']} doubtful, {v['unsolved_among_doubtful']} of them unsolved, AUROC {v['auroc_unsolved']:.2f}"
         for k, v in report.items() if isinstance(v, dict)), flush=True)
-    variants = [("EAGer-adapt", "eager_adapt", SIGNALS), ("label-free", "eager_label_free", SIGNALS),
-                ("EAGer (labels)", "eager", SIGNALS)]
+    variants = [(name, method, SIGNALS, mode) for name, method in (
+        ("EAGer-adapt", "eager_adapt"), ("label-free", "eager_label_free"), ("EAGer (labels)", "eager"))
+        for mode in ("fresh", "tree")]
     if not args.no_ablation:
-        variants += [(f"label-free, {s} only", "eager_label_free", (s,)) for s in SIGNALS]
-    for name, method, signals in variants:
-        for mode in ("fresh", "tree"):
-            r = copy.deepcopy(init)
-            r.settings.update(reallocation=mode, label_free_signals=list(signals))
-            t0 = time.perf_counter()
-            # Phases (b) and (c) on a copy of the same phase (a): the methods differ only in what they reallocate.
-            eager_cpp.reallocate(model, r, method, answers=answers if method == "eager" else None, scorer=scorer)
-            wall = init_wall + time.perf_counter() - t0
-            r.score(answers, scorer)
-            rows.append(row_of(f"{name} {mode}", r, m, wall, method, mode,
-                               "+".join(signals) if method == "eager_label_free" else "-"))
+        variants += [(f"label-free, {s} only", "eager_label_free", (s,), mode) for s in SIGNALS
+                     for mode in args.ablation_spends]
+    for name, method, signals, mode in variants:
+        r = copy.deepcopy(init)
+        r.settings.update(reallocation=mode, label_free_signals=list(signals))
+        t0 = time.perf_counter()
+        # Phases (b) and (c) on a copy of the same phase (a): the methods differ only in what they reallocate.
+        eager_cpp.reallocate(model, r, method, answers=answers if method == "eager" else None, scorer=scorer)
+        wall = init_wall + time.perf_counter() - t0
+        r.score(answers, scorer)
+        rows.append(row_of(f"{name} {mode}", r, m, wall, method, mode,
+                           "+".join(signals) if method == "eager_label_free" else "-"))
     fp_m, fp_2m = rows[0], rows[1]
     targets = []
     for row in rows:
