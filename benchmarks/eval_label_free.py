@@ -104,8 +104,8 @@ def row_of(label: str, r: Any, m: int, wall: float, method: str, reallocation: s
            "tokens": r.stats.generated_tokens, "reprocessed_tokens": r.stats.reprocessed_tokens,
            "mean_sequences": metrics["mean_sequences"], "budget": r.stats.reallocation_budget,
            "unspent": r.stats.unspent_sequences, "wall_seconds": wall, **extras_report(r)}
-    print(f"    {label:<34} Pass@k {row['pass@k']:.3f}  Cons@k {row['cons@k']:.3f}  weighted {row['cons_weighted@k']:.3f}"
-          f"  #T {row['tokens']:>6}  #S {row['mean_sequences']:5.2f}  unspent {row['unspent']:>4}  "
+    print(f"    {label:<34} Pass@k {row['pass@k']:.3f}  Cons@k {row['cons@k']:.3f}  "
+          f"weighted {row['cons_weighted@k']:.3f}  #T {row['tokens']:>6}  #S {row['mean_sequences']:5.2f}  unspent {row['unspent']:>4}  "
           f"wall {wall:5.1f} s", flush=True)
     return row
 
@@ -128,8 +128,8 @@ def run_m(model: Any, prompts: list[str], answers: list[str], scorer: Any, m: in
     rows.append(row_of(f"EAGer-init θ={args.theta}", init, m, init_wall, "eager_init"))
     report = signals_report(init, args.theta, scorer)
     print(f"  phase (a) leaves {report['unsolved_after_phase_a']} prompts unsolved; per signal: " + "; ".join(
-        f"{k}: {v['doubtful']} doubtful, {v['unsolved_among_doubtful']} of them unsolved, AUROC {v['auroc_unsolved']:.2f}"
-        for k, v in report.items() if isinstance(v, dict)), flush=True)
+        f"{k}: {v['doubtful']} doubtful, {v['unsolved_among_doubtful']} of them unsolved, "
+        f"AUROC {v['auroc_unsolved']:.2f}" for k, v in report.items() if isinstance(v, dict)), flush=True)
     variants = [(name, method, SIGNALS, mode) for name, method in (
         ("EAGer-adapt", "eager_adapt"), ("label-free", "eager_label_free"), ("EAGer (labels)", "eager"))
         for mode in ("fresh", "tree")]

@@ -22,8 +22,8 @@ from .system import llama_cpp_reference, system_info  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Method", "Model", "PromptResult", "PromptSignals", "PromptSummary", "ReallocationPlan", "RunOptions", "RunResult",
-    "RunStats", "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer", "extract_answer",
-    "llama_cpp_reference", "plan_label_free", "plan_reallocation", "reallocate", "run", "scorer_for_dataset", "summarize",
-    "system_info", "topk_entropy",
+    "METHODS", "Method", "Model", "PromptResult", "PromptSignals", "PromptSummary", "ReallocationPlan", "RunOptions",
+    "RunResult", "RunStats", "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer",
+    "extract_answer", "llama_cpp_reference", "plan_label_free", "plan_reallocation", "reallocate", "run",
+    "scorer_for_dataset", "summarize", "system_info", "topk_entropy",
 ]

@@ -56,11 +56,11 @@ def run(
     "eager_label_free" (no labels: the saved budget goes to prompts whose answers disagree or whose
     traces are unsure, in proportion to that doubt; budget.plan_label_free; `scorer`'s extract()
     reads the answers when given, else the "auto" extractor; option label_free_signals picks the signals).
-    reallocation (option): how "eager_adapt" and "eager" spend the saved budget: "fresh" (new
+    reallocation (option): how the reallocating methods spend the saved budget: "fresh" (new
     EAGer-init runs from the prompt, the paper's) or "tree" (each extra continues the prompt's tree
     at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
-    options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p, min_p,
-    entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
+    options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p,
+    min_p, entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
     chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, n_threads).
     device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
     compute graph, so only those leave the GPU (None: on when the model is offloaded).

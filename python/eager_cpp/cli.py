@@ -62,7 +62,8 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
 def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eager_init") -> None:
     p.add_argument("--method", choices=METHODS, default=method_default)
     p.add_argument("--reallocation", default="fresh",
-                   help="how eager_adapt, eager and eager_label_free spend the saved budget: fresh (new EAGer-init runs, the "
+                   help="how eager_adapt, eager and eager_label_free spend the saved budget: fresh (new EAGer-init "
+                        "runs, the "
                         "paper's) or tree (continue each prompt's tree at its most uncertain points); eval "
                         "and bench take a comma-separated list to compare (default: fresh)")
     p.add_argument("--label-free-signals", default="votes,confidence,tree",

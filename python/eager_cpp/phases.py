@@ -2,7 +2,8 @@
 
 (a) One engine run over every prompt: EAGer-init from one sequence each, or Full Parallel.
 (b) ``budget.plan_reallocation`` on per-prompt summaries: the saved budget b = M*N - sum(n_i) as eᵢ
-    extra sequences for the prompts the method selects (a pure function).
+    extra sequences for the prompts the method selects (a pure function); for ``eager_label_free``,
+    ``budget.plan_label_free`` on ``signals_of`` the results (their own answers and entropies, no labels).
 (c) The extras, tried until spent: each try runs EAGer-init on every prompt still short of its eᵢ,
     all batched together, capped at what it still lacks (so the total is exactly eᵢ, never more);
     the threshold of a prompt's next try follows ``budget.retry_theta``; after ``MAX_TRIES`` what is
@@ -29,8 +30,9 @@ from .results import PromptResult, RunResult, RunStats
 from .scoring import extract_answer
 from .tree import branch_points, choose_branch_points
 
-__all__ = ["LABEL_FREE_METHOD", "MAX_TRIES", "REALLOCATIONS", "REALLOCATING_METHODS", "Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "Seed",
-           "count", "merge", "reallocate_phases", "run_phases", "score", "signals_of", "summarize", "tree_seeds"]
+__all__ = ["LABEL_FREE_METHOD", "MAX_TRIES", "REALLOCATIONS", "REALLOCATING_METHODS", "Executor", "PhaseJob",
+           "PhaseOutput", "ReallocationOutcome", "Seed", "count", "merge", "reallocate_phases", "run_phases", "score",
+           "signals_of", "summarize", "tree_seeds"]
 
 MAX_TRIES = 8  # reallocation tries per run; what they leave is reported as unspent
 MAX_SEQUENCES_PER_JOB = 256  # llama.cpp's sequence-id limit: one engine run of a prompt holds at most this
