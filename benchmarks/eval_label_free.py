@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how the single-signal runs spend: fresh, tree or fresh,tree (default: tree, the better spend)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--out", type=Path, default=C.default_out("eval_label_free"))
+    p.add_argument("--fresh", action="store_true",
+                   help="drop the other Ms' figures already in --out (default: keep them, so Ms can run one at a time)")
     args = p.parse_args(argv)
     args.Ms = C.csv_values(p, args.Ms, int, "Ms", 1, 128)
     args.ablation_spends = [x for x in args.ablation_spends.split(",") if x]
@@ -140,8 +143,14 @@ def run_m(model: Any, prompts: list[str], answers: list[str], scorer: Any, m: in
         r = copy.deepcopy(init)
         r.settings.update(reallocation=mode, label_free_signals=list(signals))
         t0 = time.perf_counter()
-        # Phases (b) and (c) on a copy of the same phase (a): the methods differ only in what they reallocate.
-        eager_cpp.reallocate(model, r, method, answers=answers if method == "eager" else None, scorer=scorer)
+        try:
+            # Phases (b) and (c) on a copy of the same phase (a): the methods differ only in what they reallocate.
+            eager_cpp.reallocate(model, r, method, answers=answers if method == "eager" else None, scorer=scorer)
+        except RuntimeError as e:  # an engine failure of one run is a finding, not the end of the table
+            print(f"    {name} {mode:<28} FAILED: {e}", flush=True)
+            rows.append({"run": f"{name} {mode}", "method": method, "reallocation": mode, "M": m,
+                         "signals": "+".join(signals), "error": str(e)})
+            continue
         wall = init_wall + time.perf_counter() - t0
         r.score(answers, scorer)
         rows.append(row_of(f"{name} {mode}", r, m, wall, method, mode,
@@ -166,7 +175,8 @@ def run_m(model: Any, prompts: list[str], answers: list[str], scorer: Any, m: in
                    "unspent", "wall s"],
                   [[r["run"], r["pass@k"], r["cons@k"], r["cons_weighted@k"], r["tokens"],
                     C.ratio(r["tokens"], fp_2m["tokens"]), r["mean_sequences"], r["prompts_given_extras"],
-                    r["prompts_solved_by_extras"], r["unspent"], r["wall_seconds"]] for r in rows], digits=3))
+                    r["prompts_solved_by_extras"], r["unspent"], r["wall_seconds"]] if "error" not in r
+                   else [r["run"], "failed", *[None] * 9] for r in rows], digits=3))
     for t in targets:
         print(f"  target, {t['run']}: Pass@k {100 * t['pass_minus_fp2m']:+.1f} points vs Full Parallel M={2 * m}, "
               f"#T {t['tokens_over_fp2m']:.2f}x of it (<= 0.60), Cons@k {100 * t['cons_minus_fp_m']:+.1f} points "
@@ -191,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                      "temperature": args.temperature, "seed": args.seed, "max_new_tokens": CAPITALS["max_new_tokens"],
                      "stop": CAPITALS["stop"], "Ms": args.Ms},
         "by_M": []}
+    # An M run before (same settings) keeps its figures, so the Ms can run one at a time into one file.
+    earlier = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
+    kept = [b for b in earlier.get("by_M", []) if b["M"] not in args.Ms
+            and {k: v for k, v in earlier.get("settings", {}).items() if k != "Ms"}
+            == {k: v for k, v in payload["settings"].items() if k != "Ms"}]
     parallel_rows: dict[int, dict[str, Any]] = {}
     for m in args.Ms:
         payload["by_M"].append(run_m(model, prompts, answers, scorer, m, args, parallel_rows))
+        payload["by_M"] = sorted(kept + [b for b in payload["by_M"] if b not in kept], key=lambda b: b["M"])
+        payload["settings"]["Ms"] = [b["M"] for b in payload["by_M"]]
         C.write_json(args.out, payload)
     return 0
 
