@@ -144,6 +144,25 @@ def test_tree_reallocation_on_workers_matches_one_process(pool, model, capitals,
 
 
 @needs_ray
+@pytest.mark.parametrize("reallocation", ["fresh", "tree"])
+def test_label_free_reallocation_on_workers_matches_one_process(pool, model, capitals, reallocation):
+    from eager_cpp.budget import plan_label_free
+    from eager_cpp.phases import signals_of
+
+    prompts, _ = capitals
+    kw = settings(max_live_sequences=1, reallocation=reallocation, scorer=FIRST_LINE)
+    dist = eager_cpp.run(pool.model_path, prompts, method="eager_label_free", cluster=pool, **kw)
+    single = eager_cpp.run(model, prompts, method="eager_label_free", **kw)
+    check_complete(dist, len(prompts))
+    assert signature(dist) == signature(single) and dist.settings == single.settings
+    init = [eager_cpp.PromptResult(p.index, p.prompt, [s for s in p.sequences if s.round == 0], p.prompt_tokens)
+            for p in single.prompts]
+    expected = plan_label_free(signals_of(init, THETA, FIRST_LINE, 1000), M)
+    assert pool.last_plan == expected and expected.extras, "this setting should reallocate some budget"
+    assert dist.reallocation.produced == single.reallocation.produced
+
+
+@needs_ray
 def test_default_batching_matches_the_same_shards_in_one_process(pool, model, capitals):
     prompts, _ = capitals
     kw = settings()

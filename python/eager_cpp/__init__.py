@@ -11,7 +11,7 @@ _preload_llama()  # before _core, so one copy of libllama serves eager_cpp and l
 
 from . import _core  # noqa: E402
 from .api import METHODS, reallocate, run, summarize  # noqa: E402
-from .budget import PromptSummary, ReallocationPlan, plan_reallocation  # noqa: E402
+from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation  # noqa: E402
 from .kernels import topk_entropy  # noqa: E402
 from .model import Model, builtin_chat_templates, default_model_path  # noqa: E402
 from .options import Method, RunOptions  # noqa: E402
@@ -22,8 +22,8 @@ from .system import llama_cpp_reference, system_info  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "Method", "Model", "PromptResult", "PromptSummary", "ReallocationPlan", "RunOptions", "RunResult",
-    "RunStats", "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer", "extract_answer",
-    "llama_cpp_reference", "plan_reallocation", "reallocate", "run", "scorer_for_dataset", "summarize",
-    "system_info", "topk_entropy",
+    "METHODS", "Method", "Model", "PromptResult", "PromptSignals", "PromptSummary", "ReallocationPlan", "RunOptions",
+    "RunResult", "RunStats", "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer",
+    "extract_answer", "llama_cpp_reference", "plan_label_free", "plan_reallocation", "reallocate", "run",
+    "scorer_for_dataset", "summarize", "system_info", "topk_entropy",
 ]

@@ -17,7 +17,7 @@ from .local import LocalExecutor
 from .model import Model
 from .options import METHODS, RunOptions, check_extras_fit
 from .progress import ProgressArg, ProgressSink
-from .phases import count, reallocate_phases, run_phases, score
+from .phases import REALLOCATING_METHODS, count, reallocate_phases, run_phases, score
 from .phases import summarize as _summarize
 from .results import PromptResult, RunResult, RunStats
 
@@ -52,12 +52,15 @@ def run(
 
     method: "parallel" (M independent samples), "eager_init" (branch where top-K entropy >
     entropy_threshold), "eager_adapt" (EAGer-init, then the saved budget goes to prompts that
-    reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers).
-    reallocation (option): how "eager_adapt" and "eager" spend the saved budget: "fresh" (new
+    reached M), "eager" (the saved budget goes to prompts with no correct sequence; needs answers),
+    "eager_label_free" (no labels: the saved budget goes to prompts whose answers disagree or whose
+    traces are unsure, in proportion to that doubt; budget.plan_label_free; `scorer`'s extract()
+    reads the answers when given, else the "auto" extractor; option label_free_signals picks the signals).
+    reallocation (option): how the reallocating methods spend the saved budget: "fresh" (new
     EAGer-init runs from the prompt, the paper's) or "tree" (each extra continues the prompt's tree
     at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
-    options: any other field of `eager_cpp.RunOptions` by name (reallocation, top_k, top_p, min_p,
-    entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
+    options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p,
+    min_p, entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
     chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, n_threads).
     device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
     compute graph, so only those leave the GPU (None: on when the model is offloaded).
@@ -97,7 +100,8 @@ def run(
     try:
         results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
                                              opts.entropy_threshold, answers, scorer, sink if sink.active else None,
-                                             reallocation=opts.reallocation, no_branch_window=opts.no_branch_window)
+                                             reallocation=opts.reallocation, no_branch_window=opts.no_branch_window,
+                                             label_free_signals=opts.label_free_signals)
     finally:
         sink.close()
     _finish(stats, results, time.perf_counter() - started)
@@ -116,12 +120,13 @@ def reallocate(
     """Phases (b) and (c) on the result of an EAGer-init run (possibly gathered from shards).
 
     The saved budget of `result` goes to the prompts `method` selects ("eager_adapt": those
-    that reached M; "eager": those with no correct sequence, which needs `answers`). The extra
+    that reached M; "eager": those with no correct sequence, which needs `answers`; "eager_label_free":
+    those whose own answers and entropies show doubt, no labels read). The extra
     sequences are appended to `result` in place (round t for the t-th try) and `result` is returned.
     cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
     """
-    if method not in ("eager_adapt", "eager"):
-        raise ValueError(f'reallocate needs method "eager_adapt" or "eager", got {method!r}')
+    if method not in REALLOCATING_METHODS:
+        raise ValueError(f"reallocate needs method {' or '.join(map(repr, REALLOCATING_METHODS))}, got {method!r}")
     if not isinstance(result, RunResult):
         raise TypeError(f"reallocate takes the RunResult of an eager_init run, got {type(result).__name__}")
     if result.settings.get("method") != "eager_init":
@@ -149,7 +154,8 @@ def reallocate(
         result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
                                                 opts.entropy_threshold, answers, scorer,
                                                 sink if sink.active else None, reallocation=opts.reallocation,
-                                                no_branch_window=opts.no_branch_window)
+                                                no_branch_window=opts.no_branch_window,
+                                                label_free_signals=opts.label_free_signals)
     finally:
         sink.close()
     _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started)

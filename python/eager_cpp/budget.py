@@ -26,15 +26,32 @@ Rules implemented (M = ``max_sequences``, N = number of summaries):
   Fed back round after round (new theta, tries + 1), an uncapped unsolved prompt in full mode
   runs at theta0 * 0.8^(tries+1), times 0.9 per round from its third extra run on.
 - Invariant (asserted): sum(n_i) + sum(extras) <= M*N.
+
+``plan_label_free`` is the label-free rule (method ``eager_label_free``; docs/method.md, "Label-free
+reallocation"): it reads ``PromptSignals`` (what the run's own sequences say, never a gold answer):
+
+- Doubt of prompt i: d_i = w_votes * (1 - vote_share_i)
+                         + w_confidence * max(0, trace_uncertainty_i - confident_below)
+                         + w_tree * max(0, unexplored_entropy_i - settled_below).
+  A prompt whose answers agree unanimously, whose traces are confident and whose tree left no
+  uncertain point unexplored has d_i = 0 and gets nothing. ``signals`` names the terms in use (the
+  others weigh 0): ("votes", "confidence", "tree") by default; one alone is the ablation.
+- Split (D'Hondt): the b sequences go one at a time to the prompt with the highest d_i / (e_i + 1)
+  among those with d_i > 0 below the cap of 3*M extras (ties: lower index). The result is in
+  proportion to d_i up to rounding; b is spent in full unless every doubtful prompt reaches its cap
+  (or none is doubtful): the rest is ``unused``.
+- Threshold: the prompt's own ``theta``; later tries follow ``retry_theta`` in adapt mode.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MODES", "PromptExtra", "PromptSummary", "ReallocationPlan", "plan_reallocation", "retry_theta"]
+__all__ = ["LABEL_FREE_SIGNALS", "MODES", "PromptExtra", "PromptSignals", "PromptSummary", "ReallocationPlan",
+           "doubt", "plan_label_free", "plan_reallocation", "retry_theta"]
 
 # Method names of eager_cpp.run() are accepted as aliases so callers can pass them through.
 MODES: dict[str, str] = {"adapt": "adapt", "full": "full", "eager_adapt": "adapt", "eager": "full"}
@@ -200,3 +217,117 @@ def retry_theta(
     if canon == "full" and summary.solved is None:
         raise ValueError(f"prompt {summary.index}: solved is None; full EAGer needs labels for every prompt")
     return _new_theta(summary, cap, canon, theta_decay_unsolved, theta_decay_late)
+
+
+# ---------------------------------------------------------------------------------------- label-free rule
+
+LABEL_FREE_SIGNALS = ("votes", "confidence", "tree")  # the terms of the doubt d_i (module docstring)
+
+
+@dataclass(frozen=True)
+class PromptSignals:
+    """What a prompt's own sequences say after a run, without labels (``label_free.prompt_signals``).
+
+    vote_share: the top answer's votes / n_i ("no answer" never counts as the top answer; 0 with no
+    sequence); distinct_answers and vote_entropy (nats): the spread of the votes, reported, not used
+    by the rule; trace_uncertainty: mean over the sequences of their highest window-mean token entropy
+    (nats; DeepConf's lowest group confidence); unexplored_entropy: the highest entropy at a branch point
+    where the tree took a single token (nats; 0 when there is none).
+    """
+
+    index: int
+    sequences: int
+    vote_share: float
+    distinct_answers: int = 1
+    vote_entropy: float = 0.0
+    trace_uncertainty: float = 0.0
+    unexplored_entropy: float = 0.0
+    theta: float = 2.0
+
+
+def doubt(s: PromptSignals, signals: Iterable[str] = LABEL_FREE_SIGNALS, confident_below: float = 0.3,
+          settled_below: float = 1.0, weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
+    """The doubt d_i of one prompt (module docstring); 0.0 for a prompt the rule leaves alone."""
+    use = set(signals)
+    w_votes, w_confidence, w_tree = weights
+    d = 0.0
+    if "votes" in use:
+        d += w_votes * (1.0 - s.vote_share)
+    if "confidence" in use:
+        d += w_confidence * max(0.0, s.trace_uncertainty - confident_below)
+    if "tree" in use:
+        d += w_tree * max(0.0, s.unexplored_entropy - settled_below)
+    return d
+
+
+def plan_label_free(
+    signals: Iterable[PromptSignals],
+    max_sequences: int,
+    use: Iterable[str] = LABEL_FREE_SIGNALS,
+    confident_below: float = 0.3,
+    settled_below: float = 1.0,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    cap_factor: int = 3,
+) -> ReallocationPlan:
+    """Plan the saved budget from label-free signals (module docstring, ``plan_label_free``).
+
+    ``selected`` lists the prompts with d_i > 0, most doubtful first (ties: lower index).
+    Raises ValueError for M < 1, empty or duplicate signals, n_i outside [0, M], an unknown signal
+    name, no signal at all, or a negative / non-finite weight or threshold.
+    """
+    items = tuple(signals)
+    if isinstance(max_sequences, bool) or not isinstance(max_sequences, int):
+        raise ValueError(f"max_sequences must be an int, got {max_sequences!r}")
+    if max_sequences < 1:
+        raise ValueError(f"max_sequences (M) must be >= 1, got {max_sequences}")
+    if not items:
+        raise ValueError("signals must not be empty")
+    chosen_signals = tuple(use)
+    unknown = sorted(set(chosen_signals) - set(LABEL_FREE_SIGNALS))
+    if unknown or not chosen_signals:
+        raise ValueError(f"label-free signals must be a non-empty subset of {LABEL_FREE_SIGNALS}, "
+                         f"got {chosen_signals!r}")
+    for name, value in (("confident_below", confident_below), ("settled_below", settled_below), *(
+            (f"weights[{k}]", w) for k, w in enumerate(weights))):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if len(weights) != 3:
+        raise ValueError(f"weights must be 3 numbers (votes, confidence, tree), got {weights!r}")
+    if isinstance(cap_factor, bool) or not isinstance(cap_factor, int) or cap_factor < 1:
+        raise ValueError(f"cap_factor must be an int >= 1, got {cap_factor!r}")
+    seen: set[int] = set()
+    for s in items:
+        if s.index in seen:
+            raise ValueError(f"duplicate prompt index {s.index} in signals")
+        seen.add(s.index)
+        if not 0 <= s.sequences <= max_sequences:
+            raise ValueError(f"prompt {s.index}: sequences={s.sequences} outside [0, max_sequences={max_sequences}]")
+        for name in ("vote_share", "vote_entropy", "trace_uncertainty", "unexplored_entropy", "theta"):
+            if not math.isfinite(getattr(s, name)):
+                raise ValueError(f"prompt {s.index}: {name} must be finite, got {getattr(s, name)}")
+        if not 0.0 <= s.vote_share <= 1.0:
+            raise ValueError(f"prompt {s.index}: vote_share must lie in [0, 1], got {s.vote_share}")
+
+    m = max_sequences
+    total = m * len(items)
+    used = sum(s.sequences for s in items)
+    budget = total - used
+    cap = cap_factor * m
+    scores = {s.index: doubt(s, chosen_signals, confident_below, settled_below, weights) for s in items}
+    doubtful = sorted((s for s in items if scores[s.index] > 0), key=lambda s: (-scores[s.index], s.index))
+    extras_of = {s.index: 0 for s in doubtful}
+    # D'Hondt: the next sequence goes to the highest d_i / (e_i + 1); a heap keeps that O(b log N).
+    heap = [(-scores[s.index], s.index) for s in doubtful]
+    heapq.heapify(heap)
+    given = 0
+    while heap and given < budget:
+        _, index = heapq.heappop(heap)
+        extras_of[index] += 1
+        given += 1
+        if extras_of[index] < cap:
+            heapq.heappush(heap, (-scores[index] / (extras_of[index] + 1), index))
+    extras = tuple(PromptExtra(index=s.index, extra_sequences=extras_of[s.index], theta=s.theta)
+                   for s in doubtful if extras_of[s.index] > 0)
+    unused = budget - given
+    assert used + given <= total, "reallocation would exceed the M*N sequence budget"
+    return ReallocationPlan(budget=budget, selected=tuple(s.index for s in doubtful), extras=extras, unused=unused)

@@ -67,9 +67,14 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
 def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eager_init") -> None:
     p.add_argument("--method", choices=METHODS, default=method_default)
     p.add_argument("--reallocation", default="fresh",
-                   help="how eager_adapt and eager spend the saved budget: fresh (new EAGer-init runs, the "
+                   help="how eager_adapt, eager and eager_label_free spend the saved budget: fresh (new EAGer-init "
+                        "runs, the "
                         "paper's) or tree (continue each prompt's tree at its most uncertain points); eval "
                         "and bench take a comma-separated list to compare (default: fresh)")
+    p.add_argument("--label-free-signals", default="votes,confidence,tree",
+                   help="eager_label_free (no labels): the signals that make a prompt doubtful and earn it extras: "
+                        "votes (its answers disagree), confidence (its traces' entropy), tree (entropy at points its "
+                        "tree left unexplored); comma-separated (default: all three)")
     p.add_argument("-M", "--max-sequences", type=int, default=8, help="sequences per prompt, M (default: 8)")
     p.add_argument("--theta", type=float, default=2.0, help="entropy threshold θ (default: 2.0)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
@@ -221,7 +226,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         top_k_entropy=args.top_k_entropy, threshold_mode=args.threshold_mode,
         think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
         max_live_sequences=args.max_live, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        reallocation=args.reallocation,
+        reallocation=args.reallocation, label_free_signals=args.label_free_signals,
     )
 
 
@@ -287,6 +292,8 @@ def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example],
     path = model.path if isinstance(model, Model) else str(model)
     opts.update(method=args.method, input=str(Path(args.input).resolve()), model=path, n_prompts=len(examples),
                 chunk_size=chunk_size, stop=opts["stop"])
+    if args.method != "eager_label_free":
+        del opts["label_free_signals"]  # shapes nothing else (and a run written before it existed still resumes)
     return opts
 
 

@@ -468,7 +468,8 @@ class RayWorkers:
             results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
                                                  options.entropy_threshold, answers, scorer,
                                                  sink if sink.active else None, reallocation=options.reallocation,
-                                                 no_branch_window=options.no_branch_window)
+                                                 no_branch_window=options.no_branch_window,
+                                                 label_free_signals=options.label_free_signals)
         finally:
             sink.close()
         self.last_plan = outcome.plan if outcome is not None else None
@@ -596,7 +597,8 @@ def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, a
                                                     options.max_sequences, options.entropy_threshold, answers,
                                                     scorer, sink if sink.active else None,
                                                     reallocation=options.reallocation,
-                                                    no_branch_window=options.no_branch_window)
+                                                    no_branch_window=options.no_branch_window,
+                                                    label_free_signals=options.label_free_signals)
         finally:
             sink.close()
         pool.last_plan = result.reallocation.plan

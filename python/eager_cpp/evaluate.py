@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .api import run
 from .model import Model
+from .phases import REALLOCATING_METHODS
 from .results import RunResult
 
 COLUMNS = [
@@ -18,6 +19,7 @@ COLUMNS = [
     ("M", "M", "{}"),
     ("pass@k", "Pass@k", "{:.3f}"),
     ("cons@k", "Cons@k", "{:.3f}"),
+    ("cons_weighted@k", "Cons@k w", "{:.3f}"),
     ("pass_rate", "PassRate", "{:.3f}"),
     ("tokens", "#T", "{}"),
     ("tokens_ratio", "#T/FP", "{:.2f}"),
@@ -37,7 +39,7 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
     result = run(model, list(prompts), method=method, max_sequences=max_sequences, answers=list(answers),
                  scorer=scorer, **kwargs)
     m = result.metrics()
-    mode = result.settings.get("reallocation", "fresh") if result.stats.method in ("eager_adapt", "eager") else "-"
+    mode = result.settings.get("reallocation", "fresh") if result.stats.method in REALLOCATING_METHODS else "-"
     row = {
         "method": method,
         "reallocation": mode,
@@ -45,6 +47,7 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
         "M": max_sequences,
         "pass@k": m["pass@k"],
         "cons@k": m["cons@k"],
+        "cons_weighted@k": m["cons_weighted@k"],
         "pass_rate": m["pass_rate"],
         "tokens": m["tokens"],
         "mean_sequences": m["mean_sequences"],
@@ -85,7 +88,7 @@ def sweep(model: Model, prompts: Sequence[str], answers: Sequence[str], methods:
             for method in methods:
                 if method == "parallel":
                     continue
-                for mode in modes if method in ("eager_adapt", "eager") else modes[:1]:
+                for mode in modes if method in REALLOCATING_METHODS else modes[:1]:
                     row, _ = evaluate_one(model, prompts, answers, method, theta, m, scorer, reallocation=mode,
                                           **run_kwargs)
                     row["tokens_ratio"] = row["tokens"] / baseline_tokens if baseline_tokens else float("nan")

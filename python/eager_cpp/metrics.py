@@ -9,6 +9,8 @@ Input per prompt (a mapping):
     correct: list[bool]         whether each sequence was scored correct
     generated_tokens: int       #T of the prompt (shared prefixes counted once)
     sequences: int              #S of the prompt; must equal len(answers) == len(correct)
+    confidences: list[float]    optional: a vote weight per sequence (label_free.confidence_weights);
+                                when every prompt has them, ``cons_weighted@k`` is reported too
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from .scoring import normalize_answer
 
-__all__ = ["PromptScore", "compute_metrics", "majority_vote", "pass_at_k_unbiased", "score_prompt"]
+__all__ = ["PromptScore", "compute_metrics", "majority_vote", "pass_at_k_unbiased", "score_prompt", "weighted_vote"]
 
 DEFAULT_KS: tuple[int, ...] = (1, 4, 8)
 
@@ -81,6 +83,36 @@ def majority_vote(answers: Sequence[str | None], correct: Sequence[bool] | None 
     return first_raw[best_key], best_key
 
 
+def weighted_vote(answers: Sequence[str | None], weights: Sequence[float],
+                  correct: Sequence[bool] | None = None) -> tuple[Any, Any]:
+    """The confidence-weighted majority as (first raw answer of the group, group key); (None, None) if nobody voted.
+
+    As ``majority_vote``: None or empty answers do not vote, groups are normalised answers, or
+    (normalised answer, verdict) when ``correct`` is given; ties go to the group that appeared first.
+    """
+    if len(weights) != len(answers):
+        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
+    totals: dict[Any, float] = {}
+    first_raw: dict[Any, str] = {}
+    for k, ans in enumerate(answers):
+        norm = normalize_answer(ans) if ans is not None else ""
+        if not norm:
+            continue
+        key: Any = norm if correct is None else (norm, bool(correct[k]))
+        if key not in totals:
+            totals[key] = 0.0
+            first_raw[key] = ans  # type: ignore[assignment]
+        totals[key] += float(weights[k])
+    best_key: Any = None
+    best = -1.0
+    for key, total in totals.items():
+        if total > best:
+            best_key, best = key, total
+    if best_key is None:
+        return None, None
+    return first_raw[best_key], best_key
+
+
 @dataclass(frozen=True)
 class PromptScore:
     """Metrics of one prompt (``passed`` is reported as ``"pass"`` by ``to_dict``)."""
@@ -93,6 +125,8 @@ class PromptScore:
     n_correct: int
     tokens: int
     unbiased: dict[int, float] = field(default_factory=dict)
+    cons_weighted: bool | None = None  # the confidence-weighted vote is correct (None: no weights given)
+    weighted_answer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the keys used in ``compute_metrics()["per_prompt"]``."""
@@ -107,6 +141,9 @@ class PromptScore:
         }
         for k, v in self.unbiased.items():
             d[f"pass@{k}_unbiased"] = v
+        if self.cons_weighted is not None:
+            d["cons_weighted"] = self.cons_weighted
+            d["weighted_answer"] = self.weighted_answer
         return d
 
 
@@ -139,6 +176,14 @@ def score_prompt(item: Mapping[str, Any], ks: Iterable[int] = DEFAULT_KS, index:
     majority_raw, majority_key = majority_vote(answers, correct)
     cons = majority_key is not None and majority_key[1]
     unbiased = {k: pass_at_k_unbiased(n_seq, n_correct, k) for k in ks}
+    cons_weighted: bool | None = None
+    weighted_raw = None
+    if item.get("confidences") is not None:
+        weights = [float(w) for w in item["confidences"]]
+        if len(weights) != n_seq:
+            raise ValueError(f"prompt {index}: {len(weights)} confidences for {n_seq} sequences")
+        weighted_raw, weighted_key = weighted_vote(answers, weights, correct)
+        cons_weighted = weighted_key is not None and weighted_key[1]
     return PromptScore(
         passed=n_correct > 0,
         cons=cons,
@@ -148,6 +193,8 @@ def score_prompt(item: Mapping[str, Any], ks: Iterable[int] = DEFAULT_KS, index:
         n_correct=n_correct,
         tokens=tokens,
         unbiased=unbiased,
+        cons_weighted=cons_weighted,
+        weighted_answer=weighted_raw,
     )
 
 
@@ -156,7 +203,8 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Aggregate metrics over prompts.
 
-    Returns ``pass@k``, ``cons@k``, ``pass_rate`` (means over prompts), ``tokens`` (total #T),
+    Returns ``pass@k``, ``cons@k``, ``cons_weighted@k`` (when every prompt has confidences), ``pass_rate``
+    (means over prompts), ``tokens`` (total #T),
     ``mean_tokens_per_prompt``, ``mean_sequences`` (#S), ``n_prompts``, ``pass@{k}_unbiased``
     for each k in ``ks`` (mean over prompts) and ``per_prompt`` (list of ``PromptScore.to_dict()``).
     With no prompts every mean is 0.0 (not NaN, so the result stays JSON-serialisable).
@@ -181,6 +229,8 @@ def compute_metrics(
         "mean_sequences": mean(s.n_sequences for s in scores),
         "n_prompts": n,
     }
+    if scores and all(s.cons_weighted is not None for s in scores):
+        out["cons_weighted@k"] = mean(float(bool(s.cons_weighted)) for s in scores)
     for k in ks:
         out[f"pass@{k}_unbiased"] = mean(s.unbiased[k] for s in scores)
     out["per_prompt"] = [s.to_dict() for s in scores]

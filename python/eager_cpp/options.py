@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Optional
 
 from . import _core
 from .model import MAX_CTX, MAX_THREADS, THREADS_LIMIT, Model, parse_kv_memory
+from .budget import LABEL_FREE_SIGNALS
 from .phases import REALLOCATIONS
 
 MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
@@ -26,10 +27,11 @@ class Method(str, Enum):
     EAGER_INIT = "eager_init"
     EAGER_ADAPT = "eager_adapt"
     EAGER = "eager"
+    EAGER_LABEL_FREE = "eager_label_free"
 
     @property
     def reallocates(self) -> bool:
-        return self in (Method.EAGER_ADAPT, Method.EAGER)
+        return self in (Method.EAGER_ADAPT, Method.EAGER, Method.EAGER_LABEL_FREE)
 
 
 METHODS = tuple(m.value for m in Method)
@@ -81,6 +83,8 @@ class RunOptions:
     max_sequences: int = 8  # M
     entropy_threshold: float = 2.0  # θ
     reallocation: str = "fresh"  # reallocating methods: "fresh" EAGer-init runs, or "tree" continuations
+    # eager_label_free: the signals its doubt adds up (budget.plan_label_free); fewer is an ablation.
+    label_free_signals: tuple[str, ...] = LABEL_FREE_SIGNALS
     temperature: float = 0.6
     top_k_entropy: int = 20
     max_new_tokens: int = 512
@@ -131,6 +135,11 @@ class RunOptions:
             options["stop"] = tuple(stop)
         else:
             raise TypeError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+        signals = options.get("label_free_signals")
+        if isinstance(signals, str):
+            options["label_free_signals"] = tuple(x.strip() for x in signals.split(",") if x.strip())
+        elif isinstance(signals, list):
+            options["label_free_signals"] = tuple(signals)
         return cls(**options).validate()
 
     def validate(self) -> "RunOptions":
@@ -142,6 +151,14 @@ class RunOptions:
         if self.reallocation == "tree" and not self.record_entropies:
             raise ValueError('reallocation="tree" ranks branch points by the recorded entropies: '
                              "it needs record_entropies=True")
+        signals = self.label_free_signals
+        if (not isinstance(signals, tuple) or not signals or len(set(signals)) != len(signals)
+                or any(x not in LABEL_FREE_SIGNALS for x in signals)):
+            raise ValueError(f"label_free_signals must be distinct names among {', '.join(LABEL_FREE_SIGNALS)}, "
+                             f"got {signals!r}")
+        if self.method == "eager_label_free" and not self.record_entropies and set(signals) & {"confidence", "tree"}:
+            raise ValueError('method="eager_label_free" reads the recorded entropies (signals confidence, tree): '
+                             "it needs record_entropies=True, or label_free_signals=('votes',)")
         check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)
         theta = check_float("entropy_threshold", self.entropy_threshold, 0.0)
         # float32 in the engine: a temperature past ~3e38 would become inf there.
@@ -223,6 +240,7 @@ class RunOptions:
         """The recorded form (a result's `settings`): every option that shapes the samples, versioned."""
         d = {name: getattr(self, name) for name in self.names() if name not in self.PLACEMENT}
         d["stop"] = list(self.stop)
+        d["label_free_signals"] = list(self.label_free_signals)
         d["options_version"] = self.VERSION
         return d
 
@@ -251,7 +269,7 @@ def check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
     """
     if not opts.reallocates or not n_ctx:
         return
-    cap = min(MAX_SEQUENCES, (3 if opts.method == "eager_adapt" else 1) * opts.max_sequences)
+    cap = min(MAX_SEQUENCES, (3 if opts.method in ("eager_adapt", "eager_label_free") else 1) * opts.max_sequences)
     first = cap if opts.reallocation == "tree" else 1  # a tree try starts one seed per extra
     need = longest_prompt + first + (opts.max_new_tokens - 1 if opts.reallocation == "tree" else 0)
     if need > n_ctx:

@@ -2,7 +2,8 @@
 
 (a) One engine run over every prompt: EAGer-init from one sequence each, or Full Parallel.
 (b) ``budget.plan_reallocation`` on per-prompt summaries: the saved budget b = M*N - sum(n_i) as eᵢ
-    extra sequences for the prompts the method selects (a pure function).
+    extra sequences for the prompts the method selects (a pure function); for ``eager_label_free``,
+    ``budget.plan_label_free`` on ``signals_of`` the results (their own answers and entropies, no labels).
 (c) The extras, tried until spent: each try runs EAGer-init on every prompt still short of its eᵢ,
     all batched together, capped at what it still lacks (so the total is exactly eᵢ, never more);
     the threshold of a prompt's next try follows ``budget.retry_theta``; after ``MAX_TRIES`` what is
@@ -19,19 +20,25 @@ never imports the native extension or Ray: ``local.LocalExecutor`` and the Ray e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Optional, Protocol, Sequence as Seq
 
-from .budget import PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
+from .budget import (LABEL_FREE_SIGNALS, PromptSignals, PromptSummary, ReallocationPlan, plan_label_free,
+                     plan_reallocation, retry_theta)
+from .label_free import prompt_signals
 from .results import PromptResult, RunResult, RunStats
+from .scoring import extract_answer
 from .tree import branch_points, choose_branch_points
 
-__all__ = ["MAX_TRIES", "REALLOCATIONS", "Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "Seed",
-           "count", "merge", "reallocate_phases", "run_phases", "score", "summarize", "tree_seeds"]
+__all__ = ["LABEL_FREE_METHOD", "MAX_TRIES", "REALLOCATIONS", "REALLOCATING_METHODS", "Executor", "PhaseJob",
+           "PhaseOutput", "ReallocationOutcome", "Seed", "count", "merge", "reallocate_phases", "run_phases", "score",
+           "signals_of", "summarize", "tree_seeds"]
 
 MAX_TRIES = 8  # reallocation tries per run; what they leave is reported as unspent
 MAX_SEQUENCES_PER_JOB = 256  # llama.cpp's sequence-id limit: one engine run of a prompt holds at most this
 REALLOCATIONS = ("fresh", "tree")  # how extras start: new EAGer-init runs, or continuations of the tree
+LABEL_FREE_METHOD = "eager_label_free"  # recipients from the run's own answers and entropies (budget.plan_label_free)
+REALLOCATING_METHODS = ("eager_adapt", "eager", LABEL_FREE_METHOD)
 
 ProgressFn = Callable[[Any], None]  # takes a progress.ProgressEvent
 Scorer = Callable[[str, str], bool]
@@ -143,10 +150,22 @@ def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
     return out
 
 
+def signals_of(results: list[PromptResult], theta: float, scorer: Optional[Scorer],
+               no_branch_window: int) -> list[PromptSignals]:
+    """Phase (a) -> the label-free planner's input, per prompt; reads no gold answer and no verdict.
+
+    Answers come from the scorer's ``extract(text)`` when it has one, else the "auto" extractor.
+    """
+    custom = getattr(scorer, "extract", None)
+    extract = custom if callable(custom) else (lambda text: extract_answer(text, "auto"))
+    return [replace(prompt_signals(p.index, p.sequences, extract, no_branch_window), theta=theta) for p in results]
+
+
 def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method: str, max_sequences: int,
                theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
                progress: Optional[ProgressFn], reallocation: str = "fresh",
-               no_branch_window: int = 1000) -> tuple[list[PromptResult], RunStats, Optional[ReallocationOutcome]]:
+               no_branch_window: int = 1000, label_free_signals: Seq[str] = LABEL_FREE_SIGNALS,
+               ) -> tuple[list[PromptResult], RunStats, Optional[ReallocationOutcome]]:
     """Phase (a) over all prompts, then (b) and (c) for the reallocating methods."""
     results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
     stats = RunStats(method=method)
@@ -156,9 +175,10 @@ def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method:
     stats.merge(output.stats)
     score(results, answers, scorer)
     outcome = None
-    if method in ("eager_adapt", "eager"):
+    if method in REALLOCATING_METHODS:
         outcome = reallocate_phases(executor, results, stats, method, max_sequences, theta, answers, scorer, progress,
-                                    reallocation=reallocation, no_branch_window=no_branch_window)
+                                    reallocation=reallocation, no_branch_window=no_branch_window,
+                                    label_free_signals=label_free_signals)
     return results, stats, outcome
 
 
@@ -176,11 +196,18 @@ def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int) -> tuple[See
 def reallocate_phases(executor: Executor, results: list[PromptResult], stats: RunStats, method: str,
                       max_sequences: int, theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
                       progress: Optional[ProgressFn], max_tries: int = MAX_TRIES, reallocation: str = "fresh",
-                      no_branch_window: int = 1000) -> ReallocationOutcome:
+                      no_branch_window: int = 1000,
+                      label_free_signals: Seq[str] = LABEL_FREE_SIGNALS) -> ReallocationOutcome:
     """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring)."""
     if reallocation not in REALLOCATIONS:
         raise ValueError(f"unknown reallocation {reallocation!r}; expected one of {', '.join(REALLOCATIONS)}")
-    plan = plan_reallocation(summarize(results, theta), max_sequences, method)
+    if method == LABEL_FREE_METHOD:
+        signals = signals_of(results, theta, scorer, no_branch_window)
+        plan = plan_label_free(signals, max_sequences, use=label_free_signals)
+    else:
+        plan = plan_reallocation(summarize(results, theta), max_sequences, method)
+    # The label-free method knows no verdicts: its retries follow adapt's rule, as EAGer-adapt's do.
+    retry_mode = "eager_adapt" if method == LABEL_FREE_METHOD else method
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
                                   produced={e.index: 0 for e in plan.extras})
     position = {p.index: k for k, p in enumerate(results)}
@@ -211,7 +238,8 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
             outcome.produced[job.index] += got
             solved = None if p.gold_answer is None else any(bool(s.correct) for s in p.sequences)
             thetas[job.index] = retry_theta(PromptSummary(index=job.index, sequences=got, solved=solved,
-                                                          theta=job.theta, tries=attempt), job.max_sequences, method)
+                                                          theta=job.theta, tries=attempt), job.max_sequences,
+                                         retry_mode)
     stats.rounds = outcome.tries + 1
     stats.reallocated_sequences = sum(1 for p in results for s in p.sequences if s.round > 0)
     stats.reallocation_tries = outcome.tries

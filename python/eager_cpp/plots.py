@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 COLORS = {"parallel": "#555555", "eager_init": "#1f77b4", "eager_adapt": "#2ca02c", "eager": "#d62728",
-          "eager_adapt+tree": "#98df8a", "eager+tree": "#ff9896"}
+          "eager_adapt+tree": "#98df8a", "eager+tree": "#ff9896", "eager_label_free": "#9467bd",
+          "eager_label_free+tree": "#c5b0d5"}
 
 
 def label(row: dict) -> str:

@@ -147,21 +147,38 @@ class RunResult:
                 s.correct = bool(scorer(s.text, str(gold)))
 
     def metrics(self, ks: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
-        """Pass@k, Cons@k, Pass Rate, #T, #S (docs/method.md, "Metrics"), overall and per prompt."""
+        """Pass@k, Cons@k (plain and confidence-weighted), Pass Rate, #T, #S (docs/method.md, "Metrics")."""
         if any(p.gold_answer is None for p in self.prompts):
             raise ValueError("metrics need gold answers: pass answers= to run() or call result.score(answers)")
+        from .label_free import confidence_weights  # here: label_free reads results' types
+
         per_prompt = [
             {
                 "answers": [s.answer for s in p.sequences],
                 "correct": [bool(s.correct) for s in p.sequences],
                 "generated_tokens": p.generated_tokens,
                 "sequences": p.n_sequences,
+                "confidences": confidence_weights(p.sequences),
             }
             for p in self.prompts
         ]
         out = compute_metrics(per_prompt, ks=ks)
         out["wall_seconds"] = self.stats.wall_seconds
         return out
+
+    def consensus(self, scorer: Optional[Callable[[str, str], bool]] = None) -> list[Optional[str]]:
+        """Per prompt, the confidence-weighted majority answer, with no labels (docs/method.md, "Metrics").
+
+        Answers come from ``scorer.extract`` when the scorer has one, else the "auto" extractor; each
+        sequence votes with weight exp(-its highest window-mean entropy). None for a prompt with no answer.
+        """
+        from .label_free import confidence_weights
+        from .metrics import weighted_vote
+
+        custom = getattr(scorer, "extract", None)
+        extract = custom if callable(custom) else (lambda t: extract_answer(t, "auto"))
+        return [weighted_vote([extract(s.text) for s in p.sequences], confidence_weights(p.sequences))[0]
+                for p in self.prompts]
 
     def to_dict(self) -> dict[str, Any]:
         stats = asdict(self.stats)
