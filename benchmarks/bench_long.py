@@ -1,0 +1,141 @@
+"""Long reasoning budgets in bounded memory: wall and peak RSS as max_new_tokens grows, and long generations
+under a KV budget that forces preemption.
+
+    python benchmarks/bench_long.py --part a        # capitals, budgets 16 .. 32000, M 8 and 32 (~5 min here)
+    python benchmarks/bench_long.py --part b        # 8 GSM8K x M=8 x 4096 tokens, whole vs a quarter of the memory
+    python benchmarks/bench_long.py --part b --prompts 2 --tokens 1024   # the same at a size that fits a session
+
+(a) The same short-answer job (32 capitals prompts, T 0.6, stop at the first newline) at max_new_tokens
+16, 1024, 8192 and 32000, Full Parallel and EAGer-init (θ 1.0), M = 8 and 32, each run in a fresh process:
+wall and peak RSS as ratios to the 16-token run. Target: every ratio <= 1.2, M = 32 x 32000 runs.
+(b) Long generations with no stop (ignore_eos), Full Parallel and EAGer-init (θ 2.0): once with a KV budget
+that holds the whole job, once with a quarter of it. Target: the constrained run completes, every sequence
+reaches its length, preemptions are reported, tok/s >= 0.8x the unconstrained run's.
+Figures go to benchmarks/results/bench_long_<part>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+from _common import DATA_DIR, add_common_args, csv_values, default_out, environment, model_path, ratio, table, verdict, write_json
+
+# One run in a fresh process, so peak RSS is that run's alone: prints its figures as one JSON line.
+CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+    import eager_cpp
+    spec = json.loads(sys.argv[1])
+    model = eager_cpp.Model(spec.pop("model"), n_threads=spec.pop("threads"))
+    prompts = spec.pop("prompts")
+    t0 = time.perf_counter()
+    r = eager_cpp.run(model, prompts, **spec)
+    wall = time.perf_counter() - t0
+    s = r.stats
+    print(json.dumps(dict(wall=wall, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          tokens=s.generated_tokens, sequences=s.sequences, kv_cells=s.kv_cells,
+                          peak_kv_cells=s.peak_kv_cells, preemptions=s.preemptions,
+                          recomputed=s.recomputed_tokens, decode_s=s.decode_seconds,
+                          lengths=sorted({len(q.token_ids) for p in r.prompts for q in p.sequences}))))
+""")
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def part_a(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (DATA_DIR / "capitals_dev_100.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows[: args.prompts or 32]]
+    results = []
+    for method, extra in (("parallel", {}), ("eager_init", {"entropy_threshold": 1.0})):
+        for m in (8, 32):
+            base = None
+            for budget in args.budgets:
+                spec = dict(model=model, threads=args.threads, prompts=prompts, method=method, max_sequences=m,
+                            temperature=0.6, stop="\n", seed=0, max_new_tokens=budget, **extra)
+                got = run_child(spec)
+                base = got if budget == 16 else base
+                row = dict(method=method, M=m, max_new_tokens=budget, **got)
+                if "error" not in got and base and "error" not in base:
+                    row["wall_ratio"] = ratio(got["wall"], base["wall"])
+                    row["rss_ratio"] = ratio(got["rss_mib"], base["rss_mib"])
+                results.append(row)
+                print(f"{method:10s} M={m:2d} budget={budget:5d}: " +
+                      (got.get("error") or f"wall {got['wall']:.1f} s, RSS {got['rss_mib']:.0f} MiB, "
+                       f"{got['tokens']} tokens, KV cells {got['kv_cells']} (peak {got['peak_kv_cells']}), "
+                       f"preemptions {got['preemptions']}"), flush=True)
+    print(table(["method", "M", "budget", "wall s", "wall/16", "RSS MiB", "RSS/16", "tokens", "KV cells", "target"],
+                [[r["method"], r["M"], r["max_new_tokens"], r.get("wall"), r.get("wall_ratio"), r.get("rss_mib"),
+                  r.get("rss_ratio"), r.get("tokens"), r.get("kv_cells"),
+                  r.get("error") or ("" if r["max_new_tokens"] == 16 else
+                                      verdict(max(r["wall_ratio"], r["rss_ratio"]), 1.2, False))]
+                 for r in results]))
+    return {"runs": results}
+
+
+def part_b(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (DATA_DIR / "gsm8k_train_200.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows[: args.prompts or 8]]
+    m, n = args.sequences, args.tokens
+    # The whole job's cells: every prompt's tokens and its M sequences at full length, in bytes of KV memory.
+    from eager_cpp import Model
+
+    probe = Model(model, n_threads=1)
+    whole_cells = sum(len(probe.tokenize(p)) for p in prompts) + len(prompts) * m * n
+    cell_bytes = probe.kv_bytes_per_cell
+    del probe
+    results = []
+    for method, extra in (("parallel", {}), ("eager_init", {"entropy_threshold": 2.0})):
+        pair = {}
+        for label, cells in (("whole", whole_cells), ("quarter", whole_cells // 4)):
+            spec = dict(model=model, threads=args.threads, prompts=prompts, method=method, max_sequences=m,
+                        temperature=0.6, ignore_eos=True, seed=0, max_new_tokens=n, kv_memory=int(cells * cell_bytes),
+                        **extra)
+            got = run_child(spec)
+            if "error" not in got:
+                got["tok_s"] = got["tokens"] / got["wall"]
+            pair[label] = got
+            results.append(dict(method=method, memory=label, **got))
+            print(f"{method:10s} {label:7s}: " + (got.get("error") or
+                  f"{got['tok_s']:.1f} tok/s, {got['tokens']} tokens, lengths {got['lengths']}, KV cells "
+                  f"{got['kv_cells']} (peak {got['peak_kv_cells']}), preemptions {got['preemptions']}, "
+                  f"recomputed {got['recomputed']}"), flush=True)
+        if all("error" not in v for v in pair.values()):
+            results[-1]["tok_s_ratio"] = ratio(pair["quarter"]["tok_s"], pair["whole"]["tok_s"])
+    print(table(["method", "memory", "tok/s", "quarter/whole", "preemptions", "recomputed", "lengths", "target"],
+                [[r["method"], r["memory"], r.get("tok_s"), r.get("tok_s_ratio"), r.get("preemptions"),
+                  r.get("recomputed"), r.get("lengths"),
+                  verdict(r["tok_s_ratio"], 0.8, True) if "tok_s_ratio" in r else r.get("error", "")]
+                 for r in results]))
+    return {"prompts": len(prompts), "max_sequences": m, "tokens": n, "whole_cells": whole_cells, "runs": results}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(ap, "bench_long")
+    ap.add_argument("--part", choices=("a", "b"), default="a")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts (default: 32 for a, 8 for b)")
+    ap.add_argument("--sequences", type=int, default=8, help="M for part b (default 8)")
+    ap.add_argument("--tokens", type=int, default=4096, help="tokens per sequence for part b (default 4096)")
+    ap.add_argument("--budgets", default="16,1024,8192,32000",
+                    help="max_new_tokens values for part a, the first the baseline (default 16,1024,8192,32000)")
+    args = ap.parse_args()
+    args.budgets = csv_values(ap, args.budgets, int, "budgets", 1, 32000)
+    model = model_path(args.model)
+    figures = part_a(args, model) if args.part == "a" else part_b(args, model)
+    out = args.out if args.out != default_out("bench_long") else default_out(f"bench_long_{args.part}")
+    write_json(out, {"environment": environment(model, args.threads), "part": args.part, **figures})
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
