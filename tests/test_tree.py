@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import eager_cpp
 from eager_cpp import _core
+from eager_cpp.local import to_prompt_result
 from eager_cpp.phases import PhaseJob, Seed, tree_seeds
 from eager_cpp.results import PromptResult, Sequence
 from eager_cpp.scoring import default_scorer
-from eager_cpp.tree import BranchChoice, branch_points, branching_closes_at, choose_branch_points
+from eager_cpp.tree import (MAX_RANKED_TOKENS, BranchChoice, branch_points, branching_closes_at,
+                            choose_branch_points, last_branch_step, ranked_limit, room_margin)
 from conftest import load_jsonl, reference_logits
 
 FIRST_LINE = default_scorer("first_line")
@@ -73,6 +76,66 @@ def test_ranks_stop_where_the_engine_cannot_rank():
     chosen = choose_branch_points(points, 100, max_ranked=4)
     assert [c.rank for c in chosen] == [1, 2, 3]  # rank + 1 taken token <= 4
     assert choose_branch_points([], 3) == []
+
+
+def test_a_point_offers_only_what_the_engine_and_top_k_allow():
+    assert MAX_RANKED_TOKENS == int(_core.MAX_ENTROPY_TOP_K)  # the planner and the engine agree
+    assert ranked_limit(0) == MAX_RANKED_TOKENS and ranked_limit(5) == 5 and ranked_limit(1000) == MAX_RANKED_TOKENS
+    points = branch_points([seq(0, [1, 2], [1.0, 2.0]), seq(1, [1, 3], [0.5], parent=0, branch_step=1),
+                            seq(2, [1, 4], [0.5], parent=0, branch_step=1)])
+    # Step 1 has taken 3 tokens (2, 3, 4), step 0 one (1).
+    with_top_k = [(c.point.step, c.rank) for c in choose_branch_points(points, 100, ranked_limit(4))]
+    assert with_top_k == [(1, 1), (0, 1), (0, 2), (0, 3)]  # rank + taken <= top_k = 4
+    # top_k = 3: the step-1 point has all of its top 3 taken and offers nothing.
+    assert [(c.point.step, c.rank) for c in choose_branch_points(points, 100, ranked_limit(3))] == [(0, 1), (0, 2)]
+    # Without a filter the engine's reach bounds it: 63 ranks at step 0, 61 at step 1.
+    assert len(choose_branch_points(points, 1000)) == (64 - 1) + (64 - 3)
+    prompt = PromptResult(index=0, prompt="p", sequences=[seq(0, [1, 2], [1.0, 2.0]),
+                                                          seq(1, [1, 3], [0.5], parent=0, branch_step=1)],
+                          prompt_tokens=1)
+    assert max(s.rank + len(s.exclude) for s in tree_seeds(prompt, 50, 1000, top_k=5)) == 5
+    assert len(tree_seeds(prompt, 50, 1000, top_k=5)) == (5 - 1) + (5 - 2)
+
+
+def test_points_without_room_for_an_answer_are_skipped():
+    assert [room_margin(n) for n in (1, 6, 16, 17, 512)] == [2, 2, 2, 2, 64]
+    assert last_branch_step(10) == 8 and last_branch_step(512) == 448 and last_branch_step(1) == -1
+    root = seq(0, list(range(100, 110)), [1.0] * 10)  # ten tokens, a point at every step 0..9
+    prompt = PromptResult(index=0, prompt="p", sequences=[root], prompt_tokens=1)
+    steps = {len(s.prefix) for s in tree_seeds(prompt, 100, 1000, max_new_tokens=10)}
+    assert steps == set(range(9))  # step 9 would leave the forced token alone: no room for an answer
+    assert {len(s.prefix) for s in tree_seeds(prompt, 100, 1000)} == set(range(10))  # unbounded: every step
+    assert tree_seeds(prompt, 100, 1000, max_new_tokens=1) == ()
+
+
+def core_sequence(own, finish="length", parent=-1, branch_step=0):
+    """One sequence as the engine returns it (the fields to_prompt_result reads)."""
+    return SimpleNamespace(own_tokens=list(own), text=b"", entropies=[0.5] * len(own), parent=parent,
+                           branch_step=branch_step, finish_reason=finish, branch_entropy=0.5, marker_step=-1)
+
+
+def test_unavailable_seeds_are_dropped_and_the_rest_renumbered():
+    seeds = (Seed(source=0, prefix=(10,), exclude=(11,), rank=1), Seed(source=0, prefix=(10,), exclude=(11,), rank=2),
+             Seed(source=1, prefix=(10, 21), exclude=(22,), rank=1))
+    job = PhaseJob(index=4, prompt="p", max_sequences=4, theta=1.0, sequence_base=9, round=2, seeds=seeds,
+                   first_index=5)
+    core = SimpleNamespace(prompt_tokens=3, steps=2, sequences=[
+        core_sequence([31, 32]), core_sequence([], finish="unavailable"), core_sequence([41], finish="eos"),
+        core_sequence([51], parent=0, branch_step=2)])
+    result, dropped = to_prompt_result(job, core)
+    assert dropped == 1
+    # Indices from first_index, contiguous; the child of engine sequence 0 points at its new index.
+    assert [(s.index, s.parent, s.token_ids, s.finish_reason) for s in result.sequences] == [
+        (5, 0, [10, 31, 32], "length"), (6, 1, [10, 21, 41], "eos"), (7, 5, [10, 31, 51], "length")]
+    orphan = SimpleNamespace(prompt_tokens=3, steps=2, sequences=[
+        core_sequence([], finish="unavailable"), core_sequence([1]), core_sequence([1], finish="length"),
+        core_sequence([7], parent=0, branch_step=1)])
+    with pytest.raises(RuntimeError, match="did not start"):
+        to_prompt_result(job, orphan)
+    not_a_seed = SimpleNamespace(prompt_tokens=3, steps=2, sequences=[core_sequence([1])] * 3 + [
+        core_sequence([], finish="unavailable")])
+    with pytest.raises(RuntimeError, match="not an untouched seed"):
+        to_prompt_result(job, not_a_seed)
 
 
 def test_no_branch_window_excludes_steps_after_branching_closed():

@@ -97,7 +97,8 @@ def run(
     try:
         results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
                                              opts.entropy_threshold, answers, scorer, sink if sink.active else None,
-                                             reallocation=opts.reallocation, no_branch_window=opts.no_branch_window)
+                                             reallocation=opts.reallocation, no_branch_window=opts.no_branch_window,
+                                             top_k=opts.top_k, max_new_tokens=opts.max_new_tokens)
     finally:
         sink.close()
     _finish(stats, results, time.perf_counter() - started)
@@ -149,7 +150,8 @@ def reallocate(
         result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
                                                 opts.entropy_threshold, answers, scorer,
                                                 sink if sink.active else None, reallocation=opts.reallocation,
-                                                no_branch_window=opts.no_branch_window)
+                                                no_branch_window=opts.no_branch_window, top_k=opts.top_k,
+                                                max_new_tokens=opts.max_new_tokens)
     finally:
         sink.close()
     _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started)

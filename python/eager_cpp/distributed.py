@@ -147,6 +147,7 @@ class _Worker:
         finally:
             self.running = None
         return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
+                "unavailable": {p.index: n for p, n in zip(out.prompts, out.unavailable)},
                 "settings": executor.options.recorded(int(settings.get("n_prompts", len(jobs)))),
                 "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
@@ -463,7 +464,8 @@ class RayWorkers:
             results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
                                                  options.entropy_threshold, answers, scorer,
                                                  sink if sink.active else None, reallocation=options.reallocation,
-                                                 no_branch_window=options.no_branch_window)
+                                                 no_branch_window=options.no_branch_window, top_k=options.top_k,
+                                                 max_new_tokens=options.max_new_tokens)
         finally:
             sink.close()
         self.last_plan = outcome.plan if outcome is not None else None
@@ -522,8 +524,10 @@ class RayExecutor:
             phase, [[j.to_dict() for j in shard] for shard in shards],
             lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), reporter)
         by_index: dict[int, PromptResult] = {}
+        unavailable: dict[int, int] = {}
         for out in outputs:
             stats.merge(RunStats(**out["stats"]))
+            unavailable.update({int(i): n for i, n in out.get("unavailable", {}).items()})
             for d in out["prompts"]:
                 if d["index"] in by_index:
                     raise RuntimeError(f"internal error: prompt {d['index']} came back from two shards")
@@ -533,7 +537,8 @@ class RayExecutor:
             raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
         if self.recorded is None:
             self.recorded = outputs[0]["settings"]
-        return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats)
+        return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats,
+                           unavailable=[unavailable.get(j.index, 0) for j in jobs])
 
 
 def _model_path(model: Any) -> str:
@@ -590,7 +595,8 @@ def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, a
                                                     options.max_sequences, options.entropy_threshold, answers,
                                                     scorer, sink if sink.active else None,
                                                     reallocation=options.reallocation,
-                                                    no_branch_window=options.no_branch_window)
+                                                    no_branch_window=options.no_branch_window,
+                                                    top_k=options.top_k, max_new_tokens=options.max_new_tokens)
         finally:
             sink.close()
         pool.last_plan = result.reallocation.plan
