@@ -10,9 +10,9 @@ from eager_cpp.phases import (MAX_TRIES, PhaseJob, PhaseOutput, ReallocationWarn
 from eager_cpp.results import PromptResult, RunStats, Sequence
 
 
-def sequence(index: int, round_: int, text: str = "x") -> Sequence:
-    return Sequence(index=index, text=text, token_ids=[1], own_tokens=[1], entropies=[0.0], parent=None,
-                    branch_step=0, finish_reason="length", round=round_)
+def sequence(index: int, round_: int, text: str = "x", tokens: tuple[int, ...] = (1,)) -> Sequence:
+    return Sequence(index=index, text=text, token_ids=list(tokens), own_tokens=list(tokens),
+                    entropies=[0.0] * len(tokens), parent=None, branch_step=0, finish_reason="length", round=round_)
 
 
 class FakeExecutor:
@@ -22,9 +22,11 @@ class FakeExecutor:
     fail(job list): raise it instead of running the jobs, when it returns an exception.
     """
 
-    def __init__(self, produce, text=lambda job, k: "x", unavailable=lambda job: 0, fail=lambda jobs: None) -> None:
+    def __init__(self, produce, text=lambda job, k: "x", unavailable=lambda job: 0, fail=lambda jobs: None,
+                 tokens=lambda index: (1,)) -> None:
         self.produce = produce
         self.text = text
+        self.tokens = tokens
         self.unavailable = unavailable
         self.fail = fail
         self.calls: list[tuple[str, list[PhaseJob]]] = []
@@ -38,9 +40,10 @@ class FakeExecutor:
         for job in jobs:
             n = min(job.max_sequences, self.produce(job))
             gone = min(n, self.unavailable(job))
-            seqs = [sequence(job.index_base + k, job.round, self.text(job, k)) for k in range(n - gone)]
+            seqs = [sequence(job.index_base + k, job.round, self.text(job, k), self.tokens(job.index_base + k))
+                    for k in range(n - gone)]
             prompts.append(PromptResult(index=job.index, prompt=job.prompt, sequences=seqs, prompt_tokens=3, steps=1))
-            dropped.append(gone)
+            dropped.append(tuple(range(gone)))  # the job's first `gone` seeds (or sequences)
         stats = RunStats(method=method, steps=1, prompt_tokens=3 * len(jobs))
         return PhaseOutput(prompts=prompts, stats=stats, unavailable=dropped)
 
@@ -162,10 +165,13 @@ def test_ctrl_c_in_a_try_is_not_swallowed():
 
 
 def test_unavailable_seeds_are_unspent_and_their_streams_are_never_reused():
-    # Every try fills its cap, all but one of its sequences reported unavailable: 1 kept per try.
+    # Tree reallocation; every sequence is two tokens (1000 + its index, 5), so the tree has many points.
+    # Every try fills its seeds, all but one reported unavailable: one kept per try.
     ex = FakeExecutor(lambda job: job.max_sequences if job.round > 0 or job.index == 0 else 1,
-                      unavailable=lambda job: job.max_sequences - 1 if job.round > 0 else 0)
-    results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
+                      unavailable=lambda job: job.max_sequences - 1 if job.round > 0 else 0,
+                      tokens=lambda index: (1000 + index, 5))
+    results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None,
+                                         reallocation="tree")
     assert outcome.granted == {0: 3}
     tries = [j for _, jobs in ex.calls[1:] for j in jobs]
     # Streams: 4 in phase (a), then every stream a try used; result indices stay contiguous behind them.
@@ -173,16 +179,11 @@ def test_unavailable_seeds_are_unspent_and_their_streams_are_never_reused():
     assert [s.index for s in results[0].sequences] == list(range(7))
     assert outcome.produced == {0: 3} and outcome.unavailable == 3 == stats.unavailable_seeds
     assert stats.unspent_sequences == 0
-
-
-def test_unavailable_seeds_left_over_stay_unspent():
-    ex = FakeExecutor(lambda job: job.max_sequences if job.round == 0 and job.index == 0 else 1,
-                      unavailable=lambda job: 1 if job.round > 0 else 0)
-    _, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
-    assert outcome.produced == {0: 0} and outcome.tries == MAX_TRIES and stats.unavailable_seeds == MAX_TRIES
-    assert stats.unspent_sequences == 3
-    bases = [j.sequence_base for _, jobs in ex.calls[1:] for j in jobs]
-    assert bases == list(range(4, 4 + MAX_TRIES)) and len(set(bases)) == MAX_TRIES
+    # A point where a seed came back unavailable is never offered again.
+    point = lambda seed: (seed.source, len(seed.prefix))
+    for t, job in enumerate(tries):
+        dropped = {point(seed) for seed in job.seeds[: job.max_sequences - 1]}  # the fake drops the first ones
+        assert not dropped & {point(seed) for later in tries[t + 1:] for seed in later.seeds}
 
 
 def test_plan_and_outcome_agree_with_the_pure_planner():

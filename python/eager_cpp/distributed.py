@@ -147,7 +147,7 @@ class _Worker:
         finally:
             self.running = None
         return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
-                "unavailable": {p.index: n for p, n in zip(out.prompts, out.unavailable)},
+                "unavailable": {p.index: list(out.dropped(k)) for k, p in enumerate(out.prompts)},
                 "settings": executor.options.recorded(int(settings.get("n_prompts", len(jobs)))),
                 "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
@@ -524,10 +524,10 @@ class RayExecutor:
             phase, [[j.to_dict() for j in shard] for shard in shards],
             lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), reporter)
         by_index: dict[int, PromptResult] = {}
-        unavailable: dict[int, int] = {}
+        unavailable: dict[int, tuple[int, ...]] = {}
         for out in outputs:
             stats.merge(RunStats(**out["stats"]))
-            unavailable.update({int(i): n for i, n in out.get("unavailable", {}).items()})
+            unavailable.update({int(i): tuple(d) for i, d in out.get("unavailable", {}).items()})
             for d in out["prompts"]:
                 if d["index"] in by_index:
                     raise RuntimeError(f"internal error: prompt {d['index']} came back from two shards")
@@ -538,7 +538,7 @@ class RayExecutor:
         if self.recorded is None:
             self.recorded = outputs[0]["settings"]
         return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats,
-                           unavailable=[unavailable.get(j.index, 0) for j in jobs])
+                           unavailable=[unavailable.get(j.index, ()) for j in jobs])
 
 
 def _model_path(model: Any) -> str:

@@ -72,9 +72,10 @@ class LocalExecutor:
 UNAVAILABLE = "unavailable"  # the engine's finish_reason for a seed whose point has no allowed token left
 
 
-def to_prompt_result(job: PhaseJob, core_prompt: Any) -> tuple[PromptResult, int]:
+def to_prompt_result(job: PhaseJob, core_prompt: Any) -> tuple[PromptResult, tuple[int, ...]]:
     """The engine's sequences of one job as result Sequences numbered from the job's index base, and
-    how many seeds came back "unavailable" (dropped here: the following sequences close the gap).
+    the positions of the seeds that came back "unavailable" (dropped here: the following sequences close
+    the gap).
 
     A parent is in the same engine run, so full token_ids come from the chain within it, except for
     the job's seeds (tree reallocation): their parent is the earlier sequence they continue, and
@@ -84,13 +85,13 @@ def to_prompt_result(job: PhaseJob, core_prompt: Any) -> tuple[PromptResult, int
                           steps=core_prompt.steps)
     base = job.index_base
     kept: dict[int, Sequence] = {}  # engine-local index -> result sequence
-    dropped = 0
+    dropped: list[int] = []
     for local, cs in enumerate(core_prompt.sequences):
         if cs.finish_reason == UNAVAILABLE:
             if local >= len(job.seeds) or len(cs.own_tokens):
                 raise RuntimeError(f"internal error: prompt {job.index}: sequence {local} is 'unavailable' but "
                                    "is not an untouched seed")
-            dropped += 1
+            dropped.append(local)
             continue
         own = list(cs.own_tokens)
         if local < len(job.seeds):
@@ -117,4 +118,4 @@ def to_prompt_result(job: PhaseJob, core_prompt: Any) -> tuple[PromptResult, int
             marker_step=None if cs.marker_step < 0 else cs.marker_step,
         )
         result.sequences.append(kept[local])
-    return result, dropped
+    return result, tuple(dropped)

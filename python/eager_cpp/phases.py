@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence as Seq
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence as Seq
 
 from .budget import PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
 from .results import PromptResult, RunResult, RunStats
@@ -87,17 +87,20 @@ class PhaseJob:
 class PhaseOutput:
     """Per job (same order), a PromptResult holding only that job's new sequences; the runs' stats.
 
-    unavailable: per job (same order; empty = none anywhere), the seeds the engine reported
-    "unavailable" and the executor dropped: each still used one random stream of the prompt.
+    unavailable: per job (same order; empty = none anywhere), the positions in the job's seeds of those
+    the engine reported "unavailable" and the executor dropped: each still used one random stream.
     """
 
     prompts: list[PromptResult]
     stats: RunStats
-    unavailable: list[int] = field(default_factory=list)
+    unavailable: list[tuple[int, ...]] = field(default_factory=list)
+
+    def dropped(self, k: int) -> tuple[int, ...]:
+        return tuple(self.unavailable[k]) if self.unavailable else ()
 
     def streams(self, k: int) -> int:
         """Random streams job `k` used: its sequences and its dropped seeds."""
-        return len(self.prompts[k].sequences) + (self.unavailable[k] if self.unavailable else 0)
+        return len(self.prompts[k].sequences) + len(self.dropped(k))
 
 
 class ReallocationWarning(RuntimeWarning):
@@ -197,14 +200,17 @@ def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method:
 
 
 def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int = 0,
-               max_new_tokens: Optional[int] = None) -> tuple[Seed, ...]:
+               max_new_tokens: Optional[int] = None, closed: Iterable[tuple[int, int]] = ()) -> tuple[Seed, ...]:
     """Up to `n` seeds that continue `prompt`'s tree at its highest-entropy untaken branch points.
 
-    Only points a continuation can use: with room for an answer after them (``tree.last_branch_step``)
-    and ranks the engine and the run's top_k can offer (``tree.ranked_limit``).
+    Only points a continuation can use: with room for an answer after them (``tree.last_branch_step``),
+    not `closed` ((sequence, step) of points where a seed came back unavailable: the filters keep a
+    most-likely-first prefix of the tokens, so no later rank is allowed there either), and ranks the
+    engine and the run's top_k can offer (``tree.ranked_limit``).
     """
     by_index = {s.index: s for s in prompt.sequences}
-    points = branch_points(prompt.sequences, no_branch_window)
+    shut = set(closed)
+    points = [p for p in branch_points(prompt.sequences, no_branch_window) if (p.sequence, p.step) not in shut]
     if max_new_tokens is not None:
         last = last_branch_step(max_new_tokens)
         points = [p for p in points if p.step <= last]
@@ -237,6 +243,7 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
     decaying = set(plan.decaying)
     # Random streams each prompt has used: its sequences so far (phase (a) drops none), then each try's.
     streams = {e.index: results[position[e.index]].n_sequences for e in plan.extras}
+    closed: dict[int, set[tuple[int, int]]] = {e.index: set() for e in plan.extras}  # points with nothing left
     for attempt in range(1, max_tries + 1):
         jobs = []
         for e in plan.extras:
@@ -244,7 +251,8 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
             if lacking > 0:
                 p = results[position[e.index]]
                 cap = min(lacking, MAX_SEQUENCES_PER_JOB)
-                seeds = tree_seeds(p, cap, no_branch_window, top_k, max_new_tokens) if reallocation == "tree" else ()
+                seeds = (tree_seeds(p, cap, no_branch_window, top_k, max_new_tokens, closed[e.index])
+                         if reallocation == "tree" else ())
                 if reallocation == "tree" and not seeds:
                     continue  # no branch point left to continue: what it lacks stays unspent
                 theta_t = retry_theta(theta0[e.index], attempt, e.index in decaying)
@@ -268,7 +276,10 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
             got = len(output.prompts[k].sequences)
             outcome.produced[job.index] += got
             streams[job.index] += output.streams(k)
-            outcome.unavailable += output.streams(k) - got
+            for position_in_seeds in output.dropped(k):
+                seed = job.seeds[position_in_seeds]
+                closed[job.index].add((seed.source, len(seed.prefix)))
+            outcome.unavailable += len(output.dropped(k))
     extras = [s for p in results for s in p.sequences if s.round > 0]
     stats.rounds = outcome.tries + 1
     stats.reallocated_sequences = len(extras)
