@@ -158,6 +158,19 @@ def test_a_failed_first_try_keeps_phase_a():
     assert stats.unspent_sequences == outcome.plan.budget == 3 and "ValueError: bad seed" in stats.reallocation_error
 
 
+def test_a_scorer_failing_on_a_try_keeps_what_was_made():
+    def scorer(text, gold):
+        if text == "late":
+            raise ValueError("cannot read this")
+        return False
+
+    ex = FakeExecutor(lambda job: 1, text=lambda job, k: "late" if job.round > 0 else "x")
+    with pytest.warns(ReallocationWarning, match="scoring reallocation try 1 failed: ValueError"):
+        results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager", 2, 2.0, ["y", "y"], scorer, None)
+    assert [p.n_sequences for p in results] == [2, 2] and outcome.produced == {0: 1, 1: 1}
+    assert stats.unspent_sequences == 0 and outcome.tries == 1
+
+
 def test_ctrl_c_in_a_try_is_not_swallowed():
     ex = FakeExecutor(capped_first, fail=lambda jobs: KeyboardInterrupt() if jobs[0].round > 0 else None)
     with pytest.raises(KeyboardInterrupt):

@@ -263,23 +263,27 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
             break
         try:
             output = executor.run_jobs(jobs, "eager_init", progress)
-            merge(results, jobs, output)
+            merge(results, jobs, output)  # checks everything before it changes anything
         except Exception as e:  # noqa: BLE001 - any failure of a try: keep what earlier phases made
             outcome.error = f"reallocation try {attempt} failed: {type(e).__name__}: {e}"
-            warnings.warn(f"{outcome.error}; the result holds what phase (a) and the earlier tries made, the rest "
-                          "of the budget is reported unspent", ReallocationWarning, stacklevel=2)
             break
         stats.merge(output.stats)
         outcome.tries = attempt
-        score(results, answers, scorer)
         for k, job in enumerate(jobs):
-            got = len(output.prompts[k].sequences)
-            outcome.produced[job.index] += got
+            outcome.produced[job.index] += len(output.prompts[k].sequences)
             streams[job.index] += output.streams(k)
             for position_in_seeds in output.dropped(k):
                 seed = job.seeds[position_in_seeds]
                 closed[job.index].add((seed.source, len(seed.prefix)))
             outcome.unavailable += len(output.dropped(k))
+        try:
+            score(results, answers, scorer)
+        except Exception as e:  # noqa: BLE001 - a scorer failing on a try's text: the same
+            outcome.error = f"scoring reallocation try {attempt} failed: {type(e).__name__}: {e}"
+            break
+    if outcome.error is not None:
+        warnings.warn(f"{outcome.error}; the result holds what phase (a) and the earlier tries made, the rest of "
+                      "the budget is reported unspent", ReallocationWarning, stacklevel=2)
     extras = [s for p in results for s in p.sequences if s.round > 0]
     stats.rounds = outcome.tries + 1
     stats.reallocated_sequences = len(extras)
