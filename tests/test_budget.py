@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from eager_cpp.budget import PromptExtra, PromptSummary, ReallocationPlan, plan_reallocation
+from eager_cpp.budget import PromptExtra, PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
 
 
 def S(index, sequences, solved=None, theta=2.0, tries=0):
@@ -121,28 +121,58 @@ def test_mode_aliases():
 # --- theta -----------------------------------------------------------------------------------
 
 
-def test_theta_full_mode():
+def reference_thetas(theta0, tries, decaying):
+    """The authors' retry loop, written out as their script runs it (not from eager_cpp's formula):
+    the decaying set keeps its running θ and multiplies it by 0.8 every try; every other prompt is
+    reset to θ0; from the third try on, the try's θ is also multiplied by 0.9."""
+    theta, out = theta0, []
+    for t in range(1, tries + 1):
+        if decaying:
+            theta = theta * 0.8
+        else:
+            theta = theta0
+        if t >= 3:
+            theta = theta * 0.9
+        out.append(theta)
+    return out
+
+
+# The "reference" column of the fidelity issue's table (θ0 = 2.0, six tries, rounded to 2 digits).
+REFERENCE_TABLE = {
+    True: [1.6, 1.28, 0.92, 0.66, 0.48, 0.34],  # full EAGer, unsolved, n_i < M after EAGer-init
+    False: [2.0, 2.0, 1.8, 1.8, 1.8, 1.8],  # saturated full-EAGer prompts and every EAGer-adapt prompt
+}
+
+
+@pytest.mark.parametrize("decaying", [True, False])
+def test_retry_theta_is_the_reference_loop(decaying):
+    ours = [retry_theta(2.0, t, decaying) for t in range(1, 7)]
+    assert ours == pytest.approx(reference_thetas(2.0, 6, decaying), rel=1e-12)
+    assert [round(x, 2) for x in ours] == REFERENCE_TABLE[decaying]
+    assert [retry_theta(1.5, t, decaying) for t in range(1, 9)] == pytest.approx(
+        reference_thetas(1.5, 8, decaying), rel=1e-12)
+    with pytest.raises(ValueError, match="attempt"):
+        retry_theta(2.0, 0, decaying)
+
+
+def test_the_decaying_set_is_chosen_once_from_the_summaries():
     m = 4
     sums = [
-        S(0, 4, False, theta=2.0, tries=0),  # capped: unchanged
-        S(1, 1, False, theta=2.0, tries=0),  # uncapped unsolved: x0.8
-        S(2, 1, False, theta=1.6, tries=1),  # x0.8 again (fed-back theta)
-        S(3, 1, False, theta=1.28, tries=2),  # x0.8 x0.9
-        S(4, 4, False, theta=2.0, tries=3),  # capped, late: x0.9 only
-    ] + [S(i, 1, True) for i in range(5, 12)]
+        S(0, 4, False),  # full, unsolved, saturated: θ0 on its first try
+        S(1, 1, False),  # full, unsolved, under the cap: decaying, θ0 x 0.8 on its first try
+        S(2, 1, False, theta=1.5, tries=2),  # decaying, third try: from its own θ0
+        S(3, 4, False, tries=2),  # saturated, third try: θ0 x 0.9
+    ] + [S(i, 1, True) for i in range(4, 12)]
     plan = plan_reallocation(sums, m, "full")
+    assert plan.decaying == (1, 2)
     thetas = {e.index: e.theta for e in plan.extras}
-    assert set(thetas) == {0, 1, 2, 3, 4}
-    assert thetas[0] == pytest.approx(2.0)
-    assert thetas[1] == pytest.approx(1.6)
-    assert thetas[2] == pytest.approx(1.28)
-    assert thetas[3] == pytest.approx(1.28 * 0.8 * 0.9)
-    assert thetas[4] == pytest.approx(1.8)
+    assert thetas == pytest.approx({0: 2.0, 1: 1.6, 2: 1.5 * 0.8 ** 3 * 0.9, 3: 1.8})
 
 
 def test_theta_adapt_mode_only_late_decay():
     sums = [S(0, 2, False, theta=2.4, tries=0), S(1, 2, None, theta=2.4, tries=2), S(2, 0)]
     plan = plan_reallocation(sums, 2, "adapt")
+    assert plan.decaying == ()  # adapt never decays by 0.8, even for a prompt marked unsolved
     thetas = {e.index: e.theta for e in plan.extras}
     assert thetas == pytest.approx({0: 2.4, 1: 2.4 * 0.9})
 
@@ -152,7 +182,7 @@ def test_custom_decays():
         [S(0, 1, False, theta=2.0, tries=2), S(1, 1, True)], 2, "full",
         theta_decay_unsolved=0.5, theta_decay_late=0.5,
     )
-    assert plan.extras[0].theta == pytest.approx(0.5)
+    assert plan.extras[0].theta == pytest.approx(2.0 * 0.5 ** 3 * 0.5)  # third try of a decaying prompt
 
 
 # --- validation ------------------------------------------------------------------------------

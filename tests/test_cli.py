@@ -61,14 +61,41 @@ def test_run_writes_jsonl_and_resumes(tmp_path):
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
 
-def test_run_reallocating_method(tmp_path, capitals_small):
-    out = tmp_path / "adapt.jsonl"
+def run_eager(tmp_path, capitals_small, name, *extra):
+    out = tmp_path / name
     proc = cli("run", str(capitals_small), "-o", str(out), "--method", "eager", "-M", "3", "--theta", "0.75",
-               "--max-new-tokens", "6", "--stop", "\\n", "--quiet")
+               "--max-new-tokens", "6", "--stop", "\\n", "--quiet", *extra)
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 4 and sum(r["n_sequences"] for r in rows) <= 12
-    assert all(r["answer"] for r in rows)
+    meta = json.loads((tmp_path / (name + ".meta.json")).read_text())
+    return [json.loads(line) for line in out.read_text().splitlines()], meta
+
+
+def test_run_reallocating_method(tmp_path, capitals_small):
+    from eager_cpp.scoring import default_scorer
+
+    first_line = default_scorer("first_line")
+    rows, meta = run_eager(tmp_path, capitals_small, "eager.jsonl")
+    assert len(rows) == 4 and all(r["answer"] for r in rows)
+    # The dataset's scorer, as eval picks it (capitals: the first line), decides "solved"...
+    assert meta["settings"]["scorer"] == "first_line"
+    for r in rows:
+        assert all(s["correct"] == first_line(s["text"], r["answer"]) for s in r["sequences"])
+    # ...and full EAGer gives the saved budget to exactly the prompts phase (a) left unsolved.
+    init = [[s for s in r["sequences"] if s["round"] == 0] for r in rows]
+    budget = 3 * 4 - sum(map(len, init))
+    unsolved = [k for k, seqs in enumerate(init) if not any(s["correct"] for s in seqs)]
+    assert 0 < len(unsolved) <= budget, "this setting leaves prompts unsolved and budget to give them"
+    got = [sum(1 for s in r["sequences"] if s["round"] > 0) for r in rows]
+    assert [k for k, n in enumerate(got) if n] == unsolved
+    assert sum(got) == min(budget, 3 * len(unsolved))  # every sequence of the plan made (caps of M each)
+    # Another scorer selects another set: --scorer number finds no number in a capital's name.
+    rows, meta = run_eager(tmp_path, capitals_small, "number.jsonl", "--scorer", "number")
+    assert meta["settings"]["scorer"] == "number"
+    assert not any(s["correct"] for r in rows for s in r["sequences"])
+    init = [[s for s in r["sequences"] if s["round"] == 0] for r in rows]
+    budget = 3 * 4 - sum(map(len, init))
+    got = [sum(1 for s in r["sequences"] if s["round"] > 0) for r in rows]
+    assert budget > 0 and sum(got) == budget and sum(1 for n in got if n) == min(budget, 4)
 
 
 def test_tree_run_then_show_draws_the_tree(tmp_path, capitals_small):
@@ -103,7 +130,9 @@ def test_eval_compares_fresh_and_tree_reallocation(tmp_path, capitals_small):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["method"], r["reallocation"]) for r in rows] == [("parallel", "-"), ("eager_adapt", "fresh"),
                                                                  ("eager_adapt", "tree")]
-    assert rows[1]["reprocessed"] == 0 and rows[2]["reprocessed"] >= 0
+    # Fresh tries prefill nothing again; tree extras re-prefill the prefixes of the points they continue.
+    assert rows[1]["reprocessed"] == 0 and rows[2]["reallocated"] > 0 and rows[2]["reprocessed"] > 0
+    assert rows[2]["extras_length_ended"] <= rows[2]["reallocated"] and rows[2]["reallocation_error"] == ""
     proc = cli("eval", str(capitals_small), "--reallocation", "forest", "--quiet")
     assert proc.returncode == 2 and "unknown reallocation 'forest'" in proc.stderr
 
@@ -228,4 +257,9 @@ def test_run_scores_whenever_answers_are_given_and_reads_back(tmp_path, capitals
     assert [p.index for p in result.prompts] == [0, 1, 2, 3]
     assert all(p.gold_answer for p in result.prompts)
     assert all(s.correct is not None for p in result.prompts for s in p.sequences)
-    assert result.settings["method"] == "eager_init" and result.metrics()["pass@k"] >= 0.0
+    from eager_cpp.scoring import default_scorer
+
+    first_line = default_scorer("first_line")  # the dataset's scorer (its name says capitals)
+    assert all(s.correct == first_line(s.text, p.gold_answer) for p in result.prompts for s in p.sequences)
+    solved = sum(any(first_line(s.text, p.gold_answer) for s in p.sequences) for p in result.prompts)
+    assert result.settings["method"] == "eager_init" and result.metrics()["pass@k"] == solved / 4

@@ -126,12 +126,28 @@ def test_no_branch_window_stops_branching(model):
     assert sum(p.n_sequences for p in r.prompts) <= sum(p.n_sequences for p in wide.prompts)
 
 
+def p99_floor_at_branches(prompt):
+    """(branch entropy, p99 floor) of each child: the floor is numpy's 99th percentile of the prompt's
+    entropies from earlier steps, one per row (a child's first entropy is its parent's row: not again)."""
+    out = []
+    for c in prompt.sequences[1:]:
+        history = [h for s in prompt.sequences for k, h in enumerate(s.entropies)
+                   if s.branch_step + k < c.branch_step and not (s.parent is not None and k == 0)]
+        floor = float(np.percentile(np.array(history, dtype=np.float64), 99)) if history else -np.inf
+        out.append((c.branch_entropy, floor))
+    return out
+
+
 def test_p99_threshold_mode(model):
-    r = eager_cpp.run(model, PROMPTS, method="eager_init", max_sequences=6, entropy_threshold=0.5,
-                      max_new_tokens=12, threshold_mode="p99", seed=1)
-    fixed = eager_cpp.run(model, PROMPTS, method="eager_init", max_sequences=6, entropy_threshold=0.5,
-                          max_new_tokens=12, seed=1)
-    assert all(s.branch_entropy > 0.5 for p in r.prompts for s in p.sequences[1:])
-    assert sum(p.n_sequences for p in r.prompts) <= sum(p.n_sequences for p in fixed.prompts)
+    kw = dict(method="eager_init", max_sequences=6, entropy_threshold=0.5, max_new_tokens=12, seed=1)
+    r = eager_cpp.run(model, PROMPTS, threshold_mode="p99", **kw)
+    fixed = eager_cpp.run(model, PROMPTS, **kw)
+    p99 = [pair for p in r.prompts for pair in p99_floor_at_branches(p)]
+    assert p99, "this setting branches in p99 mode too"
+    # Every branch beat both θ and the floor of the prompt's earlier steps...
+    assert all(h > 0.5 and h > floor - 1e-5 for h, floor in p99)
+    # ...which the fixed threshold does not ensure: p99 as a no-op would fail the check above.
+    assert any(h <= floor for p in fixed.prompts for h, floor in p99_floor_at_branches(p))
+    assert sum(p.n_sequences for p in r.prompts) < sum(p.n_sequences for p in fixed.prompts)
     with pytest.raises(ValueError):
         eager_cpp.run(model, PROMPTS, threshold_mode="p95")

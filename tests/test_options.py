@@ -44,6 +44,18 @@ def test_recorded_form_round_trips_and_is_versioned():
     assert RunOptions.from_dict(v2).reallocation == "fresh"
 
 
+def test_prompt_prefix_sharing_is_opt_in_and_old_results_replay_without_it():
+    # Sharing makes a prompt's samples depend on the prompt before it (docs/method.md, Departures).
+    assert RunOptions.VERSION == 4
+    assert RunOptions().share_prompt_prefixes is False
+    assert RunOptions.create().recorded(1)["share_prompt_prefixes"] is False
+    d = RunOptions.create(share_prompt_prefixes=True).recorded(1)
+    assert RunOptions.from_dict(d).share_prompt_prefixes is True  # recorded on: replays on
+    before = {k: v for k, v in dict(d, options_version=3).items() if k != "share_prompt_prefixes"}
+    assert RunOptions.from_dict(before).share_prompt_prefixes is False  # before the option: never shared
+    assert RunOptions.from_dict(dict(d, options_version=3)).share_prompt_prefixes is True
+
+
 @pytest.mark.parametrize("name, value, error, match", [
     ("entropy_threshold", "1.0", TypeError, "entropy_threshold must be a number"),
     ("max_sequences", "8", TypeError, "max_sequences must be an int"),

@@ -5,32 +5,47 @@ from __future__ import annotations
 import pytest
 
 from eager_cpp.budget import plan_reallocation
-from eager_cpp.phases import MAX_TRIES, PhaseJob, PhaseOutput, merge, reallocate_phases, run_phases
+from eager_cpp.phases import (MAX_TRIES, PhaseJob, PhaseOutput, ReallocationWarning, merge, reallocate_phases,
+                              run_phases)
 from eager_cpp.results import PromptResult, RunStats, Sequence
 
 
-def sequence(index: int, round_: int, text: str = "x") -> Sequence:
-    return Sequence(index=index, text=text, token_ids=[1], own_tokens=[1], entropies=[0.0], parent=None,
-                    branch_step=0, finish_reason="length", round=round_)
+def sequence(index: int, round_: int, text: str = "x", tokens: tuple[int, ...] = (1,)) -> Sequence:
+    return Sequence(index=index, text=text, token_ids=list(tokens), own_tokens=list(tokens),
+                    entropies=[0.0] * len(tokens), parent=None, branch_step=0, finish_reason="length", round=round_)
 
 
 class FakeExecutor:
-    """Makes `produce(job)` sequences per job (at most its cap) and records every call."""
+    """Makes `produce(job)` sequences per job (at most its cap) and records every call.
 
-    def __init__(self, produce, text=lambda job, k: "x") -> None:
+    unavailable(job): how many of those the engine reported "unavailable" (dropped, streams used).
+    fail(job list): raise it instead of running the jobs, when it returns an exception.
+    """
+
+    def __init__(self, produce, text=lambda job, k: "x", unavailable=lambda job: 0, fail=lambda jobs: None,
+                 tokens=lambda index: (1,)) -> None:
         self.produce = produce
         self.text = text
+        self.tokens = tokens
+        self.unavailable = unavailable
+        self.fail = fail
         self.calls: list[tuple[str, list[PhaseJob]]] = []
 
     def run_jobs(self, jobs, method, progress):
         self.calls.append((method, list(jobs)))
-        prompts = []
+        error = self.fail(jobs)
+        if error is not None:
+            raise error
+        prompts, dropped = [], []
         for job in jobs:
             n = min(job.max_sequences, self.produce(job))
-            seqs = [sequence(job.sequence_base + k, job.round, self.text(job, k)) for k in range(n)]
+            gone = min(n, self.unavailable(job))
+            seqs = [sequence(job.index_base + k, job.round, self.text(job, k), self.tokens(job.index_base + k))
+                    for k in range(n - gone)]
             prompts.append(PromptResult(index=job.index, prompt=job.prompt, sequences=seqs, prompt_tokens=3, steps=1))
+            dropped.append(tuple(range(gone)))  # the job's first `gone` seeds (or sequences)
         stats = RunStats(method=method, steps=1, prompt_tokens=3 * len(jobs))
-        return PhaseOutput(prompts=prompts, stats=stats)
+        return PhaseOutput(prompts=prompts, stats=stats, unavailable=dropped)
 
 
 def capped_first(job: PhaseJob) -> int:
@@ -76,23 +91,112 @@ def test_every_lacking_prompt_of_a_try_is_batched_together():
     assert [j.index for j in ex.calls[5][1]] == [0]
 
 
-def test_theta_per_try_follows_the_retry_rule():
-    # Full EAGer, labels: prompt 1 stays unsolved and under its cap, so each try lowers θ by 0.8,
-    # and from the third try on by 0.9 more.
-    ex = FakeExecutor(lambda job: 1 if job.round == 0 or job.index == 1 else job.max_sequences,
-                      text=lambda job, k: "no")
-    results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager", 4, 2.0, ["yes", "yes"],
-                                         lambda text, gold: text == gold, None)
-    assert outcome.granted == {0: 3, 1: 3}
-    thetas = [j.theta for _, jobs in ex.calls[1:] for j in jobs if j.index == 1]
-    expected, theta = [], 2.0
-    for t in range(len(thetas)):
-        theta *= 0.8  # the plan's first θ (tries = 0), then retry_theta after each try
-        if t >= 2:
+def reference_thetas(theta0, tries, decaying):
+    """The authors' retry loop (see test_budget): decaying prompts x0.8 per try, the others reset to θ0;
+    x0.9 from the third try on."""
+    theta, out = theta0, []
+    for t in range(1, tries + 1):
+        theta = theta * 0.8 if decaying else theta0
+        if t >= 3:
             theta *= 0.9
-        expected.append(theta)
-    assert thetas == pytest.approx(expected)
-    assert outcome.produced[1] == 3 and outcome.produced[0] == 3 and stats.unspent_sequences == 0
+        out.append(theta)
+    return out
+
+
+def thetas_of(ex, index):
+    return [j.theta for _, jobs in ex.calls[1:] for j in jobs if j.index == index]
+
+
+def test_theta_per_try_is_the_reference_rule_full_eager():
+    # The fidelity issue's table, θ0 = 2.0, one sequence per try so that every prompt needs seven:
+    # 0: unsolved, under the cap after EAGer-init (the decaying set);
+    # 1: unsolved, saturated (n = M): θ0, θ0, then θ0 x 0.9, never x0.8;
+    # 2: unsolved and under the cap after EAGer-init, solved by its first try: it stays in the set;
+    # 3: solved in phase (a): gives budget, gets none.
+    m = 8
+    ex = FakeExecutor(lambda job: (m if job.index == 1 else 1) if job.round == 0 else 1,
+                      text=lambda job, k: "yes" if job.index == 3 or (job.index == 2 and job.round == 1) else "no")
+    results, stats, outcome = run_phases(ex, ["a", "b", "c", "d"], [0, 1, 2, 3], "eager", m, 2.0, ["yes"] * 4,
+                                         lambda text, gold: text == gold, None)
+    assert outcome.granted == {1: 7, 0: 7, 2: 7} and outcome.plan.decaying == (0, 2)
+    assert any(s.correct for s in results[2].sequences if s.round == 1)  # solved after try 1
+    for index, decaying in ((0, True), (1, False), (2, True)):
+        got = thetas_of(ex, index)
+        assert len(got) == 7
+        assert got == pytest.approx(reference_thetas(2.0, 7, decaying), rel=1e-12)
+    assert [round(x, 2) for x in thetas_of(ex, 0)[:6]] == [1.6, 1.28, 0.92, 0.66, 0.48, 0.34]
+    assert [round(x, 2) for x in thetas_of(ex, 1)[:6]] == [2.0, 2.0, 1.8, 1.8, 1.8, 1.8]
+    assert thetas_of(ex, 2) == thetas_of(ex, 0)
+    assert stats.unspent_sequences == 0
+
+
+def test_theta_per_try_is_the_reference_rule_adapt():
+    ex = FakeExecutor(lambda job: 4 if job.round == 0 and job.index == 0 else 1)
+    _, _, outcome = run_phases(ex, ["a", "b", "c"], [0, 1, 2], "eager_adapt", 4, 2.0, None, None, None)
+    assert outcome.granted == {0: 6} and outcome.plan.decaying == ()
+    assert [round(x, 2) for x in thetas_of(ex, 0)] == [2.0, 2.0, 1.8, 1.8, 1.8, 1.8]
+
+
+def test_a_failed_try_keeps_what_was_made_and_reports_the_error():
+    ex = FakeExecutor(capped_first, fail=lambda jobs: RuntimeError("engine broke") if jobs[0].round == 3 else None)
+    with pytest.warns(ReallocationWarning, match="try 3 failed: RuntimeError: engine broke"):
+        results, stats, outcome = run_phases(ex, ["p0", "p1", "p2", "p3"], [0, 1, 2, 3], "eager_adapt", 4, 2.0,
+                                             None, None, None)
+    # Phase (a) (7 sequences) and tries 1 and 2 (one each) survive; the rest of e0 = 9 is unspent.
+    assert [p.n_sequences for p in results] == [6, 1, 1, 1]
+    assert outcome.tries == 2 and outcome.produced == {0: 2} and outcome.error.startswith("reallocation try 3")
+    assert stats.unspent_sequences == 7 == outcome.unspent
+    assert stats.reallocation_error == outcome.error and stats.rounds == 3
+    assert stats.reallocated_sequences == 2 and [s.round for s in results[0].sequences] == [0] * 4 + [1, 2]
+
+
+def test_a_failed_first_try_keeps_phase_a():
+    ex = FakeExecutor(capped_first, fail=lambda jobs: ValueError("bad seed") if jobs[0].round > 0 else None)
+    with pytest.warns(ReallocationWarning):
+        results, stats, outcome = run_phases(ex, ["p0", "p1"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
+    assert [p.n_sequences for p in results] == [4, 1] and outcome.tries == 0
+    assert stats.unspent_sequences == outcome.plan.budget == 3 and "ValueError: bad seed" in stats.reallocation_error
+
+
+def test_a_scorer_failing_on_a_try_keeps_what_was_made():
+    def scorer(text, gold):
+        if text == "late":
+            raise ValueError("cannot read this")
+        return False
+
+    ex = FakeExecutor(lambda job: 1, text=lambda job, k: "late" if job.round > 0 else "x")
+    with pytest.warns(ReallocationWarning, match="scoring reallocation try 1 failed: ValueError"):
+        results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager", 2, 2.0, ["y", "y"], scorer, None)
+    assert [p.n_sequences for p in results] == [2, 2] and outcome.produced == {0: 1, 1: 1}
+    assert stats.unspent_sequences == 0 and outcome.tries == 1
+
+
+def test_ctrl_c_in_a_try_is_not_swallowed():
+    ex = FakeExecutor(capped_first, fail=lambda jobs: KeyboardInterrupt() if jobs[0].round > 0 else None)
+    with pytest.raises(KeyboardInterrupt):
+        run_phases(ex, ["p0", "p1"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
+
+
+def test_unavailable_seeds_are_unspent_and_their_streams_are_never_reused():
+    # Tree reallocation; every sequence is two tokens (1000 + its index, 5), so the tree has many points.
+    # Every try fills its seeds, all but one reported unavailable: one kept per try.
+    ex = FakeExecutor(lambda job: job.max_sequences if job.round > 0 or job.index == 0 else 1,
+                      unavailable=lambda job: job.max_sequences - 1 if job.round > 0 else 0,
+                      tokens=lambda index: (1000 + index, 5))
+    results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None,
+                                         reallocation="tree")
+    assert outcome.granted == {0: 3}
+    tries = [j for _, jobs in ex.calls[1:] for j in jobs]
+    # Streams: 4 in phase (a), then every stream a try used; result indices stay contiguous behind them.
+    assert [(j.sequence_base, j.first_index, j.max_sequences) for j in tries] == [(4, 4, 3), (7, 5, 2), (9, 6, 1)]
+    assert [s.index for s in results[0].sequences] == list(range(7))
+    assert outcome.produced == {0: 3} and outcome.unavailable == 3 == stats.unavailable_seeds
+    assert stats.unspent_sequences == 0
+    # A point where a seed came back unavailable is never offered again.
+    point = lambda seed: (seed.source, len(seed.prefix))
+    for t, job in enumerate(tries):
+        dropped = {point(seed) for seed in job.seeds[: job.max_sequences - 1]}  # the fake drops the first ones
+        assert not dropped & {point(seed) for later in tries[t + 1:] for seed in later.seeds}
 
 
 def test_plan_and_outcome_agree_with_the_pure_planner():

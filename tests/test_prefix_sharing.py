@@ -28,8 +28,8 @@ def test_shared_header_is_copied_not_prefilled_and_samples_agree(model):
     prompts = gsm8k_prompts(3)
     tokens = [model.tokenize(p) for p in prompts]
     kw = dict(method="parallel", max_sequences=2, temperature=0.0, max_new_tokens=8)
-    shared = eager_cpp.run(model, prompts, **kw)
-    fresh = eager_cpp.run(model, prompts, share_prompt_prefixes=False, **kw)
+    shared = eager_cpp.run(model, prompts, share_prompt_prefixes=True, **kw)
+    fresh = eager_cpp.run(model, prompts, **kw)  # the default: no sharing
     # Each prompt after the first copies the 64-token multiple it shares with the one before it.
     expected = sum(min(common_prefix(tokens[i - 1], tokens[i]), len(tokens[i]) - 1) // 64 * 64
                    for i in range(1, len(tokens)))
@@ -43,9 +43,24 @@ def test_shared_header_is_copied_not_prefilled_and_samples_agree(model):
     assert shared.settings["share_prompt_prefixes"] is True and fresh.settings["share_prompt_prefixes"] is False
 
 
+def test_by_default_a_prompt_samples_the_same_whatever_came_before_it(model):
+    """Shard parity (api.run's docstring) for prompts behind a shared few-shot header: with prompts admitted
+    one at a time, a prompt run after another gives what it gives alone. With sharing on (the old default)
+    its cells come from the prompt before it and, measured here, its EAGer-init tree differs."""
+    prompts = gsm8k_prompts(2)
+    kw = dict(method="eager_init", max_sequences=4, entropy_threshold=1.5, temperature=0.0, max_new_tokens=32,
+              max_live_sequences=1)
+    alone = eager_cpp.run(model, prompts[1:], prompt_indices=[1], **kw)
+    after = eager_cpp.run(model, prompts, **kw)
+    assert after.settings["share_prompt_prefixes"] is False and after.stats.shared_prompt_tokens == 0
+    sig = lambda p: [(s.parent, s.branch_step, s.token_ids, s.entropies) for s in p.sequences]
+    assert alone.prompts[0].n_sequences > 1  # a tree, not one greedy line
+    assert sig(after.prompts[1]) == sig(alone.prompts[0])
+
+
 def test_short_or_unrelated_prompts_share_nothing(model):
     r = eager_cpp.run(model, ["Country: Peru\nCapital:", "Country: Chile\nCapital:"], method="parallel",
-                      max_sequences=2, max_new_tokens=4)
+                      max_sequences=2, max_new_tokens=4, share_prompt_prefixes=True)
     assert r.stats.shared_prompt_tokens == 0  # 4 common tokens: under the 64-token granularity
 
 

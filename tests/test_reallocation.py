@@ -7,6 +7,7 @@ import json
 import pytest
 
 import eager_cpp
+from eager_cpp.phases import MAX_TRIES
 from eager_cpp.scoring import default_scorer
 from conftest import load_jsonl
 
@@ -50,6 +51,10 @@ def test_eager_adapt_matches_its_plan_and_is_reproducible(model, capitals):
         assert all(s.parent is None or s.parent >= len(first) for s in later)
         if later:
             assert len(p_init.sequences) == 4  # adapt gives budget to capped prompts only
+        # Every capped prompt received its eᵢ: each try yields at least one sequence per prompt it runs,
+        # so eᵢ <= MAX_TRIES is always filled, a larger one gets at least one per try.
+        e = extras.get(p.index, 0)
+        assert len(later) == e if e <= MAX_TRIES else len(later) >= MAX_TRIES
     # The whole budget is spent but for what the caps and the bounded tries left, which is reported.
     assert adapt.stats.sequences == 4 * len(prompts) - adapt.stats.unspent_sequences
     assert adapt.stats.unspent_sequences == plan.unused + sum(
@@ -64,12 +69,20 @@ def test_full_eager_gives_budget_to_unsolved_prompts_only(model, capitals):
     again = eager_cpp.run(model, prompts, method="eager", answers=answers, scorer=FIRST_LINE, **common())
     assert signature(result) == signature(again)
     assert result.stats.sequences <= 4 * len(prompts)
+    init = [eager_cpp.PromptResult(p.index, p.prompt, [s for s in p.sequences if s.round == 0], p.prompt_tokens,
+                                   gold_answer=p.gold_answer) for p in result.prompts]
+    plan = eager_cpp.plan_reallocation(eager_cpp.summarize(init, 0.75), 4, "eager")
+    extras = {e.index: e.extra_sequences for e in plan.extras}
+    unsolved = [p.index for p in init if not any(s.correct for s in p.sequences)]
+    assert unsolved and sorted(plan.selected) == unsolved and extras, "this setting leaves prompts unsolved"
     for p in result.prompts:
         first = [s for s in p.sequences if s.round == 0]
         later = [s for s in p.sequences if s.round > 0]
         if any(s.correct for s in first):
             assert not later  # a solved prompt never gets more budget
-        assert len(later) <= 4  # full EAGer caps the extras at M
+        # An unsolved prompt received exactly its eᵢ (<= M = 4 <= MAX_TRIES: the tries always fill it).
+        assert len(later) == extras.get(p.index, 0) <= 4
+    assert result.stats.unspent_sequences == plan.unused
     metrics = result.metrics()
     for key in ("pass@k", "cons@k", "pass_rate", "tokens", "mean_sequences", "per_prompt"):
         assert key in metrics

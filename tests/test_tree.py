@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import eager_cpp
 from eager_cpp import _core
+from eager_cpp.local import to_prompt_result
 from eager_cpp.phases import PhaseJob, Seed, tree_seeds
 from eager_cpp.results import PromptResult, Sequence
 from eager_cpp.scoring import default_scorer
-from eager_cpp.tree import BranchChoice, branch_points, branching_closes_at, choose_branch_points
+from eager_cpp.tree import (MAX_RANKED_TOKENS, BranchChoice, branch_points, branching_closes_at,
+                            choose_branch_points, last_branch_step, ranked_limit, room_margin)
 from conftest import load_jsonl, reference_logits
 
 FIRST_LINE = default_scorer("first_line")
@@ -73,6 +76,68 @@ def test_ranks_stop_where_the_engine_cannot_rank():
     chosen = choose_branch_points(points, 100, max_ranked=4)
     assert [c.rank for c in chosen] == [1, 2, 3]  # rank + 1 taken token <= 4
     assert choose_branch_points([], 3) == []
+
+
+def test_a_point_offers_only_what_the_engine_and_top_k_allow():
+    assert MAX_RANKED_TOKENS == int(_core.MAX_ENTROPY_TOP_K)  # the planner and the engine agree
+    assert ranked_limit(0) == MAX_RANKED_TOKENS and ranked_limit(5) == 5 and ranked_limit(1000) == MAX_RANKED_TOKENS
+    points = branch_points([seq(0, [1, 2], [1.0, 2.0]), seq(1, [1, 3], [0.5], parent=0, branch_step=1),
+                            seq(2, [1, 4], [0.5], parent=0, branch_step=1)])
+    # Step 1 has taken 3 tokens (2, 3, 4), step 0 one (1).
+    with_top_k = [(c.point.step, c.rank) for c in choose_branch_points(points, 100, ranked_limit(4))]
+    assert with_top_k == [(1, 1), (0, 1), (0, 2), (0, 3)]  # rank + taken <= top_k = 4
+    # top_k = 3: the step-1 point has all of its top 3 taken and offers nothing.
+    assert [(c.point.step, c.rank) for c in choose_branch_points(points, 100, ranked_limit(3))] == [(0, 1), (0, 2)]
+    # Without a filter the engine's reach bounds it: 63 ranks at step 0, 61 at step 1.
+    assert len(choose_branch_points(points, 1000)) == (64 - 1) + (64 - 3)
+    prompt = PromptResult(index=0, prompt="p", sequences=[seq(0, [1, 2], [1.0, 2.0]),
+                                                          seq(1, [1, 3], [0.5], parent=0, branch_step=1)],
+                          prompt_tokens=1)
+    assert max(s.rank + len(s.exclude) for s in tree_seeds(prompt, 50, 1000, top_k=5)) == 5
+    assert len(tree_seeds(prompt, 50, 1000, top_k=5)) == (5 - 1) + (5 - 2)
+
+
+def test_points_without_room_for_an_answer_are_skipped():
+    assert [room_margin(n) for n in (1, 6, 16, 17, 512)] == [2, 2, 2, 2, 64]
+    assert last_branch_step(10) == 8 and last_branch_step(512) == 448 and last_branch_step(1) == -1
+    root = seq(0, list(range(100, 110)), [1.0] * 10)  # ten tokens, a point at every step 0..9
+    prompt = PromptResult(index=0, prompt="p", sequences=[root], prompt_tokens=1)
+    steps = {len(s.prefix) for s in tree_seeds(prompt, 100, 1000, max_new_tokens=10)}
+    assert steps == set(range(9))  # step 9 would leave the forced token alone: no room for an answer
+    assert {len(s.prefix) for s in tree_seeds(prompt, 100, 1000)} == set(range(10))  # unbounded: every step
+    assert tree_seeds(prompt, 100, 1000, max_new_tokens=1) == ()
+    # A closed point (a seed came back unavailable there) offers nothing more.
+    assert {len(s.prefix) for s in tree_seeds(prompt, 100, 1000, closed={(0, 3), (0, 5)})} == set(range(10)) - {3, 5}
+
+
+def core_sequence(own, finish="length", parent=-1, branch_step=0):
+    """One sequence as the engine returns it (the fields to_prompt_result reads)."""
+    return SimpleNamespace(own_tokens=list(own), text=b"", entropies=[0.5] * len(own), parent=parent,
+                           branch_step=branch_step, finish_reason=finish, branch_entropy=0.5, marker_step=-1)
+
+
+def test_unavailable_seeds_are_dropped_and_the_rest_renumbered():
+    seeds = (Seed(source=0, prefix=(10,), exclude=(11,), rank=1), Seed(source=0, prefix=(10,), exclude=(11,), rank=2),
+             Seed(source=1, prefix=(10, 21), exclude=(22,), rank=1))
+    job = PhaseJob(index=4, prompt="p", max_sequences=4, theta=1.0, sequence_base=9, round=2, seeds=seeds,
+                   first_index=5)
+    core = SimpleNamespace(prompt_tokens=3, steps=2, sequences=[
+        core_sequence([31, 32]), core_sequence([], finish="unavailable"), core_sequence([41], finish="eos"),
+        core_sequence([51], parent=0, branch_step=2)])
+    result, dropped = to_prompt_result(job, core)
+    assert dropped == (1,)
+    # Indices from first_index, contiguous; the child of engine sequence 0 points at its new index.
+    assert [(s.index, s.parent, s.token_ids, s.finish_reason) for s in result.sequences] == [
+        (5, 0, [10, 31, 32], "length"), (6, 1, [10, 21, 41], "eos"), (7, 5, [10, 31, 51], "length")]
+    orphan = SimpleNamespace(prompt_tokens=3, steps=2, sequences=[
+        core_sequence([], finish="unavailable"), core_sequence([1]), core_sequence([1], finish="length"),
+        core_sequence([7], parent=0, branch_step=1)])
+    with pytest.raises(RuntimeError, match="did not start"):
+        to_prompt_result(job, orphan)
+    not_a_seed = SimpleNamespace(prompt_tokens=3, steps=2, sequences=[core_sequence([1])] * 3 + [
+        core_sequence([], finish="unavailable")])
+    with pytest.raises(RuntimeError, match="not an untouched seed"):
+        to_prompt_result(job, not_a_seed)
 
 
 def test_no_branch_window_excludes_steps_after_branching_closed():
@@ -183,10 +248,20 @@ def test_tree_reallocation_is_reproducible_and_spends_full_eager_budget(model, c
     sig = lambda r: [[(s.parent, s.branch_step, s.token_ids) for s in p.sequences] for p in r.prompts]
     assert sig(a) == sig(b)
     assert a.settings["reallocation"] == "tree"
+    init = [PromptResult(p.index, p.prompt, [s for s in p.sequences if s.round == 0], p.prompt_tokens,
+                         gold_answer=p.gold_answer) for p in a.prompts]
+    plan = eager_cpp.plan_reallocation(eager_cpp.summarize(init, 0.75), 4, "eager")
+    extras = {e.index: e.extra_sequences for e in plan.extras}
+    assert extras, "this setting leaves prompts unsolved"
     for p in a.prompts:
+        later = [s for s in p.sequences if s.round > 0]
         if any(s.correct for s in p.sequences if s.round == 0):
-            assert all(s.round == 0 for s in p.sequences)
-    assert a.stats.sequences == 4 * len(prompts) - a.stats.unspent_sequences
+            assert not later
+        # One try, each planned extra a seed: every unsolved prompt gets its eᵢ (no filter: no seed unavailable).
+        assert len(later) == extras.get(p.index, 0) and all(s.round == 1 for s in later)
+        assert [s.index for s in p.sequences] == list(range(p.n_sequences))
+    assert a.stats.unspent_sequences == plan.unused and a.stats.unavailable_seeds == 0
+    assert a.stats.sequences == sum(len(p.sequences) for p in init) + sum(extras.values())
 
 
 def test_seeds_that_share_a_point_take_successive_ranks(model):
@@ -208,6 +283,77 @@ def test_seeds_that_share_a_point_take_successive_ranks(model):
     # A seed continues from its prefix: its text starts with the prefix's.
     prefix_text = model.detokenize(greedy[:2])
     assert out.prompts[0].sequences[2].text.decode().startswith(prefix_text)
+
+
+def test_every_rank_at_a_point_is_the_engines_own_next_token(model):
+    """Exact, without cross-implementation noise: seeds of ranks 1..12 at one point take the tokens that a
+    rank-1 seed takes there once the lower ranks' tokens are excluded too (the engine's own ordering of the
+    same row), so a bug in any rank >= 2 fails here."""
+    tokens = model.tokenize("Country: Peru\nCapital:")
+    cfg = eager_cpp.RunOptions.create(max_new_tokens=2, temperature=0.0).engine_config(model)
+    cfg.method = _core.Method.EAGER_INIT
+    greedy = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0].sequences[0].own_tokens[0]
+    ranks = 12
+    seeds = [_core.BranchSeed([], [greedy], r) for r in range(1, ranks + 1)]
+    out = _core.generate(model._model, cfg, [_core.PromptJob(tokens, ranks, 1e9, 0, 1, seeds)])
+    firsts = [s.own_tokens[0] for s in out.prompts[0].sequences]
+    assert len(set(firsts)) == ranks and greedy not in firsts
+    for r in range(2, ranks + 1):
+        alone = [_core.BranchSeed([], [greedy] + firsts[: r - 1], 1)]
+        one = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0, 1, alone)])
+        assert one.prompts[0].sequences[0].own_tokens[0] == firsts[r - 1], f"rank {r}"
+
+
+Q = "Country: Peru\nCapital:"
+
+
+def test_full_eager_spends_a_large_budget_at_few_points(model):
+    """Defect 3 of the fidelity issue (engine side): one unsolved prompt whose root stops after a couple of
+    tokens gets M - 1 = 63 seeds at its two or three points, ranks past the first seed's top 20. The run
+    must complete (no failed try) and spend the whole plan. Needs the engine's fix (ranks beyond 20)."""
+    r = eager_cpp.run(model, [Q], method="eager", reallocation="tree", answers=["zzz"], max_sequences=64,
+                      max_new_tokens=8, stop="\n", entropy_threshold=100.0, seed=3)
+    assert r.prompts[0].sequences[0].round == 0 and sum(s.round == 0 for s in r.prompts[0].sequences) == 1
+    assert r.stats.reallocation_error == "", r.stats.reallocation_error
+    later = [s for s in r.prompts[0].sequences if s.round > 0]
+    assert max(rank_of(r.prompts[0], s) for s in later) > 20
+    assert len(later) == r.reallocation.granted[0] == 63 and r.stats.unspent_sequences == 0
+
+
+def rank_of(prompt, s):
+    """The rank an extra took at its point: 1 + the extras of the same try at the same point before it."""
+    return 1 + sum(1 for o in prompt.sequences[: s.index]
+                   if o.round == s.round and (o.parent, o.branch_step) == (s.parent, s.branch_step))
+
+
+def test_tree_extras_take_only_tokens_top_k_allows(model):
+    """Issue 23: with top_k = 5 a point offers at most its 5 most likely tokens, the taken ones included;
+    what no point can offer is unspent (it used to give one point 8 distinct first tokens)."""
+    r = eager_cpp.run(model, [Q], method="eager", reallocation="tree", answers=["zzz"], max_sequences=16,
+                      max_new_tokens=8, stop="\n", entropy_threshold=100.0, top_k=5, seed=3)
+    p = r.prompts[0]
+    later = [s for s in p.sequences if s.round > 0]
+    assert later and r.stats.reallocation_error == ""
+    # Every node of the final tree (extras' own steps are points of the next try) holds at most 5 tokens,
+    # and some node is full: the limit decided.
+    taken = [len(pt.taken) for pt in branch_points(p.sequences)]
+    assert max(taken) == 5
+    assert r.stats.unspent_sequences == 15 - len(later)
+
+
+def test_seeds_past_what_top_p_allows_are_unavailable_and_unspent(model):
+    """The engine contract: a seed whose rank-th untaken token is outside what the run's filters allow comes
+    back "unavailable"; eager_cpp drops it, counts it unspent and keeps indices contiguous. top_p = 0.5
+    leaves a handful of tokens at each point of this greedy-sure prompt. Needs the engine's filter rule."""
+    r = eager_cpp.run(model, [Q], method="eager", reallocation="tree", answers=["zzz"], max_sequences=16,
+                      max_new_tokens=8, stop="\n", entropy_threshold=100.0, top_p=0.5, seed=3)
+    p = r.prompts[0]
+    assert r.stats.reallocation_error == "", r.stats.reallocation_error
+    later = [s for s in p.sequences if s.round > 0]
+    assert r.stats.unavailable_seeds > 0 and r.reallocation.unavailable == r.stats.unavailable_seeds
+    assert [s.index for s in p.sequences] == list(range(p.n_sequences))
+    assert all(s.own_tokens and s.finish_reason != "unavailable" for s in later)
+    assert r.stats.unspent_sequences == 15 - len(later)
 
 
 def test_bad_seeds_are_clear_errors(model):

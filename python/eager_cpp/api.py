@@ -61,11 +61,16 @@ def run(
     at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
     options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p,
     min_p, entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
-    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, n_threads).
+    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, n_threads,
+    share_prompt_prefixes).
     device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
     compute graph, so only those leave the GPU (None: on when the model is offloaded).
     prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
     a shard of a larger set passes its global indices so its samples match an unsharded run.
+    share_prompt_prefixes (off by default): a prompt copies the KV cells of the whole 64-token blocks
+    it shares with the prompt admitted before it instead of prefilling them (few-shot headers). Faster,
+    but its samples then depend, by floating-point noise, on the prompt before it: a shard (or another
+    prompt order) no longer reproduces the unsharded run for prompts that share 64 tokens or more.
     n_gpu_layers: layers to offload when `model` is a path (-1: all; needs a GPU-enabled llama.cpp).
     cluster: None (this process), "local" (start Ray on this machine), a Ray address, or an
     `eager_cpp.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
@@ -101,7 +106,8 @@ def run(
         results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
                                              opts.entropy_threshold, answers, scorer, sink if sink.active else None,
                                              reallocation=opts.reallocation, no_branch_window=opts.no_branch_window,
-                                             label_free_signals=opts.label_free_signals)
+                                             label_free_signals=opts.label_free_signals, top_k=opts.top_k,
+                                             max_new_tokens=opts.max_new_tokens)
     finally:
         sink.close()
     _finish(stats, results, time.perf_counter() - started)
@@ -155,7 +161,8 @@ def reallocate(
                                                 opts.entropy_threshold, answers, scorer,
                                                 sink if sink.active else None, reallocation=opts.reallocation,
                                                 no_branch_window=opts.no_branch_window,
-                                                label_free_signals=opts.label_free_signals)
+                                                label_free_signals=opts.label_free_signals, top_k=opts.top_k,
+                                                max_new_tokens=opts.max_new_tokens)
     finally:
         sink.close()
     _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started)

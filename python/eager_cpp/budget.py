@@ -17,14 +17,16 @@ Rules implemented (M = ``max_sequences``, N = number of summaries):
   redistributed to other prompts; it is reported as ``unused`` (simple and predictable; the
   saving is then real rather than silently spent elsewhere).
 - Empty S or b == 0: no extras, ``unused`` = b.
-- Threshold of the extra run. ``theta`` in a summary is the threshold of that prompt's most
-  recent run and ``tries`` the number of reallocation runs it has already had (0 after init):
-    * full mode, prompt unsolved and n_i < M (it did not reach the cap):  theta_new = theta * 0.8
-      (``theta_decay_unsolved``), so it branches more;
-    * both modes, tries >= 2:  theta_new additionally * 0.9 (``theta_decay_late``);
-    * otherwise theta_new = theta.
-  Fed back round after round (new theta, tries + 1), an uncapped unsolved prompt in full mode
-  runs at theta0 * 0.8^(tries+1), times 0.9 per round from its third extra run on.
+- Threshold of each try (the reference's loop, ``retry_theta``). ``theta`` in a summary is the
+  prompt's θ0 (the threshold of its EAGer-init run) and ``tries`` the reallocation tries it has
+  already had (0 after init), so the plan's extra is try ``tries + 1``. The *decaying* set is chosen
+  once, from the summaries: full mode, prompt unsolved and n_i < M (it never reached the cap, i.e.
+  it rarely crossed θ). On try t (1-based):
+    * a decaying prompt keeps its own running θ, times 0.8 (``theta_decay_unsolved``) every try;
+    * every other prompt goes back to θ0 every try;
+    * from the third try on (t >= 3), that try's θ is also times 0.9 (``theta_decay_late``).
+  So a decaying prompt runs at θ0·0.8^t·0.9^max(0, t-2) and any other at θ0, θ0, then θ0·0.9.
+  Neither a prompt solved by an earlier try nor one that filled a try's cap changes set.
 - Invariant (asserted): sum(n_i) + sum(extras) <= M*N.
 
 ``plan_label_free`` is the label-free rule (method ``eager_label_free``; docs/method.md, "Label-free
@@ -92,6 +94,8 @@ class ReallocationPlan:
     selected: tuple[int, ...]  # S, in allocation order
     extras: tuple[PromptExtra, ...]  # only prompts with extra_sequences > 0, in S order
     unused: int  # part of b the per-prompt caps did not let us give
+    # Prompts of S whose θ decays by 0.8 on every try (full mode, unsolved, n_i < M): chosen once, here.
+    decaying: tuple[int, ...] = ()
 
     @property
     def total_extra(self) -> int:
@@ -132,17 +136,9 @@ def _validate(summaries: tuple[PromptSummary, ...], max_sequences: int, mode: st
     return canon
 
 
-def _new_theta(
-    s: PromptSummary, max_sequences: int, mode: str, decay_unsolved: float, decay_late: float
-) -> float:
-    """Threshold for the prompt's extra run (rule in the module docstring)."""
-    theta = s.theta
-    if mode == "full" and s.solved is False and s.sequences < max_sequences:
-        # It never reached the cap, i.e. it rarely crossed theta: lower theta so it branches.
-        theta *= decay_unsolved
-    if s.tries >= 2:
-        theta *= decay_late
-    return theta
+def _decays(s: PromptSummary, max_sequences: int, mode: str) -> bool:
+    """Whether the prompt is in the decaying set (module docstring): it rarely crossed θ."""
+    return mode == "full" and s.solved is False and s.sequences < max_sequences
 
 
 def plan_reallocation(
@@ -188,35 +184,40 @@ def plan_reallocation(
             want = share + (1 if j < rem else 0)
             got = min(want, cap)
             if got > 0:
-                theta = _new_theta(s, m, canon, theta_decay_unsolved, theta_decay_late)
+                theta = retry_theta(s.theta, s.tries + 1, _decays(s, m, canon), theta_decay_unsolved,
+                                    theta_decay_late)
                 extras.append(PromptExtra(index=s.index, extra_sequences=got, theta=theta))
                 given += got
 
     unused = budget - given
     assert used + given <= total, "reallocation would exceed the M*N sequence budget"
     assert 0 <= unused <= budget
-    return ReallocationPlan(budget=budget, selected=selected, extras=tuple(extras), unused=unused)
+    decaying = tuple(s.index for s in chosen if _decays(s, m, canon))
+    return ReallocationPlan(budget=budget, selected=selected, extras=tuple(extras), unused=unused,
+                            decaying=decaying)
 
 
 def retry_theta(
-    summary: PromptSummary,
-    cap: int,
-    mode: str,
+    theta0: float,
+    attempt: int,
+    decaying: bool,
     theta_decay_unsolved: float = 0.8,
     theta_decay_late: float = 0.9,
 ) -> float:
-    """Threshold of a prompt's next reallocation try, after a try that ran at ``summary.theta``.
+    """Threshold of a prompt's reallocation try number ``attempt`` (1 = the first), from its θ0.
 
-    ``summary.sequences`` is what that try produced, ``cap`` what it was capped at and
-    ``summary.tries`` the tries so far: the rule of ``plan_reallocation`` (module docstring), so
-    an unsolved prompt in full mode that stays under its cap branches more with every try.
+    ``decaying``: the prompt is in the plan's decaying set (``ReallocationPlan.decaying``). The
+    reference's loop, written out: a decaying prompt's θ is multiplied by ``theta_decay_unsolved``
+    every try, any other's goes back to θ0; from the third try on the try's θ is also multiplied by
+    ``theta_decay_late`` (which a decaying prompt then carries into its next try).
     """
-    canon = MODES.get(mode)
-    if canon is None:
-        raise ValueError(f"unknown reallocation mode {mode!r}; expected one of {sorted(MODES)}")
-    if canon == "full" and summary.solved is None:
-        raise ValueError(f"prompt {summary.index}: solved is None; full EAGer needs labels for every prompt")
-    return _new_theta(summary, cap, canon, theta_decay_unsolved, theta_decay_late)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
+    if not math.isfinite(theta0):
+        raise ValueError(f"theta0 must be finite, got {theta0}")
+    if decaying:
+        return theta0 * theta_decay_unsolved ** attempt * theta_decay_late ** max(0, attempt - 2)
+    return theta0 * (theta_decay_late if attempt >= 3 else 1.0)
 
 
 # ---------------------------------------------------------------------------------------- label-free rule

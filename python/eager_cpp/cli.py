@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,10 +16,10 @@ from .api import METHODS, reallocate, run
 from .datasets import Example, load_examples
 from .model import MAX_THREADS, THREADS_LIMIT, Model, default_model_path, parse_kv_memory
 from .options import RunOptions
-from .phases import REALLOCATIONS
+from .phases import REALLOCATIONS, ReallocationWarning
 from .progress import ProgressLine
 from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
-from .scoring import STYLES, default_scorer, scorer_for_dataset
+from .scoring import STYLES, dataset_style, default_scorer
 from .textfiles import read_text
 
 DEMO_PROMPTS = [
@@ -113,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")
     r.add_argument("--chunk-size", type=int, default=None,
                    help="prompts per engine run between checkpoints (default: 32, with --ray 32 x workers)")
+    r.add_argument("--scorer", choices=STYLES, default=None,
+                   help="answer extraction when the input has answers: it decides which prompts --method eager "
+                        "calls unsolved (default: from the input's name, as eval)")
     _add_ray_args(r)
 
     e = sub.add_parser("eval", help="a labelled JSONL dataset -> metrics table")
@@ -291,10 +295,15 @@ def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example],
     opts = _run_options(args)
     path = model.path if isinstance(model, Model) else str(model)
     opts.update(method=args.method, input=str(Path(args.input).resolve()), model=path, n_prompts=len(examples),
-                chunk_size=chunk_size, stop=opts["stop"])
+                chunk_size=chunk_size, stop=opts["stop"], scorer=_scorer_style(args, args.input))
     if args.method != "eager_label_free":
         del opts["label_free_signals"]  # shapes nothing else (and a run written before it existed still resumes)
     return opts
+
+
+def _scorer_style(args: argparse.Namespace, data_path: str) -> str:
+    """The answer style of --scorer, else the dataset's (eval, bench and run agree on it)."""
+    return args.scorer or dataset_style(data_path)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -367,7 +376,8 @@ def _append_line(f, prompt: PromptResult) -> None:
 
 def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
                 progress: Optional[ProgressLine], answers: Optional[list[str]] = None, cluster: Any = None,
-                stage: Optional[Path] = None, on_durable: Optional[Any] = None) -> Optional[dict]:
+                stage: Optional[Path] = None, on_durable: Optional[Any] = None,
+                scorer: Any = None) -> Optional[dict]:
     """Engine runs over the prompts not yet in `path`, each finished prompt appended at once.
 
     stage: write there instead and move it onto `path` once the first chunk is on disk (--overwrite:
@@ -384,8 +394,8 @@ def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, pa
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start:start + chunk_size]
             r = run(model, [examples[i].prompt for i in chunk], method=method, prompt_indices=chunk,
-                    answers=[answers[i] for i in chunk] if answers else None, progress=progress,
-                    cluster=cluster, **opts)
+                    answers=[answers[i] for i in chunk] if answers else None, scorer=scorer if answers else None,
+                    progress=progress, cluster=cluster, **opts)
             for p in r.prompts:
                 _append_line(f, p)
             settings = r.settings
@@ -451,6 +461,7 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
         _check_resume(old, meta_path, key, hashes)
         meta = dict(old, settings=key, prompt_hashes=hashes)
     opts = _run_options(args)
+    scorer = default_scorer(_scorer_style(args, args.input))
     progress = ProgressLine(total=len(examples)) if _progress_enabled(args) else None
 
     def write_meta(engine_settings: Optional[dict] = None) -> None:
@@ -463,18 +474,20 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
     try:
         if args.method in ("parallel", "eager_init"):
             _run_chunks(model, examples, args.method, opts, out, chunk_size, progress, answers, cluster=cluster,
-                        stage=out.with_name(out.name + ".new") if fresh else None, on_durable=write_meta)
+                        stage=out.with_name(out.name + ".new") if fresh else None, on_durable=write_meta,
+                        scorer=scorer)
         else:
             # Phase (a) is checkpointed prompt by prompt; phases (b)+(c) then write the final file.
             settings = _run_chunks(model, examples, "eager_init", opts, init_path, chunk_size, progress, answers,
                                    cluster=cluster, stage=init_path.with_name(init_path.name + ".new") if fresh
-                                   else None, on_durable=write_meta)
+                                   else None, on_durable=write_meta, scorer=scorer)
             settings = settings or meta.get("engine_settings")
             if settings is None:
                 raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
             prompts = [_checked_prompt(init_path, d) for _, d in sorted(_read_done(init_path).items())]
             result = RunResult(prompts=prompts, stats=RunStats(method="eager_init"), settings=dict(settings))
-            reallocate(model, result, args.method, answers=answers, cluster=cluster)
+            reallocate(model, result, args.method, answers=answers, scorer=scorer if answers else None,
+                       cluster=cluster)  # a failed try is a warning (main): the file keeps what was made
             tmp = out.with_name(out.name + ".tmp")
             result.to_jsonl(tmp)
             tmp.replace(out)
@@ -495,7 +508,7 @@ def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1 (the number of examples to use), got {args.limit}")
     examples = load_examples(args.dataset, require_answers=True, limit=args.limit)
-    scorer = default_scorer(args.scorer) if args.scorer else scorer_for_dataset(args.dataset)
+    scorer = default_scorer(_scorer_style(args, args.dataset))
     return [e.prompt for e in examples], [e.answer for e in examples], scorer
 
 
@@ -643,10 +656,25 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_ben
             "info": cmd_info}
 
 
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Optional[str] = None) -> None:
+    """A failed reallocation try as one `eager-cpp: warning:` line; other warnings as Python shows them."""
+    if issubclass(category, ReallocationWarning):
+        print(f"eager-cpp: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ReallocationWarning)
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except CliError as e:
         print(f"eager-cpp: error: {e}", file=sys.stderr)
         return 2

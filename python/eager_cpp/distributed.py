@@ -147,6 +147,7 @@ class _Worker:
         finally:
             self.running = None
         return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
+                "unavailable": {p.index: list(out.dropped(k)) for k, p in enumerate(out.prompts)},
                 "settings": executor.options.recorded(int(settings.get("n_prompts", len(jobs)))),
                 "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
 
@@ -469,7 +470,8 @@ class RayWorkers:
                                                  options.entropy_threshold, answers, scorer,
                                                  sink if sink.active else None, reallocation=options.reallocation,
                                                  no_branch_window=options.no_branch_window,
-                                                 label_free_signals=options.label_free_signals)
+                                                 label_free_signals=options.label_free_signals, top_k=options.top_k,
+                                                 max_new_tokens=options.max_new_tokens)
         finally:
             sink.close()
         self.last_plan = outcome.plan if outcome is not None else None
@@ -528,8 +530,10 @@ class RayExecutor:
             phase, [[j.to_dict() for j in shard] for shard in shards],
             lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), reporter)
         by_index: dict[int, PromptResult] = {}
+        unavailable: dict[int, tuple[int, ...]] = {}
         for out in outputs:
             stats.merge(RunStats(**out["stats"]))
+            unavailable.update({int(i): tuple(d) for i, d in out.get("unavailable", {}).items()})
             for d in out["prompts"]:
                 if d["index"] in by_index:
                     raise RuntimeError(f"internal error: prompt {d['index']} came back from two shards")
@@ -539,7 +543,8 @@ class RayExecutor:
             raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
         if self.recorded is None:
             self.recorded = outputs[0]["settings"]
-        return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats)
+        return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats,
+                           unavailable=[unavailable.get(j.index, ()) for j in jobs])
 
 
 def _model_path(model: Any) -> str:
@@ -598,7 +603,8 @@ def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, a
                                                     scorer, sink if sink.active else None,
                                                     reallocation=options.reallocation,
                                                     no_branch_window=options.no_branch_window,
-                                                    label_free_signals=options.label_free_signals)
+                                                    label_free_signals=options.label_free_signals, top_k=options.top_k,
+                                                    max_new_tokens=options.max_new_tokens)
         finally:
             sink.close()
         pool.last_plan = result.reallocation.plan

@@ -27,6 +27,7 @@ COLUMNS = [
     ("reallocated", "realloc", "{}"),
     ("reprocessed", "#reproc", "{}"),
     ("unspent", "unspent", "{}"),
+    ("extras_length_ended", "ext@len", "{}"),
     ("wall_seconds", "wall s", "{:.1f}"),
 ]
 
@@ -54,6 +55,9 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
         "reallocated": result.stats.reallocated_sequences,
         "reprocessed": result.stats.reprocessed_tokens,
         "unspent": result.stats.unspent_sequences,
+        "extras_length_ended": result.stats.reallocated_length_ended,
+        "unavailable_seeds": result.stats.unavailable_seeds,
+        "reallocation_error": result.stats.reallocation_error,
         "sequences": result.stats.sequences,
         "prompts_given_budget": sum(1 for p in result.prompts if any(s.round > 0 for s in p.sequences)),
         "solved_by_reallocation": sum(

@@ -61,11 +61,12 @@ class LocalExecutor:
 
         with self.model.exclusive():  # one generation at a time per model (its context is one)
             out = _core.generate(self.model._model, self.config, core_jobs, on_step)
-        prompts = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
+        converted = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
         s = out.stats
         for key in RunStats.SUMMED + RunStats.PEAKED:
             setattr(stats, key, getattr(s, key))
-        return PhaseOutput(prompts=prompts, stats=stats)
+        return PhaseOutput(prompts=[p for p, _ in converted], stats=stats,
+                           unavailable=[dropped for _, dropped in converted])
 
 
 def branch_seed(seed: Seed, index: int, n_vocab: int) -> Any:
@@ -85,8 +86,13 @@ def branch_seed(seed: Seed, index: int, n_vocab: int) -> Any:
     return _core.BranchSeed(list(seed.prefix), list(seed.exclude), seed.rank)
 
 
-def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:
-    """The engine's sequences of one job as result Sequences numbered from the job's base.
+UNAVAILABLE = "unavailable"  # the engine's finish_reason for a seed whose point has no allowed token left
+
+
+def to_prompt_result(job: PhaseJob, core_prompt: Any) -> tuple[PromptResult, tuple[int, ...]]:
+    """The engine's sequences of one job as result Sequences numbered from the job's index base, and
+    the positions of the seeds that came back "unavailable" (dropped here: the following sequences close
+    the gap).
 
     A parent is in the same engine run, so full token_ids come from the chain within it, except for
     the job's seeds (tree reallocation): their parent is the earlier sequence they continue, and
@@ -94,17 +100,29 @@ def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:
     """
     result = PromptResult(index=job.index, prompt=job.prompt, sequences=[], prompt_tokens=core_prompt.prompt_tokens,
                           steps=core_prompt.steps)
-    base = job.sequence_base
+    base = job.index_base
+    kept: dict[int, Sequence] = {}  # engine-local index -> result sequence
+    dropped: list[int] = []
     for local, cs in enumerate(core_prompt.sequences):
+        if cs.finish_reason == UNAVAILABLE:
+            if local >= len(job.seeds) or len(cs.own_tokens):
+                raise RuntimeError(f"internal error: prompt {job.index}: sequence {local} is 'unavailable' but "
+                                   "is not an untouched seed")
+            dropped.append(local)
+            continue
         own = list(cs.own_tokens)
         if local < len(job.seeds):
             parent, inherited = job.seeds[local].source, list(job.seeds[local].prefix)
         elif cs.parent >= 0:
-            parent, inherited = cs.parent + base, result.sequences[cs.parent].token_ids[: cs.branch_step]
+            if cs.parent not in kept:
+                raise RuntimeError(f"internal error: prompt {job.index}: sequence {local} branched from "
+                                   f"sequence {cs.parent}, which the engine did not start")
+            source = kept[cs.parent]
+            parent, inherited = source.index, source.token_ids[: cs.branch_step]
         else:
             parent, inherited = None, []
-        result.sequences.append(Sequence(
-            index=base + local,
+        kept[local] = Sequence(
+            index=base + len(result.sequences),
             text=cs.text.decode("utf-8", errors="replace"),
             token_ids=inherited + own,
             own_tokens=own,
@@ -115,5 +133,6 @@ def to_prompt_result(job: PhaseJob, core_prompt: Any) -> PromptResult:
             round=job.round,
             branch_entropy=float(cs.branch_entropy) if parent is not None else None,
             marker_step=None if cs.marker_step < 0 else cs.marker_step,
-        ))
-    return result
+        )
+        result.sequences.append(kept[local])
+    return result, tuple(dropped)

@@ -107,11 +107,16 @@ class RunOptions:
     n_ctx: Optional[int] = None  # KV cells; None: the model's, else from kv_memory
     kv_memory: Any = None  # bytes of KV cache (int, "8GiB", or None/"auto"); None: the model's
     n_threads: Optional[int] = None  # None: the model's, else all cores
-    # Copy the KV cells a prompt shares with the one before it. Recorded (so Ray workers get it): llama.cpp's
-    # batch noise lets copied and prefilled cells differ in the last bits.
-    share_prompt_prefixes: bool = True
+    # Copy the KV cells a prompt shares with the one admitted before it instead of prefilling them
+    # (few-shot headers: faster prefill). Off by default: copied cells sit at other offsets and the
+    # rest is prefilled in a smaller micro-batch, so a prompt's samples then depend, by llama.cpp's
+    # floating-point noise, on the prompt before it, and a shard no longer reproduces an unsharded run.
+    # Recorded (so Ray workers and replays get it).
+    share_prompt_prefixes: bool = False
 
-    VERSION: ClassVar[int] = 3  # 3: reallocation
+    # 3: reallocation; 4: share_prompt_prefixes off by default (earlier results replay without it
+    # unless they recorded it on).
+    VERSION: ClassVar[int] = 4
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
     PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory")
 
@@ -259,6 +264,9 @@ class RunOptions:
         if version == 1:
             # Results written before the device path existed ran on the host kernel.
             known.setdefault("device_topk", False)
+        if version < 4:
+            # Written before sharing was recorded (or when it defaulted on): replay without it unless on.
+            known.setdefault("share_prompt_prefixes", False)
         return cls.create(**known)
 
 

@@ -95,6 +95,9 @@ class RunStats:
     reallocation_budget: int = 0
     reallocation_tries: int = 0
     unspent_sequences: int = 0
+    reallocated_length_ended: int = 0  # extras that ended with "length" (no room left for an answer)
+    unavailable_seeds: int = 0  # tree seeds whose point had no allowed token left (dropped; in unspent)
+    reallocation_error: str = ""  # the failure that ended the tries early ("" when none did)
 
     # Engine figures that add up over the engine runs of one run (and over Ray shards), and those that peak.
     SUMMED = ("prompt_tokens", "shared_prompt_tokens", "reprocessed_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps", "preemptions", "recomputed_tokens")

@@ -11,7 +11,14 @@ second), then by entropy, highest first; each (point, rank) at most once.
 
 Points are excluded as EAGer-init excludes them: after the prompt's no-branch window closed branching
 (``no_branch_window`` steps without a branch in phase (a)), and after a sequence's end-of-thinking
-marker (``Sequence.marker_step``).
+marker (``Sequence.marker_step``). A point must also leave the continuation room for an answer: its
+step is at most ``last_branch_step(max_new_tokens)``, so at least ``room_margin(max_new_tokens)``
+tokens (an eighth of the budget, at least 2) remain after its prefix, the forced token included.
+
+How many tokens a point can offer: the engine ranks a point's tokens within its top
+``MAX_RANKED_TOKENS`` (rank + taken <= 64), and a run with a ``top_k`` sampling filter allows only
+its top_k tokens (rank + taken <= top_k: a point whose top_k tokens are all taken offers nothing).
+What top_p and min_p leave is known only to the engine: a seed beyond it comes back "unavailable".
 
 Pure functions of the result's sequences: no model, no engine.
 """
@@ -25,9 +32,31 @@ from typing import Iterable, Optional, Sequence as Seq
 from .results import Sequence
 
 __all__ = ["BranchChoice", "BranchPoint", "MAX_RANKED_TOKENS", "branch_points", "branching_closes_at",
-           "choose_branch_points"]
+           "choose_branch_points", "last_branch_step", "ranked_limit", "room_margin"]
 
-MAX_RANKED_TOKENS = 64  # the engine ranks a point's tokens within its top 64 (rank + taken tokens)
+# The engine ranks a point's tokens within its top 64 (rank + taken tokens): _core.MAX_ENTROPY_TOP_K,
+# held here as a number so this module stays pure (tests check the two agree).
+MAX_RANKED_TOKENS = 64
+
+
+def ranked_limit(top_k: int = 0) -> int:
+    """The most rank + taken tokens a point can offer in a run with this top_k filter (0: none)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+    return min(MAX_RANKED_TOKENS, top_k) if top_k > 0 else MAX_RANKED_TOKENS
+
+
+def room_margin(max_new_tokens: int) -> int:
+    """Tokens a continuation needs after a point's prefix, the forced one included: an eighth of
+    max_new_tokens, at least 2 (a forced token alone can end nothing but with "length")."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    return max(2, max_new_tokens // 8)
+
+
+def last_branch_step(max_new_tokens: int) -> int:
+    """The last step a tree point may have in a run with this max_new_tokens (-1: none)."""
+    return max_new_tokens - room_margin(max_new_tokens)
 
 
 @dataclass(frozen=True)
