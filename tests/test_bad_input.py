@@ -86,8 +86,8 @@ def test_tampered_token_ids_give_one_clean_error_before_the_engine(model, bad):
     first = result.prompts[0].sequences[0]
     assert first.parent is None and len(first.token_ids) >= 1
     first.token_ids[0] = bad  # every branch point's prefix (or its taken tokens) holds it
-    with pytest.raises(ValueError, match=r"prompt 0: a branch seed continuing sequence 0 has a token id outside "
-                                         rf"the vocabulary \[0, {model.n_vocab}\) in its .*: {re.escape(repr(bad))}"):
+    with pytest.raises(ValueError, match=r"prompt 0: sequence 0 has a token id outside "
+                                         rf"the vocabulary \[0, {model.n_vocab}\): {re.escape(repr(bad))}"):
         eager_cpp.reallocate(model, result, method="eager", answers=["zzz"])
 
 

@@ -148,6 +148,7 @@ def reallocate(
 
         return reallocate_distributed(model, result, opts, answers, scorer, progress, cluster=cluster)
     llm = model if isinstance(model, Model) else Model(model)
+    _check_token_ids(result, llm.n_vocab)
     executor = LocalExecutor(llm, opts)
     longest = max(len(executor.tokens(p.index, p.prompt)) for p in result.prompts)
     check_extras_fit(opts, executor.config.n_ctx, longest)
@@ -232,3 +233,14 @@ def _check_indices(indices: Optional[Seq[int]], n: int) -> list[int]:
     if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**63 for i in out) or len(set(out)) != n:
         raise ValueError("prompt_indices must be distinct ints in [0, 2**63)")
     return out
+
+
+def _check_token_ids(result: RunResult, n_vocab: int) -> None:
+    """A result handed to `reallocate` (edited, or read from a file) holds only token ids of this model:
+    one that is not is a ValueError before anything runs, not a failed try after its phase (a)."""
+    for p in result.prompts:
+        for s in p.sequences:
+            for t in s.token_ids:
+                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
+                    raise ValueError(f"prompt {p.index}: sequence {s.index} has a token id outside the vocabulary "
+                                     f"[0, {n_vocab}): {t!r}")
