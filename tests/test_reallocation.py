@@ -133,13 +133,21 @@ def test_adapt_with_large_m_needs_no_engine_run_past_256_sequences(model):
     assert sum(1 for s in r.prompts[0].sequences if s.round > 0) == granted[0]
 
 
-def test_reallocation_that_cannot_fit_a_fixed_context_fails_before_phase_a(model_path):
-    m = eager_cpp.Model(model_path, n_threads=2, n_ctx=1024)
-    with pytest.raises(ValueError, match="n_ctx is 1024"):
-        eager_cpp.run(m, ["Country: Peru\nCapital:"], method="eager_adapt", max_sequences=8, max_new_tokens=64)
-    # The same run without reallocation fits (8 x 64 cells and the prompt).
-    assert eager_cpp.run(m, ["Country: Peru\nCapital:"], method="eager_init", max_sequences=8,
-                         max_new_tokens=64).prompts[0].sequences
+def test_reallocation_past_a_fixed_context_preempts_and_one_that_cannot_start_fails_before_phase_a(model_path):
+    m = eager_cpp.Model(model_path, n_threads=2, n_ctx=256)
+    # Extras that outgrow the cache are paused and recomputed: the run completes and spends its plan.
+    r = eager_cpp.run(m, ["Country: Peru\nCapital:", "a a a a a a a a"], method="eager", answers=["zzz", "zzz"],
+                      reallocation="tree", max_sequences=8, entropy_threshold=100.0, max_new_tokens=64,
+                      ignore_eos=True)
+    assert sum(r.reallocation.granted.values()) == 14  # 7 extras each, all started in one try
+    assert r.reallocation.produced == r.reallocation.granted
+    assert r.stats.preemptions > 0
+    assert all(len(s.token_ids) == 64 for p in r.prompts for s in p.sequences)
+    # A tree try starts every extra at once, each with its prefix: past the context it cannot start at all.
+    long_prompt = "word " * 200
+    with pytest.raises(ValueError, match="n_ctx is 256"):
+        eager_cpp.run(m, [long_prompt], method="eager_adapt", reallocation="tree", max_sequences=8,
+                      max_new_tokens=64)
 
 
 class LastWordScorer:
