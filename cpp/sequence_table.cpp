@@ -120,14 +120,14 @@ int32_t SequenceTable::fork_position(int prompt, int local) const {
 int64_t SequenceTable::cells_held(const std::vector<int> & prompts, bool with_paused) const {
     // Walk each prompt's tree from the youngest sequence up: a sequence holds its own cells up to its
     // position if it runs, and its parent's from the parent's fork up to where it forked.
+    // Called every step: only the prompts in flight are visited (never a pass over every job of the run).
     std::vector<std::vector<int32_t>> held(prompts.size());
-    std::vector<int> where(jobs_.size(), -1);
-    for (size_t k = 0; k < prompts.size(); ++k) {
-        where[prompts[k]] = static_cast<int>(k);
-        held[k].assign(out_.prompts[prompts[k]].sequences.size(), 0);
+    for (size_t k = 0; k < prompts.size(); ++k) held[k].assign(out_.prompts[prompts[k]].sequences.size(), 0);
+    for (const LiveSequence & seq : live_) {
+        if (!with_paused && seq.paused) continue;
+        const auto at = std::find(prompts.begin(), prompts.end(), seq.prompt);
+        if (at != prompts.end()) held[at - prompts.begin()][seq.local] = seq.n_past;
     }
-    for (const LiveSequence & seq : live_)
-        if ((with_paused || !seq.paused) && where[seq.prompt] >= 0) held[where[seq.prompt]][seq.local] = seq.n_past;
     int64_t total = 0;
     for (size_t k = 0; k < prompts.size(); ++k) {
         const int prompt = prompts[k];
