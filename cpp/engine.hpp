@@ -48,6 +48,10 @@ struct EngineConfig {
     // Prompts that start like the one admitted before them (few-shot headers) copy that part of
     // its KV cells (seq copy from an anchor sequence) instead of prefilling it again.
     bool share_prompt_prefixes = true;
+    // Keep every cell of the sliding-window layers (llama.cpp's swa_full); false: a window cache of
+    // about n_swa cells per sequence id, whose masked cells llama.cpp reuses (copies then check
+    // kv_copy.hpp's rule and prefill what is gone).
+    bool swa_full = true;
 };
 
 // A sequence that continues an earlier tree of the prompt at one of its branch points: it starts

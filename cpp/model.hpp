@@ -24,8 +24,9 @@ struct ContextShape {
     uint32_t n_seq_max = 1;  // sequence ids available (<= 256)
     uint32_t n_batch = 512;  // tokens per llama_decode call
     int32_t n_threads = 0;   // 0 = all cores
-    // Keep the sliding-window layers' cells for the whole context (llama.cpp's default): pruning
-    // them measured no faster here, and llama.h warns it can be slower with many sequences.
+    // Keep the sliding-window layers' cells for the whole context. The small window cache (about
+    // n_swa cells per sequence id) cannot reuse a cell two sequences share, so a long prompt shared by
+    // a tree or the prefix anchor pins it and finds no slot (tests/test_sliding_window.py).
     bool swa_full = true;
     // Device top-K samplers on every sequence id (the device path); disabled by default.
     DeviceTopKParams device;

@@ -162,6 +162,7 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
     ContextShape shape;
     shape.n_threads = config.n_threads;
     shape.n_batch = kBatchTokens;
+    shape.swa_full = config.swa_full;
     int64_t total_ids = 0;
     for (const auto & job : jobs) total_ids += job.max_sequences;
     // One more id for the anchor of prefix sharing, when the limit leaves room for it.

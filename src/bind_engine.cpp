@@ -87,7 +87,8 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("device_topk", &EngineConfig::device_topk)
         .def_readwrite("device_candidates", &EngineConfig::device_candidates)
         .def_readwrite("trace_steps", &EngineConfig::trace_steps)
-        .def_readwrite("share_prompt_prefixes", &EngineConfig::share_prompt_prefixes);
+        .def_readwrite("share_prompt_prefixes", &EngineConfig::share_prompt_prefixes)
+        .def_readwrite("swa_full", &EngineConfig::swa_full);
 
     py::class_<StepTrace>(m, "StepTrace")
         .def_readonly("tokens", &StepTrace::tokens)

@@ -81,6 +81,7 @@ class EngineConfig:
     device_candidates: int
     trace_steps: bool
     share_prompt_prefixes: bool
+    swa_full: bool
     def __init__(self) -> None: ...
 
 class BranchSeed:
