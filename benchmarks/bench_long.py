@@ -4,6 +4,7 @@ under a KV budget that forces preemption.
     python benchmarks/bench_long.py --part a        # capitals, budgets 16 .. 32000, M 8 and 32 (~5 min here)
     python benchmarks/bench_long.py --part b        # 8 GSM8K x M=8 x 4096 tokens, whole vs a quarter of the memory
     python benchmarks/bench_long.py --part b --prompts 2 --tokens 1024   # the same at a size that fits a session
+    python benchmarks/bench_long.py --part c        # Full Parallel vs llama-server at 512, 2048, 4096 tokens
 
 (a) The same short-answer job (32 capitals prompts, T 0.6, stop at the first newline) at max_new_tokens
 16, 1024, 8192 and 32000, Full Parallel and EAGer-init (θ 1.0), M = 8 and 32, each run in a fresh process:
@@ -11,6 +12,10 @@ wall and peak RSS as ratios to the 16-token run. Target: every ratio <= 1.2, M =
 (b) Long generations with no stop (ignore_eos), Full Parallel and EAGer-init (θ 2.0): once with a KV budget
 that holds the whole job, once with a quarter of it. Target: the constrained run completes, every sequence
 reaches its length, preemptions are reported, tok/s >= 0.8x the unconstrained run's.
+(c) The job of (b) (no stop, T 0.6), Full Parallel and llama-server (benchmarks/llama_server.py: unified
+KV, 32 slots, one n_cmpl=M request per prompt, all in flight) at 512, 2048 and 4096 tokens per sequence,
+in the same run, each length eager_cpp then the server. Target: Full Parallel >= 1.0x the server's tok/s
+at every length; reports each engine's tok/s at the longest length over its tok/s at the shortest.
 Figures go to benchmarks/results/bench_long_<part>.json.
 """
 
@@ -118,19 +123,64 @@ def part_b(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {"prompts": len(prompts), "max_sequences": m, "tokens": n, "whole_cells": whole_cells, "runs": results}
 
 
+def part_c(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    import llama_server as LS
+
+    rows = [json.loads(line) for line in (DATA_DIR / "gsm8k_train_200.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows[: args.prompts or 8]]
+    m = args.sequences
+    from eager_cpp import Model
+
+    probe = Model(model, n_threads=1)
+    prompt_cells = sum(len(probe.tokenize(p)) for p in prompts)
+    del probe
+    longest = max(args.lengths)
+    # The server's unified pool holds every sequence at the longest length (its -c), as eager_cpp's auto does.
+    n_ctx = (prompt_cells * m + len(prompts) * m * (longest + 16) + 255) // 256 * 256
+    results = []
+    with LS.LlamaServer(model, slots=32, threads=args.threads, n_ctx=n_ctx) as server:
+        server.complete_all(prompts[:1], n_cmpl=1, max_tokens=4, temperature=0.6, seed=0)  # warm-up
+        for n in args.lengths:
+            spec = dict(model=model, threads=args.threads, prompts=prompts, method="parallel", max_sequences=m,
+                        temperature=0.6, ignore_eos=True, seed=0, max_new_tokens=n)
+            ours = run_child(spec)
+            if "error" not in ours:
+                ours["tok_s"] = ours["tokens"] / ours["wall"]
+            peer = server.complete_all(prompts, n_cmpl=m, max_tokens=n, temperature=0.6, seed=0, ignore_eos=True)
+            peer.pop("completions")
+            row = dict(tokens_per_sequence=n, eager_cpp=ours, llama_server=peer,
+                       ratio=ratio(ours.get("tok_s", float("nan")), peer["tokens_per_s"]))
+            results.append(row)
+            print(f"{n:5d} tokens: eager_cpp " + (ours.get("error") or f"{ours['tok_s']:.1f} tok/s ({ours['tokens']} "
+                  f"tokens)") + f", llama-server {peer['tokens_per_s']:.1f} tok/s ({peer['tokens']} tokens), "
+                  f"ratio {row['ratio']:.2f}", flush=True)
+    first, last = results[0], results[-1]
+    keep = {"eager_cpp": ratio(last["eager_cpp"].get("tok_s", float("nan")), first["eager_cpp"].get("tok_s", float("nan"))),
+            "llama_server": ratio(last["llama_server"]["tokens_per_s"], first["llama_server"]["tokens_per_s"])}
+    print(table(["tokens/seq", "eager_cpp tok/s", "llama-server tok/s", "eager/server", "target >= 1.0"],
+                [[r["tokens_per_sequence"], r["eager_cpp"].get("tok_s"), r["llama_server"]["tokens_per_s"], r["ratio"],
+                  verdict(r["ratio"], 1.0, True)] for r in results]))
+    print(f"tok/s at {last['tokens_per_sequence']} over tok/s at {first['tokens_per_sequence']}: eager_cpp "
+          f"{keep['eager_cpp']:.2f}, llama-server {keep['llama_server']:.2f}")
+    return {"prompts": len(prompts), "max_sequences": m, "server_n_ctx": n_ctx, "runs": results,
+            "longest_over_shortest": keep}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, "bench_long")
-    ap.add_argument("--part", choices=("a", "b"), default="a")
-    ap.add_argument("--prompts", type=int, default=None, help="prompts (default: 32 for a, 8 for b)")
-    ap.add_argument("--sequences", type=int, default=8, help="M for part b (default 8)")
+    ap.add_argument("--part", choices=("a", "b", "c"), default="a")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts (default: 32 for a, 8 for b and c)")
+    ap.add_argument("--sequences", type=int, default=8, help="M for parts b and c (default 8)")
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per sequence for part b (default 4096)")
     ap.add_argument("--budgets", default="16,1024,8192,32000",
                     help="max_new_tokens values for part a, the first the baseline (default 16,1024,8192,32000)")
+    ap.add_argument("--lengths", default="512,2048,4096", help="tokens per sequence for part c (default 512,2048,4096)")
     args = ap.parse_args()
     args.budgets = csv_values(ap, args.budgets, int, "budgets", 1, 32000)
+    args.lengths = sorted(csv_values(ap, args.lengths, int, "lengths", 1, 32000))
     model = model_path(args.model)
-    figures = part_a(args, model) if args.part == "a" else part_b(args, model)
+    figures = {"a": part_a, "b": part_b, "c": part_c}[args.part](args, model)
     out = args.out if args.out != default_out("bench_long") else default_out(f"bench_long_{args.part}")
     write_json(out, {"environment": environment(model, args.threads), "part": args.part, **figures})
     print(f"wrote {out}")

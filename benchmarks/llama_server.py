@@ -164,10 +164,12 @@ class LlamaServer:
             conn.close()
 
     def complete(self, prompt: str, *, n_cmpl: int, max_tokens: int, temperature: float, seed: int,
-                 timeout_s: float = 3600.0) -> list[dict[str, Any]]:
-        """`n_cmpl` completions of one prompt (one request); each a dict with 'content' and 'tokens_predicted'."""
+                 ignore_eos: bool = False, timeout_s: float = 3600.0) -> list[dict[str, Any]]:
+        """`n_cmpl` completions of one prompt (one request); each a dict with 'content' and 'tokens_predicted'.
+        ignore_eos: every completion runs to max_tokens (fixed-length benchmarks)."""
         body = {"prompt": prompt, "n_predict": max_tokens, "n_cmpl": n_cmpl, "temperature": temperature,
-                "seed": seed, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "cache_prompt": True}
+                "seed": seed, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "cache_prompt": True,
+                "ignore_eos": ignore_eos}
         status, data = self._request("POST", "/completion", body, timeout=timeout_s)
         if status != 200:
             raise RuntimeError(f"llama-server answered {status}: {data}")
@@ -176,12 +178,13 @@ class LlamaServer:
                  "stop_type": d.get("stop_type")} for d in items]
 
     def complete_all(self, prompts: Sequence[str], *, n_cmpl: int, max_tokens: int, temperature: float,
-                     seed: int) -> dict[str, Any]:
+                     seed: int, ignore_eos: bool = False) -> dict[str, Any]:
         """Every prompt's request in flight at once; returns completions per prompt, tokens and wall."""
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(prompts))) as pool:
             futures = [pool.submit(self.complete, p, n_cmpl=n_cmpl, max_tokens=max_tokens,
-                                   temperature=temperature, seed=seed + i) for i, p in enumerate(prompts)]
+                                   temperature=temperature, seed=seed + i, ignore_eos=ignore_eos)
+                       for i, p in enumerate(prompts)]
             completions = [f.result() for f in futures]
         wall = time.perf_counter() - t0
         tokens = sum(c["tokens_predicted"] for per in completions for c in per)
