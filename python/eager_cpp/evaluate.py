@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .api import run
 from .model import Model
-from .phases import REALLOCATING_METHODS
+from .vocabulary import REALLOCATING_METHODS
 from .results import RunResult
 
 COLUMNS = [

