@@ -15,6 +15,7 @@ set it to ``CPU_REPACK`` to run the guarded load path on a machine without AMX.
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import sys
@@ -62,6 +63,25 @@ def machine_cpu_buffer_plan(cpu_buffers: Optional[str] = None) -> Any:
     """The plan a load on this machine would use now (the option, the environment, what is offered)."""
     return plan_cpu_buffers(list(_core.offered_cpu_buffers()), resolve_cpu_buffers(cpu_buffers),
                             guarded_cpu_buffers())
+
+
+def _close_llama_cpp_devnull() -> None:
+    """Close the two os.devnull files llama-cpp-python opens when it is imported.
+
+    llama_cpp/_utils.py (0.3.36) opens `outnull_file` and `errnull_file` at module level for its
+    `suppress_stdout_stderr` and never closes them, so any process that imported llama_cpp (a test
+    session using the reference model, a benchmark) ends with `ResourceWarning: unclosed file
+    '/dev/null'` twice. It uses them only while a model loads, never in a destructor, so closing them
+    when the interpreter exits is safe; nothing happens when llama_cpp was never imported.
+    """
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        f = getattr(utils, name, None)
+        if f is not None and not f.closed:
+            f.close()
+
+
+atexit.register(_close_llama_cpp_devnull)
 
 
 def llama_cpp_reference(model_path: str, cpu_buffers: Optional[str] = None, **kwargs: Any) -> Any:
