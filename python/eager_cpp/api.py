@@ -22,25 +22,27 @@ from .vocabulary import METHODS, REALLOCATING_METHODS, Method
 
 __all__ = ["METHODS", "reallocate", "run", "summarize"]
 
+_DEFAULTS = RunOptions()  # the signature's defaults are the options' (one default per option)
+
 
 def run(
     model: Union[str, "os.PathLike[str]", Model],
     prompts: Seq[str],
-    method: str = "eager_init",
-    max_sequences: int = 8,
-    entropy_threshold: float = 2.0,
-    temperature: float = 0.6,
-    top_k_entropy: int = 20,
-    max_new_tokens: int = 512,
-    seed: int = 0,
+    method: str = _DEFAULTS.method,
+    max_sequences: int = _DEFAULTS.max_sequences,
+    entropy_threshold: float = _DEFAULTS.entropy_threshold,
+    temperature: float = _DEFAULTS.temperature,
+    top_k_entropy: int = _DEFAULTS.top_k_entropy,
+    max_new_tokens: int = _DEFAULTS.max_new_tokens,
+    seed: int = _DEFAULTS.seed,
     answers: Optional[Seq[Any]] = None,
     scorer: Optional[Callable[[str, str], bool]] = None,
     stop: Optional[Union[str, Seq[str]]] = None,
-    record_entropies: bool = True,
+    record_entropies: bool = _DEFAULTS.record_entropies,
     *,
     progress: ProgressArg = None,
     prompt_indices: Optional[Seq[int]] = None,
-    n_gpu_layers: int = 0,
+    n_gpu_layers: int = _DEFAULTS.n_gpu_layers,
     cluster: Any = None,
     workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,

@@ -175,7 +175,7 @@ class RunOptions:
                 or any(x not in LABEL_FREE_SIGNALS for x in signals)):
             raise ValueError(f"label_free_signals must be distinct names among {', '.join(LABEL_FREE_SIGNALS)}, "
                              f"got {signals!r}")
-        if self.method == "eager_label_free" and not self.record_entropies and set(signals) & {"confidence", "tree"}:
+        if Method(self.method).label_free and not self.record_entropies and set(signals) & {"confidence", "tree"}:
             raise ValueError('method="eager_label_free" reads the recorded entropies (signals confidence, tree): '
                              "it needs record_entropies=True, or label_free_signals=('votes',)")
         check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)

@@ -217,7 +217,7 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
         if not jobs:
             break
         try:
-            output = executor.run_jobs(jobs, "eager_init", progress)
+            output = executor.run_jobs(jobs, Method.EAGER_INIT.engine_method, progress)  # extras are EAGer-init runs
             merge(results, jobs, output)  # checks everything before it changes anything
         except Exception as e:  # noqa: BLE001 - any failure of a try: keep what earlier phases made
             outcome.error = f"reallocation try {attempt} failed: {type(e).__name__}: {e}"
