@@ -162,9 +162,14 @@ def test_an_option_added_to_run_options_reaches_a_worker(model_path, monkeypatch
     The actor class runs here in-process (a Ray worker process would import the unpatched package).
     """
     import dataclasses
+    import sys
 
     from eager_cpp import distributed
     from eager_cpp.phases import PhaseJob
+
+    # The actor asks Ray for its node, which would start a Ray for this process as a side effect (and
+    # leave the Ray tests a cluster of other CPUs): here it answers with the host name instead.
+    monkeypatch.setitem(sys.modules, "ray", None)
 
     Extended = dataclasses.make_dataclass("RunOptions", [("new_option", int, dataclasses.field(default=0))],
                                           bases=(RunOptions,), frozen=True)
