@@ -16,6 +16,7 @@ from eager_cpp.budget import PromptSignals, doubt, plan_label_free
 from eager_cpp.label_free import (NO_ANSWER, confidence_weights, departures, prompt_signals, trace_entropies,
                                   trace_uncertainty, vote_counts)
 from eager_cpp.metrics import compute_metrics, weighted_vote
+from eager_cpp.options import RunOptions
 from eager_cpp.phases import PhaseOutput, run_phases, signals_of
 from eager_cpp.results import PromptResult, RunStats, Sequence
 from eager_cpp.scoring import default_scorer
@@ -247,8 +248,10 @@ class AnsweringExecutor:
 
 def run_fake(answers, scorer=FIRST_LINE):
     ex = AnsweringExecutor()
-    results, stats, outcome = run_phases(ex, ["France", "Italy", "Peru"], [0, 1, 2], "eager_label_free", 4, 1.0,
-                                         answers, scorer, None)
+    options = RunOptions.create(method="eager_label_free", max_sequences=4, entropy_threshold=1.0)
+    results = [PromptResult(i, p, [], 0) for i, p in enumerate(["France", "Italy", "Peru"])]
+    stats = RunStats(method="eager_label_free")
+    outcome = run_phases(ex, options, results, stats, answers, scorer, None)
     return ex, results, stats, outcome
 
 
@@ -311,7 +314,7 @@ def test_cli_runs_and_evaluates_the_label_free_method(tmp_path):
                *small)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "lf.jsonl.meta.json").read_text())
-    assert meta["engine_settings"]["label_free_signals"] == ["votes", "tree"]
+    assert meta["recorded"]["label_free_signals"] == ["votes", "tree"]
     assert sum(json.loads(line)["n_sequences"] for line in out.read_text().splitlines()) <= 12
     table = tmp_path / "table.json"
     proc = cli("eval", str(data), "--methods", "eager_label_free", "--reallocation", "fresh,tree", "--json", str(table),

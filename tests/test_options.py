@@ -32,16 +32,16 @@ def test_recorded_form_round_trips_and_is_versioned():
     d = opts.recorded(3)
     assert d["options_version"] == RunOptions.VERSION and d["n_prompts"] == 3 and d["stop"] == ["\n"]
     assert "n_threads" not in d  # where it ran, not what it sampled
-    assert RunOptions.from_dict(d) == RunOptions.create(method="eager", max_sequences=4, stop="\n", top_p=0.9,
+    assert RunOptions.from_recorded(d) == RunOptions.create(method="eager", max_sequences=4, stop="\n", top_p=0.9,
                                                         device_topk=False)
     # Version 1 (no options_version) predates the device path: it ran on the host kernel.
     old = {k: v for k, v in d.items() if k not in ("options_version", "device_topk")}
-    assert RunOptions.from_dict(old).device_topk is False
+    assert RunOptions.from_recorded(old).device_topk is False
     with pytest.raises(ValueError, match="newer eager_cpp"):
-        RunOptions.from_dict(dict(d, options_version=RunOptions.VERSION + 1))
+        RunOptions.from_recorded(dict(d, options_version=RunOptions.VERSION + 1))
     # Version 2 predates tree reallocation: its reallocating runs started fresh.
     v2 = {k: v for k, v in dict(d, options_version=2).items() if k != "reallocation"}
-    assert RunOptions.from_dict(v2).reallocation == "fresh"
+    assert RunOptions.from_recorded(v2).reallocation == "fresh"
 
 
 def test_prompt_prefix_sharing_is_opt_in_and_old_results_replay_without_it():
@@ -50,10 +50,10 @@ def test_prompt_prefix_sharing_is_opt_in_and_old_results_replay_without_it():
     assert RunOptions().share_prompt_prefixes is False
     assert RunOptions.create().recorded(1)["share_prompt_prefixes"] is False
     d = RunOptions.create(share_prompt_prefixes=True).recorded(1)
-    assert RunOptions.from_dict(d).share_prompt_prefixes is True  # recorded on: replays on
+    assert RunOptions.from_recorded(d).share_prompt_prefixes is True  # recorded on: replays on
     before = {k: v for k, v in dict(d, options_version=3).items() if k != "share_prompt_prefixes"}
-    assert RunOptions.from_dict(before).share_prompt_prefixes is False  # before the option: never shared
-    assert RunOptions.from_dict(dict(d, options_version=3)).share_prompt_prefixes is True
+    assert RunOptions.from_recorded(before).share_prompt_prefixes is False  # before the option: never shared
+    assert RunOptions.from_recorded(dict(d, options_version=3)).share_prompt_prefixes is True
 
 
 @pytest.mark.parametrize("name, value, error, match", [
@@ -106,8 +106,77 @@ def test_bad_input_says_what_is_wrong(model, call, error, match):
         call(model)
 
 
-def test_the_phase_pipelines_per_job_limit_is_the_engines():
-    from eager_cpp import _core
-    from eager_cpp.phases import MAX_SEQUENCES_PER_JOB
+def test_the_vocabularys_limits_are_the_engines():
+    """vocabulary.py imports no extension (options, phases and tree stay pure): its limits are checked here."""
+    from eager_cpp import _core, vocabulary
+    from eager_cpp.tree import MAX_RANKED_TOKENS
 
-    assert MAX_SEQUENCES_PER_JOB == _core.MAX_SEQUENCES  # phases.py imports no extension: checked here
+    assert vocabulary.MAX_SEQUENCES == _core.MAX_SEQUENCES
+    assert vocabulary.MAX_ENTROPY_TOP_K == MAX_RANKED_TOKENS == _core.MAX_ENTROPY_TOP_K
+    assert set(vocabulary.THRESHOLD_MODES) == {m.name.lower() for m in _core.ThresholdMode.__members__.values()}
+    assert {vocabulary.Method(m).engine_method for m in vocabulary.METHODS} == {
+        m.name.lower() for m in _core.Method.__members__.values()}
+
+
+def test_the_pure_layers_import_no_extension():
+    """options, vocabulary, phases, budget, tree and the checkpoint load without eager_cpp._core."""
+    import subprocess
+    import sys
+
+    code = ("import sys, types, importlib.util, pathlib\n"
+            "spec = importlib.util.find_spec('eager_cpp')\n"
+            "pkg = types.ModuleType('eager_cpp'); pkg.__path__ = list(spec.submodule_search_locations)\n"
+            "sys.modules['eager_cpp'] = pkg\n"
+            "for m in ('vocabulary', 'options', 'phases', 'budget', 'tree', 'checkpoint', 'jobs'):\n"
+            "    importlib.import_module('eager_cpp.' + m)\n"
+            "assert 'eager_cpp._core' not in sys.modules, sorted(sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_cli_takes_its_defaults_from_run_options():
+    from eager_cpp.cli import _parser, _run_options
+
+    args = _parser().parse_args(["run", "in.txt", "-o", "out.jsonl"])
+    opts = RunOptions.create(method=args.method, **_run_options(args))
+    assert opts == RunOptions.create()
+
+
+def test_the_wire_form_carries_every_option_but_the_drivers_own():
+    opts = RunOptions.create(method="eager", max_sequences=5, n_ctx=4096, kv_memory="1GiB", n_threads=3,
+                             cluster="local", workers=2)
+    wire = opts.wire()
+    names = dict(wire.values)
+    assert set(names) == set(RunOptions.names()) - set(RunOptions.DRIVER_ONLY)
+    # The placement the record leaves out still reaches the workers; the driver's own fields do not.
+    assert names["n_ctx"] == 4096 and names["kv_memory"] == "1GiB" and names["n_threads"] == 3
+    back = RunOptions.from_wire(wire)
+    assert back == RunOptions.create(method="eager", max_sequences=5, n_ctx=4096, kv_memory="1GiB", n_threads=3)
+    with pytest.raises(TypeError, match="WireOptions"):
+        RunOptions.from_wire(opts.recorded(1))  # the recorded form is not the wire form
+
+
+def test_an_option_added_to_run_options_reaches_a_worker(model_path, monkeypatch):
+    """A field added to RunOptions travels to the Ray actors in the wire form with no second list to edit.
+
+    The actor class runs here in-process (a Ray worker process would import the unpatched package).
+    """
+    import dataclasses
+    import sys
+
+    from eager_cpp import distributed
+    from eager_cpp.phases import PhaseJob
+
+    # The actor asks Ray for its node, which would start a Ray for this process as a side effect (and
+    # leave the Ray tests a cluster of other CPUs): here it answers with the host name instead.
+    monkeypatch.setitem(sys.modules, "ray", None)
+
+    Extended = dataclasses.make_dataclass("RunOptions", [("new_option", int, dataclasses.field(default=0))],
+                                          bases=(RunOptions,), frozen=True)
+    monkeypatch.setattr(distributed, "RunOptions", Extended)
+    opts = Extended.create(method="eager_init", max_sequences=2, max_new_tokens=3, new_option=7, n_threads=1)
+    worker = distributed._Worker(model_path, 1, None)
+    assert worker.check_prompts(opts.wire(), [(0, "Country: Peru\nCapital:")])[0] > 0
+    out = worker.run_jobs("a0", opts.wire(), [PhaseJob(0, "Country: Peru\nCapital:", 2, 1.0).to_dict()], "eager_init")
+    assert out["recorded"]["new_option"] == 7  # the worker's own options had it
+    assert len(out["prompts"]) == 1

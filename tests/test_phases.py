@@ -5,14 +5,24 @@ from __future__ import annotations
 import pytest
 
 from eager_cpp.budget import plan_reallocation
-from eager_cpp.phases import (MAX_TRIES, PhaseJob, PhaseOutput, ReallocationWarning, merge, reallocate_phases,
-                              run_phases)
+from eager_cpp.phases import PhaseJob, PhaseOutput, ReallocationWarning, merge, reallocate_phases, run_phases
+from eager_cpp.options import RunOptions
 from eager_cpp.results import PromptResult, RunStats, Sequence
+from eager_cpp.vocabulary import MAX_TRIES
 
 
 def sequence(index: int, round_: int, text: str = "x", tokens: tuple[int, ...] = (1,)) -> Sequence:
     return Sequence(index=index, text=text, token_ids=list(tokens), own_tokens=list(tokens),
                     entropies=[0.0] * len(tokens), parent=None, branch_step=0, finish_reason="length", round=round_)
+
+
+def phases_on(ex, prompts, indices, method, m, theta, answers, scorer, progress, **options):
+    """`phases.run_phases` on fresh prompts with these options: (results, stats, outcome)."""
+    opts = RunOptions.create(method=method, max_sequences=m, entropy_threshold=theta, **options)
+    results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
+    stats = RunStats(method=method)
+    outcome = run_phases(ex, opts, results, stats, answers, scorer, progress)
+    return results, stats, outcome
 
 
 class FakeExecutor:
@@ -58,7 +68,7 @@ def capped_first(job: PhaseJob) -> int:
 def test_tries_spend_exactly_the_plan():
     m, prompts = 4, ["p0", "p1", "p2", "p3"]
     ex = FakeExecutor(capped_first)
-    results, stats, outcome = run_phases(ex, prompts, [0, 1, 2, 3], "eager_adapt", m, 2.0, None, None, None)
+    results, stats, outcome = phases_on(ex, prompts, [0, 1, 2, 3], "eager_adapt", m, 2.0, None, None, None)
     # b = 16 - (4 + 1 + 1 + 1) = 9, all to prompt 0 (capped), cap 3M = 12: e0 = 9.
     assert outcome.plan.budget == 9 and outcome.granted == {0: 9}
     # One sequence per try: 8 tries make 8 of the 9, and the 9th is reported unspent.
@@ -78,14 +88,14 @@ def test_tries_spend_exactly_the_plan():
 def test_a_try_that_fills_the_cap_ends_the_loop():
     ex = FakeExecutor(lambda job: job.max_sequences if job.round == 0 and job.index == 0 else
                       (1 if job.round == 0 else 100))
-    results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
+    results, stats, outcome = phases_on(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
     assert outcome.tries == 1 and outcome.produced == {0: 3} and stats.unspent_sequences == 0
     assert results[0].n_sequences == 7 and len(ex.calls) == 2
 
 
 def test_every_lacking_prompt_of_a_try_is_batched_together():
     ex = FakeExecutor(lambda job: job.max_sequences if job.round == 0 and job.index < 2 else 1)
-    run_phases(ex, ["a", "b", "c", "d", "e"], [0, 1, 2, 3, 4], "eager_adapt", 4, 2.0, None, None, None)
+    phases_on(ex, ["a", "b", "c", "d", "e"], [0, 1, 2, 3, 4], "eager_adapt", 4, 2.0, None, None, None)
     # b = 20 - (4 + 4 + 1 + 1 + 1) = 9: prompt 0 gets 5, prompt 1 gets 4; each try holds both while they lack.
     assert [sorted(j.index for j in jobs) for _, jobs in ex.calls[1:5]] == [[0, 1]] * 4
     assert [j.index for j in ex.calls[5][1]] == [0]
@@ -116,7 +126,7 @@ def test_theta_per_try_is_the_reference_rule_full_eager():
     m = 8
     ex = FakeExecutor(lambda job: (m if job.index == 1 else 1) if job.round == 0 else 1,
                       text=lambda job, k: "yes" if job.index == 3 or (job.index == 2 and job.round == 1) else "no")
-    results, stats, outcome = run_phases(ex, ["a", "b", "c", "d"], [0, 1, 2, 3], "eager", m, 2.0, ["yes"] * 4,
+    results, stats, outcome = phases_on(ex, ["a", "b", "c", "d"], [0, 1, 2, 3], "eager", m, 2.0, ["yes"] * 4,
                                          lambda text, gold: text == gold, None)
     assert outcome.granted == {1: 7, 0: 7, 2: 7} and outcome.plan.decaying == (0, 2)
     assert any(s.correct for s in results[2].sequences if s.round == 1)  # solved after try 1
@@ -132,7 +142,7 @@ def test_theta_per_try_is_the_reference_rule_full_eager():
 
 def test_theta_per_try_is_the_reference_rule_adapt():
     ex = FakeExecutor(lambda job: 4 if job.round == 0 and job.index == 0 else 1)
-    _, _, outcome = run_phases(ex, ["a", "b", "c"], [0, 1, 2], "eager_adapt", 4, 2.0, None, None, None)
+    _, _, outcome = phases_on(ex, ["a", "b", "c"], [0, 1, 2], "eager_adapt", 4, 2.0, None, None, None)
     assert outcome.granted == {0: 6} and outcome.plan.decaying == ()
     assert [round(x, 2) for x in thetas_of(ex, 0)] == [2.0, 2.0, 1.8, 1.8, 1.8, 1.8]
 
@@ -140,7 +150,7 @@ def test_theta_per_try_is_the_reference_rule_adapt():
 def test_a_failed_try_keeps_what_was_made_and_reports_the_error():
     ex = FakeExecutor(capped_first, fail=lambda jobs: RuntimeError("engine broke") if jobs[0].round == 3 else None)
     with pytest.warns(ReallocationWarning, match="try 3 failed: RuntimeError: engine broke"):
-        results, stats, outcome = run_phases(ex, ["p0", "p1", "p2", "p3"], [0, 1, 2, 3], "eager_adapt", 4, 2.0,
+        results, stats, outcome = phases_on(ex, ["p0", "p1", "p2", "p3"], [0, 1, 2, 3], "eager_adapt", 4, 2.0,
                                              None, None, None)
     # Phase (a) (7 sequences) and tries 1 and 2 (one each) survive; the rest of e0 = 9 is unspent.
     assert [p.n_sequences for p in results] == [6, 1, 1, 1]
@@ -153,7 +163,7 @@ def test_a_failed_try_keeps_what_was_made_and_reports_the_error():
 def test_a_failed_first_try_keeps_phase_a():
     ex = FakeExecutor(capped_first, fail=lambda jobs: ValueError("bad seed") if jobs[0].round > 0 else None)
     with pytest.warns(ReallocationWarning):
-        results, stats, outcome = run_phases(ex, ["p0", "p1"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
+        results, stats, outcome = phases_on(ex, ["p0", "p1"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
     assert [p.n_sequences for p in results] == [4, 1] and outcome.tries == 0
     assert stats.unspent_sequences == outcome.plan.budget == 3 and "ValueError: bad seed" in stats.reallocation_error
 
@@ -166,7 +176,7 @@ def test_a_scorer_failing_on_a_try_keeps_what_was_made():
 
     ex = FakeExecutor(lambda job: 1, text=lambda job, k: "late" if job.round > 0 else "x")
     with pytest.warns(ReallocationWarning, match="scoring reallocation try 1 failed: ValueError"):
-        results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager", 2, 2.0, ["y", "y"], scorer, None)
+        results, stats, outcome = phases_on(ex, ["a", "b"], [0, 1], "eager", 2, 2.0, ["y", "y"], scorer, None)
     assert [p.n_sequences for p in results] == [2, 2] and outcome.produced == {0: 1, 1: 1}
     assert stats.unspent_sequences == 0 and outcome.tries == 1
 
@@ -174,7 +184,7 @@ def test_a_scorer_failing_on_a_try_keeps_what_was_made():
 def test_ctrl_c_in_a_try_is_not_swallowed():
     ex = FakeExecutor(capped_first, fail=lambda jobs: KeyboardInterrupt() if jobs[0].round > 0 else None)
     with pytest.raises(KeyboardInterrupt):
-        run_phases(ex, ["p0", "p1"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
+        phases_on(ex, ["p0", "p1"], [0, 1], "eager_adapt", 4, 2.0, None, None, None)
 
 
 def test_unavailable_seeds_are_unspent_and_their_streams_are_never_reused():
@@ -183,7 +193,7 @@ def test_unavailable_seeds_are_unspent_and_their_streams_are_never_reused():
     ex = FakeExecutor(lambda job: job.max_sequences if job.round > 0 or job.index == 0 else 1,
                       unavailable=lambda job: job.max_sequences - 1 if job.round > 0 else 0,
                       tokens=lambda index: (1000 + index, 5))
-    results, stats, outcome = run_phases(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None,
+    results, stats, outcome = phases_on(ex, ["a", "b"], [0, 1], "eager_adapt", 4, 2.0, None, None, None,
                                          reallocation="tree")
     assert outcome.granted == {0: 3}
     tries = [j for _, jobs in ex.calls[1:] for j in jobs]
@@ -201,7 +211,7 @@ def test_unavailable_seeds_are_unspent_and_their_streams_are_never_reused():
 
 def test_plan_and_outcome_agree_with_the_pure_planner():
     ex = FakeExecutor(capped_first)
-    results, _, outcome = run_phases(ex, ["a", "b", "c"], [5, 6, 7], "eager_adapt", 4, 2.0, None, None, None)
+    results, _, outcome = phases_on(ex, ["a", "b", "c"], [5, 6, 7], "eager_adapt", 4, 2.0, None, None, None)
     init = [PromptResult(p.index, p.prompt, [s for s in p.sequences if s.round == 0], 3) for p in results]
     from eager_cpp.phases import summarize
 
@@ -225,6 +235,24 @@ def test_merge_refuses_a_missing_or_doubled_prompt():
 def test_reallocate_phases_without_budget_runs_nothing():
     results = [PromptResult(0, "a", [sequence(0, 0)], 3)]
     ex = FakeExecutor(lambda job: 1)
-    outcome = reallocate_phases(ex, results, RunStats(method="eager_adapt"), "eager_adapt", 1, 2.0, None, None,
-                                None)
+    options = RunOptions.create(method="eager_adapt", max_sequences=1, entropy_threshold=2.0)
+    outcome = reallocate_phases(ex, options, results, RunStats(method="eager_adapt"), None, None, None)
     assert outcome.plan.budget == 0 and outcome.tries == 0 and not ex.calls
+
+
+def test_phase_a_in_chunks_calls_back_after_each_and_skips_prompts_done():
+    """The CLI's checkpoint: phase (a) one engine run per chunk, the callback after each, with the chunk's
+    prompts scored; prompts whose phase (a) is done (a resumed run) are not run again."""
+    ex = FakeExecutor(lambda job: 1, text=lambda job, k: "yes")
+    options = RunOptions.create(method="eager_init", max_sequences=2, entropy_threshold=2.0)
+    done = PromptResult(1, "b", [sequence(0, 0)], 3)
+    results = [PromptResult(i, p, [], 0) for i, p in ((0, "a"), (2, "c"), (3, "d"))]
+    results.insert(1, done)
+    seen = []
+    outcome = run_phases(ex, options, results, RunStats(method="eager_init"), ["yes"] * 4, None, None,
+                         pending=[0, 2, 3], chunk_size=2,
+                         on_chunk=lambda chunk: seen.append([(p.index, p.sequences[0].correct) for p in chunk]))
+    assert outcome is None
+    assert [[j.index for j in jobs] for _, jobs in ex.calls] == [[0, 2], [3]]
+    assert seen == [[(0, True), (2, True)], [(3, True)]]
+    assert done.sequences == [sequence(0, 0)]  # untouched: its phase (a) was done

@@ -171,7 +171,7 @@ def test_default_batching_matches_the_same_shards_in_one_process(pool, model, ca
 
     # One process, the very shards the workers ran, dispatch after dispatch: phase (a)'s shards, then
     # each reallocation try's, each shard one engine run in this process.
-    executor = LocalExecutor(model, RunOptions.from_dict(dist.settings))
+    executor = LocalExecutor(model, RunOptions.from_recorded(dist.settings))
     ref = [eager_cpp.PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in enumerate(prompts)]
     phases = [phase for phase, _ in pool.last_dispatches]
     assert phases[0] == "a" and set(phases[1:]) == {"c"}

@@ -184,3 +184,16 @@ def test_info_on_a_model_llama_cpp_refuses_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "eager_cpp.cli", "info", "--model", str(path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "could not load" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_devnull_left_open_at_exit_after_llama_cpp_is_imported():
+    """llama-cpp-python opens os.devnull twice at import and never closes it; eager_cpp closes both at
+    exit, so a test session or benchmark ends without `ResourceWarning: unclosed file '/dev/null'`."""
+    pytest.importorskip("llama_cpp")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "dev", "-W", "always::ResourceWarning", "-c",
+                           "import llama_cpp, eager_cpp"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "unclosed file" not in proc.stderr, proc.stderr

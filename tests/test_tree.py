@@ -10,7 +10,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.local import to_prompt_result
+from eager_cpp.local import engine_config, to_prompt_result
 from eager_cpp.phases import PhaseJob, Seed, tree_seeds
 from eager_cpp.results import PromptResult, Sequence
 from eager_cpp.scoring import default_scorer
@@ -267,7 +267,7 @@ def test_tree_reallocation_is_reproducible_and_spends_full_eager_budget(model, c
 def test_seeds_that_share_a_point_take_successive_ranks(model):
     """Engine level: three seeds at one point and one deeper, the prompt prefilled once."""
     tokens = model.tokenize("Country: Peru\nCapital:")
-    cfg = eager_cpp.RunOptions.create(max_new_tokens=6, temperature=0.0).engine_config(model)
+    cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=6, temperature=0.0), model)
     cfg.method = _core.Method.EAGER_INIT
     probe = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)])
     greedy = list(probe.prompts[0].sequences[0].own_tokens)
@@ -290,7 +290,7 @@ def test_every_rank_at_a_point_is_the_engines_own_next_token(model):
     rank-1 seed takes there once the lower ranks' tokens are excluded too (the engine's own ordering of the
     same row), so a bug in any rank >= 2 fails here."""
     tokens = model.tokenize("Country: Peru\nCapital:")
-    cfg = eager_cpp.RunOptions.create(max_new_tokens=2, temperature=0.0).engine_config(model)
+    cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=2, temperature=0.0), model)
     cfg.method = _core.Method.EAGER_INIT
     greedy = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0].sequences[0].own_tokens[0]
     ranks = 12
@@ -358,7 +358,7 @@ def test_seeds_past_what_top_p_allows_are_unavailable_and_unspent(model):
 
 def test_bad_seeds_are_clear_errors(model):
     tokens = model.tokenize("Country: Peru\nCapital:")
-    cfg = eager_cpp.RunOptions.create(max_new_tokens=4).engine_config(model)
+    cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=4), model)
     cfg.method = _core.Method.EAGER_INIT
     cases = [
         ([_core.BranchSeed([1, 2, 3, 4], [], 1)], 1, "no room"),

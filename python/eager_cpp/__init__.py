@@ -5,7 +5,14 @@
     result.prompts[0].sequences[0].text
 """
 
+from importlib.metadata import PackageNotFoundError as _NotInstalled, version as _version
+
 from ._library import preload_llama as _preload_llama
+
+try:
+    __version__ = _version("eager_cpp")  # pyproject.toml's, the one place it is written
+except _NotInstalled:  # pragma: no cover - a source tree on sys.path without an install
+    __version__ = "0+unknown"
 
 _preload_llama()  # before _core, so one copy of libllama serves eager_cpp and llama_cpp
 
@@ -14,12 +21,11 @@ from .api import METHODS, reallocate, run, summarize  # noqa: E402
 from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation  # noqa: E402
 from .kernels import topk_entropy  # noqa: E402
 from .model import Model, builtin_chat_templates, default_model_path  # noqa: E402
-from .options import Method, RunOptions  # noqa: E402
+from .options import RunOptions  # noqa: E402
 from .results import PromptResult, RunResult, RunStats, Sequence  # noqa: E402
 from .scoring import default_scorer, extract_answer, scorer_for_dataset  # noqa: E402
 from .system import llama_cpp_reference, system_info  # noqa: E402
-
-__version__ = "0.1.0"
+from .vocabulary import Method  # noqa: E402
 
 __all__ = [
     "METHODS", "Method", "Model", "PromptResult", "PromptSignals", "PromptSummary", "ReallocationPlan", "RunOptions",

@@ -1,48 +1,48 @@
-"""`eager_cpp.run` and `eager_cpp.reallocate`: checked input, then the phases on an executor.
+"""`eager_cpp.run` and `eager_cpp.reallocate`: the input checked, then `driver.drive`.
 
-The phases themselves (EAGer-init or Full Parallel over all prompts, the reallocation plan, the
-extra sequences tried until spent) live in `phases`, the same for every executor: the engine in
-this process (`local.LocalExecutor`) or Ray actors (`distributed`).
+The run itself (the executor chosen from the options, the pre-check, the phases, the totals) is
+`driver.drive`, the same for both and for every executor: the engine in this process
+(`local.LocalExecutor`) or Ray actors (`distributed`).
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
 from .budget import PromptSummary
-from .local import LocalExecutor
+from .driver import drive
 from .model import Model
-from .options import METHODS, RunOptions, check_extras_fit
-from .progress import ProgressArg, ProgressSink
-from .phases import REALLOCATING_METHODS, count, reallocate_phases, run_phases, score
+from .options import RunOptions
 from .phases import summarize as _summarize
-from .results import PromptResult, RunResult, RunStats
+from .progress import ProgressArg
+from .results import PromptResult, RunResult
+from .vocabulary import METHODS, REALLOCATING_METHODS, Method
 
+__all__ = ["METHODS", "reallocate", "run", "summarize"]
 
-ProgressCallback = ProgressArg
+_DEFAULTS = RunOptions()  # the signature's defaults are the options' (one default per option)
 
 
 def run(
     model: Union[str, "os.PathLike[str]", Model],
     prompts: Seq[str],
-    method: str = "eager_init",
-    max_sequences: int = 8,
-    entropy_threshold: float = 2.0,
-    temperature: float = 0.6,
-    top_k_entropy: int = 20,
-    max_new_tokens: int = 512,
-    seed: int = 0,
+    method: str = _DEFAULTS.method,
+    max_sequences: int = _DEFAULTS.max_sequences,
+    entropy_threshold: float = _DEFAULTS.entropy_threshold,
+    temperature: float = _DEFAULTS.temperature,
+    top_k_entropy: int = _DEFAULTS.top_k_entropy,
+    max_new_tokens: int = _DEFAULTS.max_new_tokens,
+    seed: int = _DEFAULTS.seed,
     answers: Optional[Seq[Any]] = None,
     scorer: Optional[Callable[[str, str], bool]] = None,
     stop: Optional[Union[str, Seq[str]]] = None,
-    record_entropies: bool = True,
+    record_entropies: bool = _DEFAULTS.record_entropies,
     *,
-    progress: Union[None, bool, ProgressCallback] = None,
+    progress: ProgressArg = None,
     prompt_indices: Optional[Seq[int]] = None,
-    n_gpu_layers: int = 0,
+    n_gpu_layers: int = _DEFAULTS.n_gpu_layers,
     cluster: Any = None,
     workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
@@ -80,38 +80,13 @@ def run(
     """
     opts = RunOptions.create(method=method, max_sequences=max_sequences, entropy_threshold=entropy_threshold,
                              temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens,
-                             seed=seed, stop=stop, record_entropies=record_entropies, **options)
+                             seed=seed, stop=stop, record_entropies=record_entropies, n_gpu_layers=n_gpu_layers,
+                             cluster=cluster, workers=workers, threads_per_worker=threads_per_worker, **options)
     prompts = _check_prompts(prompts)
     indices = _check_indices(prompt_indices, len(prompts))
     answers = _check_answers(opts, answers, scorer, len(prompts))
-    if cluster is not None:
-        from .distributed import run_distributed
-
-        ProgressSink(progress)  # a bad progress= fails here, before workers start
-        return run_distributed(model, prompts, indices, opts, answers, scorer, progress, cluster=cluster,
-                               workers=workers, threads_per_worker=threads_per_worker or opts.n_threads,
-                               n_ctx=opts.n_ctx, n_gpu_layers=n_gpu_layers, kv_memory=opts.kv_memory)
-    if workers is not None or threads_per_worker is not None:
-        raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
-    sink = ProgressSink(progress)
-    llm = model if isinstance(model, Model) else Model(model, n_ctx=opts.n_ctx, n_threads=opts.n_threads,
-                                                          n_gpu_layers=n_gpu_layers, kv_memory=opts.kv_memory)
-    opts = opts.resolved(llm)
-    executor = LocalExecutor(llm, opts)
-    # Everything the phases will need is checked before phase (a) is paid for.
-    longest = max(len(executor.tokens(i, p)) for i, p in zip(indices, prompts))
-    check_extras_fit(opts, executor.config.n_ctx, longest)
-    started = time.perf_counter()
-    try:
-        results, stats, outcome = run_phases(executor, prompts, indices, opts.method, opts.max_sequences,
-                                             opts.entropy_threshold, answers, scorer, sink if sink.active else None,
-                                             reallocation=opts.reallocation, no_branch_window=opts.no_branch_window,
-                                             label_free_signals=opts.label_free_signals, top_k=opts.top_k,
-                                             max_new_tokens=opts.max_new_tokens)
-    finally:
-        sink.close()
-    _finish(stats, results, time.perf_counter() - started)
-    return RunResult(prompts=results, stats=stats, settings=opts.recorded(len(prompts)), reallocation=outcome)
+    shells = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
+    return drive(model, opts, shells, answers, scorer, progress)
 
 
 def reallocate(
@@ -120,8 +95,9 @@ def reallocate(
     method: str = "eager_adapt",
     answers: Optional[Seq[Any]] = None,
     scorer: Optional[Callable[[str, str], bool]] = None,
-    progress: Union[None, bool, ProgressCallback] = None,
+    progress: ProgressArg = None,
     cluster: Any = None,
+    **placement: Any,
 ) -> RunResult:
     """Phases (b) and (c) on the result of an EAGer-init run (possibly gathered from shards).
 
@@ -130,43 +106,27 @@ def reallocate(
     those whose own answers and entropies show doubt, no labels read). The extra
     sequences are appended to `result` in place (round t for the t-th try) and `result` is returned.
     cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
+    placement: where it runs, by name as `run` takes them (n_ctx, n_threads, kv_memory, n_gpu_layers,
+    workers, threads_per_worker); the result records none of them.
     """
     if method not in REALLOCATING_METHODS:
         raise ValueError(f"reallocate needs method {' or '.join(map(repr, REALLOCATING_METHODS))}, got {method!r}")
     if not isinstance(result, RunResult):
         raise TypeError(f"reallocate takes the RunResult of an eager_init run, got {type(result).__name__}")
-    if result.settings.get("method") != "eager_init":
+    if result.settings.get("method") != Method.EAGER_INIT:
         raise ValueError("reallocate takes the result of an eager_init run")
-    if method == "eager" and answers is None and any(p.gold_answer is None for p in result.prompts):
+    if Method(method).needs_labels and answers is None and any(p.gold_answer is None for p in result.prompts):
         raise ValueError('method="eager" needs answers= (one gold answer per prompt)')
-    opts = replace(RunOptions.from_dict(result.settings), method=method)
+    unknown = sorted(set(placement) - set(RunOptions.PLACEMENT) - {"cluster"})
+    if unknown:  # anything else would make the extras differ from the run they extend
+        raise TypeError(f"reallocate takes only where it runs ({', '.join(RunOptions.PLACEMENT)}), "
+                        f"not {', '.join(map(repr, unknown))}")
+    opts = replace(RunOptions.from_recorded(result.settings), method=method, cluster=cluster, **placement).validate()
     if answers is None and result.prompts and all(p.gold_answer is not None for p in result.prompts):
         answers = [p.gold_answer for p in result.prompts]  # the labels the result was scored with
     answers = _check_answers(opts, answers, scorer, len(result.prompts), required=False)
-    if cluster is not None:
-        from .distributed import reallocate_distributed
-
-        return reallocate_distributed(model, result, opts, answers, scorer, progress, cluster=cluster)
-    llm = model if isinstance(model, Model) else Model(model)
-    _check_token_ids(result, llm.n_vocab)
-    executor = LocalExecutor(llm, opts)
-    longest = max(len(executor.tokens(p.index, p.prompt)) for p in result.prompts)
-    check_extras_fit(opts, executor.config.n_ctx, longest)
-    score(result.prompts, answers, scorer)
-    sink = ProgressSink(progress)
-    started = time.perf_counter()
-    stats = result.stats
-    stats.method = method
-    try:
-        result.reallocation = reallocate_phases(executor, result.prompts, stats, method, opts.max_sequences,
-                                                opts.entropy_threshold, answers, scorer,
-                                                sink if sink.active else None, reallocation=opts.reallocation,
-                                                no_branch_window=opts.no_branch_window,
-                                                label_free_signals=opts.label_free_signals, top_k=opts.top_k,
-                                                max_new_tokens=opts.max_new_tokens)
-    finally:
-        sink.close()
-    _finish(stats, result.prompts, stats.wall_seconds + time.perf_counter() - started)
+    done = drive(model, opts, result.prompts, answers, scorer, progress, pending=(), stats=result.stats)
+    result.reallocation = done.reallocation
     result.settings["method"] = method
     return result
 
@@ -176,7 +136,7 @@ def _check_answers(opts: RunOptions, answers: Optional[Seq[Any]], scorer: Any, n
     if scorer is not None and not callable(scorer):
         raise TypeError("scorer must be a callable (text, answer) -> bool")
     if answers is None:
-        if opts.method == "eager" and required:
+        if Method(opts.method).needs_labels and required:
             raise ValueError('method="eager" needs answers= (one gold answer per prompt); '
                              'use "eager_adapt" without labels')
         return None
@@ -189,12 +149,6 @@ def _check_answers(opts: RunOptions, answers: Optional[Seq[Any]], scorer: Any, n
     if len(answers) != n:
         raise ValueError(f"got {len(answers)} answers for {n} prompts")
     return answers
-
-
-def _finish(stats: RunStats, prompts: list[PromptResult], wall_seconds: float) -> None:
-    """The totals every entry point reports."""
-    count(stats, prompts)
-    stats.wall_seconds = wall_seconds
 
 
 def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
@@ -233,14 +187,3 @@ def _check_indices(indices: Optional[Seq[int]], n: int) -> list[int]:
     if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**63 for i in out) or len(set(out)) != n:
         raise ValueError("prompt_indices must be distinct ints in [0, 2**63)")
     return out
-
-
-def _check_token_ids(result: RunResult, n_vocab: int) -> None:
-    """A result handed to `reallocate` (edited, or read from a file) holds only token ids of this model:
-    one that is not is a ValueError before anything runs, not a failed try after its phase (a)."""
-    for p in result.prompts:
-        for s in p.sequences:
-            for t in s.token_ids:
-                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_vocab:
-                    raise ValueError(f"prompt {p.index}: sequence {s.index} has a token id outside the vocabulary "
-                                     f"[0, {n_vocab}): {t!r}")

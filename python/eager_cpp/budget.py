@@ -52,14 +52,16 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .vocabulary import Method
+
 __all__ = ["LABEL_FREE_SIGNALS", "MODES", "PromptExtra", "PromptSignals", "PromptSummary", "ReallocationPlan",
            "doubt", "plan_label_free", "plan_reallocation", "retry_theta"]
 
 # Method names of eager_cpp.run() are accepted as aliases so callers can pass them through.
 MODES: dict[str, str] = {"adapt": "adapt", "full": "full", "eager_adapt": "adapt", "eager": "full"}
 
-# Per-prompt cap on extra sequences, in multiples of M.
-_CAP_FACTOR = {"adapt": 3, "full": 1}
+# Per-prompt cap on extra sequences, in multiples of M (the methods': vocabulary.Method.extra_cap_factor).
+_CAP_FACTOR = {"adapt": Method.EAGER_ADAPT.extra_cap_factor, "full": Method.EAGER.extra_cap_factor}
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,7 @@ def plan_label_free(
     confident_below: float = 0.3,
     settled_below: float = 1.0,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    cap_factor: int = 3,
+    cap_factor: int = Method.EAGER_LABEL_FREE.extra_cap_factor,
 ) -> ReallocationPlan:
     """Plan the saved budget from label-free signals (module docstring, ``plan_label_free``).
 

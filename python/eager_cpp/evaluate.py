@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .api import run
 from .model import Model
-from .phases import REALLOCATING_METHODS
+from .vocabulary import REALLOCATING_METHODS, Method
 from .results import RunResult
 
 COLUMNS = [
@@ -44,7 +44,7 @@ def evaluate_one(model: Model, prompts: Sequence[str], answers: Sequence[str], m
     row = {
         "method": method,
         "reallocation": mode,
-        "theta": theta if method != "parallel" else "-",
+        "theta": theta if method != Method.PARALLEL else "-",
         "M": max_sequences,
         "pass@k": m["pass@k"],
         "cons@k": m["cons@k"],
@@ -81,8 +81,8 @@ def sweep(model: Model, prompts: Sequence[str], answers: Sequence[str], methods:
     modes = list(reallocations)
     for m in max_sequences:
         baseline_tokens = None
-        if "parallel" in methods:
-            row, _ = evaluate_one(model, prompts, answers, "parallel", None, m, scorer, **run_kwargs)
+        if Method.PARALLEL in methods:
+            row, _ = evaluate_one(model, prompts, answers, Method.PARALLEL.value, None, m, scorer, **run_kwargs)
             baseline_tokens = row["tokens"]
             row["tokens_ratio"] = 1.0
             rows.append(row)
@@ -90,7 +90,7 @@ def sweep(model: Model, prompts: Sequence[str], answers: Sequence[str], methods:
                 on_row(row)
         for theta in thetas:
             for method in methods:
-                if method == "parallel":
+                if method == Method.PARALLEL:
                     continue
                 for mode in modes if method in REALLOCATING_METHODS else modes[:1]:
                     row, _ = evaluate_one(model, prompts, answers, method, theta, m, scorer, reallocation=mode,

@@ -9,6 +9,7 @@ Pure functions of a prompt's sequences (no model, no engine, never a gold answer
 - ``departures``: how often a trace took a token other than the model's first choice at a branch point.
 - ``confidence_weights``: a vote weight per sequence, exp(-trace_uncertainty) x 0.5 ** departures, in (0, 1].
   ``metrics.weighted_vote`` counts them (Cons@k weighted: DeepConf's confidence-weighted majority).
+  These four live in ``metrics`` (Cons@k weighted reads them too) and are re-exported here.
 - ``prompt_signals``: the label-free planner's input (``budget.PromptSignals``) for one prompt.
 
 Answers come from the caller's ``extract(text)`` (the scorer's extractor), never from ``Sequence.answer``
@@ -19,80 +20,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence as Seq
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .budget import PromptSignals
-from .results import Sequence
+from .metrics import (DEFAULT_WINDOW, DEPARTURE_FACTOR, confidence_weights, departures, trace_entropies,
+                      trace_uncertainty)
 from .scoring import normalize_answer
 from .tree import branch_points
+
+if TYPE_CHECKING:  # types only: results does not import this module at run time either
+    from .results import Sequence
 
 __all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "NO_ANSWER", "confidence_weights", "departures", "prompt_signals",
            "trace_entropies", "trace_uncertainty", "vote_counts"]
 
-DEFAULT_WINDOW = 16  # tokens per confidence window (DeepConf uses 2048 on long traces; capitals answers are <= 16)
-DEPARTURE_FACTOR = 0.5  # vote weight kept per departure from the model's first choice (0.25-0.5 tied on capitals dev)
 NO_ANSWER = "\x00no answer"  # the vote of a sequence whose text yields no answer: it disagrees with every answer
-
-
-def trace_entropies(sequence: Sequence, by_index: dict[int, Sequence]) -> list[float]:
-    """Entropy of each of the sequence's tokens (``token_ids``), inherited prefix included.
-
-    Steps before ``branch_step`` belong to the parent's trace (recursively); a step no ancestor recorded
-    (record_entropies=False, or a parent missing from ``by_index``) is left out.
-    """
-    own = [float(h) for h in sequence.entropies]
-    parent = by_index.get(sequence.parent) if sequence.parent is not None else None
-    if sequence.branch_step <= 0 or parent is None or parent.index == sequence.index:
-        return own
-    inherited = trace_entropies(parent, by_index)
-    # The parent's trace starts at its own step 0 too (token_ids are whole traces), so its first
-    # branch_step entries are the child's prefix, as far as the parent recorded them.
-    return inherited[: sequence.branch_step] + own
-
-
-def trace_uncertainty(entropies: Seq[float], window: int = DEFAULT_WINDOW) -> float:
-    """Highest mean entropy over any ``window`` consecutive tokens (all of them when fewer); 0.0 with none."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    values = [h for h in entropies if math.isfinite(h)]
-    if not values:
-        return 0.0
-    if len(values) <= window:
-        return sum(values) / len(values)
-    total = sum(values[:window])
-    worst = total
-    for k in range(window, len(values)):
-        total += values[k] - values[k - window]
-        worst = max(worst, total)
-    return worst / window
-
-
-def departures(sequence: Sequence, by_index: dict[int, Sequence]) -> int:
-    """How many times the trace left the model's first choice at a branch point: its ancestors in the tree.
-
-    A child starts with a token other than the most likely one at its branch point (the second in
-    EAGer-init, the rank-th untaken one in tree reallocation) while its parent continues with the most
-    likely, so each step up the parent chain is one such departure; a root (or a fresh extra) has none.
-    """
-    count, seen, current = 0, {sequence.index}, sequence
-    while current.parent is not None and current.parent in by_index and current.parent not in seen:
-        current = by_index[current.parent]
-        seen.add(current.index)
-        count += 1
-    return count
-
-
-def confidence_weights(sequences: Seq[Sequence], window: int = DEFAULT_WINDOW,
-                       departure_factor: float = DEPARTURE_FACTOR) -> list[float]:
-    """Per sequence (same order), its vote weight: exp(-trace_uncertainty) x departure_factor ** departures.
-
-    1.0 for a root trace with no doubt. The entropy part is DeepConf's trace confidence; the departure
-    part is what a tree adds: a child is the continuation the model ranked lower at an unsure point, and
-    a tree holds one such child per branch however unlikely it was, so an unweighted vote over-counts them.
-    """
-    by_index = {s.index: s for s in sequences}
-    return [math.exp(-trace_uncertainty(trace_entropies(s, by_index), window))
-            * departure_factor ** departures(s, by_index) for s in sequences]
 
 
 def _vote_key(answer: Optional[str]) -> str:

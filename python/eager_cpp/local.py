@@ -1,17 +1,47 @@
-"""The executor that runs phase jobs on the engine in this process (Ray actors each hold one)."""
+"""The executor that runs phase jobs on the engine in this process (Ray actors each hold one), and
+the engine's config for a run (``engine_config``)."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from . import _core
+from .jobs import PhaseJob, PhaseOutput, ProgressFn, Seed
 from .model import Model
-from .options import RunOptions
-from .phases import PhaseJob, PhaseOutput, ProgressFn, Seed
+from .options import RunOptions, parse_kv_memory
 from .progress import ProgressEvent
 from .results import PromptResult, RunStats, Sequence
 
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
+ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
+
+
+def engine_config(options: RunOptions, model: Model) -> Any:
+    """The engine's config for a run of `options` on `model` (context and threads: the options', else the model's)."""
+    o = options.resolved(model)
+    cfg = _core.EngineConfig()
+    cfg.max_new_tokens = o.max_new_tokens
+    cfg.seed = o.seed
+    cfg.sampling.temperature = o.temperature
+    cfg.sampling.top_k = o.top_k
+    cfg.sampling.top_p = o.top_p
+    cfg.sampling.min_p = o.min_p
+    cfg.entropy_k = o.top_k_entropy
+    cfg.entropy_after_temperature = o.entropy_after_temperature
+    cfg.record_entropies = o.record_entropies
+    cfg.stop = list(o.stop)
+    cfg.think_end_marker = o.think_end_marker or ""
+    cfg.no_branch_window = o.no_branch_window
+    cfg.threshold_mode = ENGINE_THRESHOLD_MODES[o.threshold_mode]
+    cfg.max_live_sequences = o.max_live_sequences
+    cfg.ignore_eos = o.ignore_eos
+    cfg.device_topk = bool(o.device_topk)
+    cfg.device_candidates = o.device_candidates
+    cfg.n_ctx = o.n_ctx or model.n_ctx or 0
+    cfg.kv_memory = parse_kv_memory(o.kv_memory) or model.kv_memory
+    cfg.n_threads = o.n_threads or model.n_threads or 0
+    cfg.share_prompt_prefixes = o.share_prompt_prefixes
+    return cfg
 
 
 class LocalExecutor:
@@ -24,8 +54,23 @@ class LocalExecutor:
     def __init__(self, model: Model, options: RunOptions) -> None:
         self.model = model
         self.options = options.resolved(model)
-        self.config = self.options.engine_config(model)
+        self.config = engine_config(self.options, model)
         self._tokens: dict[int, list[int]] = {}
+
+    @property
+    def n_ctx(self) -> int:
+        """The context the run is fixed to (0: it follows the KV memory)."""
+        return self.config.n_ctx
+
+    def check(self, prompts: list[tuple[int, str]]) -> tuple[int, int]:
+        """Every prompt tokenized as the run will (ValueError naming one too long): the longest, and n_vocab."""
+        return max((len(self.tokens(i, p)) for i, p in prompts), default=0), self.model.n_vocab
+
+    def recorded(self, n_prompts: int) -> dict[str, Any]:
+        return self.options.recorded(n_prompts)
+
+    def account(self, stats: RunStats, elapsed: float, outcome: Any) -> None:
+        """Nothing of its own to add: the engine's figures came with each output."""
 
     def tokens(self, index: int, prompt: str) -> list[int]:
         """The prompt's tokens, checked against the model's context (ValueError naming the prompt)."""

@@ -9,19 +9,28 @@ Input per prompt (a mapping):
     correct: list[bool]         whether each sequence was scored correct
     generated_tokens: int       #T of the prompt (shared prefixes counted once)
     sequences: int              #S of the prompt; must equal len(answers) == len(correct)
-    confidences: list[float]    optional: a vote weight per sequence (label_free.confidence_weights);
+    confidences: list[float]    optional: a vote weight per sequence (``confidence_weights``);
                                 when every prompt has them, ``cons_weighted@k`` is reported too
+
+``run_metrics`` and ``consensus`` are these over a run's prompts (``results.PromptResult``, read by
+attribute: this module imports no result type, so the results module can call it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
-from .scoring import normalize_answer
+from .scoring import extract_answer, normalize_answer
 
-__all__ = ["PromptScore", "compute_metrics", "majority_vote", "pass_at_k_unbiased", "score_prompt", "weighted_vote"]
+__all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "PromptScore", "compute_metrics", "confidence_weights", "consensus",
+           "departures", "majority_vote", "pass_at_k_unbiased", "run_metrics", "score_prompt", "trace_entropies",
+           "trace_uncertainty", "weighted_vote"]
+
+DEFAULT_WINDOW = 16  # tokens per confidence window (DeepConf uses 2048 on long traces; capitals answers are <= 16)
+DEPARTURE_FACTOR = 0.5  # vote weight kept per departure from the model's first choice (0.25-0.5 tied on capitals dev)
 
 DEFAULT_KS: tuple[int, ...] = (1, 4, 8)
 
@@ -235,3 +244,100 @@ def compute_metrics(
         out[f"pass@{k}_unbiased"] = mean(s.unbiased[k] for s in scores)
     out["per_prompt"] = [s.to_dict() for s in scores]
     return out
+
+
+# ----------------------------------------------------------------------------- trace confidence (label_free too)
+
+
+def trace_entropies(sequence: Any, by_index: dict[int, Any]) -> list[float]:
+    """Entropy of each of the sequence's tokens (``token_ids``), inherited prefix included.
+
+    Steps before ``branch_step`` belong to the parent's trace (recursively); a step no ancestor recorded
+    (record_entropies=False, or a parent missing from ``by_index``) is left out.
+    """
+    own = [float(h) for h in sequence.entropies]
+    parent = by_index.get(sequence.parent) if sequence.parent is not None else None
+    if sequence.branch_step <= 0 or parent is None or parent.index == sequence.index:
+        return own
+    inherited = trace_entropies(parent, by_index)
+    # The parent's trace starts at its own step 0 too (token_ids are whole traces), so its first
+    # branch_step entries are the child's prefix, as far as the parent recorded them.
+    return inherited[: sequence.branch_step] + own
+
+
+def trace_uncertainty(entropies: Sequence[float], window: int = DEFAULT_WINDOW) -> float:
+    """Highest mean entropy over any ``window`` consecutive tokens (all of them when fewer); 0.0 with none."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    values = [h for h in entropies if math.isfinite(h)]
+    if not values:
+        return 0.0
+    if len(values) <= window:
+        return sum(values) / len(values)
+    total = sum(values[:window])
+    worst = total
+    for k in range(window, len(values)):
+        total += values[k] - values[k - window]
+        worst = max(worst, total)
+    return worst / window
+
+
+def departures(sequence: Any, by_index: dict[int, Any]) -> int:
+    """How many times the trace left the model's first choice at a branch point: its ancestors in the tree.
+
+    A child starts with a token other than the most likely one at its branch point (the second in
+    EAGer-init, the rank-th untaken one in tree reallocation) while its parent continues with the most
+    likely, so each step up the parent chain is one such departure; a root (or a fresh extra) has none.
+    """
+    count, seen, current = 0, {sequence.index}, sequence
+    while current.parent is not None and current.parent in by_index and current.parent not in seen:
+        current = by_index[current.parent]
+        seen.add(current.index)
+        count += 1
+    return count
+
+
+def confidence_weights(sequences: Sequence[Any], window: int = DEFAULT_WINDOW,
+                       departure_factor: float = DEPARTURE_FACTOR) -> list[float]:
+    """Per sequence (same order), its vote weight: exp(-trace_uncertainty) x departure_factor ** departures.
+
+    1.0 for a root trace with no doubt. The entropy part is DeepConf's trace confidence; the departure
+    part is what a tree adds: a child is the continuation the model ranked lower at an unsure point, and
+    a tree holds one such child per branch however unlikely it was, so an unweighted vote over-counts them.
+    """
+    by_index = {s.index: s for s in sequences}
+    return [math.exp(-trace_uncertainty(trace_entropies(s, by_index), window))
+            * departure_factor ** departures(s, by_index) for s in sequences]
+
+
+
+# ----------------------------------------------------------------------------- over a run's prompts
+
+
+def run_metrics(prompts: Sequence[Any], ks: Iterable[int] = DEFAULT_KS) -> dict[str, Any]:
+    """``compute_metrics`` over scored ``PromptResult``s (``RunResult.metrics``: docs/method.md, "Metrics")."""
+    if any(p.gold_answer is None for p in prompts):
+        raise ValueError("metrics need gold answers: pass answers= to run() or call result.score(answers)")
+    per_prompt = [
+        {
+            "answers": [s.answer for s in p.sequences],
+            "correct": [bool(s.correct) for s in p.sequences],
+            "generated_tokens": p.generated_tokens,
+            "sequences": p.n_sequences,
+            "confidences": confidence_weights(p.sequences),
+        }
+        for p in prompts
+    ]
+    return compute_metrics(per_prompt, ks=ks)
+
+
+def consensus(prompts: Sequence[Any], scorer: Optional[Callable[[str, str], bool]] = None) -> list[Optional[str]]:
+    """Per prompt, the confidence-weighted majority answer, with no labels (``RunResult.consensus``).
+
+    Answers come from ``scorer.extract`` when the scorer has one, else the "auto" extractor; each
+    sequence votes with weight exp(-its highest window-mean entropy). None for a prompt with no answer.
+    """
+    custom = getattr(scorer, "extract", None)
+    extract = custom if callable(custom) else (lambda t: extract_answer(t, "auto"))
+    return [weighted_vote([extract(s.text) for s in p.sequences], confidence_weights(p.sequences))[0]
+            for p in prompts]

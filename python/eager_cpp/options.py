@@ -1,41 +1,47 @@
-"""Every option of a run once: its default, its check, its engine config and its recorded form.
+"""Every option of a run once: its default, its check, its recorded form and its wire form.
 
-``RunOptions`` is what every layer passes along (the API, the executors, the Ray workers, the CLI's
-resume check), in the spirit of llama.cpp server's one ``task_params``. Adding an option means a
-field here, a line in ``engine_config`` when the engine reads it, and the engine's config in C++
-and its binding.
+``RunOptions`` is what every layer passes along (the API, the driver, the executors, the CLI, whose
+flags take their defaults from it), in the spirit of llama.cpp server's one ``task_params``. Two forms
+leave the process: ``recorded()`` (a result's ``settings``: what shapes the samples, versioned, read
+back by ``from_recorded``) and ``wire()`` (a ``WireOptions``: what Ray workers run with, every field
+but the driver's own). Adding an option means a field here, a line in ``local.engine_config`` when
+the engine reads it, and the engine's config in C++ and its binding. Pure: no native extension.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields, replace
-from enum import Enum
 from typing import Any, ClassVar, Optional
 
-from . import _core
-from .model import MAX_CTX, MAX_THREADS, THREADS_LIMIT, Model, parse_kv_memory
 from .budget import LABEL_FREE_SIGNALS
-from .phases import REALLOCATIONS
+from .vocabulary import (MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS, METHODS, REALLOCATIONS,
+                         THREADS_LIMIT, THRESHOLD_MODES, Method)
 
-MAX_SEQUENCES = int(_core.MAX_SEQUENCES)  # llama.cpp's sequence-id limit, from the engine
-MAX_ENTROPY_TOP_K = int(_core.MAX_ENTROPY_TOP_K)
-
-
-class Method(str, Enum):
-    PARALLEL = "parallel"
-    EAGER_INIT = "eager_init"
-    EAGER_ADAPT = "eager_adapt"
-    EAGER = "eager"
-    EAGER_LABEL_FREE = "eager_label_free"
-
-    @property
-    def reallocates(self) -> bool:
-        return self in (Method.EAGER_ADAPT, Method.EAGER, Method.EAGER_LABEL_FREE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 2**10, "M": 2**20, "G": 2**30,
+          "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-METHODS = tuple(m.value for m in Method)
-THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
+def parse_kv_memory(value: Any) -> int:
+    """Bytes for the KV cache from an int, a size such as "8GiB", "512MiB" or "2GB", or "auto"/None (0).
+
+    0 means "auto": a quarter of the memory available (RAM, or the GPU's free memory when layers are
+    offloaded), no more than the run's live sequences need at up to 4096 tokens each.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return 0
+    if isinstance(value, bool):
+        raise TypeError(f"kv_memory must be a number of bytes, a size like '8GiB', or 'auto', got {value!r}")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if m is None or m.group(2).upper() not in _UNITS:
+            raise ValueError(f"kv_memory {value!r} is not a size: use bytes, a size like '8GiB', '512MiB' or '2GB', "
+                             "or 'auto'")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if not isinstance(value, int) or value < 1 or value > 2**50:
+        raise ValueError(f"kv_memory must be between 1 byte and 1 PiB (or 'auto'), got {value!r}")
+    return value
 
 
 def check_int(name: str, value: Any, low: int, high: Optional[int] = None, why: str = "") -> int:
@@ -113,12 +119,20 @@ class RunOptions:
     # floating-point noise, on the prompt before it, and a shard no longer reproduces an unsharded run.
     # Recorded (so Ray workers and replays get it).
     share_prompt_prefixes: bool = False
+    # Where the run executes (the executor is chosen from `cluster`, once: driver.open_executor).
+    n_gpu_layers: int = 0  # layers to offload when the model is loaded from a path (-1: all)
+    cluster: Any = None  # None: this process; "local", a Ray address or a distributed.RayWorkers pool: Ray actors
+    workers: Optional[int] = None  # Ray actors to start (cluster "local" or an address)
+    threads_per_worker: Optional[int] = None  # llama.cpp threads of each (default: n_threads, else 1)
 
     # 3: reallocation; 4: share_prompt_prefixes off by default (earlier results replay without it
     # unless they recorded it on).
     VERSION: ClassVar[int] = 4
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory")
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory", "n_gpu_layers", "cluster", "workers",
+                                            "threads_per_worker")
+    # The driver's own: which workers run the jobs, never needed (nor picklable, for a pool) on a worker.
+    DRIVER_ONLY: ClassVar[tuple[str, ...]] = ("cluster", "workers", "threads_per_worker")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -161,7 +175,7 @@ class RunOptions:
                 or any(x not in LABEL_FREE_SIGNALS for x in signals)):
             raise ValueError(f"label_free_signals must be distinct names among {', '.join(LABEL_FREE_SIGNALS)}, "
                              f"got {signals!r}")
-        if self.method == "eager_label_free" and not self.record_entropies and set(signals) & {"confidence", "tree"}:
+        if Method(self.method).label_free and not self.record_entropies and set(signals) & {"confidence", "tree"}:
             raise ValueError('method="eager_label_free" reads the recorded entropies (signals confidence, tree): '
                              "it needs record_entropies=True, or label_free_signals=('votes',)")
         check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)
@@ -203,58 +217,50 @@ class RunOptions:
         parse_kv_memory(self.kv_memory)
         if self.n_threads is not None:
             check_int("n_threads", self.n_threads, 1, MAX_THREADS, why=THREADS_LIMIT)
+        check_int("n_gpu_layers", self.n_gpu_layers, -1)
+        if self.cluster is None and (self.workers is not None or self.threads_per_worker is not None):
+            raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
+        if isinstance(self.cluster, str) and not self.cluster:
+            raise ValueError('cluster must be "local", a Ray address or a RayWorkers pool, got an empty string')
+        for name in ("workers", "threads_per_worker"):
+            if getattr(self, name) is not None and (isinstance(getattr(self, name), bool)
+                                                    or not isinstance(getattr(self, name), int)
+                                                    or getattr(self, name) < 1):
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         return replace(self, entropy_threshold=theta, temperature=temperature, top_p=top_p, min_p=min_p)
 
     @property
     def reallocates(self) -> bool:
         return Method(self.method).reallocates
 
-    def resolved(self, model: Model) -> "RunOptions":
-        """The options as they run on `model`: the device path decided (auto follows the offload)."""
+    def resolved(self, model: Any) -> "RunOptions":
+        """The options as they run on `model` (an eager_cpp.Model): the device path decided (auto follows the offload)."""
         device = model.offloaded if self.device_topk is None else self.device_topk
         return replace(self, device_topk=device).validate()
 
-    def engine_config(self, model: Model) -> Any:
-        """The engine's config for a run on `model` (context and threads: these options, else the model's)."""
-        o = self.resolved(model)
-        cfg = _core.EngineConfig()
-        cfg.max_new_tokens = o.max_new_tokens
-        cfg.seed = o.seed
-        cfg.sampling.temperature = o.temperature
-        cfg.sampling.top_k = o.top_k
-        cfg.sampling.top_p = o.top_p
-        cfg.sampling.min_p = o.min_p
-        cfg.entropy_k = o.top_k_entropy
-        cfg.entropy_after_temperature = o.entropy_after_temperature
-        cfg.record_entropies = o.record_entropies
-        cfg.stop = list(o.stop)
-        cfg.think_end_marker = o.think_end_marker or ""
-        cfg.no_branch_window = o.no_branch_window
-        cfg.threshold_mode = THRESHOLD_MODES[o.threshold_mode]
-        cfg.max_live_sequences = o.max_live_sequences
-        cfg.ignore_eos = o.ignore_eos
-        cfg.device_topk = bool(o.device_topk)
-        cfg.device_candidates = o.device_candidates
-        cfg.n_ctx = o.n_ctx or model.n_ctx or 0
-        cfg.kv_memory = parse_kv_memory(o.kv_memory) or model.kv_memory
-        cfg.n_threads = o.n_threads or model.n_threads or 0
-        cfg.share_prompt_prefixes = o.share_prompt_prefixes
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        """The recorded form (a result's `settings`): every option that shapes the samples, versioned."""
+    def recorded(self, n_prompts: Optional[int] = None) -> dict[str, Any]:
+        """The recorded form (a result's `settings`): every option that shapes the samples, versioned,
+        and the prompt count when given."""
         d = {name: getattr(self, name) for name in self.names() if name not in self.PLACEMENT}
         d["stop"] = list(self.stop)
         d["label_free_signals"] = list(self.label_free_signals)
         d["options_version"] = self.VERSION
+        if n_prompts is not None:
+            d["n_prompts"] = n_prompts
         return d
 
-    def recorded(self, n_prompts: int) -> dict[str, Any]:
-        """What a result records of its run (`RunResult.settings`): `to_dict()` and the prompt count."""
-        return dict(self.to_dict(), n_prompts=n_prompts)
+    def wire(self) -> "WireOptions":
+        """What a Ray worker runs with: every field but the driver's own, so a new option reaches the workers."""
+        return WireOptions(tuple((name, getattr(self, name)) for name in self.names() if name not in self.DRIVER_ONLY))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunOptions":
+    def from_wire(cls, wire: "WireOptions") -> "RunOptions":
+        if not isinstance(wire, WireOptions):
+            raise TypeError(f"expected WireOptions, got {type(wire).__name__}")
+        return cls(**dict(wire.values)).validate()
+
+    @classmethod
+    def from_recorded(cls, d: dict[str, Any]) -> "RunOptions":
         """Options from a recorded dict (this version's or version 1's, which had no options_version)."""
         version = d.get("options_version", 1)
         if not isinstance(version, int) or version > cls.VERSION:
@@ -277,10 +283,22 @@ def check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
     """
     if not opts.reallocates or not n_ctx:
         return
-    cap = min(MAX_SEQUENCES, (3 if opts.method in ("eager_adapt", "eager_label_free") else 1) * opts.max_sequences)
+    cap = min(MAX_SEQUENCES, Method(opts.method).extra_cap_factor * opts.max_sequences)
     first = cap if opts.reallocation == "tree" else 1  # a tree try starts one seed per extra
     need = longest_prompt + first + (opts.max_new_tokens - 1 if opts.reallocation == "tree" else 0)
     if need > n_ctx:
         raise ValueError(f"method={opts.method!r} may start {first} extra sequence{'s' if first > 1 else ''} of a "
                          f"prompt in one engine run: up to {need} KV cells with the longest prompt, but n_ctx is "
                          f"{n_ctx}; raise n_ctx or lower max_sequences")
+
+
+@dataclass(frozen=True)
+class WireOptions:
+    """The options as shipped to Ray workers: (name, value) of every field but `RunOptions.DRIVER_ONLY`.
+
+    Its own type, not the recorded form: the record leaves out where a run executes (n_ctx, kv_memory,
+    n_threads), which a worker must still apply, and is versioned for files, which the wire is not
+    (driver and workers run the same eager_cpp).
+    """
+
+    values: tuple[tuple[str, Any], ...]

@@ -18,105 +18,39 @@
     A try that fails (any Exception) ends phase (c): what earlier phases made is kept and returned,
     the error is in ``ReallocationOutcome.error`` and ``RunStats.reallocation_error`` and warned about.
 
-An executor runs a list of ``PhaseJob``s and returns, per job, the job's new sequences. This module
-never imports the native extension or Ray: ``local.LocalExecutor`` and the Ray executor in
-``distributed`` implement ``Executor``.
+Phase (a) may run in chunks of prompts (one engine run each), with a callback after each: the CLI
+checkpoints there. Prompts whose phase (a) is already done (a result handed to ``reallocate``, a
+resumed CLI run) are not run again. ``driver.drive`` is the one caller; it checks, times and totals.
+
+An executor (``jobs.Executor``) runs a list of ``PhaseJob``s and returns, per job, the job's new
+sequences. This module never imports the native extension or Ray: ``local.LocalExecutor`` and the
+Ray executor in ``distributed`` implement it.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence as Seq
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Optional, Sequence as Seq
 
-from .budget import (LABEL_FREE_SIGNALS, PromptSignals, PromptSummary, ReallocationPlan, plan_label_free,
-                     plan_reallocation, retry_theta)
+from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation, retry_theta
+from .jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
 from .label_free import prompt_signals
-from .results import PromptResult, RunResult, RunStats
-from .scoring import extract_answer
+from .options import RunOptions
+from .results import PromptResult, RunStats
+from .scoring import extract_answer, score_prompts
 from .tree import branch_points, choose_branch_points, last_branch_step, ranked_limit
+from .vocabulary import MAX_SEQUENCES, MAX_TRIES, Method
 
-__all__ = ["LABEL_FREE_METHOD", "MAX_TRIES", "REALLOCATIONS", "REALLOCATING_METHODS", "Executor", "PhaseJob",
-           "PhaseOutput", "ReallocationOutcome", "ReallocationWarning", "Seed", "count", "merge", "reallocate_phases",
-           "run_phases", "score", "signals_of", "summarize", "tree_seeds"]
+__all__ = ["Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "ReallocationWarning", "Seed", "merge",
+           "reallocate_phases", "run_phases", "score", "signals_of", "summarize", "tree_seeds"]
 
-MAX_TRIES = 8  # reallocation tries per run; what they leave is reported as unspent
-MAX_SEQUENCES_PER_JOB = 256  # llama.cpp's sequence-id limit: one engine run of a prompt holds at most this
-REALLOCATIONS = ("fresh", "tree")  # how extras start: new EAGer-init runs, or continuations of the tree
-LABEL_FREE_METHOD = "eager_label_free"  # recipients from the run's own answers and entropies (budget.plan_label_free)
-REALLOCATING_METHODS = ("eager_adapt", "eager", LABEL_FREE_METHOD)
-
-ProgressFn = Callable[[Any], None]  # takes a progress.ProgressEvent
 Scorer = Callable[[str, str], bool]
-
-
-@dataclass(frozen=True)
-class Seed:
-    """A new sequence that continues the prompt's tree at a branch point (tree reallocation)."""
-
-    source: int  # the sequence whose tokens before the point are the prefix: the new one's parent
-    prefix: tuple[int, ...]  # those tokens (generated ones; the prompt not included)
-    exclude: tuple[int, ...]  # tokens the tree already took at the point
-    rank: int = 1  # the first own token: the rank-th most likely not in `exclude`
-
-
-@dataclass(frozen=True)
-class PhaseJob:
-    """One prompt's part of one engine run."""
-
-    index: int  # the prompt's index: results carry it and its random streams derive from it
-    prompt: str
-    max_sequences: int  # the cap of this run (M in phase (a), what the prompt still lacks in (c))
-    theta: float
-    sequence_base: int = 0  # random stream of the job's first new sequence: streams continue across runs
-    round: int = 0  # 0: phase (a); t: the t-th reallocation try
-    seeds: tuple[Seed, ...] = ()  # tree reallocation: the job's first sequences continue these points
-    # Result index of the job's first new sequence (None: sequence_base). Behind it once a dropped seed
-    # used a stream: indices stay contiguous, streams are never reused.
-    first_index: Optional[int] = None
-
-    @property
-    def index_base(self) -> int:
-        return self.sequence_base if self.first_index is None else self.first_index
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PhaseJob":
-        seeds = tuple(Seed(source=s["source"], prefix=tuple(s["prefix"]), exclude=tuple(s["exclude"]), rank=s["rank"])
-                      for s in d.get("seeds", ()))
-        return cls(**{**d, "seeds": seeds})
-
-
-@dataclass
-class PhaseOutput:
-    """Per job (same order), a PromptResult holding only that job's new sequences; the runs' stats.
-
-    unavailable: per job (same order; empty = none anywhere), the positions in the job's seeds of those
-    the engine reported "unavailable" and the executor dropped: each still used one random stream.
-    """
-
-    prompts: list[PromptResult]
-    stats: RunStats
-    unavailable: list[tuple[int, ...]] = field(default_factory=list)
-
-    def dropped(self, k: int) -> tuple[int, ...]:
-        return tuple(self.unavailable[k]) if self.unavailable else ()
-
-    def streams(self, k: int) -> int:
-        """Random streams job `k` used: its sequences and its dropped seeds."""
-        return len(self.prompts[k].sequences) + len(self.dropped(k))
+ChunkDone = Callable[[list[PromptResult]], None]  # called with the prompts of each finished phase-(a) chunk
 
 
 class ReallocationWarning(RuntimeWarning):
     """A reallocation try failed: the run returns what was made before it, the error reported."""
-
-
-class Executor(Protocol):
-    """Runs phase jobs somewhere: ``method`` is "parallel" or "eager_init"."""
-
-    def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Optional[ProgressFn]) -> PhaseOutput: ...
 
 
 @dataclass
@@ -161,15 +95,9 @@ def merge(results: list[PromptResult], jobs: Seq[PhaseJob], output: PhaseOutput)
             target.prompt_tokens = new.prompt_tokens
 
 
-def count(stats: RunStats, prompts: list[PromptResult]) -> None:
-    """#S and #T over the prompts, as every entry point (and the Ray driver) reports them."""
-    stats.sequences = sum(p.n_sequences for p in prompts)
-    stats.generated_tokens = sum(p.generated_tokens for p in prompts)
-
-
 def score(results: list[PromptResult], answers: Optional[Seq[Any]], scorer: Optional[Scorer]) -> None:
     if answers is not None:
-        RunResult(prompts=results, stats=RunStats(method="")).score([str(a) for a in answers], scorer)
+        score_prompts(results, [str(a) for a in answers], scorer)
 
 
 def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
@@ -192,28 +120,34 @@ def signals_of(results: list[PromptResult], theta: float, scorer: Optional[Score
     return [replace(prompt_signals(p.index, p.sequences, extract, no_branch_window), theta=theta) for p in results]
 
 
-def run_phases(executor: Executor, prompts: Seq[str], indices: Seq[int], method: str, max_sequences: int,
-               theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
-               progress: Optional[ProgressFn], reallocation: str = "fresh",
-               no_branch_window: int = 1000, label_free_signals: Seq[str] = LABEL_FREE_SIGNALS, top_k: int = 0,
-               max_new_tokens: Optional[int] = None) -> tuple[list[PromptResult], RunStats, Optional[ReallocationOutcome]]:
-    """Phase (a) over all prompts, then (b) and (c) for the reallocating methods.
+def run_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
+               answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
+               pending: Optional[Seq[int]] = None, chunk_size: Optional[int] = None,
+               on_chunk: Optional[ChunkDone] = None) -> Optional[ReallocationOutcome]:
+    """Phase (a) for the prompts at positions `pending` of `results` (default: all), then (b) and (c)
+    for the reallocating methods; `results` and `stats` grow in place.
 
-    top_k, max_new_tokens: the run's, which bound what a tree point can offer (``reallocate_phases``).
+    answers: one per prompt of `results` (or None). Phase (a) runs `chunk_size` prompts per engine run
+    (default: all at once) and scores each chunk before `on_chunk` sees it.
     """
-    results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
-    stats = RunStats(method=method)
-    jobs = [PhaseJob(index=i, prompt=p, max_sequences=max_sequences, theta=theta) for i, p in zip(indices, prompts)]
-    output = executor.run_jobs(jobs, "parallel" if method == "parallel" else "eager_init", progress)
-    merge(results, jobs, output)
-    stats.merge(output.stats)
-    score(results, answers, scorer)
-    outcome = None
-    if method in REALLOCATING_METHODS:
-        outcome = reallocate_phases(executor, results, stats, method, max_sequences, theta, answers, scorer, progress,
-                                    reallocation=reallocation, no_branch_window=no_branch_window,
-                                    label_free_signals=label_free_signals, top_k=top_k, max_new_tokens=max_new_tokens)
-    return results, stats, outcome
+    method = Method(options.method)
+    todo = list(range(len(results))) if pending is None else list(pending)
+    size = chunk_size or max(1, len(todo))
+    for start in range(0, len(todo), size):
+        chunk = [results[k] for k in todo[start:start + size]]
+        jobs = [PhaseJob(index=p.index, prompt=p.prompt, max_sequences=options.max_sequences,
+                         theta=options.entropy_threshold) for p in chunk]
+        output = executor.run_jobs(jobs, method.engine_method, progress)
+        merge(results, jobs, output)
+        stats.merge(output.stats)
+        if answers is not None:
+            score(chunk, [answers[k] for k in todo[start:start + size]], scorer)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    if not method.reallocates:
+        return None
+    score(results, answers, scorer)  # prompts whose phase (a) was done before come scored here
+    return reallocate_phases(executor, options, results, stats, answers, scorer, progress)
 
 
 def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int = 0,
@@ -239,23 +173,22 @@ def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int =
     return tuple(seeds)
 
 
-def reallocate_phases(executor: Executor, results: list[PromptResult], stats: RunStats, method: str,
-                      max_sequences: int, theta: float, answers: Optional[Seq[Any]], scorer: Optional[Scorer],
-                      progress: Optional[ProgressFn], max_tries: int = MAX_TRIES, reallocation: str = "fresh",
-                      no_branch_window: int = 1000, label_free_signals: Seq[str] = LABEL_FREE_SIGNALS,
-                      top_k: int = 0, max_new_tokens: Optional[int] = None) -> ReallocationOutcome:
+def reallocate_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
+                      answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
+                      max_tries: int = MAX_TRIES) -> ReallocationOutcome:
     """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring).
 
-    top_k (0: off) and max_new_tokens (None: no bound) are the run's: a tree point offers only ranks
-    within both the engine's reach and top_k, and only while it leaves room for an answer.
+    The options' top_k and max_new_tokens bound a tree point: it offers only ranks within both the
+    engine's reach and top_k, and only while it leaves room for an answer.
     """
-    if reallocation not in REALLOCATIONS:
-        raise ValueError(f"unknown reallocation {reallocation!r}; expected one of {', '.join(REALLOCATIONS)}")
+    method, theta, max_sequences = options.method, options.entropy_threshold, options.max_sequences
+    reallocation, no_branch_window = options.reallocation, options.no_branch_window
+    top_k, max_new_tokens = options.top_k, options.max_new_tokens
     summaries = summarize(results, theta)
-    if method == LABEL_FREE_METHOD:
+    if Method(method).label_free:
         # Label-free recipients; with no decaying set its tries follow adapt's θ rule, as EAGer-adapt's do.
         plan = plan_label_free(signals_of(results, theta, scorer, no_branch_window), max_sequences,
-                               use=label_free_signals)
+                               use=options.label_free_signals)
     else:
         plan = plan_reallocation(summaries, max_sequences, method)
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
@@ -272,7 +205,7 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
             lacking = e.extra_sequences - outcome.produced[e.index]
             if lacking > 0:
                 p = results[position[e.index]]
-                cap = min(lacking, MAX_SEQUENCES_PER_JOB)
+                cap = min(lacking, MAX_SEQUENCES)  # one engine run of a prompt holds at most this
                 seeds = (tree_seeds(p, cap, no_branch_window, top_k, max_new_tokens, closed[e.index])
                          if reallocation == "tree" else ())
                 if reallocation == "tree" and not seeds:
@@ -284,7 +217,7 @@ def reallocate_phases(executor: Executor, results: list[PromptResult], stats: Ru
         if not jobs:
             break
         try:
-            output = executor.run_jobs(jobs, "eager_init", progress)
+            output = executor.run_jobs(jobs, Method.EAGER_INIT.engine_method, progress)  # extras are EAGer-init runs
             merge(results, jobs, output)  # checks everything before it changes anything
         except Exception as e:  # noqa: BLE001 - any failure of a try: keep what earlier phases made
             outcome.error = f"reallocation try {attempt} failed: {type(e).__name__}: {e}"

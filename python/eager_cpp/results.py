@@ -7,9 +7,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-from .metrics import compute_metrics
-from .scoring import AnswerScorer, extract_answer
-from .textfiles import read_lines, read_text
+from .metrics import consensus, run_metrics
+from .scoring import score_prompts
+from .textfiles import read_lines
 
 
 @dataclass
@@ -35,10 +35,6 @@ class Sequence:
     answer: Optional[str] = None
     correct: Optional[bool] = None
     marker_step: Optional[int] = None  # index in token_ids of the token that completed the end-of-thinking marker
-
-    @property
-    def reallocated(self) -> bool:
-        return self.round > 0
 
 
 @dataclass
@@ -131,57 +127,16 @@ class RunResult:
     reallocation: Any = None
 
     def score(self, answers: list[str], scorer: Optional[Callable[[str, str], bool]] = None) -> None:
-        """Attach gold answers and mark every sequence correct or not.
-
-        One extractor/scorer pair decides both correctness and the majority vote's groups: a scorer
-        with an ``extract(text)`` method (like ``AnswerScorer``) supplies the answers that vote; a
-        plain callable scores while the "auto" extractor supplies them, and then a group votes only
-        with members the scorer judged alike (metrics.majority_vote).
-        """
-        if len(answers) != len(self.prompts):
-            raise ValueError(f"got {len(answers)} answers for {len(self.prompts)} prompts")
-        scorer = scorer or AnswerScorer("auto")
-        custom_extract = getattr(scorer, "extract", None)
-        extract = custom_extract if callable(custom_extract) else (lambda t: extract_answer(t, "auto"))
-        for p, gold in zip(self.prompts, answers):
-            p.gold_answer = str(gold)
-            for s in p.sequences:
-                s.answer = extract(s.text)
-                s.correct = bool(scorer(s.text, str(gold)))
+        """Attach gold answers and mark every sequence correct or not (``scoring.score_prompts``)."""
+        score_prompts(self.prompts, answers, scorer)
 
     def metrics(self, ks: tuple[int, ...] = (1, 4, 8)) -> dict[str, Any]:
         """Pass@k, Cons@k (plain and confidence-weighted), Pass Rate, #T, #S (docs/method.md, "Metrics")."""
-        if any(p.gold_answer is None for p in self.prompts):
-            raise ValueError("metrics need gold answers: pass answers= to run() or call result.score(answers)")
-        from .label_free import confidence_weights  # here: label_free reads results' types
-
-        per_prompt = [
-            {
-                "answers": [s.answer for s in p.sequences],
-                "correct": [bool(s.correct) for s in p.sequences],
-                "generated_tokens": p.generated_tokens,
-                "sequences": p.n_sequences,
-                "confidences": confidence_weights(p.sequences),
-            }
-            for p in self.prompts
-        ]
-        out = compute_metrics(per_prompt, ks=ks)
-        out["wall_seconds"] = self.stats.wall_seconds
-        return out
+        return dict(run_metrics(self.prompts, ks=ks), wall_seconds=self.stats.wall_seconds)
 
     def consensus(self, scorer: Optional[Callable[[str, str], bool]] = None) -> list[Optional[str]]:
-        """Per prompt, the confidence-weighted majority answer, with no labels (docs/method.md, "Metrics").
-
-        Answers come from ``scorer.extract`` when the scorer has one, else the "auto" extractor; each
-        sequence votes with weight exp(-its highest window-mean entropy). None for a prompt with no answer.
-        """
-        from .label_free import confidence_weights
-        from .metrics import weighted_vote
-
-        custom = getattr(scorer, "extract", None)
-        extract = custom if callable(custom) else (lambda t: extract_answer(t, "auto"))
-        return [weighted_vote([extract(s.text) for s in p.sequences], confidence_weights(p.sequences))[0]
-                for p in self.prompts]
+        """Per prompt, the confidence-weighted majority answer, with no labels (``metrics.consensus``)."""
+        return consensus(self.prompts, scorer)
 
     def to_dict(self) -> dict[str, Any]:
         stats = asdict(self.stats)
@@ -202,8 +157,8 @@ class RunResult:
     def from_jsonl(cls, path: "str | os.PathLike[str]", settings: Optional[dict[str, Any]] = None) -> "RunResult":
         """Results written by `to_jsonl` or `eager-cpp run` read back (prompts in index order).
 
-        The run's settings live beside the file (`eager-cpp run` writes them to PATH.meta.json) and
-        are taken from there when present, else from `settings`. Stats are recounted from the prompts.
+        The run's settings are `settings` when given, else those `eager-cpp run` recorded beside the
+        file (`checkpoint.recorded_settings`), if any. Stats are recounted from the prompts.
         """
         prompts: list[PromptResult] = []
         for number, line in read_lines(path, "results file"):
@@ -215,25 +170,18 @@ class RunResult:
                 raise ValueError(f"{path}:{number}: not a results line ({e})") from None
         prompts.sort(key=lambda p: p.index)
         if settings is None:
-            meta = os.fspath(path) + ".meta.json"
-            if os.path.lexists(meta):
-                settings = _recorded_settings(meta)
+            from .checkpoint import recorded_settings  # the CLI's store: lazily, only for its files
+
+            settings = recorded_settings(path)
         stats = RunStats(method=(settings or {}).get("method", ""))
-        stats.sequences = sum(p.n_sequences for p in prompts)
-        stats.generated_tokens = sum(p.generated_tokens for p in prompts)
+        count_totals(stats, prompts)
         return cls(prompts=prompts, stats=stats, settings=dict(settings or {}))
 
 
-def _recorded_settings(meta: str) -> dict[str, Any]:
-    """The run settings `eager-cpp run` recorded beside its results (PATH.meta.json)."""
-    try:
-        recorded = json.loads(read_text(meta, "results metadata file"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta}: not a results metadata file (invalid JSON: {e})") from None
-    settings = recorded.get("engine_settings") or recorded.get("settings") if isinstance(recorded, dict) else None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{meta}: not a results metadata file (no 'settings' object)")
-    return settings
+def count_totals(stats: RunStats, prompts: list[PromptResult]) -> None:
+    """#S and #T over the prompts, as every run reports them."""
+    stats.sequences = sum(p.n_sequences for p in prompts)
+    stats.generated_tokens = sum(p.generated_tokens for p in prompts)
 
 
 # What each field of a stored sequence may hold: a file edited by hand (or by an attacker) gives a

@@ -26,8 +26,10 @@ otherwise as normalised strings. A missing (``None``) or empty prediction never 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any, Optional
 
 __all__ = [
     "STYLES",
@@ -36,6 +38,7 @@ __all__ = [
     "default_scorer",
     "extract_answer",
     "normalize_answer",
+    "score_prompts",
     "scorer_for_dataset",
 ]
 
@@ -224,6 +227,27 @@ class AnswerScorer:
 
     def __call__(self, text: str, answer: str) -> bool:
         return answers_match(self.extract(text), answer)
+
+
+def score_prompts(prompts: Sequence[Any], answers: Sequence[Any],
+                  scorer: Optional[Callable[[str, str], bool]] = None) -> None:
+    """Attach gold answers to ``PromptResult``s (read by attribute) and mark every sequence correct or not.
+
+    One extractor/scorer pair decides both correctness and the majority vote's groups: a scorer
+    with an ``extract(text)`` method (like ``AnswerScorer``) supplies the answers that vote; a
+    plain callable scores while the "auto" extractor supplies them, and then a group votes only
+    with members the scorer judged alike (metrics.majority_vote).
+    """
+    if len(answers) != len(prompts):
+        raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
+    scorer = scorer or AnswerScorer("auto")
+    custom_extract = getattr(scorer, "extract", None)
+    extract = custom_extract if callable(custom_extract) else (lambda t: extract_answer(t, "auto"))
+    for p, gold in zip(prompts, answers):
+        p.gold_answer = str(gold)
+        for s in p.sequences:
+            s.answer = extract(s.text)
+            s.correct = bool(scorer(s.text, str(gold)))
 
 
 def default_scorer(style: str = "auto") -> AnswerScorer:

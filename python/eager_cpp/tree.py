@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence as Seq
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence as Seq
 
-from .results import Sequence
+from .vocabulary import MAX_ENTROPY_TOP_K
+
+if TYPE_CHECKING:  # types only: results does not import this module, and this module needs none of it to run
+    from .results import Sequence
 
 __all__ = ["BranchChoice", "BranchPoint", "MAX_RANKED_TOKENS", "branch_points", "branching_closes_at",
            "choose_branch_points", "last_branch_step", "ranked_limit", "room_margin"]
 
-# The engine ranks a point's tokens within its top 64 (rank + taken tokens): _core.MAX_ENTROPY_TOP_K,
-# held here as a number so this module stays pure (tests check the two agree).
-MAX_RANKED_TOKENS = 64
+# The engine ranks a point's tokens within its top 64 (rank + taken tokens).
+MAX_RANKED_TOKENS = MAX_ENTROPY_TOP_K
 
 
 def ranked_limit(top_k: int = 0) -> int:

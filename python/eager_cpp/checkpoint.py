@@ -1,0 +1,194 @@
+"""The `eager-cpp run` checkpoint: results written prompt by prompt, resumed or overwritten safely.
+
+Files beside the results file OUT:
+- OUT.meta.json (the sidecar): the settings key (everything that shapes the file: --resume refuses to
+  continue under anything else), one hash per input line (its prompt and answer), whether the run is
+  complete, and the run's recorded options (``recorded``, read back by ``recorded_settings``).
+- Phase (a)'s results, a JSON line per prompt appended (and fsynced) as each chunk finishes: OUT itself
+  for methods without reallocation, OUT.init.jsonl for the others, whose final OUT is written whole
+  once phases (b) and (c) are done.
+- --overwrite writes a staged OUT.new and moves it onto OUT once the first chunk is on disk, so the
+  old results stay until new ones exist; the sidecar is replaced atomically.
+
+Rows are plain dicts (``results.prompt_to_dict``): this module knows files, not result types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, TextIO, Union
+
+from .textfiles import read_text
+
+__all__ = ["Checkpoint", "CheckpointError", "META_SUFFIX", "prompt_hash", "read_done", "recorded_settings",
+           "write_atomic"]
+
+META_SUFFIX = ".meta.json"
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointError(ValueError):
+    """A results file or sidecar that cannot be resumed (the message says what to do)."""
+
+
+def prompt_hash(prompt: str, answer: Optional[str]) -> str:
+    """What --resume compares per input line: the prompt and its answer."""
+    data = json.dumps([prompt, answer], ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` whole: a reader sees the old file or the new one, never a part."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_done(path: Path) -> tuple[dict[int, dict], int]:
+    """Complete lines of a results JSONL by prompt index, and how many lines they are; reading stops at
+    a line cut by an interruption (it and anything after it are not counted)."""
+    done: dict[int, dict] = {}
+    if not path.exists():
+        return done, 0
+    kept = 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(row, dict) or isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int):
+            raise CheckpointError(f"{path}:{number}: a results line without an integer 'index'; this file was not "
+                                  "written by 'eager-cpp run' (rerun with --overwrite)")
+        done[row["index"]] = row
+        kept = number
+    return done, kept
+
+
+def recorded_settings(results_path: PathArg) -> Optional[dict[str, Any]]:
+    """The run settings `eager-cpp run` recorded beside a results file (None: no sidecar there)."""
+    meta = os.fspath(results_path) + META_SUFFIX
+    if not os.path.lexists(meta):
+        return None
+    try:
+        recorded = json.loads(read_text(meta, "results metadata file"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta}: not a results metadata file (invalid JSON: {e})") from None
+    settings = recorded.get("recorded") or recorded.get("engine_settings") or recorded.get("settings") \
+        if isinstance(recorded, dict) else None  # "engine_settings": the name before 0.2
+    if not isinstance(settings, dict):
+        raise ValueError(f"{meta}: not a results metadata file (no 'settings' object)")
+    return settings
+
+
+class Checkpoint:
+    """The store of one `eager-cpp run` into `out` (module docstring).
+
+    key: the settings key; hashes: one `prompt_hash` per input line; staged_phase_a: phase (a) goes to
+    OUT.init.jsonl and the final results are written by `finish` (methods with reallocation).
+    """
+
+    def __init__(self, out: Path, key: dict[str, Any], hashes: list[str], staged_phase_a: bool) -> None:
+        self.out = out
+        self.meta_path = out.with_name(out.name + META_SUFFIX)
+        self.phase_a_path = out.with_name(out.name + ".init.jsonl") if staged_phase_a else out
+        self.final_separately = staged_phase_a
+        self.meta: dict[str, Any] = {"settings": key, "prompt_hashes": hashes, "complete": False}
+        self._file: Optional[TextIO] = None
+        self._stage: Optional[Path] = None
+
+    @staticmethod
+    def exists(out: Path) -> bool:
+        return out.exists() or out.with_name(out.name + META_SUFFIX).exists()
+
+    def start(self, resume: bool) -> dict[int, dict]:
+        """Open the store: fresh (staged, nothing replaced yet), or resumed after checking that the
+        interrupted run had this key and these prompts. Returns phase (a)'s rows already on disk."""
+        if not (resume and self.exists(self.out)):
+            self._stage = self.phase_a_path.with_name(self.phase_a_path.name + ".new")
+            self._file = open(self._stage, "w", encoding="utf-8")
+            return {}
+        if not self.meta_path.exists():
+            raise CheckpointError(f"{self.out} has no {self.meta_path.name}; it was not written by 'eager-cpp run'")
+        old = self._read_meta()
+        self._check_resume(old)
+        self.meta = dict(old, settings=self.meta["settings"], prompt_hashes=self.meta["prompt_hashes"])
+        done, kept = read_done(self.phase_a_path)
+        if self.phase_a_path.exists():  # drop a line cut by the interruption before appending after it
+            lines = self.phase_a_path.read_text(encoding="utf-8").splitlines()[:kept]
+            self.phase_a_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        self._write_meta()
+        self._file = open(self.phase_a_path, "a", encoding="utf-8")
+        return done
+
+    def chunk_done(self, rows: list[dict], recorded: Optional[dict[str, Any]] = None) -> None:
+        """Phase (a)'s rows of one chunk, durable before this returns; the first chunk of a fresh run
+        moves the staged file onto its place."""
+        assert self._file is not None, "start() first"
+        for row in rows:
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._stage is not None:
+            os.replace(self._stage, self.phase_a_path)  # the open file follows the rename
+            self._stage = None
+        if recorded is not None:
+            self.meta["recorded"] = recorded
+        self._write_meta()
+
+    def finish(self, rows: Optional[list[dict]], recorded: dict[str, Any]) -> None:
+        """The run is complete: the final results (when written separately) and the sidecar saying so."""
+        self.close()
+        if self._stage is not None:  # no chunk ran (no prompt was pending)
+            os.replace(self._stage, self.phase_a_path)
+            self._stage = None
+        if self.final_separately:
+            assert rows is not None
+            write_atomic(self.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self.meta["recorded"] = recorded
+        self.meta["complete"] = True
+        self._write_meta()
+
+    def close(self) -> None:
+        """Close the open results file; a staged file no chunk reached is removed (the old results stay)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abandon(self) -> None:
+        self.close()
+        if self._stage is not None:
+            self._stage.unlink(missing_ok=True)
+            self._stage = None
+
+    def _write_meta(self) -> None:
+        write_atomic(self.meta_path, json.dumps(self.meta, indent=2))
+
+    def _read_meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads(read_text(self.meta_path, "results metadata file"))
+            if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+                raise ValueError("no 'settings' object")
+            return meta
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {self.meta_path} ({e}); rerun with --overwrite to start over") from None
+
+    def _check_resume(self, old_meta: dict[str, Any]) -> None:
+        old, key, hashes = old_meta["settings"], self.meta["settings"], self.meta["prompt_hashes"]
+        diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+        if diff:
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"--resume with other settings than the interrupted run ({shown})")
+        old_hashes = old_meta.get("prompt_hashes")
+        if not isinstance(old_hashes, list):
+            raise CheckpointError(f"{self.meta_path} records no prompt hashes (written by an older eager-cpp); "
+                                  "rerun with --overwrite")
+        for number, (a, b) in enumerate(zip(old_hashes, hashes), start=1):
+            if a != b:
+                raise CheckpointError(f"--resume: prompt {number} of the input (or its answer) changed since the "
+                                      "interrupted run; rerun with --overwrite")

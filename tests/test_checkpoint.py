@@ -1,0 +1,118 @@
+"""The CLI's checkpoint store on its own (no model): staging, resume checks, cut lines, the sidecar."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import eager_cpp
+from eager_cpp.checkpoint import Checkpoint, CheckpointError, prompt_hash, read_done, recorded_settings
+
+KEY = {"method": "eager_init", "seed": 0, "chunk_size": 2}
+HASHES = [prompt_hash("a", None), prompt_hash("b", "B")]
+
+
+def row(index: int) -> dict:
+    return {"index": index, "prompt": f"p{index}", "prompt_tokens": 1, "answer": None, "steps": 1,
+            "sequences": [{"index": 0, "text": "x", "token_ids": [5], "own_tokens": [5], "entropies": [0.1],
+                           "parent": None, "branch_step": 0, "finish_reason": "length"}]}
+
+
+def test_prompt_hash_covers_the_prompt_and_its_answer():
+    assert prompt_hash("a", "1") == prompt_hash("a", "1")
+    assert len({prompt_hash("a", "1"), prompt_hash("a", "2"), prompt_hash("b", "1"), prompt_hash("a", None)}) == 4
+
+
+def test_a_fresh_run_replaces_the_old_results_only_once_a_chunk_is_on_disk(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("old\n")
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
+    assert store.start(resume=False) == {}
+    assert out.read_text() == "old\n" and not store.meta_path.exists()  # nothing replaced yet
+    store.chunk_done([row(0)], {"method": "eager_init"})
+    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0]
+    assert not (tmp_path / "r.jsonl.new").exists()
+    store.chunk_done([row(1)])
+    store.finish(None, {"method": "eager_init", "n_prompts": 2})
+    meta = json.loads(store.meta_path.read_text())
+    assert meta["complete"] is True and meta["settings"] == KEY and meta["prompt_hashes"] == HASHES
+    assert recorded_settings(out) == {"method": "eager_init", "n_prompts": 2}
+    assert eager_cpp.RunResult.from_jsonl(out).settings["n_prompts"] == 2  # the library asks the checkpoint
+
+
+def test_an_abandoned_fresh_run_leaves_the_old_results_and_no_staged_file(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("old\n")
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
+    store.start(resume=False)
+    store.abandon()
+    assert out.read_text() == "old\n" and list(tmp_path.iterdir()) == [out]
+
+
+def test_resume_keeps_complete_lines_and_drops_a_cut_one(tmp_path):
+    out = tmp_path / "r.jsonl"
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
+    store.start(resume=False)
+    store.chunk_done([row(0)])
+    store.close()
+    with open(out, "a", encoding="utf-8") as f:
+        f.write('{"index": 1, "trunc')  # an interruption mid-line
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
+    done = store.start(resume=True)
+    assert list(done) == [0]
+    store.chunk_done([row(1)])
+    store.close()
+    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1]
+
+
+def test_read_done_reads_without_rewriting(tmp_path):
+    path = tmp_path / "r.jsonl"
+    text = json.dumps(row(0)) + "\n" + '{"cut'
+    path.write_text(text)
+    done, kept = read_done(path)
+    assert list(done) == [0] and kept == 1 and path.read_text() == text
+    path.write_text('{"no_index": 1}\n')
+    with pytest.raises(CheckpointError, match="without an integer 'index'"):
+        read_done(path)
+
+
+def test_resume_refuses_other_settings_changed_prompts_and_a_foreign_file(tmp_path):
+    out = tmp_path / "r.jsonl"
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=True)
+    store.start(resume=False)
+    store.chunk_done([row(0)])
+    store.close()
+    assert (tmp_path / "r.jsonl.init.jsonl").exists() and not out.exists()  # phase (a) beside the final file
+    with pytest.raises(CheckpointError, match="other settings.*seed: 0 -> 1"):
+        Checkpoint(out, dict(KEY, seed=1), HASHES, staged_phase_a=True).start(resume=True)
+    with pytest.raises(CheckpointError, match="prompt 2 of the input"):
+        Checkpoint(out, KEY, [HASHES[0], prompt_hash("b", "C")], staged_phase_a=True).start(resume=True)
+    store.meta_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot read .*meta.json"):
+        Checkpoint(out, KEY, HASHES, staged_phase_a=True).start(resume=True)
+    store.meta_path.unlink()
+    out.write_text("")
+    with pytest.raises(CheckpointError, match="not written by 'eager-cpp run'"):
+        Checkpoint(out, KEY, HASHES, staged_phase_a=True).start(resume=True)
+
+
+def test_a_reallocating_run_writes_its_final_file_whole(tmp_path):
+    out = tmp_path / "r.jsonl"
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=True)
+    store.start(resume=False)
+    store.chunk_done([row(0), row(1)])
+    final = [dict(row(0), n_sequences=2), dict(row(1), n_sequences=2)]
+    store.finish(final, {"method": "eager_adapt"})
+    assert [json.loads(line) for line in out.read_text().splitlines()] == final
+    assert recorded_settings(out) == {"method": "eager_adapt"}
+
+
+def test_recorded_settings_reads_sidecars_of_older_versions(tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert recorded_settings(out) is None
+    (tmp_path / "r.jsonl.meta.json").write_text(json.dumps({"settings": {"seed": 1}, "engine_settings": {"seed": 2}}))
+    assert recorded_settings(out) == {"seed": 2}
+    (tmp_path / "r.jsonl.meta.json").write_text("[1]")
+    with pytest.raises(ValueError, match="no 'settings' object"):
+        recorded_settings(out)
