@@ -68,12 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def traced(model: Any, prompts: list[str], method: str, theta: float, args: argparse.Namespace) -> Any:
     """The same run on the engine directly, with every step recorded (RunResult has no step trace)."""
     from eager_cpp import _core
+    from eager_cpp.local import engine_config
 
     opts = eager_cpp.RunOptions.create(method=method, max_sequences=args.max_sequences, entropy_threshold=theta,
                                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                        seed=args.seed, stop=args.stop, max_live_sequences=args.max_live_sequences,
                                        share_prompt_prefixes=args.share)
-    cfg = opts.engine_config(model)
+    cfg = engine_config(opts, model)
     cfg.method = _core.Method.PARALLEL if method == "parallel" else _core.Method.EAGER_INIT
     cfg.trace_steps = True
     jobs = [_core.PromptJob(model.tokenize(p), args.max_sequences, theta, i) for i, p in enumerate(prompts)]

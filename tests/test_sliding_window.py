@@ -17,6 +17,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
+from eager_cpp.local import engine_config
 from conftest import load_jsonl
 
 WINDOW = 512  # the default model's sliding window (gemma3.attention.sliding_window)
@@ -30,7 +31,7 @@ def long_text_tokens(model, n: int) -> list[int]:
 
 
 def greedy_config(model, *, swa_full: bool, **kw):
-    cfg = eager_cpp.RunOptions.create(temperature=0.0, **kw).engine_config(model)
+    cfg = engine_config(eager_cpp.RunOptions.create(temperature=0.0, **kw), model)
     cfg.method = _core.Method.EAGER_INIT
     cfg.swa_full = swa_full
     cfg.n_threads = 2
