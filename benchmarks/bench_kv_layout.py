@@ -154,7 +154,7 @@ def main() -> None:
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     rng = np.random.default_rng(0)
     # Ordinary token ids (not control tokens), different for every sequence: no cell is shared.
-    tokens = rng.integers(1000, min(n_vocab, 60000), size=(args.sequences, max(args.lengths) + 64 * len(args.lengths)))
+    tokens = rng.integers(1000, min(n_vocab, 60000), size=(args.sequences, max(args.lengths) + args.steps * len(args.lengths)))
     print(f"{args.sequences} sequences, lengths {args.lengths}, {args.steps} timed steps each, "
           f"{args.threads} threads, n_swa {llama_cpp.llama_model_n_swa(model_ptr)}\n", flush=True)
     rows = []
