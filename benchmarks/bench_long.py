@@ -43,7 +43,7 @@ CHILD = textwrap.dedent("""
     s = r.stats
     print(json.dumps(dict(wall=wall, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           tokens=s.generated_tokens, sequences=s.sequences, kv_cells=s.kv_cells,
-                          peak_kv_cells=s.peak_kv_cells, preemptions=s.preemptions,
+                          peak_kv_cells=s.peak_kv_cells, kv_grows=s.kv_grows, preemptions=s.preemptions,
                           recomputed=s.recomputed_tokens, decode_s=s.decode_seconds,
                           lengths=sorted({len(q.token_ids) for p in r.prompts for q in p.sequences}))))
 """)
@@ -75,7 +75,8 @@ def part_a(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 results.append(row)
                 print(f"{method:10s} M={m:2d} budget={budget:5d}: " +
                       (got.get("error") or f"wall {got['wall']:.1f} s, RSS {got['rss_mib']:.0f} MiB, "
-                       f"{got['tokens']} tokens, KV cells {got['kv_cells']} (peak {got['peak_kv_cells']}), "
+                       f"{got['tokens']} tokens, KV cells {got['kv_cells']} (peak {got['peak_kv_cells']}, "
+                       f"grown {got['kv_grows']}x), "
                        f"preemptions {got['preemptions']}"), flush=True)
     print(table(["method", "M", "budget", "wall s", "wall/16", "RSS MiB", "RSS/16", "tokens", "KV cells", "target"],
                 [[r["method"], r["M"], r["max_new_tokens"], r.get("wall"), r.get("wall_ratio"), r.get("rss_mib"),

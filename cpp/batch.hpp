@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "context_handle.hpp"
 #include "errors.hpp"
 #include "llama.h"
 
@@ -58,8 +59,8 @@ private:
 // KV buffer (gigabytes with a long-budget kv_memory), and stale values in empty cells are finite and
 // masked out of every attention. A run that threw (non-finite logits, say) zeroes the data too.
 struct MemoryGuard {
-    llama_memory_t mem;
-    ~MemoryGuard() { llama_memory_clear(mem, std::uncaught_exceptions() > 0); }
+    ContextHandle ctx;  // the context at the end of the run: a run may have grown it (Model::grow_context)
+    ~MemoryGuard() { llama_memory_clear(ctx.memory(), std::uncaught_exceptions() > 0); }
 };
 
 }  // namespace eager

@@ -30,7 +30,7 @@ ForkProbe probe_fork(Model & model, const std::vector<int32_t> & prefix, const s
     shape.n_threads = n_threads;
     llama_context * ctx = model.acquire_context(shape);
     llama_memory_t mem = llama_get_memory(ctx);
-    MemoryGuard guard{mem};
+    MemoryGuard guard{model.context()};
     Batch batch(static_cast<int32_t>(shape.n_batch));
     ForkProbe probe;
     for (size_t i = 0; i < prefix.size(); ++i) batch.add(prefix[i], static_cast<int32_t>(i), 0, i + 1 == prefix.size());
@@ -74,7 +74,7 @@ std::vector<DeviceRowProbe> probe_device_topk(Model & model, const std::vector<s
     shape.n_threads = n_threads;
     llama_context * ctx = model.acquire_context(shape);
     llama_memory_t mem = llama_get_memory(ctx);
-    MemoryGuard guard{mem};
+    MemoryGuard guard{model.context()};
 
     Batch batch(total);
     std::vector<int32_t> rows;

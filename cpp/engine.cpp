@@ -35,7 +35,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 class Engine {
 public:
     Engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs, const ProgressFn & progress,
-           llama_context * ctx, int64_t cells, const AnchorPlan & anchor);
+           int64_t cells, int64_t ceiling, const AnchorPlan & anchor);
 
     RunOutput run();
 
@@ -58,7 +58,7 @@ private:
     const EngineConfig & cfg_;
     const std::vector<PromptJob> & jobs_;
     const ProgressFn & progress_;
-    llama_context * ctx_;
+    ContextHandle ctx_;
     const int n_seq_max_;
     const BranchPolicy policy_;
     Batch batch_;
@@ -79,20 +79,19 @@ private:
 };
 
 Engine::Engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-               const ProgressFn & progress, llama_context * ctx, int64_t cells, const AnchorPlan & anchor)
-    : model_(model), cfg_(config), jobs_(jobs), progress_(progress), ctx_(ctx),
-      n_seq_max_(static_cast<int>(llama_n_seq_max(ctx))),
+               const ProgressFn & progress, int64_t cells, int64_t ceiling, const AnchorPlan & anchor)
+    : model_(model), cfg_(config), jobs_(jobs), progress_(progress), ctx_(model.context()),
+      n_seq_max_(static_cast<int>(llama_n_seq_max(ctx_.get()))),
       policy_(config.method, config.threshold_mode, config.no_branch_window),
-      batch_(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx), n_seq_max_))),
+      batch_(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx_.get()), n_seq_max_))),
       out_{std::vector<PromptResult>(jobs.size()), RunStats{}},
       admission_(config.method, config.max_live_sequences, config.max_new_tokens,
-                 anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, cells),
-      table_(model, config, jobs, out_, llama_get_memory(ctx), anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_),
-      prefill_(ctx, batch_, PrefixAnchor(anchor.id, llama_model_n_swa(model.model()))),
+                 anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, ceiling),
+      table_(model, config, jobs, out_, ctx_, anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_),
+      prefill_(ctx_, batch_, PrefixAnchor(anchor.id, llama_model_n_swa(model.model()))),
       rows_(config, model.n_vocab(), std::max(1, model.context_shape().n_threads)),
-      seeds_(model, config, ctx, table_, prefill_, rows_, out_.stats),
-      kv_(ctx, cells, table_, prefill_, out_.stats, anchor.reserved) {
-    out_.stats.kv_cells = cells;
+      seeds_(model, config, ctx_, table_, prefill_, rows_, out_.stats),
+      kv_(model, cells, ceiling, table_, prefill_, out_.stats, anchor.reserved) {
     if (cfg_.trace_steps && KvTraceLog::enabled()) kv_trace_ = std::make_unique<KvTraceLog>();
 }
 
@@ -133,6 +132,7 @@ void Engine::admit(int prompt) {
     admission_.admitted(job);
     table_.prompt(prompt).status = PromptStatus::Running;
     out_.prompts[prompt].prompt_tokens = static_cast<int>(job.tokens.size());
+    kv_.reserve_beside(in_flight_, start_cells(cfg_, job));  // a growing cache makes room for the prefill first
     out_.stats.prompt_tokens += static_cast<int64_t>(job.tokens.size());
     if (job.seeds.empty()) return start_root(prompt);
 
@@ -193,7 +193,7 @@ std::vector<int> Engine::decode_running() {
         out_.stats.bookkeeping_seconds += seconds_since(t0);
         const auto t1 = Clock::now();
         if (kv_trace_) kv_trace_->take();  // what admission's prefills logged is not this step's
-        const bool decoded = batch_.try_decode(ctx_, "generation");
+        const bool decoded = batch_.try_decode(ctx_.get(), "generation");
         const double decode_s = seconds_since(t1);
         out_.stats.decode_seconds += decode_s;
         if (!decoded) {
@@ -220,7 +220,7 @@ void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> 
         draws[i] = seq.rng.uniform();
     }
     const auto t0 = Clock::now();
-    const std::vector<RowResult> & results = rows_.compute(ctx_, output_rows, requests, draws,
+    const std::vector<RowResult> & results = rows_.compute(ctx_.get(), output_rows, requests, draws,
                                                            out_.stats.device_dropped_mass_max);
     out_.stats.row_kernel_seconds += seconds_since(t0);
 
@@ -320,10 +320,10 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     const ContextShape shape = plan_context(config, jobs, kv);
     check_budget(config, jobs, shape.n_ctx, kv);
     llama_context * ctx = model.acquire_context(shape);
-    MemoryGuard guard{llama_get_memory(ctx)};
+    MemoryGuard guard{model.context()};
     // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
     const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx);
-    Engine engine(model, config, jobs, on_progress, ctx, shape.n_ctx, anchor);
+    Engine engine(model, config, jobs, on_progress, shape.n_ctx, plan_kv_ceiling(config, kv, shape.n_ctx), anchor);
     return engine.run();
 }
 
@@ -338,7 +338,7 @@ double bench_bare_decode(Model & model, const std::vector<int32_t> & prompt, int
     shape.n_threads = n_threads;
     llama_context * ctx = model.acquire_context(shape);
     llama_memory_t mem = llama_get_memory(ctx);
-    MemoryGuard guard{mem};
+    MemoryGuard guard{model.context()};
     Batch batch(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx), n_sequences)));
     const int32_t n = static_cast<int32_t>(prompt.size());
     for (int32_t begin = 0; begin < n; begin += batch.capacity()) {

@@ -113,7 +113,8 @@ struct RunStats {
     int64_t shared_prompt_tokens = 0;  // prompt tokens not prefilled: copied from an earlier prompt's cells
     int64_t reprocessed_tokens = 0;  // seed prefixes decoded again (their shared parts once)
     int max_live_sequences = 0;
-    int64_t kv_cells = 0;            // the context's KV cells (what kv_memory bought)
+    int64_t kv_cells = 0;            // the KV cells the run could use at its end (what kv_memory bought, or "auto" grew to)
+    int64_t kv_grows = 0;            // times kv_memory "auto" doubled the cache because the run needed more cells
     int64_t peak_kv_cells = 0;       // the most cells the sequences held at once (the anchor's included)
     int64_t preemptions = 0;         // prompts (or, in the only prompt running, sequences) paused for memory
     int64_t recomputed_tokens = 0;   // tokens prefilled again when paused sequences resumed (not #T)

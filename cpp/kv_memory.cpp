@@ -60,11 +60,29 @@ double kv_bytes_per_cell(const Model & model) {
     return 2.0 * llama_model_n_layer(m) * llama_model_n_head_kv(m) * static_cast<double>(k + v);
 }
 
-KvMemory::KvMemory(llama_context * ctx, int64_t cells, SequenceTable & table, Prefill & prefill, RunStats & stats,
-                   int64_t anchor_cells)
-    : ctx_(ctx), mem_(llama_get_memory(ctx)), table_(table), prefill_(prefill), stats_(stats),
-      capacity_(cells), anchor_cells_(anchor_cells),
-      n_swa_(llama_model_n_swa(llama_get_model(ctx))) {}
+KvMemory::KvMemory(Model & model, int64_t cells, int64_t ceiling, SequenceTable & table, Prefill & prefill,
+                   RunStats & stats, int64_t anchor_cells)
+    : model_(model), ctx_(model.context()), table_(table), prefill_(prefill), stats_(stats),
+      capacity_(cells), ceiling_(std::max(cells, ceiling)), anchor_cells_(anchor_cells),
+      n_swa_(llama_model_n_swa(model.model())) {
+    stats_.kv_cells = capacity_;
+}
+
+bool KvMemory::reserve(int64_t cells) {
+    if (cells <= capacity_) return true;
+    if (cells > ceiling_) return false;
+    // Doubling keeps the copies few (each moves only the cells in use); the capacity, not the size of
+    // a context reused from an earlier run, decides, so a run grows at the same steps either way.
+    capacity_ = std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
+    model_.grow_context(static_cast<uint32_t>(capacity_));
+    stats_.kv_cells = capacity_;
+    ++stats_.kv_grows;
+    return true;
+}
+
+bool KvMemory::reserve_beside(const std::vector<int> & in_flight, int64_t more) {
+    return reserve(std::min(ceiling_, cells_held(in_flight) + more + table_.running_count()));
+}
 
 int64_t KvMemory::cells_held(const std::vector<int> & in_flight) const {
     return table_.cells_held(in_flight) + anchor_cells_;
@@ -73,12 +91,14 @@ int64_t KvMemory::cells_held(const std::vector<int> & in_flight) const {
 int64_t KvMemory::make_room(const std::vector<int> & in_flight) {
     for (;;) {
         const int64_t after_step = cells_held(in_flight) + table_.running_count();
-        if (after_step <= capacity_) return after_step;
+        if (reserve(after_step)) return after_step;
         preempt(in_flight);
     }
 }
 
 void KvMemory::preempt(const std::vector<int> & in_flight) {
+    // A cache that may still grow grows instead (llama.cpp found no slot where the count saw room).
+    if (reserve(capacity_ + 1)) return;
     // The latest admitted prompt that still runs gives way, as vLLM preempts its newest request. When
     // it is the only one running, its youngest sequence does (its tree then advances out of lockstep).
     int victim = -1, running_prompts = 0;
@@ -120,12 +140,13 @@ void KvMemory::resume(const std::vector<int> & in_flight) {
         const int64_t whole = table_.cells_held({prompt}, true) - table_.cells_held({prompt});
         const bool all = fits(in_flight, whole + st.paused);
         if (!all && table_.running_count() > 0 && st.paused == st.live) return;  // wait, keeping admission order
+        if (all) reserve_beside(in_flight, whole + st.paused);
         // Parents before children (creation order), so a child copies the prefix its parent recomputed.
         for (int slot = 0; slot < table_.size(); ++slot) {
             if (table_[slot].prompt != prompt || !table_[slot].paused) continue;
-            if (!all && table_.running_count() > 0 &&
-                !fits(in_flight, table_[slot].n_past - recompute_from(slot) + 1))
-                return;
+            const int64_t need = table_[slot].n_past - recompute_from(slot) + 1;
+            if (!all && table_.running_count() > 0 && !fits(in_flight, need)) return;
+            reserve_beside(in_flight, need);
             resume_sequence(slot);
         }
         --paused_prompts_;
@@ -133,7 +154,7 @@ void KvMemory::resume(const std::vector<int> & in_flight) {
 }
 
 bool KvMemory::fits(const std::vector<int> & in_flight, int64_t more) const {
-    return cells_held(in_flight) + more + table_.running_count() <= capacity_ * (1.0 - kKvWatermark);
+    return cells_held(in_flight) + more + table_.running_count() <= ceiling_ * (1.0 - kKvWatermark);
 }
 
 int64_t KvMemory::recompute_from(int slot, llama_seq_id * source) const {
@@ -146,7 +167,7 @@ int64_t KvMemory::recompute_from(int slot, llama_seq_id * source) const {
             if (table_[s].prompt == table_[slot].prompt && !table_[s].paused) from = s;
         shared = from >= 0 ? static_cast<int32_t>(table_.job(table_[slot].prompt).tokens.size()) : 0;
     }
-    if (from < 0 || !copy_is_whole(mem_, table_[from].id, shared, n_swa_)) return 0;
+    if (from < 0 || !copy_is_whole(ctx_.memory(), table_[from].id, shared, n_swa_)) return 0;
     if (source != nullptr) *source = table_[from].id;
     return shared;
 }
@@ -155,7 +176,7 @@ void KvMemory::resume_sequence(int slot) {
     llama_seq_id source = -1;
     const int64_t shared = recompute_from(slot, &source);
     LiveSequence & seq = table_[slot];
-    if (shared > 0) llama_memory_seq_cp(mem_, source, seq.id, 0, static_cast<llama_pos>(shared));
+    if (shared > 0) llama_memory_seq_cp(ctx_.memory(), source, seq.id, 0, static_cast<llama_pos>(shared));
     const std::vector<int32_t> tokens = table_.kv_tokens(slot);
     prefill_.tokens(tokens, static_cast<size_t>(shared), static_cast<int32_t>(shared), seq.id,
                     "recomputing a preempted sequence");

@@ -1,5 +1,7 @@
-// The KV cache as a memory budget. The context is created once with the cells a byte budget buys
-// (EngineConfig::kv_memory, or a share of the memory available), never sized from M x max_new_tokens.
+// The KV cache as a memory budget. With a byte budget (EngineConfig::kv_memory) or n_ctx the context
+// is created once with the cells it buys; with "auto" it starts small and doubles when the run needs
+// more cells, up to a share of the memory available (Model::grow_context moves the cells over), so
+// memory follows what the run holds, never M x max_new_tokens.
 // The cells the run's trees hold are counted from the sequence table; when the next step would not
 // fit, the latest admitted prompt is preempted: its sequences are paused and their cells freed, and
 // later recomputed (the prompt and each sequence's tokens prefilled again, a shared tree prefix copied
@@ -10,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "context_handle.hpp"
 #include "engine.hpp"
 #include "prefill.hpp"
 #include "sequence_table.hpp"
@@ -27,11 +30,18 @@ double kv_bytes_per_cell(const Model & model);
 
 class KvMemory {
 public:
-    // cells: the run's budget (the context may be larger when reused); anchor_cells: the prefix anchor's.
-    KvMemory(llama_context * ctx, int64_t cells, SequenceTable & table, Prefill & prefill, RunStats & stats,
-             int64_t anchor_cells);
+    // cells: the cells the run starts with (the context may be larger when reused); ceiling: the most
+    // it may grow to (its budget; = cells when fixed); anchor_cells: the prefix anchor's.
+    KvMemory(Model & model, int64_t cells, int64_t ceiling, SequenceTable & table, Prefill & prefill,
+             RunStats & stats, int64_t anchor_cells);
 
     int64_t capacity() const { return capacity_; }
+    int64_t ceiling() const { return ceiling_; }
+    // Grows the cache (doubling, up to the ceiling) until it has `cells`; false when the ceiling is lower.
+    bool reserve(int64_t cells);
+    // reserve() for `more` cells beside what the prompts in flight hold and one step of every running
+    // sequence, or as many as the ceiling allows.
+    bool reserve_beside(const std::vector<int> & in_flight, int64_t more);
     // Cells the sequences of the prompts in flight hold, and the anchor's.
     int64_t cells_held(const std::vector<int> & in_flight) const;
     bool any_paused() const { return paused_prompts_ > 0; }
@@ -55,12 +65,13 @@ private:
     // Cells a paused sequence can copy from a running relative (and from which, when `source`).
     int64_t recompute_from(int slot, llama_seq_id * source = nullptr) const;
 
-    llama_context * ctx_;
-    llama_memory_t mem_;
+    Model & model_;
+    ContextHandle ctx_;
     SequenceTable & table_;
     Prefill & prefill_;
     RunStats & stats_;
     int64_t capacity_;
+    int64_t ceiling_;
     int64_t anchor_cells_;
     int n_swa_;
     int paused_prompts_ = 0;

@@ -248,39 +248,42 @@ std::string Model::apply_chat_template(const std::vector<std::pair<std::string, 
     return std::string(buf.data(), n);
 }
 
+void Model::create_context(const ContextShape & shape) {
+    if (ctx_ != nullptr) {
+        llama_free(ctx_);
+        ctx_ = nullptr;
+        device_.detach(nullptr);
+    }
+    llama_context_params params = llama_context_default_params();
+    params.n_ctx = shape.n_ctx;
+    params.n_batch = shape.n_batch;
+    params.n_ubatch = shape.n_batch;  // a whole step is one micro-batch
+    params.n_seq_max = shape.n_seq_max;
+    params.n_threads = shape.n_threads;
+    params.n_threads_batch = shape.n_threads;
+    // A fork then only tags the parent's KV cells with the child's id: no tensor copy.
+    params.kv_unified = true;
+    params.swa_full = shape.swa_full;
+    params.no_perf = true;
+    // The engine never asks for two outputs of one sequence in a step; saying so keeps the
+    // device samplers' graph and buffers to one row per sequence.
+    params.n_outputs_max_per_seq = 1;
+    ctx_ = llama_init_from_model(model_, params);
+    if (ctx_ == nullptr)
+        throw LlamaError("llama.cpp could not create a context with " + std::to_string(shape.n_ctx) +
+                         " KV cells; reduce max_sequences, max_new_tokens or n_ctx");
+    shape_ = shape;
+    shape_.n_ctx = llama_n_ctx(ctx_);
+    shape_.device = DeviceTopKParams{};
+}
+
 llama_context * Model::acquire_context(const ContextShape & wanted) {
     ContextShape shape = wanted;
     if (shape.n_threads <= 0) shape.n_threads = default_threads();
     const bool fits = ctx_ != nullptr && shape_.n_ctx >= shape.n_ctx && shape_.n_seq_max >= shape.n_seq_max &&
                       shape_.n_batch >= shape.n_batch && shape_.n_threads == shape.n_threads &&
                       shape_.swa_full == shape.swa_full;
-    if (!fits) {
-        if (ctx_ != nullptr) {
-            llama_free(ctx_);
-            ctx_ = nullptr;
-            device_.detach(nullptr);
-        }
-        llama_context_params params = llama_context_default_params();
-        params.n_ctx = shape.n_ctx;
-        params.n_batch = shape.n_batch;
-        params.n_ubatch = shape.n_batch;  // a whole step is one micro-batch
-        params.n_seq_max = shape.n_seq_max;
-        params.n_threads = shape.n_threads;
-        params.n_threads_batch = shape.n_threads;
-        // A fork then only tags the parent's KV cells with the child's id: no tensor copy.
-        params.kv_unified = true;
-        params.swa_full = shape.swa_full;
-        params.no_perf = true;
-        // The engine never asks for two outputs of one sequence in a step; saying so keeps the
-        // device samplers' graph and buffers to one row per sequence.
-        params.n_outputs_max_per_seq = 1;
-        ctx_ = llama_init_from_model(model_, params);
-        if (ctx_ == nullptr)
-            throw LlamaError("llama.cpp could not create a context with " + std::to_string(shape.n_ctx) +
-                             " KV cells; reduce max_sequences, max_new_tokens or n_ctx");
-        shape_ = shape;
-        shape_.n_ctx = llama_n_ctx(ctx_);
-    }
+    if (!fits) create_context(shape);
     // Samplers change without a new context: attaching only rebuilds the compute graph.
     if (shape.device.enabled && (!device_.attached() || device_.params() != shape.device)) {
         device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
@@ -291,6 +294,25 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
     // A new context's buffer is zeroed by llama.cpp; a reused one was cleared after its last run (batch.hpp).
     llama_memory_clear(llama_get_memory(ctx_), false);
     return ctx_;
+}
+
+void Model::grow_context(uint32_t n_ctx) {
+    if (ctx_ == nullptr) throw LlamaError("no context to grow");
+    if (llama_n_ctx(ctx_) >= n_ctx) return;
+    // The whole cache (sequence id -1): every used cell with its position and all its sequences, so
+    // cells that several sequences share stay shared. The old context goes before the new one is
+    // made, so the two are never held at once.
+    const size_t size = llama_state_seq_get_size(ctx_, -1);
+    std::vector<uint8_t> cells(size);
+    if (size == 0 || llama_state_seq_get_data(ctx_, cells.data(), size, -1) != size)
+        throw LlamaError("could not copy the KV cache out to grow it to " + std::to_string(n_ctx) + " cells");
+    ContextShape shape = shape_;
+    shape.n_ctx = n_ctx;
+    create_context(shape);
+    if (shape.device.enabled) device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
+    shape_.device = shape.device;
+    if (llama_state_seq_set_data(ctx_, cells.data(), size, -1) != size)
+        throw LlamaError("could not copy the KV cache back into a context of " + std::to_string(n_ctx) + " cells");
 }
 
 std::vector<std::string> builtin_chat_templates() {

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "context_handle.hpp"
 #include "cpu_buffers.hpp"
 #include "device_topk.hpp"
 
@@ -74,8 +75,16 @@ public:
     // A context with at least this shape, created or reused; its memory is cleared.
     llama_context * acquire_context(const ContextShape & shape);
     const ContextShape & context_shape() const { return shape_; }
+    // The context slot, for the parts of a run: grow_context replaces the context it holds.
+    ContextHandle context() const { return ContextHandle(ctx_); }
+    // Gives the current context at least n_ctx KV cells, keeping what its cache holds: the cells are
+    // copied out (llama.cpp's whole-cache state, every cell with its sequences and position), the
+    // context is recreated at the new size and the cells copied back in, in their order, from cell 0.
+    void grow_context(uint32_t n_ctx);
 
 private:
+    void create_context(const ContextShape & shape);
+
     std::string path_;
     bool offloaded_ = false;
     CpuBufferPlan cpu_plan_;

@@ -12,13 +12,13 @@ int32_t Prefill::tokens(const std::vector<int32_t> & tokens, size_t begin, int32
         const size_t end = std::min(n, at + static_cast<size_t>(batch_.capacity()));
         batch_.clear();
         for (size_t i = at; i < end; ++i) last_row = batch_.add(tokens[i], pos + static_cast<int32_t>(i - begin), id, i == n - 1);
-        batch_.decode(ctx_, what);
+        batch_.decode(ctx_.get(), what);
     }
     return last_row;
 }
 
 int32_t Prefill::prompt(const std::vector<int32_t> & prompt, llama_seq_id id, RunStats & stats) {
-    llama_memory_t mem = llama_get_memory(ctx_);
+    llama_memory_t mem = ctx_.memory();
     const size_t shared = anchor_.shareable(mem, prompt);
     anchor_.copy_to(mem, id, shared);
     const int32_t row = tokens(prompt, shared, static_cast<int32_t>(shared), id, "prompt prefill");

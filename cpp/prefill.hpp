@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "batch.hpp"
+#include "context_handle.hpp"
 #include "engine.hpp"
 #include "prefix_anchor.hpp"
 
@@ -14,7 +15,7 @@ namespace eager {
 
 class Prefill {
 public:
-    Prefill(llama_context * ctx, Batch & batch, PrefixAnchor anchor)
+    Prefill(ContextHandle ctx, Batch & batch, PrefixAnchor anchor)
         : ctx_(ctx), batch_(batch), anchor_(std::move(anchor)) {}
 
     // tokens[begin..] at positions pos.. of sequence `id`, logits for the last one; returns its output row.
@@ -25,7 +26,7 @@ public:
     int32_t prompt(const std::vector<int32_t> & prompt, llama_seq_id id, RunStats & stats);
 
 private:
-    llama_context * ctx_;
+    ContextHandle ctx_;
     Batch & batch_;
     PrefixAnchor anchor_;
 };

@@ -20,6 +20,14 @@ int64_t min_cells(const EngineConfig & config, const PromptJob & job) {
     return static_cast<int64_t>(job.tokens.size() + prefix) + first;
 }
 
+int64_t start_cells(const EngineConfig & config, const PromptJob & job) {
+    int64_t prefixes = 0;
+    for (const BranchSeed & seed : job.seeds) prefixes += static_cast<int64_t>(seed.prefix.size());
+    const int first = config.method == Method::Parallel ? job.max_sequences
+                                                         : std::max<int>(1, static_cast<int>(job.seeds.size()));
+    return static_cast<int64_t>(job.tokens.size()) + prefixes + first;
+}
+
 float entropy_temperature(const EngineConfig & config) {
     const float t = config.sampling.temperature;
     return config.entropy_after_temperature && t > 0.0f ? t : 1.0f;
@@ -120,14 +128,18 @@ int64_t largest_min_cells(const EngineConfig & cfg, const std::vector<PromptJob>
     return most;
 }
 
-// "auto": what the first admissions' prompts and max_live_sequences sequences of a bounded length need,
+int64_t auto_share_cells(const KvSizing & kv) {
+    return static_cast<int64_t>(kAutoKvShare * kv.available_bytes / std::max(1.0, kv.bytes_per_cell));
+}
+
+// "auto" starts with what the first admissions' prompts and max_live_sequences short sequences need,
 // within a share of the memory available; never less than the largest job needs to start.
 int64_t auto_cells(const EngineConfig & cfg, const std::vector<PromptJob> & jobs, uint32_t n_seq_max,
                    const KvSizing & kv, bool anchor) {
-    const int64_t length = std::min<int64_t>(cfg.max_new_tokens, kAutoSequenceTokens);
+    const int64_t length = std::min<int64_t>(cfg.max_new_tokens, kAutoStartTokens);
     int64_t cells = first_wave_prompt_cells(cfg, jobs, n_seq_max) + cfg.max_live_sequences * length;
     if (anchor) cells += static_cast<int64_t>(longest_prompt(jobs));  // the anchor may outlive the prompt it copied
-    const int64_t share = static_cast<int64_t>(kAutoKvShare * kv.available_bytes / std::max(1.0, kv.bytes_per_cell));
+    const int64_t share = auto_share_cells(kv);
     const int64_t least = largest_min_cells(cfg, jobs) + (anchor ? static_cast<int64_t>(longest_prompt(jobs)) : 0);
     return std::max(std::min(cells, share), least);
 }
@@ -178,6 +190,11 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
         shape.n_ctx = round_up_cells(auto_cells(config, jobs, shape.n_seq_max, kv, anchor));
     }
     return shape;
+}
+
+int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32_t n_ctx) {
+    if (config.n_ctx > 0 || config.kv_memory > 0) return n_ctx;
+    return std::max<int64_t>(n_ctx, auto_share_cells(kv) / kCellPadding * kCellPadding);
 }
 
 AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx) {

@@ -13,10 +13,11 @@ namespace eager {
 
 constexpr uint32_t kBatchTokens = 512;  // tokens per llama_decode call (prefill chunks; a whole step is one)
 constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this many cells
-// kv_memory "auto": at most this share of the memory available, and no more than the prompts of the
-// first admissions and max_live_sequences sequences of at most kAutoSequenceTokens tokens need.
+// kv_memory "auto": the cache starts with what the prompts of the first admissions and
+// max_live_sequences sequences of kAutoStartTokens tokens (or max_new_tokens, when fewer) need, and
+// doubles when the run needs more cells, up to this share of the memory available.
 constexpr double kAutoKvShare = 0.25;
-constexpr int64_t kAutoSequenceTokens = 4096;
+constexpr int64_t kAutoStartTokens = 64;
 // Admission and resumption keep this share of the cells free for the growth they did not project.
 constexpr double kKvWatermark = 0.01;
 
@@ -26,6 +27,9 @@ uint32_t round_up_cells(int64_t cells);
 // The fewest cells a job needs to start: its prompt, its seeds' longest prefix, one step for each of
 // its first sequences.
 int64_t min_cells(const EngineConfig & config, const PromptJob & job);
+// The most cells a job's start may take: its prompt, every seed's whole prefix (a copied common start
+// counted again), one step for each of its first sequences.
+int64_t start_cells(const EngineConfig & config, const PromptJob & job);
 
 // What the KV budget is measured in: the model's bytes per cell, the memory "auto" may take a share of.
 struct KvSizing {
@@ -47,9 +51,13 @@ void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jo
 // Prefix sharing is planned when it is on and there is a later prompt to share with.
 bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs);
 
-// The context the run asks for: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
-// buys, or "auto" gives (kAutoKvShare, kAutoSequenceTokens): never sized from M x max_new_tokens.
+// The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
+// buys, or "auto" starts with (kAutoStartTokens): never sized from M x max_new_tokens.
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
+
+// The most cells the run's cache may grow to: n_ctx and kv_memory fix it at the context's `n_ctx`;
+// "auto" at kAutoKvShare of the memory available, never below `n_ctx`.
+int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32_t n_ctx);
 
 // Where the anchor lives once the context exists: the last sequence id and the cells of the longest
 // prompt, when every job still finds its ids and the cells to start beside it.

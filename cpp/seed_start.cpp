@@ -73,7 +73,7 @@ int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> &
     const std::vector<int32_t> & before = job.seeds[previous].prefix;
     const auto [a, b] = std::mismatch(before.begin(), before.end(), seed.prefix.begin(), seed.prefix.end());
     const size_t common = static_cast<size_t>(b - seed.prefix.begin());
-    llama_memory_t mem = llama_get_memory(ctx_);
+    llama_memory_t mem = ctx_.memory();
     const llama_seq_id from = table_[slots[previous]].id;
     if (common == seed.prefix.size() && a == before.end()) {  // the same point: the whole sequence
         llama_memory_seq_cp(mem, from, id, -1, -1);
@@ -102,7 +102,7 @@ void SeedStart::take_first_token(int slot, const BranchSeed & seed, int32_t row,
     seq.generated = static_cast<int>(seed.prefix.size());
     seq.n_past = n_prompt + seq.generated;
     seq.past_marker = !cfg_.think_end_marker.empty() && res.text.find(cfg_.think_end_marker) != std::string::npos;
-    if (row >= 0) rows_.top_of_row(ctx_, row, ranked, top, entropy);
+    if (row >= 0) rows_.top_of_row(ctx_.get(), row, ranked, top, entropy);
     TopK allowed = top;
     allowed.size = allowed_by_filters(top, cfg_.sampling);
     const int32_t token = nth_not_excluded(allowed, seed.exclude, seed.rank);

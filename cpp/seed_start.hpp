@@ -19,7 +19,7 @@ namespace eager {
 
 class SeedStart {
 public:
-    SeedStart(const Model & model, const EngineConfig & config, llama_context * ctx, SequenceTable & table,
+    SeedStart(const Model & model, const EngineConfig & config, ContextHandle ctx, SequenceTable & table,
               Prefill & prefill, const RowWork & rows, RunStats & stats)
         : model_(model), cfg_(config), ctx_(ctx), table_(table), prefill_(prefill), rows_(rows), stats_(stats),
           n_swa_(llama_model_n_swa(model.model())) {}
@@ -37,7 +37,7 @@ private:
 
     const Model & model_;
     const EngineConfig & cfg_;
-    llama_context * ctx_;
+    ContextHandle ctx_;
     SequenceTable & table_;
     Prefill & prefill_;
     const RowWork & rows_;

@@ -17,8 +17,8 @@ size_t find_from(const std::string & text, const std::string & needle, size_t ap
 }  // namespace
 
 SequenceTable::SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-                             RunOutput & out, llama_memory_t mem, int n_ids)
-    : model_(model), cfg_(config), jobs_(jobs), out_(out), mem_(mem), state_(jobs.size()) {
+                             RunOutput & out, ContextHandle ctx, int n_ids)
+    : model_(model), cfg_(config), jobs_(jobs), out_(out), ctx_(ctx), state_(jobs.size()) {
     for (int id = n_ids - 1; id >= 0; --id) free_ids_.push_back(id);  // lowest ids first
 }
 
@@ -42,7 +42,7 @@ int SequenceTable::create(int prompt, int parent_slot) {
         seq.n_past = parent.n_past;
         seq.generated = parent.generated;
         seq.past_marker = parent.past_marker;
-        llama_memory_seq_cp(mem_, parent.id, seq.id, -1, -1);
+        llama_memory_seq_cp(ctx_.memory(), parent.id, seq.id, -1, -1);
     }
     pr.sequences.push_back(std::move(result));
     ++st.n_sequences;
@@ -54,7 +54,7 @@ int SequenceTable::create(int prompt, int parent_slot) {
 }
 
 void SequenceTable::share_cells(int from_slot, int to_slot) {
-    llama_memory_seq_cp(mem_, live_[from_slot].id, live_[to_slot].id, -1, -1);
+    llama_memory_seq_cp(ctx_.memory(), live_[from_slot].id, live_[to_slot].id, -1, -1);
 }
 
 void SequenceTable::append(LiveSequence & seq, int32_t token, float entropy) {
@@ -98,7 +98,7 @@ SequenceTable::Released SequenceTable::release_finished() {
             continue;
         }
         // Freed cells return to the pool once no sequence holds them; the id is reused.
-        llama_memory_seq_rm(mem_, seq.id, -1, -1);
+        llama_memory_seq_rm(ctx_.memory(), seq.id, -1, -1);
         free_ids_.push_back(seq.id);
         --live_count_;
         out.lengths.push_back(seq.generated);
@@ -147,7 +147,7 @@ int64_t SequenceTable::cells_held(const std::vector<int> & prompts, bool with_pa
 
 void SequenceTable::pause(int slot) {
     LiveSequence & seq = live_[slot];
-    llama_memory_seq_rm(mem_, seq.id, -1, -1);
+    llama_memory_seq_rm(ctx_.memory(), seq.id, -1, -1);
     seq.paused = true;
     ++state_[seq.prompt].paused;
     ++paused_count_;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "branch_policy.hpp"
+#include "context_handle.hpp"
 #include "engine.hpp"
 #include "llama.h"
 #include "rng.hpp"
@@ -43,7 +44,7 @@ struct PromptState {
 class SequenceTable {
 public:
     SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-                  RunOutput & out, llama_memory_t mem, int n_ids);
+                  RunOutput & out, ContextHandle ctx, int n_ids);
 
     int size() const { return static_cast<int>(live_.size()); }
     int live_count() const { return live_count_; }  // running and paused
@@ -97,7 +98,7 @@ private:
     const EngineConfig & cfg_;
     const std::vector<PromptJob> & jobs_;
     RunOutput & out_;
-    llama_memory_t mem_;
+    ContextHandle ctx_;
     std::vector<LiveSequence> live_;  // in creation order, which fixes the order children are numbered
     std::vector<llama_seq_id> free_ids_;
     std::vector<PromptState> state_;

@@ -152,6 +152,7 @@ void bind_engine(py::module_ & m) {
         .def_readonly("max_live_sequences", &RunStats::max_live_sequences)
         .def_readonly("kv_cells", &RunStats::kv_cells)
         .def_readonly("peak_kv_cells", &RunStats::peak_kv_cells)
+        .def_readonly("kv_grows", &RunStats::kv_grows)
         .def_readonly("preemptions", &RunStats::preemptions)
         .def_readonly("recomputed_tokens", &RunStats::recomputed_tokens)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)

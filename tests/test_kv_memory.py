@@ -110,8 +110,32 @@ def test_kv_memory_sizes_the_cache_and_auto_does_not_grow_with_the_budget(model)
     kw = dict(method="parallel", max_sequences=2, stop="\n", max_live_sequences=8)
     short = eager_cpp.run(model, prompts()[:2], max_new_tokens=16, **kw)
     long = eager_cpp.run(model, prompts()[:2], max_new_tokens=30000, **kw)
-    assert short.stats.kv_cells < long.stats.kv_cells <= 8 * 4096 + 1024  # live x 4096, not M x max_new_tokens
+    # "auto" starts with the prompts and 8 live sequences of 64 tokens (16 when the budget is 16), whatever
+    # the budget, and these short answers never make it grow: M x max_new_tokens sizes nothing.
+    assert short.stats.kv_cells <= long.stats.kv_cells <= 1024
+    assert short.stats.kv_grows == long.stats.kv_grows == 0
     assert long.stats.peak_kv_cells < 1024  # what the short answers held
+
+
+def test_auto_grows_the_cache_when_the_run_needs_it_and_changes_no_sample(model):
+    # Two prompts x 4 samples x 200 tokens need ~1,700 cells; "auto" starts with 8 x 64 beside the prompts
+    # and doubles twice. Growing moves every cell, shared ones with all their sequences, into a larger
+    # context in the same order: the samples are those of a run whose cache was that large from the start,
+    # and of a later run on the same model that finds the grown context already there.
+    kw = dict(method="parallel", max_sequences=4, temperature=0.8, max_new_tokens=200, ignore_eos=True, seed=2,
+              max_live_sequences=8)
+    grown = eager_cpp.run(model, prompts()[:2], **kw)
+    assert grown.stats.kv_grows >= 2 and grown.stats.preemptions == 0
+    assert grown.stats.peak_kv_cells <= grown.stats.kv_cells < 4 * grown.stats.peak_kv_cells
+    assert all(len(s.token_ids) == 200 for p in grown.prompts for s in p.sequences)
+    fixed = eager_cpp.run(model, prompts()[:2], n_ctx=grown.stats.kv_cells, **kw)
+    again = eager_cpp.run(model, prompts()[:2], **kw)
+    assert fixed.stats.kv_grows == 0 and again.stats.kv_grows == grown.stats.kv_grows
+    for other in (fixed, again):
+        for p, q in zip(grown.prompts, other.prompts):
+            for s, t in zip(p.sequences, q.sequences):
+                assert s.token_ids == t.token_ids
+                assert np.max(np.abs(np.asarray(s.entropies) - np.asarray(t.entropies))) < 1e-4
 
 
 def test_max_new_tokens_past_the_model_context_is_refused(model):

@@ -144,6 +144,7 @@ class RunStats:
     max_live_sequences: int
     kv_cells: int
     peak_kv_cells: int
+    kv_grows: int
     preemptions: int
     recomputed_tokens: int
     device_dropped_mass_max: float

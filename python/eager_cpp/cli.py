@@ -50,8 +50,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="layers offloaded to the GPU of a GPU-enabled llama.cpp (-1: all; default 0); the "
                         "entropy then runs on the device (README, GPU)")
     p.add_argument("--kv-memory", default=None, metavar="SIZE",
-                   help="memory for the KV cache: bytes or a size like 8GiB (default: auto, a quarter of the memory "
-                        "available, no more than the live sequences need at 4096 tokens); a full cache preempts and "
+                   help="memory for the KV cache: bytes or a size like 8GiB (default: auto, starting small and doubling "
+                        "as the run needs cells, up to a quarter of the memory available); a full cache preempts and "
                         "recomputes prompts (README, Long generations)")
     p.add_argument("--cpu-buffers", choices=("safe", "all", "none"), default=None,
                    help="CPU buffer types for the weights: safe = all but AMX (default; AMX crashes on some "

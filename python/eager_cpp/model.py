@@ -65,9 +65,9 @@ class Model:
     """A GGUF model loaded into llama.cpp, reusable across `eager_cpp.run` calls.
 
     n_ctx: KV cells shared by all sequences of a run (None: from kv_memory).
-    kv_memory: bytes the KV cache of a run may take: an int, a size like "8GiB", or "auto"/None (a
-    quarter of the memory available, no more than the run's live sequences need at up to 4096 tokens
-    each). A cache that fills preempts prompts and recomputes them later (README, "Long generations").
+    kv_memory: bytes the KV cache of a run may take: an int, a size like "8GiB", or "auto"/None (the
+    cache starts small and doubles as the run needs cells, up to a quarter of the memory available).
+    A cache that fills preempts prompts and recomputes them later (README, "Long generations").
     n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to the GPU of a
     GPU-enabled llama.cpp (-1: all; README, "GPU"); ignored by a CPU-only build.
     cpu_buffers: which of llama.cpp's CPU extra buffer types may hold the weights: "safe" (all but

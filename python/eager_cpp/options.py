@@ -26,8 +26,9 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K
 def parse_kv_memory(value: Any) -> int:
     """Bytes for the KV cache from an int, a size such as "8GiB", "512MiB" or "2GB", or "auto"/None (0).
 
-    0 means "auto": a quarter of the memory available (RAM, or the GPU's free memory when layers are
-    offloaded), no more than the run's live sequences need at up to 4096 tokens each.
+    0 means "auto": the cache starts with what the first prompts and live sequences of 64 tokens need and
+    doubles as the run needs cells, up to a quarter of the memory available (RAM, or the GPU's free
+    memory when layers are offloaded).
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return 0

@@ -72,11 +72,13 @@ class RunStats:
     rounds: int = 1
     max_live_sequences: int = 0
     reallocated_sequences: int = 0
-    # KV memory (README, "Long generations"): the cells the budget bought, the most the sequences held at
-    # once, the prompts (or, in the only prompt running, sequences) paused because the cache was full,
-    # and the tokens prefilled again when they resumed (not #T).
+    # KV memory (README, "Long generations"): the cells the budget bought (or kv_memory "auto" grew to),
+    # the most the sequences held at once, the times "auto" doubled the cache, the prompts (or, in the
+    # only prompt running, sequences) paused because the cache was full, and the tokens prefilled again
+    # when they resumed (not #T).
     kv_cells: int = 0
     peak_kv_cells: int = 0
+    kv_grows: int = 0
     preemptions: int = 0
     recomputed_tokens: int = 0
     # Device path only (device_topk): the largest probability mass of a row outside its
@@ -96,7 +98,7 @@ class RunStats:
     reallocation_error: str = ""  # the failure that ended the tries early ("" when none did)
 
     # Engine figures that add up over the engine runs of one run (and over Ray shards), and those that peak.
-    SUMMED = ("prompt_tokens", "shared_prompt_tokens", "reprocessed_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps", "preemptions", "recomputed_tokens")
+    SUMMED = ("prompt_tokens", "shared_prompt_tokens", "reprocessed_tokens", "prefill_seconds", "decode_seconds", "row_kernel_seconds", "bookkeeping_seconds", "steps", "kv_grows", "preemptions", "recomputed_tokens")
     PEAKED = ("max_live_sequences", "device_dropped_mass_max", "kv_cells", "peak_kv_cells")
 
     def merge(self, other: "RunStats") -> None:
