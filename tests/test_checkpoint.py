@@ -13,6 +13,15 @@ KEY = {"method": "eager_init", "seed": 0, "chunk_size": 2}
 HASHES = [prompt_hash("a", None), prompt_hash("b", "B")]
 
 
+def interrupted_after_row_0(out, *, staged: bool) -> Checkpoint:
+    """A run into `out` that wrote row 0 and stopped (the file closed, not finished)."""
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=staged)
+    store.start(resume=False)
+    store.chunk_done([row(0)])
+    store.close()
+    return store
+
+
 def row(index: int) -> dict:
     return {"index": index, "prompt": f"p{index}", "prompt_tokens": 1, "answer": None, "steps": 1,
             "sequences": [{"index": 0, "text": "x", "token_ids": [5], "own_tokens": [5], "entropies": [0.1],
@@ -52,10 +61,7 @@ def test_an_abandoned_fresh_run_leaves_the_old_results_and_no_staged_file(tmp_pa
 
 def test_resume_keeps_complete_lines_and_drops_a_cut_one(tmp_path):
     out = tmp_path / "r.jsonl"
-    store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
-    store.start(resume=False)
-    store.chunk_done([row(0)])
-    store.close()
+    interrupted_after_row_0(out, staged=False)
     with open(out, "a", encoding="utf-8") as f:
         f.write('{"index": 1, "trunc')  # an interruption mid-line
     store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
@@ -79,10 +85,7 @@ def test_read_done_reads_without_rewriting(tmp_path):
 
 def test_resume_refuses_other_settings_changed_prompts_and_a_foreign_file(tmp_path):
     out = tmp_path / "r.jsonl"
-    store = Checkpoint(out, KEY, HASHES, staged_phase_a=True)
-    store.start(resume=False)
-    store.chunk_done([row(0)])
-    store.close()
+    store = interrupted_after_row_0(out, staged=True)
     assert (tmp_path / "r.jsonl.init.jsonl").exists() and not out.exists()  # phase (a) beside the final file
     with pytest.raises(CheckpointError, match="other settings.*seed: 0 -> 1"):
         Checkpoint(out, dict(KEY, seed=1), HASHES, staged_phase_a=True).start(resume=True)
