@@ -181,6 +181,9 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert proc.returncode == 2 and "answer" in proc.stderr
     proc = cli("run", str(prompts), "-o", str(tmp_path / "o.jsonl"), "--gpu-layers", "-2")
     assert proc.returncode == 2 and "--gpu-layers" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "left.jsonl.meta.json").write_text("{}")  # what an interrupted run leaves before its first rows
+    proc = cli("run", str(prompts), "-o", str(tmp_path / "left.jsonl"))
+    assert proc.returncode == 2 and "an unfinished run into" in proc.stderr and "--resume" in proc.stderr
     proc = cli("run", "--no-such-flag")
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr or "required" in proc.stderr
 

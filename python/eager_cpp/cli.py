@@ -348,7 +348,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_writable(out)
     if Checkpoint.exists(out) and not (args.resume or args.overwrite):
-        raise CliError(f"{out} exists; pass --resume to continue it or --overwrite to replace it")
+        what = out if out.exists() else f"an unfinished run into {out} (its checkpoint files beside it)"
+        raise CliError(f"{what} exists; pass --resume to continue it or --overwrite to replace it")
     model, cluster = _model_or_workers(args)
     try:
         return _run_command(args, examples, answers, model, cluster)
