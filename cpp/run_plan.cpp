@@ -12,20 +12,25 @@ uint32_t round_up_cells(int64_t cells) {
     return static_cast<uint32_t>((cells + kCellPadding - 1) / kCellPadding * kCellPadding);
 }
 
+namespace {
+
+// The sequences a job starts with: M for Full Parallel, one per seed (or its root) for EAGer.
+int first_sequences(const EngineConfig & config, const PromptJob & job) {
+    return config.method == Method::Parallel ? job.max_sequences : std::max<int>(1, static_cast<int>(job.seeds.size()));
+}
+
+}  // namespace
+
 int64_t min_cells(const EngineConfig & config, const PromptJob & job) {
     size_t prefix = 0;
     for (const BranchSeed & seed : job.seeds) prefix = std::max(prefix, seed.prefix.size());
-    const int first = config.method == Method::Parallel ? job.max_sequences
-                                                         : std::max<int>(1, static_cast<int>(job.seeds.size()));
-    return static_cast<int64_t>(job.tokens.size() + prefix) + first;
+    return static_cast<int64_t>(job.tokens.size() + prefix) + first_sequences(config, job);
 }
 
 int64_t start_cells(const EngineConfig & config, const PromptJob & job) {
     int64_t prefixes = 0;
     for (const BranchSeed & seed : job.seeds) prefixes += static_cast<int64_t>(seed.prefix.size());
-    const int first = config.method == Method::Parallel ? job.max_sequences
-                                                         : std::max<int>(1, static_cast<int>(job.seeds.size()));
-    return static_cast<int64_t>(job.tokens.size()) + prefixes + first;
+    return static_cast<int64_t>(job.tokens.size()) + prefixes + first_sequences(config, job);
 }
 
 float entropy_temperature(const EngineConfig & config) {
@@ -111,8 +116,7 @@ size_t longest_prompt(const std::vector<PromptJob> & jobs) {
 int64_t first_wave_prompt_cells(const EngineConfig & cfg, const std::vector<PromptJob> & jobs, uint32_t n_seq_max) {
     int64_t cells = 0, ids = 0, live = 0;
     for (const auto & job : jobs) {
-        const int initial = cfg.method == Method::Parallel ? job.max_sequences
-                                                            : std::max<int>(1, static_cast<int>(job.seeds.size()));
+        const int initial = first_sequences(cfg, job);
         if (ids + job.max_sequences > n_seq_max) break;
         if (live > 0 && live + initial > cfg.max_live_sequences) break;
         cells += static_cast<int64_t>(job.tokens.size());
