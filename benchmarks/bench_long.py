@@ -5,6 +5,7 @@ under a KV budget that forces preemption.
     python benchmarks/bench_long.py --part b        # 8 GSM8K x M=8 x 4096 tokens, whole vs a quarter of the memory
     python benchmarks/bench_long.py --part b --prompts 2 --tokens 1024   # the same at a size that fits a session
     python benchmarks/bench_long.py --part c        # Full Parallel vs llama-server at 512, 2048, 4096 tokens
+    python benchmarks/bench_long.py --part d --prompts 2 --lengths 256,4096   # tok/s by KV layout as sequences grow
 
 (a) The same short-answer job (32 capitals prompts, T 0.6, stop at the first newline) at max_new_tokens
 16, 1024, 8192 and 32000, Full Parallel and EAGer-init (θ 1.0), M = 8 and 32, each run in a fresh process:
@@ -14,8 +15,12 @@ that holds the whole job, once with a quarter of it. Target: the constrained run
 reaches its length, preemptions are reported, tok/s >= 0.8x the unconstrained run's.
 (c) The job of (b) (no stop, T 0.6), Full Parallel and llama-server (benchmarks/llama_server.py: unified
 KV, 32 slots, one n_cmpl=M request per prompt, all in flight) at 512, 2048 and 4096 tokens per sequence,
-in the same run, each length eager_cpp then the server. Target: Full Parallel >= 1.0x the server's tok/s
-at every length; reports each engine's tok/s at the longest length over its tok/s at the shortest.
+in the same run, each length eager_cpp (once per --kv-layouts) then the server. Target: Full Parallel >= 1.0x
+the server's tok/s at every length; reports each engine's tok/s at the longest length over its tok/s at the
+shortest.
+(d) The job of (b) (2 prompts by default), Full Parallel and EAGer-init (θ 2.0), once per KV layout (unified,
+per_sequence) at each length, each run in a fresh process: tok/s, and tok/s over the shortest length's. Target
+(issue 20, item 5): Full Parallel at 4096 tokens per sequence keeps >= 0.8x its tok/s at 256.
 Figures go to benchmarks/results/bench_long_<part>.json.
 """
 
@@ -128,6 +133,17 @@ def part_b(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {"prompts": len(prompts), "max_sequences": m, "tokens": n, "whole_cells": whole_cells, "runs": results}
 
 
+def eager_child(model: str, args: argparse.Namespace, prompts: list[str], method: str, layout: str, n: int,
+                **extra: Any) -> dict[str, Any]:
+    """One eager_cpp run of the long job (no stop, T 0.6) in a fresh process, with its tok/s."""
+    spec = dict(model=model, threads=args.threads, prompts=prompts, method=method, max_sequences=args.sequences,
+                temperature=0.6, ignore_eos=True, seed=0, max_new_tokens=n, kv_layout=layout, **extra)
+    got = run_child(spec)
+    if "error" not in got:
+        got["tok_s"] = got["tokens"] / got["wall"]
+    return got
+
+
 def part_c(args: argparse.Namespace, model: str) -> dict[str, Any]:
     import llama_server as LS
 
@@ -146,50 +162,87 @@ def part_c(args: argparse.Namespace, model: str) -> dict[str, Any]:
     with LS.LlamaServer(model, slots=32, threads=args.threads, n_ctx=n_ctx) as server:
         server.complete_all(prompts[:1], n_cmpl=1, max_tokens=4, temperature=0.6, seed=0)  # warm-up
         for n in args.lengths:
-            spec = dict(model=model, threads=args.threads, prompts=prompts, method="parallel", max_sequences=m,
-                        temperature=0.6, ignore_eos=True, seed=0, max_new_tokens=n)
-            ours = run_child(spec)
-            if "error" not in ours:
-                ours["tok_s"] = ours["tokens"] / ours["wall"]
+            ours = {layout: eager_child(model, args, prompts, "parallel", layout, n) for layout in args.kv_layouts}
             peer = server.complete_all(prompts, n_cmpl=m, max_tokens=n, temperature=0.6, seed=0, ignore_eos=True)
             peer.pop("completions")
             row = dict(tokens_per_sequence=n, eager_cpp=ours, llama_server=peer,
-                       ratio=ratio(ours.get("tok_s", float("nan")), peer["tokens_per_s"]))
+                       ratio={k: ratio(v.get("tok_s", float("nan")), peer["tokens_per_s"]) for k, v in ours.items()})
             results.append(row)
-            print(f"{n:5d} tokens: eager_cpp " + (ours.get("error") or f"{ours['tok_s']:.1f} tok/s ({ours['tokens']} "
-                  f"tokens)") + f", llama-server {peer['tokens_per_s']:.1f} tok/s ({peer['tokens']} tokens), "
-                  f"ratio {row['ratio']:.2f}", flush=True)
+            print(f"{n:5d} tokens: " + ", ".join(f"eager_cpp {k} " + (v.get("error") or f"{v['tok_s']:.1f} tok/s "
+                                                                         f"({v['tokens']} tokens)")
+                                                 for k, v in ours.items())
+                  + f", llama-server {peer['tokens_per_s']:.1f} tok/s ({peer['tokens']} tokens)", flush=True)
     first, last = results[0], results[-1]
-    keep = {"eager_cpp": ratio(last["eager_cpp"].get("tok_s", float("nan")), first["eager_cpp"].get("tok_s", float("nan"))),
-            "llama_server": ratio(last["llama_server"]["tokens_per_s"], first["llama_server"]["tokens_per_s"])}
-    print(table(["tokens/seq", "eager_cpp tok/s", "llama-server tok/s", "eager/server", "target >= 1.0"],
-                [[r["tokens_per_sequence"], r["eager_cpp"].get("tok_s"), r["llama_server"]["tokens_per_s"], r["ratio"],
-                  verdict(r["ratio"], 1.0, True)] for r in results]))
-    print(f"tok/s at {last['tokens_per_sequence']} over tok/s at {first['tokens_per_sequence']}: eager_cpp "
-          f"{keep['eager_cpp']:.2f}, llama-server {keep['llama_server']:.2f}")
+    keep = {f"eager_cpp {k}": ratio(last["eager_cpp"][k].get("tok_s", float("nan")),
+                                    first["eager_cpp"][k].get("tok_s", float("nan"))) for k in args.kv_layouts}
+    keep["llama_server"] = ratio(last["llama_server"]["tokens_per_s"], first["llama_server"]["tokens_per_s"])
+    print(table(["tokens/seq", "engine", "tok/s", "over the server", "target >= 1.0"],
+                [[r["tokens_per_sequence"], f"eager_cpp {k}", v.get("tok_s"), r["ratio"][k], verdict(r["ratio"][k], 1.0, True)]
+                 for r in results for k, v in r["eager_cpp"].items()]
+                + [[r["tokens_per_sequence"], "llama-server", r["llama_server"]["tokens_per_s"], None, ""] for r in results]))
+    print(f"tok/s at {last['tokens_per_sequence']} over tok/s at {first['tokens_per_sequence']}: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in keep.items()))
     return {"prompts": len(prompts), "max_sequences": m, "server_n_ctx": n_ctx, "runs": results,
             "longest_over_shortest": keep}
+
+
+def part_d(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    """Full Parallel and EAGer-init (θ 2.0) on the long job at each length, once per KV layout."""
+    rows = [json.loads(line) for line in (DATA_DIR / "gsm8k_train_200.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows[: args.prompts or 2]]
+    results = []
+    for method, extra in (("parallel", {}), ("eager_init", {"entropy_threshold": 2.0})):
+        if method not in args.methods:
+            continue
+        for layout in args.kv_layouts:
+            base = None
+            for n in args.lengths:
+                got = eager_child(model, args, prompts, method, layout, n, **extra)
+                base = base or got.get("tok_s")
+                got["over_shortest"] = ratio(got["tok_s"], base) if "tok_s" in got and base else None
+                results.append(dict(method=method, kv_layout=layout, tokens_per_sequence=n, **got))
+                print(f"{method:10s} {layout:12s} {n:5d}: " + (got.get("error") or
+                      f"{got['tok_s']:.1f} tok/s ({got['tokens']} tokens, {got['sequences']} sequences, KV cells "
+                      f"{got['kv_cells']}, peak RSS {got['rss_mib']:.0f} MiB), {got['over_shortest']:.2f} of the "
+                      f"shortest"), flush=True)
+    print(table(["method", "kv_layout", "tokens/seq", "tok/s", "over the shortest", "KV cells", "RSS MiB"],
+                [[r["method"], r["kv_layout"], r["tokens_per_sequence"], r.get("tok_s"), r.get("over_shortest"),
+                  r.get("kv_cells"), r.get("rss_mib")] for r in results]))
+    return {"prompts": len(prompts), "max_sequences": args.sequences, "runs": results}
+
+
+def names(parser: argparse.ArgumentParser, text: str, flag: str, known: tuple[str, ...]) -> list[str]:
+    """Comma-separated names among `known`, or a parser error naming the flag."""
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values or any(v not in known for v in values):
+        parser.error(f"--{flag} takes comma-separated names among {', '.join(known)}, got {text!r}")
+    return values
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, "bench_long")
-    ap.add_argument("--part", choices=("a", "b", "c"), default="a")
+    ap.add_argument("--part", choices=("a", "b", "c", "d"), default="a")
     ap.add_argument("--prompts", type=int, default=None, help="prompts (default: 32 for a, 8 for b and c)")
     ap.add_argument("--sequences", type=int, default=8, help="M for parts b and c (default 8)")
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per sequence for part b (default 4096)")
     ap.add_argument("--budgets", default="16,1024,8192,32000",
                     help="max_new_tokens values for part a, the first the baseline (default 16,1024,8192,32000)")
     ap.add_argument("--repeats", type=int, default=1, help="part a: runs per budget, the median wall stands (default 1)")
-    ap.add_argument("--lengths", default="512,2048,4096", help="tokens per sequence for part c (default 512,2048,4096)")
+    ap.add_argument("--lengths", default="512,2048,4096",
+                    help="tokens per sequence for parts c and d, the first the baseline (default 512,2048,4096)")
+    ap.add_argument("--kv-layouts", default="unified,per_sequence",
+                    help="eager_cpp's KV layouts for parts c and d (default unified,per_sequence)")
+    ap.add_argument("--methods", default="parallel,eager_init", help="part d's methods (default parallel,eager_init)")
     args = ap.parse_args()
     args.budgets = csv_values(ap, args.budgets, int, "budgets", 1, 32000)
     args.lengths = sorted(csv_values(ap, args.lengths, int, "lengths", 1, 32000))
+    args.kv_layouts = names(ap, args.kv_layouts, "kv-layouts", ("unified", "per_sequence"))
+    args.methods = names(ap, args.methods, "methods", ("parallel", "eager_init"))
     model = model_path(args.model)
-    figures = {"a": part_a, "b": part_b, "c": part_c}[args.part](args, model)
+    figures = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}[args.part](args, model)
     out = args.out if args.out != default_out("bench_long") else default_out(f"bench_long_{args.part}")
     write_json(out, {"environment": environment(model, args.threads), "part": args.part, **figures})
-    print(f"wrote {out}")
     return 0
 
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <memory>
 
 #include "admission.hpp"
@@ -31,6 +32,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The cells admission projects trees against. Per-sequence streams are each sized for a whole
+// sequence, so there the sequence ids (one stream each) bound admission, never a count of cells.
+int64_t admission_cells(const EngineConfig & config, int64_t ceiling) {
+    return config.kv_layout == KvLayout::PerSequence ? std::numeric_limits<int32_t>::max() : ceiling;
+}
 
 class Engine {
 public:
@@ -86,7 +93,7 @@ Engine::Engine(Model & model, const EngineConfig & config, const std::vector<Pro
       batch_(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx_.get()), n_seq_max_))),
       out_{std::vector<PromptResult>(jobs.size()), RunStats{}},
       admission_(config.method, config.max_live_sequences, config.max_new_tokens,
-                 anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, ceiling),
+                 anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, admission_cells(config, ceiling)),
       table_(model, config, jobs, out_, ctx_, anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_),
       prefill_(ctx_, batch_, PrefixAnchor(anchor.id, llama_model_n_swa(model.model()))),
       rows_(config, model.n_vocab(), std::max(1, model.context_shape().n_threads)),

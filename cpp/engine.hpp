@@ -18,6 +18,13 @@ constexpr int kMaxSequenceIds = 256;
 
 enum class Method { Parallel, EagerInit };
 enum class ThresholdMode { Fixed, P99 };
+// How llama.cpp lays out the KV cache. Unified: one pool of cells that every sequence takes from, a
+// fork tags its parent's cells (no copy), memory follows what the run holds, but every token's
+// attention spans the cells of all live sequences. PerSequence: a stream of cells for each sequence id
+// (kv_unified=false), each token attends over its own sequence only, a fork copies the parent's whole
+// stream, and each stream is sized for the longest prompt plus max_new_tokens, so the budget decides how
+// many sequence ids (streams) the run gets rather than how many cells they share.
+enum class KvLayout { Unified, PerSequence };
 
 struct EngineConfig {
     Method method = Method::EagerInit;
@@ -52,6 +59,7 @@ struct EngineConfig {
     // about n_swa cells per sequence id, whose masked cells llama.cpp reuses (copies then check
     // kv_copy.hpp's rule and prefill what is gone).
     bool swa_full = true;
+    KvLayout kv_layout = KvLayout::Unified;
 };
 
 // A sequence that continues an earlier tree of the prompt at one of its branch points: it starts

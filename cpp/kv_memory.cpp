@@ -176,7 +176,7 @@ void KvMemory::resume_sequence(int slot) {
     llama_seq_id source = -1;
     const int64_t shared = recompute_from(slot, &source);
     LiveSequence & seq = table_[slot];
-    if (shared > 0) llama_memory_seq_cp(ctx_.memory(), source, seq.id, 0, static_cast<llama_pos>(shared));
+    if (shared > 0) copy_prefix(ctx_.get(), source, seq.id, static_cast<llama_pos>(shared));
     const std::vector<int32_t> tokens = table_.kv_tokens(slot);
     prefill_.tokens(tokens, static_cast<size_t>(shared), static_cast<int32_t>(shared), seq.id,
                     "recomputing a preempted sequence");

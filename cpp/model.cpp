@@ -261,8 +261,9 @@ void Model::create_context(const ContextShape & shape) {
     params.n_seq_max = shape.n_seq_max;
     params.n_threads = shape.n_threads;
     params.n_threads_batch = shape.n_threads;
-    // A fork then only tags the parent's KV cells with the child's id: no tensor copy.
-    params.kv_unified = true;
+    // Unified: a fork only tags the parent's KV cells with the child's id, no tensor copy. Streams: a
+    // fork copies the parent's stream (kv_copy.hpp).
+    params.kv_unified = shape.kv_unified;
     params.swa_full = shape.swa_full;
     params.no_perf = true;
     // The engine never asks for two outputs of one sequence in a step; saying so keeps the
@@ -280,9 +281,12 @@ void Model::create_context(const ContextShape & shape) {
 llama_context * Model::acquire_context(const ContextShape & wanted) {
     ContextShape shape = wanted;
     if (shape.n_threads <= 0) shape.n_threads = default_threads();
-    const bool fits = ctx_ != nullptr && shape_.n_ctx >= shape.n_ctx && shape_.n_seq_max >= shape.n_seq_max &&
-                      shape_.n_batch >= shape.n_batch && shape_.n_threads == shape.n_threads &&
-                      shape_.swa_full == shape.swa_full;
+    // Streams split the cells evenly across the ids: a reused context keeps them only with the same
+    // number of ids, so each stream is at least as long as asked.
+    const bool ids_fit = shape.kv_unified ? shape_.n_seq_max >= shape.n_seq_max : shape_.n_seq_max == shape.n_seq_max;
+    const bool fits = ctx_ != nullptr && shape_.n_ctx >= shape.n_ctx && ids_fit && shape_.n_batch >= shape.n_batch &&
+                      shape_.n_threads == shape.n_threads && shape_.swa_full == shape.swa_full &&
+                      shape_.kv_unified == shape.kv_unified;
     if (!fits) create_context(shape);
     // Samplers change without a new context: attaching only rebuilds the compute graph.
     if (shape.device.enabled && (!device_.attached() || device_.params() != shape.device)) {

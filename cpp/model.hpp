@@ -21,8 +21,9 @@ struct llama_vocab;
 namespace eager {
 
 struct ContextShape {
-    uint32_t n_ctx = 0;      // KV cells shared by all sequences (unified cache)
+    uint32_t n_ctx = 0;      // KV cells: shared by all sequences (unified), or n_seq_max streams of n_ctx / n_seq_max
     uint32_t n_seq_max = 1;  // sequence ids available (<= 256)
+    bool kv_unified = true;  // false: a KV stream per sequence id (EngineConfig::kv_layout)
     uint32_t n_batch = 512;  // tokens per llama_decode call
     int32_t n_threads = 0;   // 0 = all cores
     // Keep the sliding-window layers' cells for the whole context. The small window cache (about

@@ -26,15 +26,15 @@ public:
     // How many of `tokens`' first tokens the anchor's cells can give (whole blocks; the last token is
     // always decoded, since its logits start the prompt's sequences; none when a sliding window would
     // be left with holes: kv_copy.hpp).
-    size_t shareable(llama_memory_t mem, const std::vector<int32_t> & tokens) const;
+    size_t shareable(llama_context * ctx, const std::vector<int32_t> & tokens) const;
 
     // Copies the first `n` cells to sequence `id` (n from shareable()).
-    void copy_to(llama_memory_t mem, llama_seq_id id, size_t n) const;
+    void copy_to(llama_context * ctx, llama_seq_id id, size_t n) const;
 
     // The anchor moves to the prompt just prefilled into `from`: the cells only the old anchor held
     // are freed. It keeps only what a later prompt could copy (whole blocks before the last token), so
     // a prompt shorter than a block leaves no cells behind and the next one lays out its cells as alone.
-    void move_to(llama_memory_t mem, llama_seq_id from, const std::vector<int32_t> & tokens);
+    void move_to(llama_context * ctx, llama_seq_id from, const std::vector<int32_t> & tokens);
 
 private:
     llama_seq_id id_;

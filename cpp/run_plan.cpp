@@ -174,6 +174,42 @@ bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jo
     return config.share_prompt_prefixes && jobs.size() > 1;
 }
 
+uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs) {
+    return round_up_cells(static_cast<int64_t>(longest_prompt(jobs)) + config.max_new_tokens);
+}
+
+namespace {
+
+// Per-sequence streams: the budget buys whole streams, each as long as the longest sequence may grow.
+void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                  ContextShape & shape) {
+    const int64_t per_stream = stream_cells(config, jobs);
+    const int64_t budget = config.n_ctx > 0       ? config.n_ctx
+                           : config.kv_memory > 0 ? static_cast<int64_t>(config.kv_memory / std::max(1.0, kv.bytes_per_cell))
+                                                  : auto_share_cells(kv);
+    const int64_t streams = budget / per_stream;
+    size_t widest = 0;
+    for (size_t i = 0; i < jobs.size(); ++i)
+        if (jobs[i].max_sequences > jobs[widest].max_sequences) widest = i;
+    if (streams < jobs[widest].max_sequences) {
+        const std::string what = config.n_ctx > 0       ? "n_ctx=" + std::to_string(config.n_ctx)
+                                 : config.kv_memory > 0 ? "kv_memory=" + std::to_string(config.kv_memory) + " bytes"
+                                                        : "kv_memory='auto' (a quarter of the memory available)";
+        throw InvalidArgument("kv_layout='per_sequence' gives each sequence a stream of " + std::to_string(per_stream) +
+                              " KV cells (the longest prompt, " + std::to_string(longest_prompt(jobs)) +
+                              " tokens, plus max_new_tokens=" + std::to_string(config.max_new_tokens) + "); " + what +
+                              " buys " + std::to_string(streams) + " such streams, fewer than the " +
+                              std::to_string(jobs[widest].max_sequences) + " sequences of prompt " +
+                              std::to_string(widest) + ". Raise kv_memory, lower max_new_tokens or max_sequences, " +
+                              "or use kv_layout='unified'");
+    }
+    shape.kv_unified = false;
+    shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(shape.n_seq_max, streams));
+    shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * per_stream);
+}
+
+}  // namespace
+
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {
     ContextShape shape;
     shape.n_threads = config.n_threads;
@@ -185,7 +221,9 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
     const bool anchor = plans_anchor(config, jobs);
     shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(kMaxSequenceIds, total_ids + (anchor ? 1 : 0)));
     shape.device = device_params(config);
-    if (config.n_ctx > 0) {
+    if (config.kv_layout == KvLayout::PerSequence) {
+        plan_streams(config, jobs, kv, shape);
+    } else if (config.n_ctx > 0) {
         shape.n_ctx = config.n_ctx;
     } else if (config.kv_memory > 0) {
         const int64_t cells = static_cast<int64_t>(config.kv_memory / std::max(1.0, kv.bytes_per_cell));
@@ -197,7 +235,7 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
 }
 
 int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32_t n_ctx) {
-    if (config.n_ctx > 0 || config.kv_memory > 0) return n_ctx;
+    if (config.n_ctx > 0 || config.kv_memory > 0 || config.kv_layout == KvLayout::PerSequence) return n_ctx;
     return std::max<int64_t>(n_ctx, auto_share_cells(kv) / kCellPadding * kCellPadding);
 }
 

@@ -51,12 +51,17 @@ void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jo
 // Prefix sharing is planned when it is on and there is a later prompt to share with.
 bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs);
 
+// Cells of one stream in the per-sequence layout: the longest prompt plus max_new_tokens, padded.
+uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs);
+
 // The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
-// buys, or "auto" starts with (kAutoStartTokens): never sized from M x max_new_tokens.
+// buys, or "auto" starts with (kAutoStartTokens): never sized from M x max_new_tokens. Per-sequence
+// streams: as many ids (up to every job's) as the budget buys streams of stream_cells; InvalidArgument
+// when that is fewer than one prompt's max_sequences.
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
-// The most cells the run's cache may grow to: n_ctx and kv_memory fix it at the context's `n_ctx`;
-// "auto" at kAutoKvShare of the memory available, never below `n_ctx`.
+// The most cells the run's cache may grow to: n_ctx, kv_memory and per-sequence streams fix it at the
+// context's `n_ctx`; "auto" at kAutoKvShare of the memory available, never below `n_ctx`.
 int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32_t n_ctx);
 
 // Where the anchor lives once the context exists: the last sequence id and the cells of the longest

@@ -85,7 +85,7 @@ int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> &
         stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
         return seed.prefix.empty() ? -1 : prefill_.tokens(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
     }
-    llama_memory_seq_cp(mem, from, id, 0, shared);
+    copy_prefix(ctx_.get(), from, id, shared);
     stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size() - common);
     return prefill_.tokens(seed.prefix, common, shared, id, "branch prefix prefill");
 }

@@ -54,6 +54,7 @@ RunOutput run_engine(Model & model, const EngineConfig & config, const std::vect
 void bind_engine(py::module_ & m) {
     py::enum_<Method>(m, "Method").value("PARALLEL", Method::Parallel).value("EAGER_INIT", Method::EagerInit);
     py::enum_<ThresholdMode>(m, "ThresholdMode").value("FIXED", ThresholdMode::Fixed).value("P99", ThresholdMode::P99);
+    py::enum_<KvLayout>(m, "KvLayout").value("UNIFIED", KvLayout::Unified).value("PER_SEQUENCE", KvLayout::PerSequence);
 
     py::class_<SamplingParams>(m, "SamplingParams")
         .def(py::init<>())
@@ -88,7 +89,8 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("device_candidates", &EngineConfig::device_candidates)
         .def_readwrite("trace_steps", &EngineConfig::trace_steps)
         .def_readwrite("share_prompt_prefixes", &EngineConfig::share_prompt_prefixes)
-        .def_readwrite("swa_full", &EngineConfig::swa_full);
+        .def_readwrite("swa_full", &EngineConfig::swa_full)
+        .def_readwrite("kv_layout", &EngineConfig::kv_layout);
 
     py::class_<StepTrace>(m, "StepTrace")
         .def_readonly("tokens", &StepTrace::tokens)

@@ -52,6 +52,27 @@ def reference_logits(reference, tokens: list[int]) -> np.ndarray:
     return np.array(reference.scores[: len(tokens)], dtype=np.float32)
 
 
+# Logits: llama.cpp's batch noise (DESIGN: up to 0.58 apart on the CPUs measured) plus margin.
+GREEDY_NOISE = 1.0
+
+
+def assert_greedy_choices(model, reference, result) -> None:
+    """Every token is the model's greedy choice at its prefix (the second best where a child was born),
+    teacher-forced on llama-cpp-python, up to batch noise: recomputed or copied cells that were wrong would not be."""
+    for p in result.prompts:
+        prompt = model.tokenize(p.prompt)
+        by = {s.index: s for s in p.sequences}
+        for s in p.sequences:
+            rows = reference_logits(reference, prompt + s.token_ids[:-1])[len(prompt) - 1:]
+            for j, (row, token) in enumerate(zip(rows, s.token_ids)):
+                maker = s  # the sequence that generated token j: an inherited one comes from an ancestor
+                while maker.parent is not None and j < maker.branch_step:
+                    maker = by[maker.parent]
+                rank = 2 if maker.parent is not None and j == maker.branch_step else 1
+                wanted = np.sort(row)[-rank]
+                assert row[token] >= wanted - GREEDY_NOISE, (p.index, s.index, j, float(row[token]), float(wanted))
+
+
 def load_jsonl(name: str, limit: int | None = None) -> list[dict]:
     path = DATA_DIR / name
     if not path.exists():

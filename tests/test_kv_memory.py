@@ -8,12 +8,11 @@ import pytest
 
 import eager_cpp
 
-from conftest import load_jsonl, reference_logits
+from conftest import assert_greedy_choices, load_jsonl
 
 # Capitals prompts of ~30 tokens. 256 cells (the smallest cache llama.cpp makes) hold a few prompts' trees:
 # admission projects the lengths it has seen, so the sequences that run on past them fill the cache.
 SMALL = 256
-NOISE = 1.0  # logits: llama.cpp's batch noise (DESIGN: up to 0.58 apart on the CPUs measured) plus margin
 
 
 def prompts() -> list[str]:
@@ -28,23 +27,6 @@ def prompts() -> list[str]:
 def shape(result: eager_cpp.RunResult) -> list[list[tuple]]:
     return [[(s.index, s.parent, s.branch_step, tuple(s.token_ids), s.finish_reason) for s in p.sequences]
             for p in result.prompts]
-
-
-def assert_greedy_choices(model, reference, result: eager_cpp.RunResult) -> None:
-    """Every token is the model's greedy choice at its prefix (the second best where a child was born),
-    teacher-forced on llama-cpp-python, up to batch noise: recomputed cells that were wrong would not be."""
-    for p in result.prompts:
-        prompt = model.tokenize(p.prompt)
-        by = {s.index: s for s in p.sequences}
-        for s in p.sequences:
-            rows = reference_logits(reference, prompt + s.token_ids[:-1])[len(prompt) - 1:]
-            for j, (row, token) in enumerate(zip(rows, s.token_ids)):
-                maker = s  # the sequence that generated token j: an inherited one comes from an ancestor
-                while maker.parent is not None and j < maker.branch_step:
-                    maker = by[maker.parent]
-                rank = 2 if maker.parent is not None and j == maker.branch_step else 1
-                wanted = np.sort(row)[-rank]
-                assert row[token] >= wanted - NOISE, (p.index, s.index, j, float(row[token]), float(wanted))
 
 
 def test_a_full_cache_preempts_prompts_and_recomputes_them_as_the_model_would(model, reference):

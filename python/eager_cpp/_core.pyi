@@ -58,6 +58,10 @@ class ThresholdMode:
     FIXED: "ThresholdMode"
     P99: "ThresholdMode"
 
+class KvLayout:
+    UNIFIED: "KvLayout"
+    PER_SEQUENCE: "KvLayout"
+
 class SamplingParams:
     temperature: float
     top_k: int
@@ -87,6 +91,7 @@ class EngineConfig:
     trace_steps: bool
     share_prompt_prefixes: bool
     swa_full: bool
+    kv_layout: KvLayout
     def __init__(self) -> None: ...
 
 class BranchSeed:

@@ -61,8 +61,8 @@ def run(
     at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
     options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p,
     min_p, entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
-    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, n_threads,
-    share_prompt_prefixes).
+    chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, kv_layout,
+    n_threads, share_prompt_prefixes).
     device_topk: select each row's top `device_candidates` tokens and its entropy in the model's
     compute graph, so only those leave the GPU (None: on when the model is offloaded).
     prompt_indices: the indices results carry and random streams derive from (default 0..N-1);
@@ -106,7 +106,7 @@ def reallocate(
     those whose own answers and entropies show doubt, no labels read). The extra
     sequences are appended to `result` in place (round t for the t-th try) and `result` is returned.
     cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
-    placement: where it runs, by name as `run` takes them (n_ctx, n_threads, kv_memory, n_gpu_layers,
+    placement: where it runs, by name as `run` takes them (n_ctx, n_threads, kv_memory, kv_layout, n_gpu_layers,
     workers, threads_per_worker); the result records none of them.
     """
     if method not in REALLOCATING_METHODS:

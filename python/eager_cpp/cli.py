@@ -21,7 +21,7 @@ from .phases import ReallocationWarning
 from .progress import ProgressLine
 from .results import PromptResult, RunResult, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, dataset_style, default_scorer
-from .vocabulary import MAX_THREADS, METHODS, REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method
+from .vocabulary import KV_LAYOUTS, MAX_THREADS, METHODS, REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method
 
 DEFAULTS = RunOptions()  # every flag of an option takes its default from here
 
@@ -105,6 +105,10 @@ def _add_generation_args(p: argparse.ArgumentParser, method_default: str = DEFAU
                    help="llama.cpp built-in template name or template text")
     p.add_argument("--max-live", type=int, default=d.max_live_sequences,
                    help=f"live sequences admission aims at (default: {d.max_live_sequences})")
+    p.add_argument("--kv-layout", choices=KV_LAYOUTS, default=d.kv_layout,
+                   help="KV cache layout: unified (default; one pool of cells) or per_sequence (a stream per sequence: "
+                        "faster per token for long generations, each stream sized for prompt + max-new-tokens; "
+                        "README, KV layouts)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -244,7 +248,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         top_k_entropy=args.top_k_entropy, threshold_mode=args.threshold_mode,
         think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
         max_live_sequences=args.max_live, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        reallocation=args.reallocation, label_free_signals=args.label_free_signals,
+        reallocation=args.reallocation, label_free_signals=args.label_free_signals, kv_layout=args.kv_layout,
     )
 
 

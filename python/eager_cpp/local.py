@@ -14,6 +14,7 @@ from .results import PromptResult, RunStats, Sequence
 
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
 ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
+ENGINE_KV_LAYOUTS = {"unified": _core.KvLayout.UNIFIED, "per_sequence": _core.KvLayout.PER_SEQUENCE}
 
 
 def engine_config(options: RunOptions, model: Model) -> Any:
@@ -41,6 +42,7 @@ def engine_config(options: RunOptions, model: Model) -> Any:
     cfg.kv_memory = parse_kv_memory(o.kv_memory) or model.kv_memory
     cfg.n_threads = o.n_threads or model.n_threads or 0
     cfg.share_prompt_prefixes = o.share_prompt_prefixes
+    cfg.kv_layout = ENGINE_KV_LAYOUTS[o.kv_layout]
     return cfg
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Optional
 
 from .budget import LABEL_FREE_SIGNALS
-from .vocabulary import (MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS, METHODS, REALLOCATIONS,
-                         THREADS_LIMIT, THRESHOLD_MODES, Method)
+from .vocabulary import (KV_LAYOUTS, MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS, METHODS,
+                         REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method)
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 2**10, "M": 2**20, "G": 2**30,
           "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -114,6 +114,11 @@ class RunOptions:
     n_ctx: Optional[int] = None  # KV cells; None: the model's, else from kv_memory
     kv_memory: Any = None  # bytes of KV cache (int, "8GiB", or None/"auto"); None: the model's
     n_threads: Optional[int] = None  # None: the model's, else all cores
+    # "unified": one pool of KV cells (memory follows what the run holds; every token attends over the
+    # cells of all live sequences). "per_sequence": a stream per sequence (each attends over its own
+    # only: faster per token as sequences grow long; each stream sized for prompt + max_new_tokens,
+    # so kv_memory buys whole streams, and a fork copies its parent's stream). README, "KV layouts".
+    kv_layout: str = "unified"
     # Copy the KV cells a prompt shares with the one admitted before it instead of prefilling them
     # (few-shot headers: faster prefill). Off by default: copied cells sit at other offsets and the
     # rest is prefilled in a smaller micro-batch, so a prompt's samples then depend, by llama.cpp's
@@ -130,8 +135,8 @@ class RunOptions:
     # unless they recorded it on).
     VERSION: ClassVar[int] = 4
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory", "n_gpu_layers", "cluster", "workers",
-                                            "threads_per_worker")
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory", "kv_layout", "n_gpu_layers", "cluster",
+                                            "workers", "threads_per_worker")
     # The driver's own: which workers run the jobs, never needed (nor picklable, for a pool) on a worker.
     DRIVER_ONLY: ClassVar[tuple[str, ...]] = ("cluster", "workers", "threads_per_worker")
 
@@ -216,6 +221,8 @@ class RunOptions:
         if self.n_ctx is not None:
             check_int("n_ctx", self.n_ctx, 1, MAX_CTX)
         parse_kv_memory(self.kv_memory)
+        if self.kv_layout not in KV_LAYOUTS:
+            raise ValueError(f"unknown kv_layout {self.kv_layout!r}; expected one of {', '.join(map(repr, KV_LAYOUTS))}")
         if self.n_threads is not None:
             check_int("n_threads", self.n_threads, 1, MAX_THREADS, why=THREADS_LIMIT)
         check_int("n_gpu_layers", self.n_gpu_layers, -1)

@@ -50,6 +50,8 @@ METHODS = tuple(m.value for m in Method)
 REALLOCATING_METHODS = tuple(m.value for m in Method if m.reallocates)
 REALLOCATIONS = ("fresh", "tree")  # how extras start: new EAGer-init runs, or continuations of the tree
 THRESHOLD_MODES = ("fixed", "p99")  # θ as given, or each prompt's 99th entropy percentile
+# The KV cache: one pool of cells for all sequences, or a stream per sequence (README, "KV layouts").
+KV_LAYOUTS = ("unified", "per_sequence")
 
 # The engine's limits, written here so the pure layers can check against them (tests/test_options.py
 # compares each with the extension's value).

@@ -1,0 +1,93 @@
+"""kv_layout="per_sequence": a KV stream per sequence id instead of one unified pool (README, "KV layouts").
+
+Every KV copy the engine makes must work across streams, where llama.cpp copies only whole streams: the forks
+of Full Parallel and EAGer-init, the prefix anchor's ranged copies, and a tree seed's copy of a shared start."""
+
+from __future__ import annotations
+
+import pytest
+
+import eager_cpp
+from eager_cpp import _core
+from eager_cpp.local import engine_config
+
+from conftest import GREEDY_NOISE, assert_greedy_choices, load_jsonl, reference_logits
+
+# Few-shot prompts of ~120 tokens that share their first 64-token block (what the prefix anchor copies).
+HEADER = "".join(f"Q: What is {a} plus {b}?\nA: {a + b}\n\n" for a, b in [(3, 4), (10, 22), (7, 8), (31, 11), (5, 9),
+                                                                          (12, 13)])
+FEW_SHOT = [HEADER + f"Q: What is {a} plus {b}?\nA:" for a, b in [(17, 25), (40, 2), (8, 8)]]
+
+
+def shape(result: eager_cpp.RunResult) -> list[list[tuple]]:
+    return [[(s.index, s.parent, s.branch_step, tuple(s.token_ids), s.finish_reason) for s in p.sequences]
+            for p in result.prompts]
+
+
+@pytest.mark.parametrize("method, share", [("parallel", False), ("eager_init", False), ("eager_init", True)])
+def test_per_sequence_streams_decode_what_the_unified_cache_decodes(model, reference, method, share):
+    kw = dict(method=method, max_sequences=4, entropy_threshold=1.0, temperature=0.0, max_new_tokens=24,
+              ignore_eos=True, share_prompt_prefixes=share, progress=None)
+    unified = eager_cpp.run(model, FEW_SHOT, **kw)
+    streams = eager_cpp.run(model, FEW_SHOT, kv_layout="per_sequence", **kw)
+    stream = -(-(len(model.tokenize(FEW_SHOT[0])) + 24) // 256) * 256  # the longest prompt + max_new_tokens, padded
+    ids = 3 * 4 + (1 if share else 0)  # every prompt's M, and the anchor's
+    assert streams.stats.kv_cells == ids * stream
+    assert all(p.n_sequences == 4 for p in streams.prompts)
+    if method == "eager_init":  # children were forked (whole-stream copies), not only roots
+        assert any(s.parent is not None for p in streams.prompts for s in p.sequences)
+    if share:  # the anchor's ranged copy ran across streams
+        assert streams.stats.shared_prompt_tokens == unified.stats.shared_prompt_tokens == 2 * 64
+    assert_greedy_choices(model, reference, streams)
+    # The same greedy paths as the unified run's. Only the roots compare across layouts: a prompt's cells sit at
+    # other offsets there, which moves entropies by ~0.01-0.3, enough to flip a branch decision near θ.
+    roots = sum(p.sequences[0].token_ids == q.sequences[0].token_ids for p, q in zip(streams.prompts, unified.prompts))
+    assert roots >= len(FEW_SHOT) - 1, roots
+    if method == "parallel":  # no branching to flip: every sample is the greedy path
+        assert sum(a == b for a, b in zip(shape(streams), shape(unified))) >= len(FEW_SHOT) - 1
+
+
+def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_streams(model, reference):
+    """Engine level: the second seed shares the prompt and one token with the first, so its cells are a ranged
+    copy of the first seed's stream (whole stream copied, the rest dropped) and its own token is prefilled."""
+    tokens = model.tokenize("Country: Peru\nCapital:")
+    cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=8, temperature=0.0), model)
+    cfg.method = _core.Method.EAGER_INIT
+    greedy = list(_core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0]
+                  .sequences[0].own_tokens)
+    other = model.tokenize(" the", add_special=False)[0]
+    assert other not in greedy[:2]
+    seeds = [_core.BranchSeed(greedy[:3], [greedy[3]], 1), _core.BranchSeed([greedy[0], other], [], 1)]
+    runs = {}
+    for layout in (_core.KvLayout.UNIFIED, _core.KvLayout.PER_SEQUENCE):
+        cfg.kv_layout = layout
+        runs[layout] = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 2, 1e9, 0, 1, seeds)])
+    out = runs[_core.KvLayout.PER_SEQUENCE]
+    assert out.stats.reprocessed_tokens == 3 + 1  # the first seed's prefix, then only the token not shared
+    second = out.prompts[0].sequences[1]
+    assert second.branch_step == 2
+    # Teacher-forced: from [greedy[0], other] on, every token is the greedy choice at its prefix. Positions the
+    # first seed holds past the shared start, left in the copied stream, would be attended too and bend these.
+    full = [greedy[0], other] + list(second.own_tokens)
+    rows = reference_logits(reference, tokens + full[:-1])[len(tokens) - 1:]
+    for j in range(2, len(full)):
+        assert rows[j][full[j]] >= rows[j].max() - GREEDY_NOISE, (j, float(rows[j][full[j]]), float(rows[j].max()))
+    unified = runs[_core.KvLayout.UNIFIED].prompts[0].sequences[1]
+    assert list(second.own_tokens) == list(unified.own_tokens)
+
+
+def test_the_budget_buys_whole_streams_and_admission_waits_for_free_ones(model):
+    prompts = [r["prompt"] for r in load_jsonl("capitals_dev_100.jsonl", 4)]
+    cell = model.kv_bytes_per_cell
+    # Each stream: the longest prompt plus 40 tokens, padded to 256 cells; 8 of them hold two prompts' M = 4.
+    r = eager_cpp.run(model, prompts, method="parallel", max_sequences=4, temperature=0.6, max_new_tokens=40,
+                      ignore_eos=True, kv_layout="per_sequence", kv_memory=int(8.5 * 256 * cell), progress=None)
+    assert r.stats.kv_cells == 8 * 256
+    assert r.stats.max_live_sequences == 8  # two prompts at a time, the other two after them
+    assert [p.n_sequences for p in r.prompts] == [4] * 4
+    assert all(len(s.token_ids) == 40 for p in r.prompts for s in p.sequences)
+    with pytest.raises(ValueError, match="buys 3 such streams, fewer than the 4 sequences of prompt 0"):
+        eager_cpp.run(model, prompts, method="parallel", max_sequences=4, max_new_tokens=40,
+                      kv_layout="per_sequence", kv_memory=int(3.5 * 256 * cell), progress=None)
+    with pytest.raises(ValueError, match="unknown kv_layout 'streams'"):
+        eager_cpp.run(model, prompts, kv_layout="streams", progress=None)
