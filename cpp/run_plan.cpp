@@ -180,7 +180,9 @@ uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> 
 
 namespace {
 
-// Per-sequence streams: the budget buys whole streams, each as long as the longest sequence may grow.
+// Per-sequence streams: the budget buys whole streams, each as long as the longest sequence may grow, and
+// llama.cpp allocates (and clears) every stream up front. So a run gets no more ids than admission keeps
+// live (max_live_sequences, at least one prompt's M), whatever the number of prompts.
 void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
                   ContextShape & shape) {
     const int64_t per_stream = stream_cells(config, jobs);
@@ -204,7 +206,8 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
                               "or use kv_layout='unified'");
     }
     shape.kv_unified = false;
-    shape.n_seq_max = static_cast<uint32_t>(std::min<int64_t>(shape.n_seq_max, streams));
+    const int64_t live = std::max(config.max_live_sequences, jobs[widest].max_sequences);
+    shape.n_seq_max = static_cast<uint32_t>(std::min({static_cast<int64_t>(shape.n_seq_max), streams, live}));
     shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * per_stream);
 }
 
@@ -227,7 +230,13 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
         shape.n_ctx = config.n_ctx;
     } else if (config.kv_memory > 0) {
         const int64_t cells = static_cast<int64_t>(config.kv_memory / std::max(1.0, kv.bytes_per_cell));
-        shape.n_ctx = static_cast<uint32_t>(std::max<int64_t>(kCellPadding, cells / kCellPadding * kCellPadding));
+        // Below llama.cpp's smallest cache the budget cannot be kept: say so rather than take more memory.
+        if (cells < kCellPadding)
+            throw InvalidArgument("kv_memory=" + std::to_string(config.kv_memory) + " bytes buys " + std::to_string(cells) +
+                                  " KV cells of " + std::to_string(static_cast<int64_t>(kv.bytes_per_cell)) +
+                                  " bytes; llama.cpp's smallest cache is " + std::to_string(kCellPadding) + " cells (" +
+                                  std::to_string(static_cast<int64_t>(kCellPadding * kv.bytes_per_cell)) + " bytes)");
+        shape.n_ctx = static_cast<uint32_t>(cells / kCellPadding * kCellPadding);
     } else {
         shape.n_ctx = round_up_cells(auto_cells(config, jobs, shape.n_seq_max, kv, anchor));
     }

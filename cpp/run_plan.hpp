@@ -56,8 +56,8 @@ uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> 
 
 // The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
 // buys, or "auto" starts with (kAutoStartTokens): never sized from M x max_new_tokens. Per-sequence
-// streams: as many ids (up to every job's) as the budget buys streams of stream_cells; InvalidArgument
-// when that is fewer than one prompt's max_sequences.
+// streams: as many ids as the budget buys streams of stream_cells, up to max_live_sequences (or one
+// prompt's M) and every job's ids; InvalidArgument when that is fewer than one prompt's max_sequences.
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
 // The most cells the run's cache may grow to: n_ctx, kv_memory and per-sequence streams fix it at the

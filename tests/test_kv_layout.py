@@ -86,6 +86,11 @@ def test_the_budget_buys_whole_streams_and_admission_waits_for_free_ones(model):
     assert r.stats.max_live_sequences == 8  # two prompts at a time, the other two after them
     assert [p.n_sequences for p in r.prompts] == [4] * 4
     assert all(len(s.token_ids) == 40 for p in r.prompts for s in p.sequences)
+    # "auto" affords many streams, but every stream is allocated up front: no more than admission keeps live.
+    r = eager_cpp.run(model, prompts, method="parallel", max_sequences=4, max_new_tokens=8, ignore_eos=True,
+                      max_live_sequences=5, kv_layout="per_sequence", progress=None)
+    assert r.stats.kv_cells == 5 * 256 and r.stats.max_live_sequences == 4
+    assert [p.n_sequences for p in r.prompts] == [4] * 4
     with pytest.raises(ValueError, match="buys 3 such streams, fewer than the 4 sequences of prompt 0"):
         eager_cpp.run(model, prompts, method="parallel", max_sequences=4, max_new_tokens=40,
                       kv_layout="per_sequence", kv_memory=int(3.5 * 256 * cell), progress=None)

@@ -74,8 +74,8 @@ def test_one_prompt_larger_than_the_cache_pauses_its_own_sequences(model, refere
 
 def test_a_budget_too_small_for_one_prompt_is_a_clear_error(model):
     long_prompt = load_jsonl("gsm8k_train_200.jsonl", 1)[0]["prompt"]  # ~480 tokens
-    with pytest.raises(ValueError, match=r"kv_memory=1048576 bytes \(256 KV cells.*too small for prompt 0.*needs at least"):
-        eager_cpp.run(model, [long_prompt], max_new_tokens=4, kv_memory="1MiB")
+    with pytest.raises(ValueError, match=r"kv_memory=5242880 bytes \(256 KV cells.*too small for prompt 0.*needs at least"):
+        eager_cpp.run(model, [long_prompt], max_new_tokens=4, kv_memory="5MiB")
     with pytest.raises(ValueError, match=r"n_ctx=256 is too small for prompt 0"):
         eager_cpp.run(model, [long_prompt], max_new_tokens=4, n_ctx=256)
 
@@ -84,6 +84,14 @@ def test_a_budget_too_small_for_one_prompt_is_a_clear_error(model):
 def test_kv_memory_must_be_a_size(model, bad):
     with pytest.raises((ValueError, TypeError), match="kv_memory"):
         eager_cpp.run(model, ["2+2="], max_new_tokens=2, kv_memory=bad)
+
+
+def test_kv_memory_below_the_smallest_cache_is_refused_not_exceeded(model):
+    # 255 cells of 18 KiB: llama.cpp's smallest cache (256 cells) would take more than the budget.
+    with pytest.raises(ValueError, match=r"kv_memory=4700160 bytes buys 255 KV cells of 18432 bytes; llama.cpp's "
+                                         r"smallest cache is 256 cells \(4718592 bytes\)"):
+        eager_cpp.run(model, ["2+2="], max_new_tokens=2, kv_memory=255 * 18432)
+    assert eager_cpp.run(model, ["2+2="], max_new_tokens=2, kv_memory=256 * 18432).stats.kv_cells == 256
 
 
 def test_kv_memory_sizes_the_cache_and_auto_does_not_grow_with_the_budget(model):
