@@ -6,6 +6,7 @@ under a KV budget that forces preemption.
     python benchmarks/bench_long.py --part b --prompts 2 --tokens 1024   # the same at a size that fits a session
     python benchmarks/bench_long.py --part c        # Full Parallel vs llama-server at 512, 2048, 4096 tokens
     python benchmarks/bench_long.py --part d --prompts 2 --lengths 256,4096   # tok/s by KV layout as sequences grow
+    python benchmarks/bench_long.py --part e --lengths 256 --repeats 2       # short answers (a stop) by KV layout
 
 (a) The same short-answer job (32 capitals prompts, T 0.6, stop at the first newline) at max_new_tokens
 16, 1024, 8192 and 32000, Full Parallel and EAGer-init (θ 1.0), M = 8 and 32, each run in a fresh process:
@@ -21,6 +22,8 @@ shortest.
 (d) The job of (b) (2 prompts by default), Full Parallel and EAGer-init (θ 2.0), once per KV layout (unified,
 per_sequence) at each length, each run in a fresh process: tok/s, and tok/s over the shortest length's. Target
 (issue 20, item 5): Full Parallel at 4096 tokens per sequence keeps >= 0.8x its tok/s at 256.
+(e) Full Parallel on 4 GSM8K prompts x M = 8 with a stop ("\n\n", so sequences end at different steps and free
+their ids mid-run) up to the longest --lengths, both layouts alternating in one process, --repeats seeds.
 Figures go to benchmarks/results/bench_long_<part>.json.
 """
 
@@ -211,6 +214,38 @@ def part_d(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {"prompts": len(prompts), "max_sequences": args.sequences, "runs": results}
 
 
+def part_e(args: argparse.Namespace, model: str) -> dict[str, Any]:
+    """Full Parallel with a stop (sequences end at different steps, freeing ids mid-run), both layouts in one
+    process, alternating, --repeats times: what the per-sequence layout costs where generations are short."""
+    import time
+
+    import eager_cpp
+
+    rows = [json.loads(line) for line in (DATA_DIR / "gsm8k_train_200.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows[: args.prompts or 4]]
+    m = eager_cpp.Model(model, n_threads=args.threads)
+    eager_cpp.run(m, prompts[:1], max_new_tokens=4, progress=None)  # warm-up
+    results = []
+    for rep in range(args.repeats):
+        for layout in args.kv_layouts:
+            t0 = time.perf_counter()
+            r = eager_cpp.run(m, prompts, method="parallel", max_sequences=args.sequences, temperature=0.6,
+                              max_new_tokens=max(args.lengths), stop="\n\n", seed=rep, kv_layout=layout, progress=None)
+            wall = time.perf_counter() - t0
+            lengths = sorted(len(s.token_ids) for p in r.prompts for s in p.sequences)
+            row = dict(kv_layout=layout, seed=rep, wall=wall, tokens=r.stats.generated_tokens,
+                       tok_s=r.stats.generated_tokens / wall, steps=r.stats.steps, decode_s=r.stats.decode_seconds,
+                       length_min=lengths[0], length_median=lengths[len(lengths) // 2], length_max=lengths[-1])
+            results.append(row)
+            print(f"seed {rep} {layout:12s}: {row['tok_s']:.1f} tok/s ({row['tokens']} tokens, {row['steps']} steps, "
+                  f"lengths {lengths[0]}..{lengths[-1]})", flush=True)
+    by = {k: sum(r["tokens"] for r in results if r["kv_layout"] == k) / sum(r["wall"] for r in results
+                                                                           if r["kv_layout"] == k)
+          for k in args.kv_layouts}
+    print("tok/s over all seeds: " + ", ".join(f"{k} {v:.1f}" for k, v in by.items()))
+    return {"prompts": len(prompts), "max_sequences": args.sequences, "runs": results, "tok_s": by}
+
+
 def names(parser: argparse.ArgumentParser, text: str, flag: str, known: tuple[str, ...]) -> list[str]:
     """Comma-separated names among `known`, or a parser error naming the flag."""
     values = [x.strip() for x in text.split(",") if x.strip()]
@@ -222,13 +257,14 @@ def names(parser: argparse.ArgumentParser, text: str, flag: str, known: tuple[st
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, "bench_long")
-    ap.add_argument("--part", choices=("a", "b", "c", "d"), default="a")
+    ap.add_argument("--part", choices=("a", "b", "c", "d", "e"), default="a")
     ap.add_argument("--prompts", type=int, default=None, help="prompts (default: 32 for a, 8 for b and c)")
     ap.add_argument("--sequences", type=int, default=8, help="M for parts b and c (default 8)")
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per sequence for part b (default 4096)")
     ap.add_argument("--budgets", default="16,1024,8192,32000",
                     help="max_new_tokens values for part a, the first the baseline (default 16,1024,8192,32000)")
-    ap.add_argument("--repeats", type=int, default=1, help="part a: runs per budget, the median wall stands (default 1)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="part a: runs per budget, the median wall stands; part e: seeds (default 1)")
     ap.add_argument("--lengths", default="512,2048,4096",
                     help="tokens per sequence for parts c and d, the first the baseline (default 512,2048,4096)")
     ap.add_argument("--kv-layouts", default="unified,per_sequence",
@@ -240,7 +276,7 @@ def main() -> int:
     args.kv_layouts = names(ap, args.kv_layouts, "kv-layouts", ("unified", "per_sequence"))
     args.methods = names(ap, args.methods, "methods", ("parallel", "eager_init"))
     model = model_path(args.model)
-    figures = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}[args.part](args, model)
+    figures = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}[args.part](args, model)
     out = args.out if args.out != default_out("bench_long") else default_out(f"bench_long_{args.part}")
     write_json(out, {"environment": environment(model, args.threads), "part": args.part, **figures})
     return 0

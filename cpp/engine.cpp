@@ -191,12 +191,13 @@ std::vector<int> Engine::decode_running() {
         batch_.clear();
         std::vector<int> slots;
         slots.reserve(table_.size());
-        for (int s = 0; s < table_.size(); ++s) {
-            const LiveSequence & seq = table_[s];
-            if (seq.paused) continue;
-            batch_.add(seq.pending, seq.n_past, seq.id, true);
-            slots.push_back(s);
-        }
+        for (int s = 0; s < table_.size(); ++s)
+            if (!table_[s].paused) slots.push_back(s);
+        // Per-sequence streams: llama.cpp splits a step into one micro-batch (one pass over the weights) per run
+        // of consecutive ascending ids, so the batch goes in id order. The unified cache keeps table order.
+        if (cfg_.kv_layout == KvLayout::PerSequence)
+            std::sort(slots.begin(), slots.end(), [this](int a, int b) { return table_[a].id < table_[b].id; });
+        for (int s : slots) batch_.add(table_[s].pending, table_[s].n_past, table_[s].id, true);
         out_.stats.bookkeeping_seconds += seconds_since(t0);
         const auto t1 = Clock::now();
         if (kv_trace_) kv_trace_->take();  // what admission's prefills logged is not this step's
@@ -280,6 +281,8 @@ void Engine::end_step(const std::vector<int> & prompts) {
 
 void Engine::release_finished() {
     const SequenceTable::Released released = table_.release_finished();
+    // The device path keeps a sampler per sequence id; it keeps its ids as they are.
+    if (cfg_.kv_layout == KvLayout::PerSequence && !cfg_.device_topk && !released.lengths.empty()) table_.compact_ids();
     for (int length : released.lengths) admission_.sequence_finished(length);
     for (int prompt : released.prompts_done) {
         const PromptState & st = table_.prompt(prompt);

@@ -303,6 +303,9 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
 void Model::grow_context(uint32_t n_ctx) {
     if (ctx_ == nullptr) throw LlamaError("no context to grow");
     if (llama_n_ctx(ctx_) >= n_ctx) return;
+    // Streams are sized once for their longest sequence; a copy between them may still be queued, which the
+    // state below would not include.
+    if (!shape_.kv_unified) throw LlamaError("per-sequence KV streams do not grow");
     // The whole cache (sequence id -1): every used cell with its position and all its sequences, so
     // cells that several sequences share stay shared. The old context goes before the new one is
     // made, so the two are never held at once.

@@ -206,7 +206,8 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
                               "or use kv_layout='unified'");
     }
     shape.kv_unified = false;
-    const int64_t live = std::max(config.max_live_sequences, jobs[widest].max_sequences);
+    // The prefix anchor holds a stream of its own beside them.
+    const int64_t live = std::max(config.max_live_sequences, jobs[widest].max_sequences) + (plans_anchor(config, jobs) ? 1 : 0);
     shape.n_seq_max = static_cast<uint32_t>(std::min({static_cast<int64_t>(shape.n_seq_max), streams, live}));
     shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * per_stream);
 }

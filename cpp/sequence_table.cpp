@@ -19,7 +19,7 @@ size_t find_from(const std::string & text, const std::string & needle, size_t ap
 SequenceTable::SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
                              RunOutput & out, ContextHandle ctx, int n_ids)
     : model_(model), cfg_(config), jobs_(jobs), out_(out), ctx_(ctx), state_(jobs.size()) {
-    for (int id = n_ids - 1; id >= 0; --id) free_ids_.push_back(id);  // lowest ids first
+    for (int id = 0; id < n_ids; ++id) free_ids_.push_back(id);
 }
 
 int SequenceTable::create(int prompt, int parent_slot) {
@@ -30,8 +30,11 @@ int SequenceTable::create(int prompt, int parent_slot) {
     LiveSequence seq;
     seq.prompt = prompt;
     seq.local = static_cast<int>(pr.sequences.size());
-    seq.id = free_ids_.back();
-    free_ids_.pop_back();
+    // The lowest free id: per-sequence streams decode a step in one micro-batch only where the ids in it run
+    // consecutively (llama.cpp's sequential split), so ids are kept as compact as the live sequences allow.
+    const auto lowest = std::min_element(free_ids_.begin(), free_ids_.end());
+    seq.id = *lowest;
+    free_ids_.erase(lowest);
     seq.rng = Rng(cfg_.seed, job.stream_id, static_cast<uint64_t>(job.sequence_index_base + seq.local));
     SequenceResult result;
     if (parent_slot >= 0) {
@@ -110,6 +113,21 @@ SequenceTable::Released SequenceTable::release_finished() {
     }
     live_.resize(kept);
     return out;
+}
+
+int SequenceTable::compact_ids() {
+    int moved = 0;
+    while (!free_ids_.empty() && !live_.empty()) {
+        const auto lowest = std::min_element(free_ids_.begin(), free_ids_.end());
+        const auto top = std::max_element(live_.begin(), live_.end(),
+                                          [](const LiveSequence & a, const LiveSequence & b) { return a.id < b.id; });
+        if (top->id < *lowest) break;
+        llama_memory_seq_cp(ctx_.memory(), top->id, *lowest, -1, -1);
+        llama_memory_seq_rm(ctx_.memory(), top->id, -1, -1);
+        std::swap(top->id, *lowest);
+        ++moved;
+    }
+    return moved;
 }
 
 int32_t SequenceTable::fork_position(int prompt, int local) const {

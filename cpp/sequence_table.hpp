@@ -74,6 +74,10 @@ public:
         std::vector<int> lengths;
     };
     Released release_finished();
+    // Per-sequence streams: moves the live sequences with the highest ids into the lowest free ids below
+    // them (a whole-stream copy each, applied by the next decode), so a step's ids run consecutively and
+    // llama.cpp decodes it in one micro-batch instead of one per run of ids. Returns the sequences moved.
+    int compact_ids();
 
     // Cells the running sequences of `prompts` hold: each prompt's own cells once, however many
     // sequences share them (a finished parent's cells count while a running child holds them).

@@ -5,6 +5,7 @@ of Full Parallel and EAGer-init, the prefix anchor's ranged copies, and a tree s
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import eager_cpp
@@ -48,8 +49,9 @@ def test_per_sequence_streams_decode_what_the_unified_cache_decodes(model, refer
 
 
 def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_streams(model, reference):
-    """Engine level: the second seed shares the prompt and one token with the first, so its cells are a ranged
-    copy of the first seed's stream (whole stream copied, the rest dropped) and its own token is prefilled."""
+    """Engine level: two seeds share the prompt and one token, so whichever the engine starts second (it orders
+    seeds by prefix) gets its cells as a ranged copy of the other's stream (whole stream copied, the rest
+    dropped) and prefills only what it does not share."""
     tokens = model.tokenize("Country: Peru\nCapital:")
     cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=8, temperature=0.0), model)
     cfg.method = _core.Method.EAGER_INIT
@@ -63,17 +65,21 @@ def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_stream
         cfg.kv_layout = layout
         runs[layout] = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 2, 1e9, 0, 1, seeds)])
     out = runs[_core.KvLayout.PER_SEQUENCE]
-    assert out.stats.reprocessed_tokens == 3 + 1  # the first seed's prefix, then only the token not shared
-    second = out.prompts[0].sequences[1]
-    assert second.branch_step == 2
-    # Teacher-forced: from [greedy[0], other] on, every token is the greedy choice at its prefix. Positions the
-    # first seed holds past the shared start, left in the copied stream, would be attended too and bend these.
-    full = [greedy[0], other] + list(second.own_tokens)
-    rows = reference_logits(reference, tokens + full[:-1])[len(tokens) - 1:]
-    for j in range(2, len(full)):
-        assert rows[j][full[j]] >= rows[j].max() - GREEDY_NOISE, (j, float(rows[j][full[j]]), float(rows[j].max()))
-    unified = runs[_core.KvLayout.UNIFIED].prompts[0].sequences[1]
-    assert list(second.own_tokens) == list(unified.own_tokens)
+    assert out.stats.reprocessed_tokens == 3 + 1  # one seed's whole prefix, then only the other's unshared token
+    assert [q.branch_step for q in out.prompts[0].sequences] == [3, 2]
+    # Teacher-forced: from each seed's prefix on, every token is the greedy choice at its prefix (the first among
+    # those the seed does not exclude). Positions the source holds past the shared start, left in the copied
+    # stream, would be attended too and bend these.
+    for seed, q in zip(seeds, out.prompts[0].sequences):
+        full = list(seed.prefix) + list(q.own_tokens)
+        rows = reference_logits(reference, tokens + full[:-1])[len(tokens) - 1:]
+        for j in range(len(seed.prefix), len(full)):
+            row = rows[j].copy()
+            if j == len(seed.prefix):
+                row[list(seed.exclude)] = -np.inf
+            assert row[full[j]] >= row.max() - GREEDY_NOISE, (j, float(row[full[j]]), float(row.max()))
+    unified = runs[_core.KvLayout.UNIFIED].prompts[0].sequences
+    assert [list(q.own_tokens) for q in out.prompts[0].sequences] == [list(q.own_tokens) for q in unified]
 
 
 def test_the_budget_buys_whole_streams_and_admission_waits_for_free_ones(model):
@@ -96,3 +102,17 @@ def test_the_budget_buys_whole_streams_and_admission_waits_for_free_ones(model):
                       kv_layout="per_sequence", kv_memory=int(3.5 * 256 * cell), progress=None)
     with pytest.raises(ValueError, match="unknown kv_layout 'streams'"):
         eager_cpp.run(model, prompts, kv_layout="streams", progress=None)
+
+
+def test_ids_freed_mid_run_are_refilled_by_moving_live_streams_down(model, reference):
+    # Branches end at different steps (stop at the newline), freeing ids below live ones; the engine moves the
+    # highest live streams into them (whole-stream copies) so each step's ids stay consecutive: llama.cpp decodes
+    # a streams batch in one micro-batch per run of consecutive ids. A moved sequence must keep its cells.
+    prompts = [r["prompt"] for r in load_jsonl("capitals_dev_100.jsonl", 4)[2:4]] + ["a a a a a a a a a a a a",
+                                                                                    "1 2 1 2 1 2 1 2 1 2 1 2"]
+    r = eager_cpp.run(model, prompts, method="eager_init", max_sequences=4, entropy_threshold=0.5, temperature=0.0,
+                      max_new_tokens=40, stop="\n", think_end_marker=None, kv_layout="per_sequence", progress=None)
+    ends = [len(s.token_ids) for p in r.prompts for s in p.sequences]
+    assert len(set(ends)) > 2 and max(ends) == 40  # some ended early while others ran on
+    assert sum(p.n_sequences for p in r.prompts) > len(prompts)
+    assert_greedy_choices(model, reference, r)
