@@ -73,6 +73,12 @@ def assert_greedy_choices(model, reference, result) -> None:
                 assert row[token] >= wanted - GREEDY_NOISE, (p.index, s.index, j, float(row[token]), float(wanted))
 
 
+def tree_shape(result) -> list[list[tuple]]:
+    """Each prompt's sequences as (index, parent, branch step, tokens, finish reason): what two runs compare on."""
+    return [[(s.index, s.parent, s.branch_step, tuple(s.token_ids), s.finish_reason) for s in p.sequences]
+            for p in result.prompts]
+
+
 def load_jsonl(name: str, limit: int | None = None) -> list[dict]:
     path = DATA_DIR / name
     if not path.exists():

@@ -12,17 +12,12 @@ import eager_cpp
 from eager_cpp import _core
 from eager_cpp.local import engine_config
 
-from conftest import GREEDY_NOISE, assert_greedy_choices, load_jsonl, reference_logits
+from conftest import GREEDY_NOISE, assert_greedy_choices, load_jsonl, reference_logits, tree_shape
 
 # Few-shot prompts of ~120 tokens that share their first 64-token block (what the prefix anchor copies).
 HEADER = "".join(f"Q: What is {a} plus {b}?\nA: {a + b}\n\n" for a, b in [(3, 4), (10, 22), (7, 8), (31, 11), (5, 9),
                                                                           (12, 13)])
 FEW_SHOT = [HEADER + f"Q: What is {a} plus {b}?\nA:" for a, b in [(17, 25), (40, 2), (8, 8)]]
-
-
-def shape(result: eager_cpp.RunResult) -> list[list[tuple]]:
-    return [[(s.index, s.parent, s.branch_step, tuple(s.token_ids), s.finish_reason) for s in p.sequences]
-            for p in result.prompts]
 
 
 @pytest.mark.parametrize("method, share", [("parallel", False), ("eager_init", False), ("eager_init", True)])
@@ -45,7 +40,7 @@ def test_per_sequence_streams_decode_what_the_unified_cache_decodes(model, refer
     roots = sum(p.sequences[0].token_ids == q.sequences[0].token_ids for p, q in zip(streams.prompts, unified.prompts))
     assert roots >= len(FEW_SHOT) - 1, roots
     if method == "parallel":  # no branching to flip: every sample is the greedy path
-        assert sum(a == b for a, b in zip(shape(streams), shape(unified))) >= len(FEW_SHOT) - 1
+        assert sum(a == b for a, b in zip(tree_shape(streams), tree_shape(unified))) >= len(FEW_SHOT) - 1
 
 
 def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_streams(model, reference):

@@ -8,7 +8,7 @@ import pytest
 
 import eager_cpp
 
-from conftest import assert_greedy_choices, load_jsonl
+from conftest import assert_greedy_choices, load_jsonl, tree_shape
 
 # Capitals prompts of ~30 tokens. 256 cells (the smallest cache llama.cpp makes) hold a few prompts' trees:
 # admission projects the lengths it has seen, so the sequences that run on past them fill the cache.
@@ -22,11 +22,6 @@ def prompts() -> list[str]:
     capitals = [r["prompt"] for r in load_jsonl("capitals_dev_100.jsonl", 40)[10:12]]
     return capitals + ["a a a a a a a a a a a a", "1 2 1 2 1 2 1 2 1 2 1 2", "x y z x y z x y z x y z",
                        "la la la la la la la la"]
-
-
-def shape(result: eager_cpp.RunResult) -> list[list[tuple]]:
-    return [[(s.index, s.parent, s.branch_step, tuple(s.token_ids), s.finish_reason) for s in p.sequences]
-            for p in result.prompts]
 
 
 def test_a_full_cache_preempts_prompts_and_recomputes_them_as_the_model_would(model, reference):
@@ -45,7 +40,7 @@ def test_a_full_cache_preempts_prompts_and_recomputes_them_as_the_model_would(mo
                 assert s.token_ids[: s.branch_step] == by[s.parent].token_ids[: s.branch_step]
     assert_greedy_choices(model, reference, tight)
     # Beside the noise of other batch shapes, the preempted run is the unconstrained one.
-    same = sum(a == b for a, b in zip(shape(tight), shape(free)))
+    same = sum(a == b for a, b in zip(tree_shape(tight), tree_shape(free)))
     assert same >= len(free.prompts) - 2, (same, len(free.prompts))
 
 
@@ -59,7 +54,7 @@ def test_sampling_under_preemption_keeps_every_sample_and_reruns_identically(mod
     assert all(s.finish_reason in ("stop", "length") and len(s.token_ids) <= 60 for p in a.prompts for s in p.sequences)
     assert a.stats.generated_tokens == sum(len(s.own_tokens) for p in a.prompts for s in p.sequences)
     assert a.stats.sequences == 4 * len(a.prompts)
-    assert shape(a) == shape(b)
+    assert tree_shape(a) == tree_shape(b)
 
 
 def test_one_prompt_larger_than_the_cache_pauses_its_own_sequences(model, reference):
