@@ -160,6 +160,7 @@ void Engine::start_root(int prompt) {
     out_.stats.prefill_seconds += seconds_since(t0);
     const int32_t n = static_cast<int32_t>(job.tokens.size());
     table_[root].n_past = n;
+    table_.own_cells(root);
     std::vector<int> slots{root};
     if (cfg_.method == Method::Parallel) {
         // M independent samples share one prefill: the copies only tag the prompt's cells.
@@ -297,6 +298,7 @@ void Engine::trace_step(int tokens, double decode_s) {
     StepTrace t;
     t.tokens = tokens;
     t.prompts = static_cast<int32_t>(in_flight_.size());
+    t.kv_held = static_cast<int32_t>(kv_.cells_held(in_flight_));
     t.decode_ms = static_cast<float>(decode_s * 1e3);
     if (kv_trace_) {
         const KvSpan span = kv_trace_->take();
@@ -328,12 +330,13 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     kv.bytes_per_cell = kv_bytes_per_cell(model);
     if (config.n_ctx == 0 && config.kv_memory == 0) kv.available_bytes = available_memory_bytes(model);
     const ContextShape shape = plan_context(config, jobs, kv);
-    check_budget(config, jobs, shape.n_ctx, kv);
+    const int64_t ceiling = plan_kv_ceiling(config, kv, shape.n_ctx);
+    check_budget(config, jobs, shape.n_ctx, ceiling, kv);
     llama_context * ctx = model.acquire_context(shape);
     MemoryGuard guard{model.context()};
     // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
-    const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx);
-    Engine engine(model, config, jobs, on_progress, shape.n_ctx, plan_kv_ceiling(config, kv, shape.n_ctx), anchor);
+    const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx, ceiling);
+    Engine engine(model, config, jobs, on_progress, shape.n_ctx, ceiling, anchor);
     return engine.run();
 }
 

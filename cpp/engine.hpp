@@ -108,6 +108,7 @@ struct StepTrace {
     int32_t kv_used = -1;          // cells in use
     int32_t kv_span_swa = -1;      // the same for a separate sliding-window cache
     int32_t kv_used_swa = -1;
+    int32_t kv_held = 0;           // cells in use as the engine counts them (its budget's measure), anchor included
 };
 
 struct RunStats {

@@ -137,15 +137,16 @@ void KvMemory::resume(const std::vector<int> & in_flight) {
     for (int prompt : in_flight) {
         const PromptState & st = table_.prompt(prompt);
         if (st.paused == 0) continue;
-        const int64_t whole = table_.cells_held({prompt}, true) - table_.cells_held({prompt});
+        const int64_t whole = table_.tree_cells({prompt}, true) - table_.tree_cells({prompt}, false);
         const bool all = fits(in_flight, whole + st.paused);
         if (!all && table_.running_count() > 0 && st.paused == st.live) return;  // wait, keeping admission order
         if (all) reserve_beside(in_flight, whole + st.paused);
         // Parents before children (creation order), so a child copies the prefix its parent recomputed.
+        // Each sequence's exact need is checked: the projection assumed every shared prefix can be copied.
         for (int slot = 0; slot < table_.size(); ++slot) {
             if (table_[slot].prompt != prompt || !table_[slot].paused) continue;
             const int64_t need = table_[slot].n_past - recompute_from(slot) + 1;
-            if (!all && table_.running_count() > 0 && !fits(in_flight, need)) return;
+            if (table_.running_count() > 0 && !fits(in_flight, need)) return;
             reserve_beside(in_flight, need);
             resume_sequence(slot);
         }
@@ -157,26 +158,35 @@ bool KvMemory::fits(const std::vector<int> & in_flight, int64_t more) const {
     return cells_held(in_flight) + more + table_.running_count() <= ceiling_ * (1.0 - kKvWatermark);
 }
 
-int64_t KvMemory::recompute_from(int slot, llama_seq_id * source) const {
-    // The longest start a running relative can lend: the ancestor's cells up to the fork, else any
-    // running sequence's prompt cells; none when the copy would leave holes in a sliding window.
-    int32_t shared = 0;
-    int from = table_.running_ancestor(slot, shared);
-    if (from < 0) {
-        for (int s = 0; s < table_.size() && from < 0; ++s)
-            if (table_[s].prompt == table_[slot].prompt && !table_[s].paused) from = s;
-        shared = from >= 0 ? static_cast<int32_t>(table_.job(table_[slot].prompt).tokens.size()) : 0;
+int64_t KvMemory::recompute_from(int slot, int * source) const {
+    // The longest start any running sequence of the same prompt can lend: the positions where its tokens
+    // are the paused sequence's (a parent's up to the fork, a sibling's shared path, at least the prompt);
+    // none from a source whose sliding window there is gone (the copy would leave holes in it).
+    const std::vector<int32_t> tokens = table_.kv_tokens(slot);
+    int64_t best = 0;
+    for (int s = 0; s < table_.size(); ++s) {
+        const LiveSequence & other = table_[s];
+        if (s == slot || other.paused || other.prompt != table_[slot].prompt) continue;
+        const std::vector<int32_t> theirs = table_.kv_tokens(s);
+        const auto [mine_end, theirs_end] = std::mismatch(tokens.begin(), tokens.end(), theirs.begin(), theirs.end());
+        const int32_t shared = static_cast<int32_t>(mine_end - tokens.begin());
+        if (shared <= best || !copy_is_whole(ctx_.memory(), other.id, shared, n_swa_)) continue;
+        best = shared;
+        if (source != nullptr) *source = s;
     }
-    if (from < 0 || !copy_is_whole(ctx_.memory(), table_[from].id, shared, n_swa_)) return 0;
-    if (source != nullptr) *source = table_[from].id;
-    return shared;
+    return best;
 }
 
 void KvMemory::resume_sequence(int slot) {
-    llama_seq_id source = -1;
+    int source = -1;
     const int64_t shared = recompute_from(slot, &source);
+    if (shared > 0) {
+        copy_prefix(ctx_.get(), table_[source].id, table_[slot].id, static_cast<llama_pos>(shared));
+        table_.copied_cells(source, slot, static_cast<int32_t>(shared));
+    } else {
+        table_.own_cells(slot);
+    }
     LiveSequence & seq = table_[slot];
-    if (shared > 0) copy_prefix(ctx_.get(), source, seq.id, static_cast<llama_pos>(shared));
     const std::vector<int32_t> tokens = table_.kv_tokens(slot);
     prefill_.tokens(tokens, static_cast<size_t>(shared), static_cast<int32_t>(shared), seq.id,
                     "recomputing a preempted sequence");

@@ -62,8 +62,8 @@ private:
     void pause_sequence(int slot);
     bool fits(const std::vector<int> & in_flight, int64_t more) const;
     void resume_sequence(int slot);
-    // Cells a paused sequence can copy from a running relative (and from which, when `source`).
-    int64_t recompute_from(int slot, llama_seq_id * source = nullptr) const;
+    // Cells a paused sequence can copy from a running relative (and that relative's slot, when `source`).
+    int64_t recompute_from(int slot, int * source = nullptr) const;
 
     Model & model_;
     ContextHandle ctx_;

@@ -27,6 +27,10 @@ int64_t min_cells(const EngineConfig & config, const PromptJob & job) {
     return static_cast<int64_t>(job.tokens.size() + prefix) + first_sequences(config, job);
 }
 
+int64_t sequence_cells(const EngineConfig & config, const PromptJob & job) {
+    return static_cast<int64_t>(job.tokens.size()) + config.max_new_tokens;
+}
+
 int64_t start_cells(const EngineConfig & config, const PromptJob & job) {
     int64_t prefixes = 0;
     for (const BranchSeed & seed : job.seeds) prefixes += static_cast<int64_t>(seed.prefix.size());
@@ -156,17 +160,30 @@ void validate_run(const EngineConfig & config, const std::vector<PromptJob> & jo
     for (size_t i = 0; i < jobs.size(); ++i) validate_job(config, jobs[i], i, n_vocab, n_ctx_train);
 }
 
-void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jobs, uint32_t n_ctx, const KvSizing & kv) {
+void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jobs, uint32_t n_ctx, int64_t ceiling,
+                  const KvSizing & kv) {
+    const auto budget = [&](int64_t cells) {
+        if (config.n_ctx > 0) return "n_ctx=" + std::to_string(config.n_ctx);
+        const std::string cells_of = std::to_string(cells) + " KV cells of " +
+                                     std::to_string(static_cast<int64_t>(kv.bytes_per_cell)) + " bytes";
+        if (config.kv_memory > 0) return "kv_memory=" + std::to_string(config.kv_memory) + " bytes (" + cells_of + ")";
+        return "kv_memory='auto' (a share of the memory available: " + cells_of + ")";
+    };
     for (size_t i = 0; i < jobs.size(); ++i) {
         const int64_t need = min_cells(config, jobs[i]);
-        if (need <= static_cast<int64_t>(n_ctx)) continue;
-        const std::string budget = config.n_ctx > 0 ? "n_ctx=" + std::to_string(config.n_ctx)
-                                                    : "kv_memory=" + std::to_string(config.kv_memory) + " bytes (" +
-                                                          std::to_string(n_ctx) + " KV cells of " +
-                                                          std::to_string(static_cast<int64_t>(kv.bytes_per_cell)) + " bytes)";
-        throw InvalidArgument(budget + " is too small for prompt " + std::to_string(i) + ": it needs at least " +
-                              std::to_string(need) + " cells (its " + std::to_string(jobs[i].tokens.size()) +
-                              " prompt tokens and one step for each of its first sequences)");
+        if (need > static_cast<int64_t>(n_ctx))
+            throw InvalidArgument(budget(n_ctx) + " is too small for prompt " + std::to_string(i) + ": it needs at least " +
+                                  std::to_string(need) + " cells (its " + std::to_string(jobs[i].tokens.size()) +
+                                  " prompt tokens and one step for each of its first sequences)");
+        const int64_t longest = sequence_cells(config, jobs[i]);
+        if (longest > ceiling)
+            throw InvalidArgument(budget(ceiling) + " is too small for prompt " + std::to_string(i) + ": one of its " +
+                                  "sequences may grow to " + std::to_string(longest) + " cells (its " +
+                                  std::to_string(jobs[i].tokens.size()) + " prompt tokens and max_new_tokens=" +
+                                  std::to_string(config.max_new_tokens) + "), and a sequence is never split; raise " +
+                                  "kv_memory (or n_ctx) to at least " + std::to_string(longest) + " cells (" +
+                                  std::to_string(static_cast<int64_t>(longest * kv.bytes_per_cell)) +
+                                  " bytes) or lower max_new_tokens");
     }
 }
 
@@ -249,13 +266,18 @@ int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32
     return std::max<int64_t>(n_ctx, auto_share_cells(kv) / kCellPadding * kCellPadding);
 }
 
-AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx) {
+AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx,
+                       int64_t ceiling) {
     AnchorPlan plan;
     if (!plans_anchor(config, jobs)) return plan;
     int max_ids = 0;
     for (const auto & job : jobs) max_ids = std::max(max_ids, job.max_sequences);
     const int64_t longest = static_cast<int64_t>(longest_prompt(jobs));
-    if (n_seq_max > max_ids && largest_min_cells(config, jobs) + longest <= static_cast<int64_t>(n_ctx)) {
+    // Beside the anchor, the largest job must start and its longest sequence must be able to grow.
+    int64_t longest_sequence = 0;
+    for (const auto & job : jobs) longest_sequence = std::max(longest_sequence, sequence_cells(config, job));
+    if (n_seq_max > max_ids && largest_min_cells(config, jobs) + longest <= static_cast<int64_t>(n_ctx) &&
+        longest_sequence + longest <= ceiling) {
         plan.id = n_seq_max - 1;
         plan.reserved = longest;
     }

@@ -30,6 +30,8 @@ int64_t min_cells(const EngineConfig & config, const PromptJob & job);
 // The most cells a job's start may take: its prompt, every seed's whole prefix (a copied common start
 // counted again), one step for each of its first sequences.
 int64_t start_cells(const EngineConfig & config, const PromptJob & job);
+// The most cells one of a job's sequences may hold: its prompt and max_new_tokens.
+int64_t sequence_cells(const EngineConfig & config, const PromptJob & job);
 
 // What the KV budget is measured in: the model's bytes per cell, the memory "auto" may take a share of.
 struct KvSizing {
@@ -45,8 +47,11 @@ float entropy_temperature(const EngineConfig & config);
 // bounds the positions a sequence may reach.
 void validate_run(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_vocab, int n_ctx_train);
 
-// Throws InvalidArgument when a job cannot start in a cache of `n_ctx` cells, naming the budget.
-void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jobs, uint32_t n_ctx, const KvSizing & kv);
+// Throws InvalidArgument, naming the budget, when a job cannot start in a cache of `n_ctx` cells, or when
+// one of its sequences could outgrow the `ceiling` the cache may reach (its prompt plus max_new_tokens):
+// preemption pauses whole sequences, so a lone sequence that fills the cache could only fail mid-run.
+void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jobs, uint32_t n_ctx, int64_t ceiling,
+                  const KvSizing & kv);
 
 // Prefix sharing is planned when it is on and there is a later prompt to share with.
 bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs);
@@ -70,6 +75,7 @@ struct AnchorPlan {
     int id = -1;             // -1: no sharing in this run
     int64_t reserved = 0;    // cells the anchor may hold
 };
-AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx);
+AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx,
+                       int64_t ceiling);
 
 }  // namespace eager

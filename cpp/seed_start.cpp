@@ -65,6 +65,7 @@ int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> &
     const llama_seq_id id = table_[slots[k]].id;
     const int32_t n_prompt = static_cast<int32_t>(job.tokens.size());
     if (previous < 0) {
+        table_.own_cells(slots[k]);
         int32_t row = prefill_.prompt(job.tokens, id, stats_);
         if (!seed.prefix.empty()) row = prefill_.tokens(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
         stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
@@ -77,15 +78,18 @@ int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> &
     const llama_seq_id from = table_[slots[previous]].id;
     if (common == seed.prefix.size() && a == before.end()) {  // the same point: the whole sequence
         llama_memory_seq_cp(mem, from, id, -1, -1);
+        table_.copied_cells(slots[previous], slots[k], n_prompt + static_cast<int32_t>(before.size()));
         return -1;
     }
     const int32_t shared = n_prompt + static_cast<int32_t>(common);
     if (!copy_is_whole(mem, from, shared, n_swa_)) {  // its window there is gone: prefill it all again
+        table_.own_cells(slots[k]);
         prefill_.tokens(job.tokens, 0, 0, id, "prompt prefill");
         stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
         return seed.prefix.empty() ? -1 : prefill_.tokens(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
     }
     copy_prefix(ctx_.get(), from, id, shared);
+    table_.copied_cells(slots[previous], slots[k], shared);
     stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size() - common);
     return prefill_.tokens(seed.prefix, common, shared, id, "branch prefix prefill");
 }

@@ -1,6 +1,7 @@
 #include "sequence_table.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "errors.hpp"
 #include "model.hpp"
@@ -46,6 +47,8 @@ int SequenceTable::create(int prompt, int parent_slot) {
         seq.generated = parent.generated;
         seq.past_marker = parent.past_marker;
         llama_memory_seq_cp(ctx_.memory(), parent.id, seq.id, -1, -1);
+        seq.cells = parent.cells;
+        seq.cells.push_back(CellRun{next_group_++, parent.n_past});
     }
     pr.sequences.push_back(std::move(result));
     ++st.n_sequences;
@@ -58,6 +61,19 @@ int SequenceTable::create(int prompt, int parent_slot) {
 
 void SequenceTable::share_cells(int from_slot, int to_slot) {
     llama_memory_seq_cp(ctx_.memory(), live_[from_slot].id, live_[to_slot].id, -1, -1);
+    copied_cells(from_slot, to_slot, live_[from_slot].n_past);
+}
+
+void SequenceTable::own_cells(int slot) {
+    live_[slot].cells.assign(1, CellRun{next_group_++, 0});
+}
+
+void SequenceTable::copied_cells(int from_slot, int to_slot, int32_t len) {
+    std::vector<CellRun> runs;
+    for (const CellRun & run : live_[from_slot].cells)
+        if (run.begin < len) runs.push_back(run);
+    runs.push_back(CellRun{next_group_++, len});
+    live_[to_slot].cells = std::move(runs);
 }
 
 void SequenceTable::append(LiveSequence & seq, int32_t token, float entropy) {
@@ -135,10 +151,27 @@ int32_t SequenceTable::fork_position(int prompt, int local) const {
     return static_cast<int32_t>(jobs_[prompt].tokens.size()) + (r.parent >= 0 ? r.branch_step : 0);
 }
 
-int64_t SequenceTable::cells_held(const std::vector<int> & prompts, bool with_paused) const {
+int64_t SequenceTable::cells_held(const std::vector<int> & prompts) const {
+    // Each group's cells run from its begin to the furthest any running holder reaches. Called every
+    // step: only the running sequences' few runs are visited.
+    std::vector<std::pair<int64_t, int32_t>> reach;  // (group, cells a holder reaches into it)
+    int64_t total = 0;
+    for (const LiveSequence & seq : live_) {
+        if (seq.paused || std::find(prompts.begin(), prompts.end(), seq.prompt) == prompts.end()) continue;
+        for (size_t r = 0; r < seq.cells.size(); ++r) {
+            const int32_t end = r + 1 < seq.cells.size() ? seq.cells[r + 1].begin : seq.n_past;
+            if (end > seq.cells[r].begin) reach.emplace_back(seq.cells[r].group, end - seq.cells[r].begin);
+        }
+    }
+    std::sort(reach.begin(), reach.end());
+    for (size_t i = 0; i < reach.size(); ++i)
+        if (i + 1 == reach.size() || reach[i + 1].first != reach[i].first) total += reach[i].second;  // the longest
+    return total;
+}
+
+int64_t SequenceTable::tree_cells(const std::vector<int> & prompts, bool with_paused) const {
     // Walk each prompt's tree from the youngest sequence up: a sequence holds its own cells up to its
     // position if it runs, and its parent's from the parent's fork up to where it forked.
-    // Called every step: only the prompts in flight are visited (never a pass over every job of the run).
     std::vector<std::vector<int32_t>> held(prompts.size());
     for (size_t k = 0; k < prompts.size(); ++k) held[k].assign(out_.prompts[prompts[k]].sequences.size(), 0);
     for (const LiveSequence & seq : live_) {
@@ -166,6 +199,7 @@ int64_t SequenceTable::cells_held(const std::vector<int> & prompts, bool with_pa
 void SequenceTable::pause(int slot) {
     LiveSequence & seq = live_[slot];
     llama_memory_seq_rm(ctx_.memory(), seq.id, -1, -1);
+    seq.cells.clear();
     seq.paused = true;
     ++state_[seq.prompt].paused;
     ++paused_count_;
@@ -198,26 +232,6 @@ std::vector<int32_t> SequenceTable::kv_tokens(int slot) const {
     tokens.insert(tokens.end(), generated.begin(), generated.end());
     tokens.resize(seq.n_past);  // the pending token is fed by the next step
     return tokens;
-}
-
-int SequenceTable::slot_of(int prompt, int local) const {
-    for (int s = 0; s < static_cast<int>(live_.size()); ++s)
-        if (live_[s].prompt == prompt && live_[s].local == local) return s;
-    return -1;
-}
-
-int SequenceTable::running_ancestor(int slot, int32_t & shared) const {
-    const int prompt = live_[slot].prompt;
-    const auto & seqs = out_.prompts[prompt].sequences;
-    for (int local = live_[slot].local; seqs[local].parent >= 0; local = seqs[local].parent) {
-        const int at = slot_of(prompt, seqs[local].parent);
-        if (at >= 0 && !live_[at].paused) {
-            shared = fork_position(prompt, local);
-            return at;
-        }
-    }
-    shared = 0;
-    return -1;
 }
 
 }  // namespace eager

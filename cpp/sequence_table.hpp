@@ -17,6 +17,15 @@ namespace eager {
 
 class Model;
 
+// Where a sequence's KV cells came from: from `begin` on (up to the next run's begin, or n_past) they
+// are the cells of `group`, one stretch of decoded positions that every sequence copying it shares. A
+// prompt prefill, a sequence's own decoding from its fork and a recompute each start a group; a copy
+// of [0, len) takes the source's runs up to len. So the cells in use are each group's longest holder.
+struct CellRun {
+    int64_t group = 0;
+    int32_t begin = 0;
+};
+
 struct LiveSequence {
     int prompt = 0;       // index into the jobs
     int local = 0;        // index within the prompt's result
@@ -27,6 +36,7 @@ struct LiveSequence {
     bool past_marker = false;
     bool finished = false;
     bool paused = false;  // preempted: holds no cells of its own until recomputed (kv_memory.hpp)
+    std::vector<CellRun> cells;  // empty while paused
     Rng rng;
 };
 
@@ -62,6 +72,10 @@ public:
     int create(int prompt, int parent_slot);
     // Tags `to`'s id on every cell `from` holds (sequences that start from the same prompt).
     void share_cells(int from_slot, int to_slot);
+    // Records where a sequence's cells come from (see CellRun): all decoded for it, or [0, len) copied
+    // from the sequence in `from_slot` and its own from len on.
+    void own_cells(int slot);
+    void copied_cells(int from_slot, int to_slot, int32_t len);
 
     // Appends a generated token; finishes the sequence on EOS, a stop string or the length cap.
     void append(LiveSequence & seq, int32_t token, float entropy);
@@ -79,22 +93,21 @@ public:
     // llama.cpp decodes it in one micro-batch instead of one per run of ids. Returns the sequences moved.
     int compact_ids();
 
-    // Cells the running sequences of `prompts` hold: each prompt's own cells once, however many
-    // sequences share them (a finished parent's cells count while a running child holds them).
-    // with_paused: as if the paused ones ran too (what resuming them all would hold).
-    int64_t cells_held(const std::vector<int> & prompts, bool with_paused = false) const;
+    // Cells the running sequences of `prompts` hold, each counted once however many sequences share it
+    // (a finished parent's cells count while a running child holds them): exact, from the cell runs.
+    int64_t cells_held(const std::vector<int> & prompts) const;
+    // What their trees would hold with every shared prefix shared once; with_paused: as if the paused
+    // ones ran too. The projection of what resuming a paused prompt takes (a recompute that cannot copy
+    // a prefix takes more: the exact need is checked sequence by sequence).
+    int64_t tree_cells(const std::vector<int> & prompts, bool with_paused) const;
     // A paused sequence frees the cells only it holds; it keeps its id, its tokens and its stream.
     void pause(int slot);
     void unpause(int slot);
     // The tokens at positions [0, n_past) of a sequence: its prompt, then every token it generated
     // (inherited ones included) but the pending one.
     std::vector<int32_t> kv_tokens(int slot) const;
-    // The slot of the nearest running ancestor and the position up to which their cells agree
-    // (-1 and 0 when none runs).
-    int running_ancestor(int slot, int32_t & shared) const;
 
 private:
-    int slot_of(int prompt, int local) const;
     std::vector<int32_t> generated_tokens(int prompt, int local) const;
     int32_t fork_position(int prompt, int local) const;
 
@@ -106,6 +119,7 @@ private:
     std::vector<LiveSequence> live_;  // in creation order, which fixes the order children are numbered
     std::vector<llama_seq_id> free_ids_;
     std::vector<PromptState> state_;
+    int64_t next_group_ = 0;
     int live_count_ = 0;
     int paused_count_ = 0;
 };

@@ -99,7 +99,8 @@ void bind_engine(py::module_ & m) {
         .def_readonly("kv_span", &StepTrace::kv_span)
         .def_readonly("kv_used", &StepTrace::kv_used)
         .def_readonly("kv_span_swa", &StepTrace::kv_span_swa)
-        .def_readonly("kv_used_swa", &StepTrace::kv_used_swa);
+        .def_readonly("kv_used_swa", &StepTrace::kv_used_swa)
+        .def_readonly("kv_held", &StepTrace::kv_held);
 
     py::class_<BranchSeed>(m, "BranchSeed")
         .def(py::init([](std::vector<int32_t> prefix, std::vector<int32_t> exclude, int rank) {

@@ -3,6 +3,11 @@ prompt, positions bounded by the model's context (README, "Long generations").""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -58,13 +63,63 @@ def test_sampling_under_preemption_keeps_every_sample_and_reruns_identically(mod
 
 
 def test_one_prompt_larger_than_the_cache_pauses_its_own_sequences(model, reference):
-    # One prompt whose 4 greedy samples outgrow the cache: its youngest sequences wait for the others and
-    # are recomputed, so all four are the same greedy text.
+    # One prompt whose 4 greedy samples outgrow the cache: its youngest sequences wait for the others. The
+    # samples are the same greedy text, so a resumed one copies all its cells from a running twin and
+    # recomputes nothing; all four are still the model's greedy choices.
     r = eager_cpp.run(model, prompts()[:1], method="parallel", max_sequences=4, temperature=0.0, max_new_tokens=90,
                       ignore_eos=True, n_ctx=SMALL)
-    assert r.stats.preemptions > 0 and r.stats.recomputed_tokens > 0
+    assert r.stats.preemptions > 0 and r.stats.recomputed_tokens == 0
     assert [len(s.token_ids) for s in r.prompts[0].sequences] == [90] * 4
     assert_greedy_choices(model, reference, r)
+
+
+TRACE_SCRIPT = r"""
+import json, sys
+import eager_cpp
+from eager_cpp import _core
+from eager_cpp.local import engine_config
+spec = json.loads(sys.argv[1])
+model = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=2)
+opts = eager_cpp.RunOptions.create(method=spec["method"], max_sequences=spec["m"], max_new_tokens=spec["n"],
+                                   temperature=spec["t"], seed=0, ignore_eos=True, n_ctx=spec["n_ctx"],
+                                   share_prompt_prefixes=False)
+cfg = engine_config(opts, model)
+cfg.method = getattr(_core.Method, spec["method"].upper())
+cfg.trace_steps = True
+jobs = [_core.PromptJob(model.tokenize(p), spec["m"], spec["theta"], i) for i, p in enumerate(spec["prompts"])]
+out = _core.generate(model._model, cfg, jobs)
+print(json.dumps({"preemptions": out.stats.preemptions, "recomputed": out.stats.recomputed_tokens,
+                  "lengths": [len(q.own_tokens) for p in out.prompts for q in p.sequences],
+                  "steps": [[t.kv_held, t.kv_used] for t in out.stats.step_trace]}))
+"""
+
+
+@pytest.mark.parametrize("case", ["eager_init_trees", "parallel_past_the_sliding_window"])
+def test_the_engine_counts_the_cells_llama_cpp_holds_through_preemption(case):
+    # What the budget rests on: before every step, the cells the engine counts are the cells llama.cpp's KV
+    # cache holds (its debug log), through pauses and recomputes. Trees share prefixes; a resumed sequence
+    # copies the longest prefix a running relative has intact and recomputes the rest. Past Gemma 3's
+    # 512-token window a relative may have dropped the window a copy needs, so the whole sequence, prompt
+    # included, is recomputed into cells of its own: counted as a shared prompt, that run could not find
+    # the cells for it ("no KV slot").
+    if case == "eager_init_trees":
+        spec = dict(method="eager_init", m=4, n=90, t=1.0, theta=0.5, n_ctx=SMALL, prompts=prompts()[:4])
+    else:
+        spec = dict(method="parallel", m=4, n=500, t=0.8, theta=1.0, n_ctx=1280,
+                    prompts=[load_jsonl("gsm8k_train_200.jsonl", 1)[0]["prompt"]])
+    env = dict(os.environ, LLAMA_KV_CACHE_DEBUG="1")
+    proc = subprocess.run([sys.executable, "-c", TRACE_SCRIPT, json.dumps(spec)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["preemptions"] > 0 and got["recomputed"] > 0
+    assert all(n > 0 for n in got["lengths"]) and len(got["lengths"]) >= spec["m"] * len(spec["prompts"])
+    if spec["method"] == "parallel":
+        assert got["lengths"] == [spec["n"]] * spec["m"]
+    steps = got["steps"]
+    assert len(steps) > 100 and all(used > 0 for _, used in steps)
+    wrong = [(i, held, used) for i, (held, used) in enumerate(steps) if held != used]
+    assert not wrong, f"{len(wrong)} of {len(steps)} steps counted other than llama.cpp held: {wrong[:5]}"
 
 
 def test_a_budget_too_small_for_one_prompt_is_a_clear_error(model):
@@ -73,6 +128,19 @@ def test_a_budget_too_small_for_one_prompt_is_a_clear_error(model):
         eager_cpp.run(model, [long_prompt], max_new_tokens=4, kv_memory="5MiB")
     with pytest.raises(ValueError, match=r"n_ctx=256 is too small for prompt 0"):
         eager_cpp.run(model, [long_prompt], max_new_tokens=4, n_ctx=256)
+
+
+def test_a_budget_one_sequence_could_outgrow_is_refused_before_generating(model):
+    # A lone sequence that fills the cache cannot be paused for itself: refused up front, not mid-run.
+    short, shorter = "Country: Peru\nCapital:", "2+2="
+    n, k = len(model.tokenize(short)), 256 - len(model.tokenize(shorter))  # the shorter prompt fits exactly
+    assert n + k > 256
+    with pytest.raises(ValueError, match=rf"n_ctx=256 is too small for prompt 1: one of its sequences may grow to "
+                                         rf"{n + k} cells \(its {n} prompt tokens and max_new_tokens={k}\).*"
+                                         rf"at least {n + k} cells \({(n + k) * 18432} bytes\)"):
+        eager_cpp.run(model, [shorter, short], max_new_tokens=k, n_ctx=256, stop="\n")
+    r = eager_cpp.run(model, [shorter], max_new_tokens=k, n_ctx=256, stop="\n")
+    assert r.stats.kv_cells == 256
 
 
 @pytest.mark.parametrize("bad", ["lots", "-5", 0, -1, True, "12 parsecs"])

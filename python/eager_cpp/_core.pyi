@@ -135,6 +135,7 @@ class StepTrace:
     kv_used: int
     kv_span_swa: int
     kv_used_swa: int
+    kv_held: int
 
 class RunStats:
     prefill_seconds: float
