@@ -7,13 +7,14 @@
 namespace eager {
 
 bool Admission::may_admit(const PromptJob & job, const std::vector<PromptLoad> & in_flight, int live,
-                          int64_t cells_held) const {
+                          int64_t cells_held, bool staggered) const {
     if (ids_reserved_ + job.max_sequences > ids_available_) return false;
     if (live == 0) return true;
     const double estimate = growth_estimate();
     const double need = static_cast<double>(job.tokens.size()) + expected_sequences(job.max_sequences, estimate) *
                                                                    std::min<double>(expected_length(), max_new_tokens_);
-    if (cells_held + expected_growth(in_flight, estimate) + need > cells_ * (1.0 - kKvWatermark)) return false;
+    if (!staggered && cells_held + expected_growth(in_flight, estimate) + need > cells_ * (1.0 - kKvWatermark))
+        return false;
     // With a unified KV cache every token attends over all cells in use, so a batch far past the
     // throughput peak slows every token.
     return expected_live(in_flight, estimate) + expected_sequences(job.max_sequences, estimate) <= max_live_;

@@ -28,9 +28,10 @@ public:
           ids_available_(ids_available), cells_(cells) {}
 
     // Whether `job` may start beside the prompts in flight (in admission order), `live` live sequences
-    // and `cells_held` cells in use. With nothing live, any job starts.
+    // and `cells_held` cells in use. With nothing live, any job starts. `staggered`: its sequences may
+    // start one after another as cells allow (KvMemory::admits_staggered), so its tree need not fit now.
     bool may_admit(const PromptJob & job, const std::vector<PromptLoad> & in_flight, int live,
-                   int64_t cells_held) const;
+                   int64_t cells_held, bool staggered = false) const;
 
     void admitted(const PromptJob & job) { ids_reserved_ += job.max_sequences; }
     void released(const PromptJob & job) { ids_reserved_ -= job.max_sequences; }

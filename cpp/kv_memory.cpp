@@ -61,10 +61,10 @@ double kv_bytes_per_cell(const Model & model) {
 }
 
 KvMemory::KvMemory(Model & model, int64_t cells, int64_t ceiling, SequenceTable & table, Prefill & prefill,
-                   RunStats & stats, int64_t anchor_cells)
+                   RunStats & stats, int64_t anchor_cells, int known_length)
     : model_(model), ctx_(model.context()), table_(table), prefill_(prefill), stats_(stats),
       capacity_(cells), ceiling_(std::max(cells, ceiling)), anchor_cells_(anchor_cells),
-      n_swa_(llama_model_n_swa(model.model())) {
+      n_swa_(llama_model_n_swa(model.model())), known_length_(known_length) {
     stats_.kv_cells = capacity_;
 }
 
@@ -89,6 +89,7 @@ int64_t KvMemory::cells_held(const std::vector<int> & in_flight) const {
 }
 
 int64_t KvMemory::make_room(const std::vector<int> & in_flight) {
+    hold_back(in_flight);
     for (;;) {
         const int64_t after_step = cells_held(in_flight) + table_.running_count();
         if (reserve(after_step)) return after_step;
@@ -119,6 +120,66 @@ void KvMemory::preempt(const std::vector<int> & in_flight) {
     }
 }
 
+bool KvMemory::unstarted(int slot) const {
+    // No step has decoded a token of its own yet (its first one is pending): its cells are the prompt's, or
+    // its parent's up to the fork.
+    const LiveSequence & seq = table_[slot];
+    return table_.job(seq.prompt).seeds.empty() && table_.result(seq).own_tokens.size() <= 1;
+}
+
+void KvMemory::hold_back(const std::vector<int> & in_flight) {
+    if (known_length_ <= 0) return;
+    const double budget = ceiling_ * (1.0 - kKvWatermark);
+    while (projected_peak(in_flight) > budget) {
+        // The youngest that has not started, of a prompt that keeps another sequence (and so its cells) running.
+        int victim = -1;
+        for (int slot = table_.size() - 1; slot >= 0 && victim < 0; --slot) {
+            const PromptState & st = table_.prompt(table_[slot].prompt);
+            if (!table_[slot].paused && unstarted(slot) && st.live - st.paused >= 2 &&
+                recompute_from(slot) == table_[slot].n_past)  // a running relative holds all it has
+                victim = slot;
+        }
+        if (victim < 0) return;
+        pause_sequence(victim);
+    }
+}
+
+bool KvMemory::admits_staggered(const std::vector<int> & in_flight, int64_t prompt_tokens, int samples) const {
+    return known_length_ > 0 && table_.running_count() < samples &&
+           projected_peak(in_flight, -1, prompt_tokens) <= ceiling_ * (1.0 - kKvWatermark);
+}
+
+int64_t KvMemory::projected_peak(const std::vector<int> & in_flight, int extra, int64_t new_prompt) const {
+    struct Ahead {
+        int64_t steps;  // until it finishes, one cell a step
+        int64_t freed;  // its own cells then (past its fork; the prompt's stay with its siblings)
+    };
+    std::vector<Ahead> ahead;
+    for (int slot = 0; slot < table_.size(); ++slot) {
+        const LiveSequence & seq = table_[slot];
+        if (seq.paused && slot != extra) continue;
+        const SequenceResult & r = table_.result(seq);
+        const int64_t steps = std::max<int64_t>(0, known_length_ - seq.generated);
+        const int64_t fork = static_cast<int64_t>(table_.job(seq.prompt).tokens.size()) + (r.parent >= 0 ? r.branch_step : 0);
+        ahead.push_back(Ahead{steps, seq.n_past + steps - fork});
+    }
+    if (new_prompt > 0) ahead.push_back(Ahead{known_length_ - 1, known_length_ - 1});  // after its first token
+    std::sort(ahead.begin(), ahead.end(), [](const Ahead & a, const Ahead & b) { return a.steps < b.steps; });
+    // Cells in use t steps on: what is held now, t more for each sequence still running, and for each
+    // one finished its steps less the cells it freed. The peaks lie where a sequence is about to finish.
+    const int64_t held = cells_held(in_flight) + new_prompt;
+    int64_t peak = held, finished_delta = 0;
+    size_t done = 0;
+    for (const Ahead & next : ahead) {
+        while (ahead[done].steps < next.steps) {
+            finished_delta += ahead[done].steps - ahead[done].freed;
+            ++done;
+        }
+        peak = std::max(peak, held + finished_delta + static_cast<int64_t>(ahead.size() - done) * next.steps);
+    }
+    return peak;
+}
+
 void KvMemory::pause_prompt(int prompt) {
     if (table_.prompt(prompt).paused == 0) ++paused_prompts_;
     for (int slot = table_.size() - 1; slot >= 0; --slot)
@@ -145,6 +206,10 @@ void KvMemory::resume(const std::vector<int> & in_flight) {
         // Each sequence's exact need is checked: the projection assumed every shared prefix can be copied.
         for (int slot = 0; slot < table_.size(); ++slot) {
             if (table_[slot].prompt != prompt || !table_[slot].paused) continue;
+            // A sequence held back starts once the projected peak leaves room for it too.
+            if (known_length_ > 0 && table_.running_count() > 0 && unstarted(slot) &&
+                projected_peak(in_flight, slot) > ceiling_ * (1.0 - kKvWatermark))
+                return;
             const int64_t need = table_[slot].n_past - recompute_from(slot) + 1;
             if (table_.running_count() > 0 && !fits(in_flight, need)) return;
             reserve_beside(in_flight, need);

@@ -31,9 +31,11 @@ double kv_bytes_per_cell(const Model & model);
 class KvMemory {
 public:
     // cells: the cells the run starts with (the context may be larger when reused); ceiling: the most
-    // it may grow to (its budget; = cells when fixed); anchor_cells: the prefix anchor's.
+    // it may grow to (its budget; = cells when fixed); anchor_cells: the prefix anchor's; known_length:
+    // every sequence's length when it is certain (max_new_tokens when EOS is ignored and nothing stops a
+    // sequence), else 0.
     KvMemory(Model & model, int64_t cells, int64_t ceiling, SequenceTable & table, Prefill & prefill,
-             RunStats & stats, int64_t anchor_cells);
+             RunStats & stats, int64_t anchor_cells, int known_length);
 
     int64_t capacity() const { return capacity_; }
     int64_t ceiling() const { return ceiling_; }
@@ -45,9 +47,15 @@ public:
     // Cells the sequences of the prompts in flight hold, and the anchor's.
     int64_t cells_held(const std::vector<int> & in_flight) const;
     bool any_paused() const { return paused_prompts_ > 0; }
+    // Whether a prompt of `prompt_tokens` whose `samples` start together (Full Parallel) may start beside
+    // the running sequences with one of them, the others held back: when lengths are known, the budget keeps
+    // fewer sequences running than the prompt has samples, and the projected peak leaves room for its prompt
+    // and one sequence. (Beyond that, on the unified cache, more sequences in flight make every token dearer.)
+    bool admits_staggered(const std::vector<int> & in_flight, int64_t prompt_tokens, int samples) const;
 
     // Pauses sequences until a step of one token for each running sequence fits: the latest admitted
-    // prompt's first; within the only prompt still running, its youngest sequence first. Returns the
+    // prompt's first; within the only prompt still running, its youngest sequence first. Before that,
+    // when lengths are known, holds back sequences that have not started (see hold_back). Returns the
     // cells held after the step.
     int64_t make_room(const std::vector<int> & in_flight);
     // A decode found no free cell: pause once more (throws when only one sequence runs).
@@ -58,6 +66,18 @@ public:
     void resume(const std::vector<int> & in_flight);
 
 private:
+    // Sequences that started together all grow at once and would fill the cache together, deep into their
+    // lengths, where pausing one means recomputing it. When every length is known, sequences that have not
+    // started (a Full Parallel sample still at its prompt, whose cells a running sibling holds) wait while
+    // the cells the running ones will reach before they finish exceed the budget: pausing them costs
+    // nothing, and they start as the others' projected peak leaves room, so lengths stagger. An EAGer
+    // child just born is held back the same way while its parent holds the prefix it would copy.
+    void hold_back(const std::vector<int> & in_flight);
+    bool unstarted(int slot) const;
+    // The most cells the running sequences (and `extra`, a paused one, as if it ran; and a new prompt's
+    // cells and first sequence, when `new_prompt` tokens) will hold before they finish at the known
+    // length, each freeing its own cells as it ends.
+    int64_t projected_peak(const std::vector<int> & in_flight, int extra = -1, int64_t new_prompt = 0) const;
     void pause_prompt(int prompt);
     void pause_sequence(int slot);
     bool fits(const std::vector<int> & in_flight, int64_t more) const;
@@ -74,6 +94,7 @@ private:
     int64_t ceiling_;
     int64_t anchor_cells_;
     int n_swa_;
+    int known_length_;
     int paused_prompts_ = 0;
 };
 

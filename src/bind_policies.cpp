@@ -47,7 +47,7 @@ void bind_policies(py::module_ & m) {
         .def(py::init<Method, int, int, int, int64_t>(), py::arg("method"), py::arg("max_live_sequences"),
              py::arg("max_new_tokens"), py::arg("ids_available"), py::arg("cells"))
         .def("may_admit", &Admission::may_admit, py::arg("job"), py::arg("in_flight"), py::arg("live"),
-             py::arg("cells_held"))
+             py::arg("cells_held"), py::arg("staggered") = false)
         .def("admitted", &Admission::admitted, py::arg("job"))
         .def("released", &Admission::released, py::arg("job"))
         .def("count_final", &Admission::count_final, py::arg("n_sequences"))

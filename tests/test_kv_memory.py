@@ -73,6 +73,28 @@ def test_one_prompt_larger_than_the_cache_pauses_its_own_sequences(model, refere
     assert_greedy_choices(model, reference, r)
 
 
+def test_known_lengths_stagger_the_samples_instead_of_recomputing_them(model, reference):
+    # Nothing but the cap ends a sequence (ignore_eos, no stop): every length is known. 256 cells hold a
+    # prompt and two of its samples at 100 tokens, so samples that have not started wait (costing nothing)
+    # and start as the projected peak leaves room; the second prompt starts while the first still runs, one
+    # sample at a time. Nothing is recomputed; the greedy samples are the model's choices, and sampled runs
+    # keep every sample and rerun identically. (Against an unconstrained run, sampled tokens part by
+    # llama.cpp's noise for other batch shapes, so that comparison is greedy.)
+    kw = dict(method="parallel", max_sequences=4, max_new_tokens=100, ignore_eos=True, n_ctx=SMALL)
+    greedy = eager_cpp.run(model, prompts()[:2], temperature=0.0, **kw)
+    assert greedy.stats.preemptions > 0 and greedy.stats.recomputed_tokens == 0
+    assert greedy.stats.peak_kv_cells <= SMALL
+    assert [len(s.token_ids) for p in greedy.prompts for s in p.sequences] == [100] * 8
+    # The prompts overlapped: steps of both beyond each prompt's first (its sampling from the prompt's logits,
+    # not an engine step). Here the second starts about 30 steps before the first ends.
+    assert sum(p.steps for p in greedy.prompts) - greedy.stats.steps >= 10 + len(greedy.prompts)
+    assert_greedy_choices(model, reference, greedy)
+    sampled = [eager_cpp.run(model, prompts()[:2], temperature=0.8, seed=4, **kw) for _ in range(2)]
+    assert sampled[0].stats.preemptions > 0 and sampled[0].stats.recomputed_tokens == 0
+    assert [len(s.token_ids) for p in sampled[0].prompts for s in p.sequences] == [100] * 8
+    assert tree_shape(sampled[0]) == tree_shape(sampled[1])
+
+
 TRACE_SCRIPT = r"""
 import json, sys
 import eager_cpp
@@ -82,7 +104,7 @@ spec = json.loads(sys.argv[1])
 model = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=2)
 opts = eager_cpp.RunOptions.create(method=spec["method"], max_sequences=spec["m"], max_new_tokens=spec["n"],
                                    temperature=spec["t"], seed=0, ignore_eos=True, n_ctx=spec["n_ctx"],
-                                   share_prompt_prefixes=False)
+                                   share_prompt_prefixes=False, stop=spec["stop"])
 cfg = engine_config(opts, model)
 cfg.method = getattr(_core.Method, spec["method"].upper())
 cfg.trace_steps = True
@@ -101,12 +123,14 @@ def test_the_engine_counts_the_cells_llama_cpp_holds_through_preemption(case):
     # copies the longest prefix a running relative has intact and recomputes the rest. Past Gemma 3's
     # 512-token window a relative may have dropped the window a copy needs, so the whole sequence, prompt
     # included, is recomputed into cells of its own: counted as a shared prompt, that run could not find
-    # the cells for it ("no KV slot").
+    # the cells for it ("no KV slot"). A stop string the text never holds keeps the lengths unknown, so the
+    # samples start together and the full cache preempts them deep into their lengths.
     if case == "eager_init_trees":
         spec = dict(method="eager_init", m=4, n=90, t=1.0, theta=0.5, n_ctx=SMALL, prompts=prompts()[:4])
     else:
         spec = dict(method="parallel", m=4, n=500, t=0.8, theta=1.0, n_ctx=1280,
                     prompts=[load_jsonl("gsm8k_train_200.jsonl", 1)[0]["prompt"]])
+    spec["stop"] = ["<never in this text>"]
     env = dict(os.environ, LLAMA_KV_CACHE_DEBUG="1")
     proc = subprocess.run([sys.executable, "-c", TRACE_SCRIPT, json.dumps(spec)], capture_output=True, text=True,
                           timeout=600, env=env)

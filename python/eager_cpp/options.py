@@ -287,7 +287,8 @@ class RunOptions:
 def check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
     """A reallocating run's largest extra job must be able to start in a context the caller fixed (n_ctx).
 
-    Only the start is checked: the engine preempts and recomputes when sequences outgrow the cache.
+    Only the start is checked here: the engine refuses a budget one sequence could outgrow (its prompt plus
+    max_new_tokens), and preempts and recomputes when the sequences together outgrow the cache.
     """
     if not opts.reallocates or not n_ctx:
         return
