@@ -111,7 +111,8 @@ def part_b(args: argparse.Namespace, model: str) -> dict[str, Any]:
     cell_bytes = probe.kv_bytes_per_cell
     del probe
     results = []
-    for method, extra in (("parallel", {}), ("eager_init", {"entropy_threshold": 2.0})):
+    for method in args.methods:
+        extra = {"entropy_threshold": 2.0} if method == "eager_init" else {}
         pair = {}
         for label, cells in (("whole", whole_cells), ("quarter", whole_cells // 4)):
             spec = dict(model=model, threads=args.threads, prompts=prompts, method=method, max_sequences=m,
@@ -269,7 +270,8 @@ def main() -> int:
                     help="tokens per sequence for parts c and d, the first the baseline (default 512,2048,4096)")
     ap.add_argument("--kv-layouts", default="unified,per_sequence",
                     help="eager_cpp's KV layouts for parts c and d (default unified,per_sequence)")
-    ap.add_argument("--methods", default="parallel,eager_init", help="part d's methods (default parallel,eager_init)")
+    ap.add_argument("--methods", default="parallel,eager_init",
+                    help="methods of parts b and d (default parallel,eager_init)")
     args = ap.parse_args()
     args.budgets = csv_values(ap, args.budgets, int, "budgets", 1, 32000)
     args.lengths = sorted(csv_values(ap, args.lengths, int, "lengths", 1, 32000))

@@ -125,7 +125,8 @@ struct RunStats {
     int64_t kv_cells = 0;            // the KV cells the run could use at its end (what kv_memory bought, or "auto" grew to)
     int64_t kv_grows = 0;            // times kv_memory "auto" doubled the cache because the run needed more cells
     int64_t peak_kv_cells = 0;       // the most cells the sequences held at once (the anchor's included)
-    int64_t preemptions = 0;         // prompts (or, in the only prompt running, sequences) paused for memory
+    int64_t preemptions = 0;         // prompts (or, in the only prompt running, sequences) paused for memory,
+                                     // and samples held back before they started (lengths known; recompute nothing)
     int64_t recomputed_tokens = 0;   // tokens prefilled again when paused sequences resumed (not #T)
     // Device path only: the largest probability mass (at the sampling temperature) of one row
     // that lay outside its C candidates, which sampling therefore never saw.

@@ -74,8 +74,9 @@ class RunStats:
     reallocated_sequences: int = 0
     # KV memory (README, "Long generations"): the cells the budget bought (or kv_memory "auto" grew to),
     # the most the sequences held at once, the times "auto" doubled the cache, the prompts (or, in the
-    # only prompt running, sequences) paused because the cache was full, and the tokens prefilled again
-    # when they resumed (not #T).
+    # only prompt running, sequences) paused because the cache was full or, when every length is known,
+    # held back before they started (nothing to recompute), and the tokens prefilled again when they
+    # resumed (not #T).
     kv_cells: int = 0
     peak_kv_cells: int = 0
     kv_grows: int = 0
