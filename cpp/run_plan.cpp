@@ -176,13 +176,14 @@ void check_budget(const EngineConfig & config, const std::vector<PromptJob> & jo
                                   std::to_string(need) + " cells (its " + std::to_string(jobs[i].tokens.size()) +
                                   " prompt tokens and one step for each of its first sequences)");
         const int64_t longest = sequence_cells(config, jobs[i]);
+        const int64_t enough = round_up_cells(longest);  // a budget buys whole 256-cell blocks
         if (longest > ceiling)
             throw InvalidArgument(budget(ceiling) + " is too small for prompt " + std::to_string(i) + ": one of its " +
                                   "sequences may grow to " + std::to_string(longest) + " cells (its " +
                                   std::to_string(jobs[i].tokens.size()) + " prompt tokens and max_new_tokens=" +
                                   std::to_string(config.max_new_tokens) + "), and a sequence is never split; raise " +
-                                  "kv_memory (or n_ctx) to at least " + std::to_string(longest) + " cells (" +
-                                  std::to_string(static_cast<int64_t>(longest * kv.bytes_per_cell)) +
+                                  "kv_memory (or n_ctx) to at least " + std::to_string(enough) + " cells (" +
+                                  std::to_string(static_cast<int64_t>(enough * kv.bytes_per_cell)) +
                                   " bytes) or lower max_new_tokens");
     }
 }
