@@ -58,6 +58,8 @@ private:
     void close_branching(int prompt);
     void release_finished();
     std::vector<PromptLoad> loads() const;
+    // Whether every prompt in flight has closed for branching (its tree will grow no more).
+    bool trees_closed() const;
     void trace_step(int tokens, double decode_s);
     void report_progress();
 
@@ -118,13 +120,18 @@ RunOutput Engine::run() {
 void Engine::admit_ready() {
     while (next_job_ < jobs_.size()) {
         const PromptJob & job = jobs_[next_job_];
-        // Full Parallel only: an EAGer prompt's tree grows by branching, which no projection foresees (tried:
-        // its trees then preempted each other, 0.69x the whole-memory rate against 0.77-0.81x without).
-        const bool staggered = cfg_.method == Method::Parallel && job.seeds.empty() &&
+        // An EAGer tree grows by branching, which no projection foresees: a prompt starts staggered only
+        // beside trees that have closed for branching (tried beside growing ones: they preempted each other,
+        // 0.69x the whole-memory rate). Its own children are born held back while they do not fit.
+        const bool staggered = job.seeds.empty() && (cfg_.method == Method::Parallel || trees_closed()) &&
                                kv_.admits_staggered(in_flight_, static_cast<int64_t>(job.tokens.size()), job.max_sequences);
         if (!admission_.may_admit(job, loads(), table_.live_count(), kv_.cells_held(in_flight_), staggered)) return;
         admit(static_cast<int>(next_job_++));
     }
+}
+
+bool Engine::trees_closed() const {
+    return std::none_of(in_flight_.begin(), in_flight_.end(), [&](int i) { return table_.prompt(i).branch.open; });
 }
 
 std::vector<PromptLoad> Engine::loads() const {

@@ -47,7 +47,7 @@ public:
     // Cells the sequences of the prompts in flight hold, and the anchor's.
     int64_t cells_held(const std::vector<int> & in_flight) const;
     bool any_paused() const { return paused_prompts_ > 0; }
-    // Whether a prompt of `prompt_tokens` whose `samples` start together (Full Parallel) may start beside
+    // Whether a prompt of `prompt_tokens` with up to `samples` sequences may start beside
     // the running sequences with one of them, the others held back: when lengths are known, the budget keeps
     // fewer sequences running than the prompt has samples, and the projected peak leaves room for its prompt
     // and one sequence. (Beyond that, on the unified cache, more sequences in flight make every token dearer.)

@@ -95,6 +95,33 @@ def test_known_lengths_stagger_the_samples_instead_of_recomputing_them(model, re
     assert tree_shape(sampled[0]) == tree_shape(sampled[1])
 
 
+
+def test_an_eager_prompt_starts_staggered_beside_trees_that_stopped_branching(model, reference):
+    # EAGer-init with known lengths: a tree's children are born by branching, and those that do not fit are
+    # held back until the projected peak leaves room (costing nothing). Once every tree in flight has closed
+    # for branching (here: reached its cap of 4), its growth is known, so the next prompt starts beside its
+    # tail with its root alone instead of waiting for the whole tree to finish. A child held back until after
+    # its parent finished copies the prompt from a sibling and recomputes the few tokens it inherited: a few
+    # tokens here, never a sequence's depth.
+    kw = dict(method="eager_init", max_sequences=4, entropy_threshold=0.3, max_new_tokens=100, ignore_eos=True,
+              n_ctx=SMALL)
+    greedy = eager_cpp.run(model, prompts()[:2], temperature=0.0, **kw)
+    assert [p.n_sequences for p in greedy.prompts] == [4, 4]  # trees that reached their cap
+    assert greedy.stats.preemptions > 0 and greedy.stats.recomputed_tokens <= 10
+    assert greedy.stats.peak_kv_cells <= SMALL
+    assert [len(s.token_ids) for p in greedy.prompts for s in p.sequences] == [100] * 8
+    assert sum(p.steps for p in greedy.prompts) - greedy.stats.steps >= 10 + len(greedy.prompts)
+    for p in greedy.prompts:  # parents and branch steps intact
+        by = {s.index: s for s in p.sequences}
+        for s in p.sequences:
+            if s.parent is not None:
+                assert s.token_ids[: s.branch_step] == by[s.parent].token_ids[: s.branch_step]
+    assert_greedy_choices(model, reference, greedy)
+    sampled = [eager_cpp.run(model, prompts()[:2], temperature=0.8, seed=4, **kw) for _ in range(2)]
+    assert sampled[0].stats.preemptions > 0 and sampled[0].stats.recomputed_tokens <= 10
+    assert all(len(s.token_ids) == 100 for p in sampled[0].prompts for s in p.sequences)
+    assert tree_shape(sampled[0]) == tree_shape(sampled[1])
+
 TRACE_SCRIPT = r"""
 import json, sys
 import eager_cpp
