@@ -95,7 +95,6 @@ def test_known_lengths_stagger_the_samples_instead_of_recomputing_them(model, re
     assert tree_shape(sampled[0]) == tree_shape(sampled[1])
 
 
-
 def test_an_eager_prompt_starts_staggered_beside_trees_that_stopped_branching(model, reference):
     # EAGer-init with known lengths: a tree's children are born by branching, and those that do not fit are
     # held back until the projected peak leaves room (costing nothing). Once every tree in flight has closed
@@ -121,6 +120,7 @@ def test_an_eager_prompt_starts_staggered_beside_trees_that_stopped_branching(mo
     assert sampled[0].stats.preemptions > 0 and sampled[0].stats.recomputed_tokens <= 10
     assert all(len(s.token_ids) == 100 for p in sampled[0].prompts for s in p.sequences)
     assert tree_shape(sampled[0]) == tree_shape(sampled[1])
+
 
 TRACE_SCRIPT = r"""
 import json, sys
@@ -188,7 +188,7 @@ def test_a_budget_one_sequence_could_outgrow_is_refused_before_generating(model)
     assert 256 < n + k <= 512
     with pytest.raises(ValueError, match=rf"n_ctx=256 is too small for prompt 1: one of its sequences may grow to "
                                          rf"{n + k} cells \(its {n} prompt tokens and max_new_tokens={k}\).*"
-                                         rf"at least 512 cells \({512 * 18432} bytes\)"):  # whole 256-cell blocks
+                                         rf"at least 512 cells \({int(512 * model.kv_bytes_per_cell)} bytes\)"):  # whole 256-cell blocks
         eager_cpp.run(model, [shorter, short], max_new_tokens=k, n_ctx=256, stop="\n")
     r = eager_cpp.run(model, [shorter], max_new_tokens=k, n_ctx=256, stop="\n")
     assert r.stats.kv_cells == 256
