@@ -123,6 +123,8 @@ void Engine::admit_ready() {
         // An EAGer tree grows by branching, which no projection foresees: a prompt starts staggered only
         // beside trees that have closed for branching (tried beside growing ones: they preempted each other,
         // 0.69x the whole-memory rate). Its own children are born held back while they do not fit.
+        // Full Parallel trees never branch; they also read as closed after their first step, but saying so
+        // here keeps the rule from hanging on when that step closes them.
         const bool staggered = job.seeds.empty() && (cfg_.method == Method::Parallel || trees_closed()) &&
                                kv_.admits_staggered(in_flight_, static_cast<int64_t>(job.tokens.size()), job.max_sequences);
         if (!admission_.may_admit(job, loads(), table_.live_count(), kv_.cells_held(in_flight_), staggered)) return;
