@@ -11,8 +11,11 @@ recorded it: it is a development tool, not a test.
 
 The cases cover every path of the engine: Full Parallel, EAGer-init with a fixed threshold and with
 the p99 floor, greedy decoding, admission under a small live-sequence limit, prompt-prefix sharing on
-and off (few-shot GSM8K), fresh and tree reallocation (branch seeds), and seeds of several ranks at
-one point and at different points, built by hand at the engine level.
+and off (few-shot GSM8K), fresh and tree reallocation (branch seeds), seeds of several ranks at one
+point and at different points, built by hand at the engine level, and the KV cache as a budget:
+preemption with recompute, samples held back and prompts started staggered when lengths are known, one
+prompt pausing its own sequences, "auto" growing the cache, and per-sequence streams. The stats kept
+include every KV count (cells, peak, grows, preemptions, recomputed tokens).
 """
 
 from __future__ import annotations
@@ -102,13 +105,31 @@ def cases(model: eager_cpp.Model) -> dict[str, dict]:
         "filters": api_case(model, cq[:6], method="eager_init", max_sequences=6, entropy_threshold=1.0, top_k=8,
                             top_p=0.9, min_p=0.02, **short),
     }
+    # The KV cache as a budget: reactive preemption and recompute (unknown lengths), samples held back and
+    # prompts started staggered (known lengths), one prompt pausing its own sequences, "auto" growing the
+    # cache, and per-sequence streams (ids compacted as sequences finish).
+    runon = cq[10:12] + ["a a a a a a a a a a a a", "1 2 1 2 1 2 1 2 1 2 1 2", "x y z x y z x y z x y z",
+                         "la la la la la la la la"]
+    known = dict(max_sequences=4, max_new_tokens=100, ignore_eos=True, n_ctx=256, temperature=0.8, seed=4)
+    out.update({
+        "preempt_reactive": api_case(model, runon, method="eager_init", max_sequences=4, entropy_threshold=0.3,
+                                     temperature=0.6, max_new_tokens=60, stop="\n", seed=1, n_ctx=256),
+        "preempt_parallel_known": api_case(model, runon[:2], method="parallel", **known),
+        "preempt_eager_staggered": api_case(model, runon[:2], method="eager_init", entropy_threshold=0.3, **known),
+        "preempt_one_prompt": api_case(model, runon[:1], method="parallel", max_sequences=4, temperature=0.0,
+                                       max_new_tokens=90, ignore_eos=True, n_ctx=256),
+        "auto_grows": api_case(model, runon[:2], method="parallel", max_sequences=4, temperature=0.8,
+                               max_new_tokens=200, ignore_eos=True, seed=2, max_live_sequences=8),
+        "streams": api_case(model, cq[:6], method="eager_init", max_sequences=4, entropy_threshold=0.7,
+                            kv_layout="per_sequence", **short),
+    })
     # Seeds by hand: the same point at ranks 1..3, a deeper point sharing a start, a point of its own.
     greedy = eager_cpp.run(model, [cq[0]], method="parallel", max_sequences=1, temperature=0.0, max_new_tokens=6)
     path = greedy.prompts[0].sequences[0].token_ids
     seeds = [((), (path[0],), 1), ((), (path[0],), 2), ((), (path[0],), 3),
              (tuple(path[:3]), (path[3],), 1), (tuple(path[:2]), (), 1), (tuple(path[:3]), (path[3],), 2)]
     out["seeds"] = core_case(model, [cq[0], cq[1]], [seeds, [((), (), 1)]], max_new_tokens=10,
-                             stop=["\n"], seed=5, n_threads=2)
+                             stop=["\n"], seed=5, n_threads=2, share_prompt_prefixes=True)
     return out
 
 
