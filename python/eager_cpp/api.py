@@ -105,6 +105,9 @@ def reallocate(
     that reached M; "eager": those with no correct sequence, which needs `answers`; "eager_label_free":
     those whose own answers and entropies show doubt, no labels read). The extra
     sequences are appended to `result` in place (round t for the t-th try) and `result` is returned.
+    Before anything runs, `result` is checked: its token ids against the model's vocabulary, and each
+    prompt's sequences for the tree a run makes (``results.check_structure``): a ValueError naming the
+    prompt and the sequence otherwise.
     cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
     placement: where it runs, by name as `run` takes them (n_ctx, n_threads, kv_memory, kv_layout, n_gpu_layers,
     workers, threads_per_worker); the result records none of them.

@@ -6,8 +6,9 @@ imported only then), the prompts as ``PromptResult``s (those with phase (a) done
 a result handed to `reallocate`, a resumed CLI run) and returns the ``RunResult``:
 
 1. pre-check: every prompt tokenized as the run will, token ids of sequences already made checked
-   against the vocabulary, a reallocation's largest try fitted to a fixed context, all before any
-   engine run, so nothing fails after phase (a) was paid for;
+   against the vocabulary and their trees' structure (``results.check_structure``), a reallocation's
+   largest try fitted to a fixed context, all before any engine run, so nothing fails after phase (a)
+   was paid for;
 2. the phases (``phases.run_phases``: phase (a) in chunks with a callback after each, the plan, the tries);
 3. the totals (#S, #T), the wall time (from phase (a) on) and the executor's own figures.
 """
@@ -25,7 +26,7 @@ from .model import Model
 from .options import RunOptions, check_extras_fit
 from .phases import ChunkDone, run_phases
 from .progress import ProgressArg, ProgressSink
-from .results import PromptResult, RunResult, RunStats, count_totals
+from .results import PromptResult, RunResult, RunStats, check_structure, count_totals
 
 __all__ = ["drive", "open_executor"]
 
@@ -65,6 +66,8 @@ def drive(model: ModelArg, options: RunOptions, prompts: list[PromptResult], ans
     with open_executor(model, options) as executor:
         longest, n_vocab = executor.check([(p.index, p.prompt) for p in prompts])
         _check_token_ids(prompts, n_vocab)
+        reused = set(range(len(prompts))) - set(range(len(prompts)) if pending is None else pending)
+        check_structure(p for k, p in enumerate(prompts) if k in reused)  # what reallocation will build on
         check_extras_fit(options, executor.n_ctx, longest)
         started = time.perf_counter()
         try:

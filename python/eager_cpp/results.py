@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .metrics import consensus, run_metrics
 from .scoring import score_prompts
@@ -161,16 +161,22 @@ class RunResult:
         """Results written by `to_jsonl` or `eager-cpp run` read back (prompts in index order).
 
         The run's settings are `settings` when given, else those `eager-cpp run` recorded beside the
-        file (`checkpoint.recorded_settings`), if any. Stats are recounted from the prompts.
+        file (`checkpoint.recorded_settings`), if any. Stats are recounted from the prompts. Each line's
+        structure is checked (`check_structure`): a malformed one is a ValueError naming its line.
         """
         prompts: list[PromptResult] = []
         for number, line in read_lines(path, "results file"):
             if not line.strip():
                 continue
             try:
-                prompts.append(prompt_from_dict(json.loads(line)))
+                prompt = prompt_from_dict(json.loads(line))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{number}: not a results line ({e})") from None
+            try:
+                check_structure([prompt])
+            except ValueError as e:
+                raise ValueError(f"{path}:{number}: {e}") from None
+            prompts.append(prompt)
         prompts.sort(key=lambda p: p.index)
         if settings is None:
             from .checkpoint import recorded_settings  # the CLI's store: lazily, only for its files
@@ -179,6 +185,68 @@ class RunResult:
         stats = RunStats(method=(settings or {}).get("method", ""))
         count_totals(stats, prompts)
         return cls(prompts=prompts, stats=stats, settings=dict(settings or {}))
+
+
+def check_structure(prompts: Iterable[PromptResult]) -> None:
+    """Each prompt's sequences form the tree a run makes of them; a ValueError naming the prompt and the
+    sequence otherwise (a result edited, or read from a file, before `reallocate` or a resumed run reuses it).
+
+    What every run's result holds: at least one sequence; sequences numbered 0..n-1 in order, once each;
+    sequence 0 a root (no parent); a parent always an earlier sequence (a child is numbered when it is
+    born, after its parent: so parents never form a cycle); a root inherits no tokens (branch_step 0), a
+    child the first ``branch_step`` tokens of its parent (0 <= branch_step <= its tokens);
+    ``own_tokens == token_ids[branch_step:]``; entropies one per own token, or none (not recorded).
+    """
+    for p in prompts:
+        where = f"prompt {p.index}"
+        seqs = list(p.sequences)
+        n = len(seqs)
+        if not n:
+            raise ValueError(f"{where} has no sequences: a run gives every prompt at least its root, sequence 0")
+        seen: set[int] = set()
+        for k, s in enumerate(seqs):
+            for name in ("index", "branch_step", "parent"):
+                value = getattr(s, name)
+                if not (value is None and name == "parent") and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValueError(f"{where}: sequence at position {k}: {name} must be an int"
+                                     f"{' or None' if name == 'parent' else ''}, got {value!r}"[:300])
+            for name in ("token_ids", "own_tokens", "entropies"):
+                if not isinstance(getattr(s, name), (list, tuple)):
+                    raise ValueError(f"{where}: sequence {s.index}: {name} must be a list, "
+                                     f"got {type(getattr(s, name)).__name__}")
+            if s.index in seen:
+                raise ValueError(f"{where}: sequence index {s.index} appears twice")
+            seen.add(s.index)
+        if 0 not in seen:
+            raise ValueError(f"{where} has no sequence 0 (its root)")
+        for k, s in enumerate(seqs):
+            if s.index != k:
+                raise ValueError(f"{where}: sequence {s.index} is at position {k}: a prompt's {n} sequences are "
+                                 f"numbered 0..{n - 1} in order")
+        for s in seqs:
+            at = f"{where}: sequence {s.index}"
+            tokens, step = list(s.token_ids), s.branch_step
+            if s.parent is None:
+                if step != 0:
+                    raise ValueError(f"{at} has no parent but branch_step {step}: a root inherits no tokens")
+            elif s.index == 0:
+                raise ValueError(f"{at} is the root: its parent must be None, got {s.parent}")
+            elif not 0 <= s.parent < n:
+                raise ValueError(f"{at} has parent {s.parent}, which is not a sequence of the prompt (0..{n - 1})")
+            elif s.parent >= s.index:
+                raise ValueError(f"{at} has parent {s.parent}, not an earlier sequence: a child is numbered after "
+                                 "its parent, so a later parent would make a cycle")
+            if not 0 <= step <= len(tokens):
+                raise ValueError(f"{at}: branch_step {step} is outside its {len(tokens)} tokens")
+            if s.parent is not None and list(seqs[s.parent].token_ids[:step]) != tokens[:step]:
+                raise ValueError(f"{at}: its first {step} tokens (up to branch_step) are not those of its parent, "
+                                 f"sequence {s.parent}")
+            if list(s.own_tokens) != tokens[step:]:
+                raise ValueError(f"{at}: own_tokens ({len(s.own_tokens)}) are not its tokens from branch_step {step} "
+                                 f"on ({len(tokens) - step}): own_tokens must equal token_ids[branch_step:]")
+            if s.entropies and len(s.entropies) != len(s.own_tokens):
+                raise ValueError(f"{at} has {len(s.entropies)} entropies for {len(s.own_tokens)} own tokens: one "
+                                 "per own token (or none, when not recorded)")
 
 
 def count_totals(stats: RunStats, prompts: list[PromptResult]) -> None:
@@ -242,7 +310,7 @@ def prompt_from_dict(d: dict[str, Any]) -> PromptResult:
     seen: set[int] = set()
     for s in sequences:
         if s.index in seen:  # a tree walk over such a prompt would never end
-            raise ValueError(f"sequence index {s.index} appears twice")
+            raise ValueError(f"prompt {d['index']}: sequence index {s.index} appears twice")
         seen.add(s.index)
     gold = d.get("answer", d.get("gold_answer"))  # "gold_answer" in files written before 0.2
     return PromptResult(index=d["index"], prompt=d["prompt"], sequences=sequences, prompt_tokens=d["prompt_tokens"],
