@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .scoring import extract_answer, normalize_answer
+from .scoring import answer_extractor, normalize_answer
 
 __all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "PromptScore", "compute_metrics", "confidence_weights", "consensus",
            "departures", "majority_vote", "pass_at_k_unbiased", "run_metrics", "score_prompt", "trace_entropies",
@@ -337,7 +337,6 @@ def consensus(prompts: Sequence[Any], scorer: Optional[Callable[[str, str], bool
     Answers come from ``scorer.extract`` when the scorer has one, else the "auto" extractor; each
     sequence votes with weight exp(-its highest window-mean entropy). None for a prompt with no answer.
     """
-    custom = getattr(scorer, "extract", None)
-    extract = custom if callable(custom) else (lambda t: extract_answer(t, "auto"))
+    extract = answer_extractor(scorer)
     return [weighted_vote([extract(s.text) for s in p.sequences], confidence_weights(p.sequences))[0]
             for p in prompts]

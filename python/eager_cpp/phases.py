@@ -17,6 +17,8 @@
     and stay unspent.
     A try that fails (any Exception) ends phase (c): what earlier phases made is kept and returned,
     the error is in ``ReallocationOutcome.error`` and ``RunStats.reallocation_error`` and warned about.
+    A scorer that raises on phase (a)'s text (scoring it, or ``extract`` read by the label-free plan)
+    ends phase (c) the same way before its first try: phase (a) kept, the whole budget unspent.
 
 Phase (a) may run in chunks of prompts (one engine run each), with a callback after each: the CLI
 checkpoints there. Prompts whose phase (a) is already done (a result handed to ``reallocate``, a
@@ -38,7 +40,7 @@ from .jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
 from .label_free import prompt_signals
 from .options import RunOptions
 from .results import PromptResult, RunStats
-from .scoring import extract_answer, score_prompts
+from .scoring import answer_extractor, score_prompts
 from .tree import branch_points, choose_branch_points, last_branch_step, ranked_limit
 from .vocabulary import MAX_SEQUENCES, MAX_TRIES, Method
 
@@ -115,8 +117,7 @@ def signals_of(results: list[PromptResult], theta: float, scorer: Optional[Score
 
     Answers come from the scorer's ``extract(text)`` when it has one, else the "auto" extractor.
     """
-    custom = getattr(scorer, "extract", None)
-    extract = custom if callable(custom) else (lambda text: extract_answer(text, "auto"))
+    extract = answer_extractor(scorer)
     return [replace(prompt_signals(p.index, p.sequences, extract, no_branch_window), theta=theta) for p in results]
 
 
@@ -133,6 +134,7 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
     method = Method(options.method)
     todo = list(range(len(results))) if pending is None else list(pending)
     size = chunk_size or max(1, len(todo))
+    scoring_error: Optional[str] = None
     for start in range(0, len(todo), size):
         chunk = [results[k] for k in todo[start:start + size]]
         jobs = [PhaseJob(index=p.index, prompt=p.prompt, max_sequences=options.max_sequences,
@@ -140,14 +142,23 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
         output = executor.run_jobs(jobs, method.engine_method, progress)
         merge(results, jobs, output)
         stats.merge(output.stats)
-        if answers is not None:
-            score(chunk, [answers[k] for k in todo[start:start + size]], scorer)
+        if answers is not None and scoring_error is None:
+            try:
+                score(chunk, [answers[k] for k in todo[start:start + size]], scorer)
+            except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
+                if not method.reallocates:
+                    raise
+                scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
         if on_chunk is not None:
             on_chunk(chunk)
     if not method.reallocates:
         return None
-    score(results, answers, scorer)  # prompts whose phase (a) was done before come scored here
-    return reallocate_phases(executor, options, results, stats, answers, scorer, progress)
+    if scoring_error is None:
+        try:
+            score(results, answers, scorer)  # prompts whose phase (a) was done before come scored here
+        except Exception as e:  # noqa: BLE001 - the same
+            scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
+    return reallocate_phases(executor, options, results, stats, answers, scorer, progress, failed=scoring_error)
 
 
 def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int = 0,
@@ -175,24 +186,35 @@ def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int =
 
 def reallocate_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
                       answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
-                      max_tries: int = MAX_TRIES) -> ReallocationOutcome:
+                      max_tries: int = MAX_TRIES, failed: Optional[str] = None) -> ReallocationOutcome:
     """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring).
 
     The options' top_k and max_new_tokens bound a tree point: it offers only ranks within both the
     engine's reach and top_k, and only while it leaves room for an answer.
+    failed: why phase (a)'s answers could not be read (the scorer raised): then, as when the scorer
+    raises while the label-free plan reads them, nothing is planned, the error is the outcome's and
+    the whole budget is unspent.
     """
     method, theta, max_sequences = options.method, options.entropy_threshold, options.max_sequences
     reallocation, no_branch_window = options.reallocation, options.no_branch_window
     top_k, max_new_tokens = options.top_k, options.max_new_tokens
     summaries = summarize(results, theta)
-    if Method(method).label_free:
+    signals: Optional[list[PromptSignals]] = None
+    if failed is None and Method(method).label_free:
+        try:
+            signals = signals_of(results, theta, scorer, no_branch_window)
+        except Exception as e:  # noqa: BLE001 - the scorer's extract() failing on phase (a)'s text: as a failed try
+            failed = f"reading phase (a)'s answers failed: {type(e).__name__}: {e}"
+    if failed is not None:
+        budget = max(0, max_sequences * len(results) - sum(p.n_sequences for p in results))
+        plan = ReallocationPlan(budget=budget, selected=(), extras=(), unused=budget)
+    elif signals is not None:
         # Label-free recipients; with no decaying set its tries follow adapt's θ rule, as EAGer-adapt's do.
-        plan = plan_label_free(signals_of(results, theta, scorer, no_branch_window), max_sequences,
-                               use=options.label_free_signals)
+        plan = plan_label_free(signals, max_sequences, use=options.label_free_signals)
     else:
         plan = plan_reallocation(summaries, max_sequences, method)
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
-                                  produced={e.index: 0 for e in plan.extras})
+                                  produced={e.index: 0 for e in plan.extras}, error=failed)
     position = {p.index: k for k, p in enumerate(results)}
     theta0 = {s.index: s.theta for s in summaries}
     decaying = set(plan.decaying)

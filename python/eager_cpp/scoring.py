@@ -34,6 +34,7 @@ from typing import Any, Optional
 __all__ = [
     "STYLES",
     "AnswerScorer",
+    "answer_extractor",
     "answers_match",
     "default_scorer",
     "extract_answer",
@@ -229,6 +230,26 @@ class AnswerScorer:
         return answers_match(self.extract(text), answer)
 
 
+def answer_extractor(scorer: Any) -> Callable[[str], Optional[str]]:
+    """The answers a scorer reads: its ``extract(text)`` when it has one, else the "auto" extractor.
+
+    A custom ``extract`` must return a str or None (no answer): anything else is a TypeError naming
+    the scorer and what it returned, not a vote under a key no other answer could match.
+    """
+    custom = getattr(scorer, "extract", None)
+    if not callable(custom):
+        return lambda text: extract_answer(text, "auto")
+
+    def extract(text: str) -> Optional[str]:
+        answer = custom(text)
+        if answer is not None and not isinstance(answer, str):
+            raise TypeError(f"the scorer {type(scorer).__name__}'s extract() returned {type(answer).__name__} "
+                            f"{answer!r}"[:200] + ": it must return the answer as a str, or None for no answer")
+        return answer
+
+    return extract
+
+
 def score_prompts(prompts: Sequence[Any], answers: Sequence[Any],
                   scorer: Optional[Callable[[str, str], bool]] = None) -> None:
     """Attach gold answers to ``PromptResult``s (read by attribute) and mark every sequence correct or not.
@@ -241,8 +262,7 @@ def score_prompts(prompts: Sequence[Any], answers: Sequence[Any],
     if len(answers) != len(prompts):
         raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
     scorer = scorer or AnswerScorer("auto")
-    custom_extract = getattr(scorer, "extract", None)
-    extract = custom_extract if callable(custom_extract) else (lambda t: extract_answer(t, "auto"))
+    extract = answer_extractor(scorer)
     for p, gold in zip(prompts, answers):
         p.gold_answer = str(gold)
         for s in p.sequences:
