@@ -15,7 +15,8 @@ from .api import run
 from .checkpoint import Checkpoint, prompt_hash
 from .datasets import Example, load_examples
 from .driver import drive
-from .model import Model, default_model_path
+from ._core import supports_gpu_offload
+from .model import Model, check_kv_memory_available, default_model_path
 from .options import RunOptions, parse_kv_memory
 from .phases import ReallocationWarning
 from .progress import ProgressLine
@@ -192,9 +193,12 @@ def _check_threads(args: argparse.Namespace) -> None:
         raise CliError(f"--threads must be between 1 and {MAX_THREADS} ({THREADS_LIMIT}), got {args.threads}")
 
 
-def _kv_memory(args: argparse.Namespace) -> Any:
+def _kv_memory(args: argparse.Namespace, here: bool = True) -> Any:
+    """--kv-memory checked: a size, and (`here`: the model loads in this process) no more than the memory available."""
     try:
-        parse_kv_memory(args.kv_memory)
+        size = parse_kv_memory(args.kv_memory)
+        if here:
+            check_kv_memory_available(size, args.gpu_layers != 0 and supports_gpu_offload())
     except (TypeError, ValueError) as e:
         raise CliError(f"--kv-memory: {e}") from None
     return args.kv_memory
@@ -221,7 +225,7 @@ def _ray_workers(args: argparse.Namespace) -> Any:
         from .distributed import RayWorkers
 
         return RayWorkers(_model_arg(args), args.ray, workers=args.workers, threads_per_worker=args.threads,
-                          n_gpu_layers=args.gpu_layers, kv_memory=_kv_memory(args))
+                          n_gpu_layers=args.gpu_layers, kv_memory=_kv_memory(args, here=False))
     except (ImportError, TimeoutError, RuntimeError) as e:
         raise CliError(str(e)) from None
 
@@ -486,16 +490,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .evaluate import format_table, sweep
     from .plots import plot_bench, require_matplotlib
 
-    try:  # before the sweep, not after it
-        require_matplotlib()
-    except ImportError as e:
-        raise CliError(f"bench draws its plots with matplotlib: {e}") from None
     prompts, answers, scorer = _labelled(args)
     methods = _methods(args.methods)
     thetas = _csv(args.thetas, float, "thetas")
     ms = _csv(args.Ms, int, "Ms")
     modes = _reallocations(args.reallocation)
     opts = _swept_options(args, methods, thetas, ms, modes)
+    _check_threads(args)
+    _kv_memory(args)
+    try:  # after the arguments (a bad one is the first thing to fix), before the sweep, not after it
+        require_matplotlib()
+    except ImportError as e:
+        raise CliError(f"bench draws its plots with matplotlib: {e}") from None
     out = Path(args.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

