@@ -13,7 +13,7 @@ bool Admission::may_admit(const PromptJob & job, const std::vector<PromptLoad> &
     const double estimate = growth_estimate();
     const double need = static_cast<double>(job.tokens.size()) + expected_sequences(job.max_sequences, estimate) *
                                                                    std::min<double>(expected_length(), max_new_tokens_);
-    if (!staggered && cells_held + expected_growth(in_flight, estimate) + need > cells_ * (1.0 - kKvWatermark))
+    if (!staggered && cells_held + expected_growth(in_flight, estimate) + need > usable_cells(cells_))
         return false;
     // With a unified KV cache every token attends over all cells in use, so a batch far past the
     // throughput peak slows every token.

@@ -2,7 +2,7 @@
 // the sequences EAGer prompts are expected to grow into, and starts a prompt only when the cells its
 // tree is expected to need fit beside the cells held now and the growth expected of the prompts in
 // flight (lengths learnt from the sequences finished so far). It reserves sequence ids, never cells:
-// a cache that fills anyway preempts (kv_memory.hpp). Pure: it sees prompts as plain loads.
+// a cache that fills anyway preempts (kv_scheduler.hpp). Pure: it sees prompts as plain loads.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +29,7 @@ public:
 
     // Whether `job` may start beside the prompts in flight (in admission order), `live` live sequences
     // and `cells_held` cells in use. With nothing live, any job starts. `staggered`: its sequences may
-    // start one after another as cells allow (KvMemory::admits_staggered), so its tree need not fit now.
+    // start one after another as cells allow (KvScheduler::admits_staggered), so its tree need not fit now.
     bool may_admit(const PromptJob & job, const std::vector<PromptLoad> & in_flight, int live,
                    int64_t cells_held, bool staggered = false) const;
 

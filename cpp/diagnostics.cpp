@@ -1,10 +1,13 @@
 #include "diagnostics.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 #include "batch.hpp"
+#include "engine.hpp"
 #include "errors.hpp"
 #include "llama.h"
+#include "run_plan.hpp"
 
 namespace eager {
 
@@ -108,6 +111,36 @@ std::vector<DeviceRowProbe> probe_device_topk(Model & model, const std::vector<s
     const int n_vocab = model.n_vocab();
     for (int s = 0; s < n; ++s) out[s].logits = copy_row(ctx, rows[s], n_vocab);
     return out;
+}
+
+double bench_bare_decode(Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
+                         int n_threads) {
+    if (prompt.empty() || n_sequences < 1 || n_sequences > kMaxSequenceIds || n_steps < 1)
+        throw InvalidArgument("bench_bare_decode needs a prompt, 1..256 sequences and at least one step");
+    ContextShape shape;
+    shape.n_ctx = round_up_cells(static_cast<int64_t>(prompt.size()) + static_cast<int64_t>(n_sequences) * n_steps);
+    shape.n_seq_max = n_sequences;
+    shape.n_batch = kBatchTokens;
+    shape.n_threads = n_threads;
+    llama_context * ctx = model.acquire_context(shape);
+    llama_memory_t mem = llama_get_memory(ctx);
+    MemoryGuard guard{model.context()};
+    Batch batch(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx), n_sequences)));
+    const int32_t n = static_cast<int32_t>(prompt.size());
+    for (int32_t begin = 0; begin < n; begin += batch.capacity()) {
+        batch.clear();
+        for (int32_t i = begin; i < std::min(n, begin + batch.capacity()); ++i) batch.add(prompt[i], i, 0, i == n - 1);
+        batch.decode(ctx, "prompt prefill");
+    }
+    for (int s = 1; s < n_sequences; ++s) llama_memory_seq_cp(mem, 0, s, -1, -1);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int step = 0; step < n_steps; ++step) {
+        batch.clear();
+        for (int s = 0; s < n_sequences; ++s) batch.add(prompt[(step + s) % n], n + step, s, true);
+        batch.decode(ctx, "benchmark decode");
+        if (llama_get_logits_ith(ctx, n_sequences - 1) == nullptr) throw LlamaError("no logits");
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace eager

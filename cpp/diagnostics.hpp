@@ -1,5 +1,6 @@
 // Probes of llama.cpp behaviour that the tests check against: forking by KV sequence copy, and
-// the device top-K ops against the host kernel on the very same logits.
+// the device top-K ops against the host kernel on the very same logits; and the bare decode that the
+// engine-efficiency benchmark measures the engine against.
 #pragma once
 
 #include <cstdint>
@@ -36,5 +37,11 @@ struct DeviceRowProbe {
 // sampler in one batch is no substitute: llama.cpp may then reuse the raw logits' buffer.
 std::vector<DeviceRowProbe> probe_device_topk(Model & model, const std::vector<std::vector<int32_t>> & prompts,
                                               const DeviceTopKParams & params, int n_threads);
+
+// Bare llama_decode throughput for the engine-efficiency benchmark: prefill `prompt`, fork it
+// into n_sequences, then decode n_steps steps of one token per sequence with logits for each.
+// Returns the seconds spent in those decode steps.
+double bench_bare_decode(Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
+                         int n_threads);
 
 }  // namespace eager

@@ -42,7 +42,7 @@ struct EngineConfig {
     bool ignore_eos = false;      // for benchmarks that need a fixed length
     int n_threads = 0;            // 0 = all cores
     uint32_t n_ctx = 0;           // KV cells; 0: from kv_memory
-    // Bytes the KV cache may take (kv_memory.hpp); 0: "auto", a share of the memory available, no more
+    // Bytes the KV cache may take (kv_scheduler.hpp); 0: "auto", a share of the memory available, no more
     // than the run's live sequences need at a bounded length. A full cache preempts, never denies a branch.
     int64_t kv_memory = 0;
     // Select the top candidates and the entropy in the model's compute graph (device_topk.hpp)
@@ -152,11 +152,5 @@ struct RunOutput {
 
 RunOutput generate(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
                    const ProgressFn & on_progress);
-
-// Bare llama_decode throughput for the engine-efficiency benchmark: prefill `prompt`, fork it
-// into n_sequences, then decode n_steps steps of one token per sequence with logits for each.
-// Returns the seconds spent in those decode steps.
-double bench_bare_decode(Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
-                         int n_threads);
 
 }  // namespace eager

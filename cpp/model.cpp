@@ -10,6 +10,7 @@
 #include "errors.hpp"
 #include "llama.h"
 #include "llama_log.hpp"
+#include "system_info.hpp"
 
 namespace eager {
 
@@ -164,6 +165,29 @@ Model::~Model() {
 
 int Model::n_vocab() const { return llama_vocab_n_tokens(vocab_); }
 int Model::n_ctx_train() const { return llama_model_n_ctx_train(model_); }
+
+double Model::kv_bytes_per_cell() const {
+    const std::string arch = meta("general.architecture");
+    const auto meta_int = [&](const std::string & key, int64_t fallback) -> int64_t {
+        const std::string v = meta(key);
+        if (v.empty()) return fallback;
+        try {
+            return std::stoll(v);
+        } catch (...) {
+            return fallback;
+        }
+    };
+    const int64_t head_dim = llama_model_n_embd(model_) / std::max(1, llama_model_n_head(model_));
+    const int64_t k = meta_int(arch + ".attention.key_length", head_dim);
+    const int64_t v = meta_int(arch + ".attention.value_length", head_dim);
+    return 2.0 * llama_model_n_layer(model_) * llama_model_n_head_kv(model_) * static_cast<double>(k + v);
+}
+
+int64_t Model::memory_available_bytes() const {
+    // Offloaded layers keep their KV cache on the device: the free memory of the first GPU counts.
+    const int64_t gpu_free = offloaded_ ? gpu_memory_free_bytes() : -1;
+    return gpu_free >= 0 ? gpu_free : ram_available_bytes();
+}
 bool Model::add_bos() const { return llama_vocab_get_add_bos(vocab_); }
 
 std::string Model::description() const {

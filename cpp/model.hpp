@@ -58,6 +58,11 @@ public:
 
     int n_vocab() const;
     int n_ctx_train() const;
+    // Bytes one KV cell takes (f16 keys and values of every layer).
+    double kv_bytes_per_cell() const;
+    // Memory a KV cache may take: RAM available (MemAvailable) on the CPU, the device's free memory when
+    // layers are offloaded.
+    int64_t memory_available_bytes() const;
     bool add_bos() const;
     std::string description() const;
     std::string meta(const std::string & key) const;  // "" when absent

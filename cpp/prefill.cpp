@@ -17,12 +17,12 @@ int32_t Prefill::tokens(const std::vector<int32_t> & tokens, size_t begin, int32
     return last_row;
 }
 
-int32_t Prefill::prompt(const std::vector<int32_t> & prompt, llama_seq_id id, RunStats & stats) {
+int32_t Prefill::prompt(const std::vector<int32_t> & prompt, llama_seq_id id) {
     llama_context * ctx = ctx_.get();
     const size_t shared = anchor_.shareable(ctx, prompt);
     anchor_.copy_to(ctx, id, shared);
     const int32_t row = tokens(prompt, shared, static_cast<int32_t>(shared), id, "prompt prefill");
-    stats.shared_prompt_tokens += static_cast<int64_t>(shared);
+    shared_tokens_ += static_cast<int64_t>(shared);
     anchor_.move_to(ctx, id, prompt);
     return row;
 }

@@ -22,13 +22,17 @@ public:
     int32_t tokens(const std::vector<int32_t> & tokens, size_t begin, int32_t pos, llama_seq_id id, const char * what);
 
     // A prompt's tokens into sequence `id` (the part shared with the anchor copied, not decoded, and
-    // counted in stats.shared_prompt_tokens); returns the output row of its last token.
-    int32_t prompt(const std::vector<int32_t> & prompt, llama_seq_id id, RunStats & stats);
+    // counted in shared_tokens()); returns the output row of its last token.
+    int32_t prompt(const std::vector<int32_t> & prompt, llama_seq_id id);
+
+    // Prompt tokens copied from the anchor so far instead of prefilled.
+    int64_t shared_tokens() const { return shared_tokens_; }
 
 private:
     ContextHandle ctx_;
     Batch & batch_;
     PrefixAnchor anchor_;
+    int64_t shared_tokens_ = 0;
 };
 
 }  // namespace eager

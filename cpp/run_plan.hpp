@@ -18,8 +18,9 @@ constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this m
 // doubles when the run needs more cells, up to this share of the memory available.
 constexpr double kAutoKvShare = 0.25;
 constexpr int64_t kAutoStartTokens = 64;
-// Admission and resumption keep this share of the cells free for the growth they did not project.
-constexpr double kKvWatermark = 0.01;
+// The cells admission, holding back and resumption plan within: a share of the budget is kept free for
+// the growth they did not project.
+inline double usable_cells(int64_t cells) { constexpr double kKvWatermark = 0.01; return cells * (1.0 - kKvWatermark); }
 
 // Cells rounded up to llama.cpp's padding.
 uint32_t round_up_cells(int64_t cells);

@@ -4,16 +4,14 @@
 #include <cmath>
 
 #include "errors.hpp"
-#include "kv_copy.hpp"
 #include "llama.h"
-#include "model.hpp"
 
 namespace eager {
 
 void SeedStart::start(int prompt, const PromptJob & job) {
     const int n_seeds = static_cast<int>(job.seeds.size());
     std::vector<int> slots(n_seeds);
-    for (int k = 0; k < n_seeds; ++k) slots[k] = table_.create(prompt, -1);
+    for (int k = 0; k < n_seeds; ++k) slots[k] = table_.create_root(prompt);
     std::vector<int> order(n_seeds);
     for (int k = 0; k < n_seeds; ++k) order[k] = k;
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return job.seeds[a].prefix < job.seeds[b].prefix; });
@@ -66,31 +64,30 @@ int32_t SeedStart::prefill_after(const PromptJob & job, const std::vector<int> &
     const int32_t n_prompt = static_cast<int32_t>(job.tokens.size());
     if (previous < 0) {
         table_.own_cells(slots[k]);
-        int32_t row = prefill_.prompt(job.tokens, id, stats_);
+        int32_t row = prefill_.prompt(job.tokens, id);
         if (!seed.prefix.empty()) row = prefill_.tokens(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
-        stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
+        reprocessed_ += static_cast<int64_t>(seed.prefix.size());
         return row;
     }
     const std::vector<int32_t> & before = job.seeds[previous].prefix;
     const auto [a, b] = std::mismatch(before.begin(), before.end(), seed.prefix.begin(), seed.prefix.end());
     const size_t common = static_cast<size_t>(b - seed.prefix.begin());
-    llama_memory_t mem = ctx_.memory();
     const llama_seq_id from = table_[slots[previous]].id;
     if (common == seed.prefix.size() && a == before.end()) {  // the same point: the whole sequence
-        llama_memory_seq_cp(mem, from, id, -1, -1);
+        kv_.copy_all(from, id);
         table_.copied_cells(slots[previous], slots[k], n_prompt + static_cast<int32_t>(before.size()));
         return -1;
     }
     const int32_t shared = n_prompt + static_cast<int32_t>(common);
-    if (!copy_is_whole(mem, from, shared, n_swa_)) {  // its window there is gone: prefill it all again
+    if (!kv_.copy_is_whole(from, shared)) {  // its window there is gone: prefill it all again
         table_.own_cells(slots[k]);
         prefill_.tokens(job.tokens, 0, 0, id, "prompt prefill");
-        stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size());
+        reprocessed_ += static_cast<int64_t>(seed.prefix.size());
         return seed.prefix.empty() ? -1 : prefill_.tokens(seed.prefix, 0, n_prompt, id, "branch prefix prefill");
     }
-    copy_prefix(ctx_.get(), from, id, shared);
+    kv_.copy_prefix(from, id, shared);
     table_.copied_cells(slots[previous], slots[k], shared);
-    stats_.reprocessed_tokens += static_cast<int64_t>(seed.prefix.size() - common);
+    reprocessed_ += static_cast<int64_t>(seed.prefix.size() - common);
     return prefill_.tokens(seed.prefix, common, shared, id, "branch prefix prefill");
 }
 
@@ -98,22 +95,11 @@ void SeedStart::take_first_token(int slot, const BranchSeed & seed, int32_t row,
                                  float & entropy) {
     // The seed's inherited part, then its forced first token from the logits at the point (`row`),
     // or from the previous seed's candidates when both continue the same point (row -1).
-    LiveSequence & seq = table_[slot];
-    SequenceResult & res = table_.result(seq);
-    const int32_t n_prompt = static_cast<int32_t>(table_.job(seq.prompt).tokens.size());
-    res.branch_step = static_cast<int>(seed.prefix.size());
-    for (int32_t t : seed.prefix) res.text += model_.token_to_piece(t);
-    seq.generated = static_cast<int>(seed.prefix.size());
-    seq.n_past = n_prompt + seq.generated;
-    seq.past_marker = !cfg_.think_end_marker.empty() && res.text.find(cfg_.think_end_marker) != std::string::npos;
+    table_.start_seed(slot, seed.prefix);
     if (row >= 0) rows_.top_of_row(ctx_.get(), row, ranked, top, entropy);
     TopK allowed = top;
     allowed.size = allowed_by_filters(top, cfg_.sampling);
-    const int32_t token = nth_not_excluded(allowed, seed.exclude, seed.rank);
-    (void) seq.rng.uniform();  // the step's draw, as every sequence takes one per step
-    res.branch_entropy = entropy;
-    if (token < 0) return table_.finish(seq, "unavailable");
-    table_.append(seq, token, entropy);
+    table_.take_seed_token(slot, nth_not_excluded(allowed, seed.exclude, seed.rank), entropy);
 }
 
 }  // namespace eager

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "engine.hpp"
-#include "model.hpp"
+#include "kv_ops.hpp"
 #include "prefill.hpp"
 #include "rows.hpp"
 #include "sequence_table.hpp"
@@ -19,13 +19,15 @@ namespace eager {
 
 class SeedStart {
 public:
-    SeedStart(const Model & model, const EngineConfig & config, ContextHandle ctx, SequenceTable & table,
-              Prefill & prefill, const RowWork & rows, RunStats & stats)
-        : model_(model), cfg_(config), ctx_(ctx), table_(table), prefill_(prefill), rows_(rows), stats_(stats),
-          n_swa_(llama_model_n_swa(model.model())) {}
+    SeedStart(const EngineConfig & config, ContextHandle ctx, SequenceTable & table, Prefill & prefill,
+              const RowWork & rows, KvOps & kv)
+        : cfg_(config), ctx_(ctx), table_(table), prefill_(prefill), rows_(rows), kv_(kv) {}
 
     // Creates the seeds' sequences of `prompt` (its roots, in seed order) and gives each its first token.
     void start(int prompt, const PromptJob & job);
+
+    // Generated tokens decoded again as seed prefixes so far (their shared parts once).
+    int64_t reprocessed_tokens() const { return reprocessed_; }
 
 private:
     // Prefills seed `k`'s prefix after `previous` (-1: none); returns the output row of its point, or -1
@@ -35,14 +37,13 @@ private:
     int ranked_at_point(const PromptJob & job, const std::vector<int> & order, size_t at) const;
     void take_first_token(int slot, const BranchSeed & seed, int32_t row, int ranked, TopK & top, float & entropy);
 
-    const Model & model_;
     const EngineConfig & cfg_;
     ContextHandle ctx_;
     SequenceTable & table_;
     Prefill & prefill_;
     const RowWork & rows_;
-    RunStats & stats_;
-    int n_swa_ = 0;
+    KvOps & kv_;
+    int64_t reprocessed_ = 0;
 };
 
 // How many of `top`'s leading tokens (most likely first) the sampling filters allow: top_k, min_p

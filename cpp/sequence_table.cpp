@@ -4,7 +4,6 @@
 #include <utility>
 
 #include "errors.hpp"
-#include "model.hpp"
 
 namespace eager {
 
@@ -17,10 +16,48 @@ size_t find_from(const std::string & text, const std::string & needle, size_t ap
 
 }  // namespace
 
-SequenceTable::SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-                             RunOutput & out, ContextHandle ctx, int n_ids)
-    : model_(model), cfg_(config), jobs_(jobs), out_(out), ctx_(ctx), state_(jobs.size()) {
+SequenceTable::SequenceTable(const TokenText & text, const EngineConfig & config, const std::vector<PromptJob> & jobs,
+                             RunOutput & out, KvOps & ops, int n_ids)
+    : text_(text), cfg_(config), jobs_(jobs), out_(out), ops_(ops), state_(jobs.size()), scratch_(jobs.size(), 0) {
     for (int id = 0; id < n_ids; ++id) free_ids_.push_back(id);
+}
+
+int SequenceTable::paused_count() const {
+    int paused = 0;
+    for (int prompt : in_flight_) paused += state_[prompt].paused;
+    return paused;
+}
+
+bool SequenceTable::trees_closed() const {
+    return std::none_of(in_flight_.begin(), in_flight_.end(), [&](int i) { return state_[i].branch.open; });
+}
+
+std::vector<PromptLoad> SequenceTable::prompt_loads() const {
+    std::vector<PromptLoad> loads;
+    loads.reserve(in_flight_.size());
+    for (int i : in_flight_) scratch_[i] = 0;
+    for (const LiveSequence & seq : live_) scratch_[seq.prompt] += seq.generated;
+    for (int i : in_flight_) {
+        const PromptState & st = state_[i];
+        loads.push_back(PromptLoad{jobs_[i].max_sequences, st.n_sequences, st.live, st.branch.open, scratch_[i]});
+    }
+    return loads;
+}
+
+bool SequenceTable::unstarted(int slot) const {
+    const LiveSequence & seq = live_[slot];
+    return jobs_[seq.prompt].seeds.empty() && result(seq).own_tokens.size() <= 1;
+}
+
+int32_t SequenceTable::fork_position(int prompt, int local) const {
+    const SequenceResult & r = out_.prompts[prompt].sequences[local];
+    return static_cast<int32_t>(jobs_[prompt].tokens.size()) + (r.parent >= 0 ? r.branch_step : 0);
+}
+
+void SequenceTable::admit(int prompt) {
+    in_flight_.push_back(prompt);
+    state_[prompt].status = PromptStatus::Running;
+    out_.prompts[prompt].prompt_tokens = static_cast<int>(jobs_[prompt].tokens.size());
 }
 
 int SequenceTable::create(int prompt, int parent_slot) {
@@ -46,22 +83,36 @@ int SequenceTable::create(int prompt, int parent_slot) {
         seq.n_past = parent.n_past;
         seq.generated = parent.generated;
         seq.past_marker = parent.past_marker;
-        llama_memory_seq_cp(ctx_.memory(), parent.id, seq.id, -1, -1);
+        ops_.copy_all(parent.id, seq.id);
         seq.cells = parent.cells;
         seq.cells.push_back(CellRun{next_group_++, parent.n_past});
     }
     pr.sequences.push_back(std::move(result));
     ++st.n_sequences;
     ++st.live;
-    ++live_count_;
     live_.push_back(std::move(seq));
-    out_.stats.max_live_sequences = std::max(out_.stats.max_live_sequences, live_count_);
+    out_.stats.max_live_sequences = std::max(out_.stats.max_live_sequences, live_count());
     return static_cast<int>(live_.size()) - 1;
 }
 
-void SequenceTable::share_cells(int from_slot, int to_slot) {
-    llama_memory_seq_cp(ctx_.memory(), live_[from_slot].id, live_[to_slot].id, -1, -1);
-    copied_cells(from_slot, to_slot, live_[from_slot].n_past);
+int SequenceTable::create_root(int prompt) { return create(prompt, -1); }
+
+void SequenceTable::prefilled(int slot) {
+    live_[slot].n_past = static_cast<int32_t>(jobs_[live_[slot].prompt].tokens.size());
+    own_cells(slot);
+}
+
+std::vector<int> SequenceTable::add_samples(int root_slot, int count) {
+    std::vector<int> slots;
+    for (int k = 0; k < count; ++k) {
+        const int slot = create(live_[root_slot].prompt, -1);
+        // The copy only tags the prompt's cells.
+        ops_.copy_all(live_[root_slot].id, live_[slot].id);
+        copied_cells(root_slot, slot, live_[root_slot].n_past);
+        live_[slot].n_past = live_[root_slot].n_past;
+        slots.push_back(slot);
+    }
+    return slots;
 }
 
 void SequenceTable::own_cells(int slot) {
@@ -76,17 +127,43 @@ void SequenceTable::copied_cells(int from_slot, int to_slot, int32_t len) {
     live_[to_slot].cells = std::move(runs);
 }
 
-void SequenceTable::append(LiveSequence & seq, int32_t token, float entropy) {
-    SequenceResult & res = result(seq);
+bool SequenceTable::marker_in(const std::string & text, size_t appended_at) const {
+    return !cfg_.think_end_marker.empty() && find_from(text, cfg_.think_end_marker, appended_at) != std::string::npos;
+}
+
+void SequenceTable::start_seed(int slot, const std::vector<int32_t> & prefix) {
+    LiveSequence & seq = live_[slot];
+    SequenceResult & res = out_.prompts[seq.prompt].sequences[seq.local];
+    res.branch_step = static_cast<int>(prefix.size());
+    for (int32_t t : prefix) res.text += text_.piece(t);
+    seq.generated = static_cast<int>(prefix.size());
+    seq.n_past = static_cast<int32_t>(jobs_[seq.prompt].tokens.size()) + seq.generated;
+    seq.past_marker = marker_in(res.text, 0);
+}
+
+void SequenceTable::take_seed_token(int slot, int32_t token, float entropy) {
+    (void) draw(slot);  // the step's draw, as every sequence takes one per step
+    LiveSequence & seq = live_[slot];
+    out_.prompts[seq.prompt].sequences[seq.local].branch_entropy = entropy;
+    if (token < 0) return finish(seq, "unavailable");
+    append(slot, token, entropy);
+}
+
+void SequenceTable::fed(const std::vector<int> & slots) {
+    for (int slot : slots) live_[slot].n_past += 1;
+}
+
+void SequenceTable::append(int slot, int32_t token, float entropy) {
+    LiveSequence & seq = live_[slot];
+    SequenceResult & res = out_.prompts[seq.prompt].sequences[seq.local];
     res.own_tokens.push_back(token);
     if (cfg_.record_entropies) res.entropies.push_back(entropy);
     ++seq.generated;
     ++out_.stats.generated_tokens;
-    if (!cfg_.ignore_eos && model_.is_eog(token)) return finish(seq, "eos");
+    if (!cfg_.ignore_eos && text_.is_eog(token)) return finish(seq, "eos");
     const size_t appended_at = res.text.size();
-    res.text += model_.token_to_piece(token);
-    if (!seq.past_marker && !cfg_.think_end_marker.empty() &&
-        find_from(res.text, cfg_.think_end_marker, appended_at) != std::string::npos) {
+    res.text += text_.piece(token);
+    if (!seq.past_marker && marker_in(res.text, appended_at)) {
         seq.past_marker = true;
         res.marker_step = seq.generated - 1;
     }
@@ -101,9 +178,25 @@ void SequenceTable::append(LiveSequence & seq, int32_t token, float entropy) {
     seq.pending = token;
 }
 
+int SequenceTable::branch(int slot, float entropy, int32_t parent_token, int32_t child_token) {
+    const int child = create(live_[slot].prompt, slot);  // may reallocate the table
+    const LiveSequence & seq = live_[child];
+    out_.prompts[seq.prompt].sequences[seq.local].branch_entropy = entropy;
+    append(slot, parent_token, entropy);
+    append(child, child_token, entropy);
+    return child;
+}
+
 void SequenceTable::finish(LiveSequence & seq, const char * reason) {
-    result(seq).finish_reason = reason;
-    seq.finished = true;
+    out_.prompts[seq.prompt].sequences[seq.local].finish_reason = reason;
+    set_status(seq, SequenceStatus::Finished);
+}
+
+void SequenceTable::set_status(LiveSequence & seq, SequenceStatus status) {
+    PromptState & st = state_[seq.prompt];
+    st.paused -= seq.paused() ? 1 : 0;
+    seq.status = status;
+    st.paused += seq.paused() ? 1 : 0;
 }
 
 SequenceTable::Released SequenceTable::release_finished() {
@@ -111,15 +204,14 @@ SequenceTable::Released SequenceTable::release_finished() {
     size_t kept = 0;
     for (size_t i = 0; i < live_.size(); ++i) {
         LiveSequence & seq = live_[i];
-        if (!seq.finished) {
+        if (!seq.finished()) {
             if (kept != i) live_[kept] = std::move(seq);
             ++kept;
             continue;
         }
         // Freed cells return to the pool once no sequence holds them; the id is reused.
-        llama_memory_seq_rm(ctx_.memory(), seq.id, -1, -1);
+        ops_.remove(seq.id);
         free_ids_.push_back(seq.id);
-        --live_count_;
         out.lengths.push_back(seq.generated);
         PromptState & st = state_[seq.prompt];
         if (--st.live == 0) {
@@ -128,6 +220,10 @@ SequenceTable::Released SequenceTable::release_finished() {
         }
     }
     live_.resize(kept);
+    for (int prompt : out.prompts_done) {
+        in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), prompt));
+        ++done_;
+    }
     return out;
 }
 
@@ -138,26 +234,21 @@ int SequenceTable::compact_ids() {
         const auto top = std::max_element(live_.begin(), live_.end(),
                                           [](const LiveSequence & a, const LiveSequence & b) { return a.id < b.id; });
         if (top->id < *lowest) break;
-        llama_memory_seq_cp(ctx_.memory(), top->id, *lowest, -1, -1);
-        llama_memory_seq_rm(ctx_.memory(), top->id, -1, -1);
+        ops_.copy_all(top->id, *lowest);
+        ops_.remove(top->id);
         std::swap(top->id, *lowest);
         ++moved;
     }
     return moved;
 }
 
-int32_t SequenceTable::fork_position(int prompt, int local) const {
-    const SequenceResult & r = out_.prompts[prompt].sequences[local];
-    return static_cast<int32_t>(jobs_[prompt].tokens.size()) + (r.parent >= 0 ? r.branch_step : 0);
-}
-
-int64_t SequenceTable::cells_held(const std::vector<int> & prompts) const {
+int64_t SequenceTable::cells_held() const {
     // Each group's cells run from its begin to the furthest any running holder reaches. Called every
     // step: only the running sequences' few runs are visited.
     std::vector<std::pair<int64_t, int32_t>> reach;  // (group, cells a holder reaches into it)
     int64_t total = 0;
     for (const LiveSequence & seq : live_) {
-        if (seq.paused || std::find(prompts.begin(), prompts.end(), seq.prompt) == prompts.end()) continue;
+        if (seq.paused()) continue;
         for (size_t r = 0; r < seq.cells.size(); ++r) {
             const int32_t end = r + 1 < seq.cells.size() ? seq.cells[r + 1].begin : seq.n_past;
             if (end > seq.cells[r].begin) reach.emplace_back(seq.cells[r].group, end - seq.cells[r].begin);
@@ -169,47 +260,42 @@ int64_t SequenceTable::cells_held(const std::vector<int> & prompts) const {
     return total;
 }
 
-int64_t SequenceTable::tree_cells(const std::vector<int> & prompts, bool with_paused) const {
-    // Walk each prompt's tree from the youngest sequence up: a sequence holds its own cells up to its
-    // position if it runs, and its parent's from the parent's fork up to where it forked.
-    std::vector<std::vector<int32_t>> held(prompts.size());
-    for (size_t k = 0; k < prompts.size(); ++k) held[k].assign(out_.prompts[prompts[k]].sequences.size(), 0);
+int64_t SequenceTable::tree_cells(int prompt, bool with_paused) const {
+    // Walk the tree from the youngest sequence up: a sequence holds its own cells up to its position if
+    // it runs, and its parent's from the parent's fork up to where it forked.
+    const auto & seqs = out_.prompts[prompt].sequences;
+    std::vector<int32_t> held(seqs.size(), 0);
     for (const LiveSequence & seq : live_) {
-        if (!with_paused && seq.paused) continue;
-        const auto at = std::find(prompts.begin(), prompts.end(), seq.prompt);
-        if (at != prompts.end()) held[at - prompts.begin()][seq.local] = seq.n_past;
+        if (!with_paused && seq.paused()) continue;
+        if (seq.prompt == prompt) held[seq.local] = seq.n_past;
     }
     int64_t total = 0;
-    for (size_t k = 0; k < prompts.size(); ++k) {
-        const int prompt = prompts[k];
-        const auto & seqs = out_.prompts[prompt].sequences;
-        bool any = false;
-        for (int local = static_cast<int>(seqs.size()) - 1; local >= 0; --local) {
-            if (held[k][local] == 0) continue;
-            any = true;
-            const int32_t fork = fork_position(prompt, local);
-            total += std::max<int32_t>(0, held[k][local] - fork);
-            if (seqs[local].parent >= 0) held[k][seqs[local].parent] = std::max(held[k][seqs[local].parent], fork);
-        }
-        if (any) total += static_cast<int64_t>(jobs_[prompt].tokens.size());
+    bool any = false;
+    for (int local = static_cast<int>(seqs.size()) - 1; local >= 0; --local) {
+        if (held[local] == 0) continue;
+        any = true;
+        const int32_t fork = fork_position(prompt, local);
+        total += std::max<int32_t>(0, held[local] - fork);
+        if (seqs[local].parent >= 0) held[seqs[local].parent] = std::max(held[seqs[local].parent], fork);
     }
+    if (any) total += static_cast<int64_t>(jobs_[prompt].tokens.size());
     return total;
 }
 
-void SequenceTable::pause(int slot) {
+void SequenceTable::pause(int slot, SequenceStatus why) {
     LiveSequence & seq = live_[slot];
-    llama_memory_seq_rm(ctx_.memory(), seq.id, -1, -1);
+    ops_.remove(seq.id);
     seq.cells.clear();
-    seq.paused = true;
-    ++state_[seq.prompt].paused;
-    ++paused_count_;
+    set_status(seq, why);
 }
 
-void SequenceTable::unpause(int slot) {
-    LiveSequence & seq = live_[slot];
-    seq.paused = false;
-    --state_[seq.prompt].paused;
-    --paused_count_;
+void SequenceTable::resume(int slot, int source_slot, int32_t shared) {
+    if (shared > 0) {
+        copied_cells(source_slot, slot, shared);
+    } else {
+        own_cells(slot);
+    }
+    set_status(live_[slot], SequenceStatus::Running);
 }
 
 std::vector<int32_t> SequenceTable::generated_tokens(int prompt, int local) const {

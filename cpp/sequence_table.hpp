@@ -1,21 +1,29 @@
-// The live sequences of a run and each prompt's state: forking a sequence (a KV sequence copy of its
-// parent), appending a token (with the stop strings, the end-of-thinking marker and the length cap),
-// and releasing finished sequences' ids and cells.
+// The owner of a run's lifecycle: the live sequences and each prompt's state, with a status each that
+// the loop and the parts read and only this table's methods change. Forking a sequence (a KV sequence
+// copy of its parent), appending a token (with the stop strings, the end-of-thinking marker and the
+// length cap), pausing and resuming, and releasing finished sequences' ids and cells all go through it.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "admission.hpp"
 #include "branch_policy.hpp"
-#include "context_handle.hpp"
 #include "engine.hpp"
+#include "kv_ops.hpp"
 #include "llama.h"
 #include "rng.hpp"
 
 namespace eager {
 
-class Model;
+// What the table asks of the vocabulary when a token is appended (the model's; a stand-in in tests).
+class TokenText {
+public:
+    virtual ~TokenText() = default;
+    virtual bool is_eog(int32_t token) const = 0;
+    virtual std::string piece(int32_t token) const = 0;  // raw bytes, may be a partial UTF-8 sequence
+};
 
 // Where a sequence's KV cells came from: from `begin` on (up to the next run's begin, or n_past) they
 // are the cells of `group`, one stretch of decoded positions that every sequence copying it shares. A
@@ -26,6 +34,15 @@ struct CellRun {
     int32_t begin = 0;
 };
 
+enum class SequenceStatus {
+    Running,   // decodes one token every step
+    HeldBack,  // has not started (its first own token pending) and waits for room; holds no cells of its own
+    Paused,    // preempted: its own cells freed until it is recomputed (kv_scheduler.hpp)
+    Finished,  // EOS, a stop string or the cap; its id and cells are released at the end of the step
+};
+
+enum class PromptStatus { Waiting, Running, Done };
+
 struct LiveSequence {
     int prompt = 0;       // index into the jobs
     int local = 0;        // index within the prompt's result
@@ -34,55 +51,85 @@ struct LiveSequence {
     int generated = 0;    // length of token_ids (inherited + own)
     int32_t pending = -1; // token to feed at the next step
     bool past_marker = false;
-    bool finished = false;
-    bool paused = false;  // preempted: holds no cells of its own until recomputed (kv_memory.hpp)
-    std::vector<CellRun> cells;  // empty while paused
+    SequenceStatus status = SequenceStatus::Running;
+    std::vector<CellRun> cells;  // empty while held back or paused
     Rng rng;
-};
 
-enum class PromptStatus { Waiting, Running, Done };
+    bool paused() const { return status == SequenceStatus::HeldBack || status == SequenceStatus::Paused; }
+    bool finished() const { return status == SequenceStatus::Finished; }
+};
 
 struct PromptState {
     PromptStatus status = PromptStatus::Waiting;
     int n_sequences = 0;  // finished and live, its root(s) included
-    int live = 0;         // not finished: running or paused
-    int paused = 0;
-    int64_t counted_step = -1;  // the last engine step that counted this prompt's step
+    int live = 0;         // in the table: not released yet
+    int paused = 0;       // held back or paused: follows the statuses of its sequences
     BranchState branch;
+
+    bool runs() const { return live > paused; }
 };
 
 class SequenceTable {
 public:
-    SequenceTable(const Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-                  RunOutput & out, ContextHandle ctx, int n_ids);
+    // n_ids: the sequence ids the table may give (those below it).
+    SequenceTable(const TokenText & text, const EngineConfig & config, const std::vector<PromptJob> & jobs,
+                  RunOutput & out, KvOps & ops, int n_ids);
 
+    // --- reading ---
     int size() const { return static_cast<int>(live_.size()); }
-    int live_count() const { return live_count_; }  // running and paused
-    int running_count() const { return live_count_ - paused_count_; }
-    LiveSequence & operator[](int slot) { return live_[slot]; }
+    int live_count() const { return size(); }  // running, held back, paused, and finished until released
+    int paused_count() const;
+    int running_count() const { return live_count() - paused_count(); }
     const LiveSequence & operator[](int slot) const { return live_[slot]; }
-    PromptState & prompt(int i) { return state_[i]; }
     const PromptState & prompt(int i) const { return state_[i]; }
-    SequenceResult & result(const LiveSequence & seq) { return out_.prompts[seq.prompt].sequences[seq.local]; }
+    const SequenceResult & result(const LiveSequence & seq) const { return out_.prompts[seq.prompt].sequences[seq.local]; }
     const PromptJob & job(int prompt) const { return jobs_[prompt]; }
+    size_t prompt_count() const { return jobs_.size(); }
+    // Admitted prompts not done, in admission order.
+    const std::vector<int> & in_flight() const { return in_flight_; }
+    int done_count() const { return done_; }
+    bool all_done() const { return done_ == static_cast<int>(jobs_.size()); }
+    // Whether every prompt in flight has closed for branching (its tree will grow no more).
+    bool trees_closed() const;
+    // The prompts in flight as admission sees them.
+    std::vector<PromptLoad> prompt_loads() const;
+    // No step has decoded a token of its own yet (its first one is pending): its cells are the prompt's,
+    // or its parent's up to the fork.
+    bool unstarted(int slot) const;
+    // Where a sequence's own cells begin: after its prompt, and after the branch step for a child.
+    int32_t fork_position(int prompt, int local) const;
 
-    // A new sequence of `prompt` with a free id and its own random stream; a child of the sequence
-    // in `parent_slot` (>= 0) shares its whole prefix by KV sequence copy. Returns its slot (the
-    // table may grow, so earlier references into it are invalid).
-    int create(int prompt, int parent_slot);
-    // Tags `to`'s id on every cell `from` holds (sequences that start from the same prompt).
-    void share_cells(int from_slot, int to_slot);
-    // Records where a sequence's cells come from (see CellRun): all decoded for it, or [0, len) copied
-    // from the sequence in `from_slot` and its own from len on.
+    // --- a prompt's start ---
+    void admit(int prompt);
+    // A new root sequence of `prompt` (a free id, its own random stream); returns its slot.
+    int create_root(int prompt);
+    // The root's prompt is in its cells now (n_past = the prompt's tokens, all decoded for it).
+    void prefilled(int slot);
+    // Full Parallel: `count` more sequences of the root's prompt, sharing its prompt cells; their slots.
+    std::vector<int> add_samples(int root_slot, int count);
+    // Tree seeds: the cells a seed's sequence holds, all decoded for it or [0, len) copied from another
+    // seed's (the copy itself is the caller's), then its inherited prefix.
     void own_cells(int slot);
     void copied_cells(int from_slot, int to_slot, int32_t len);
+    void start_seed(int slot, const std::vector<int32_t> & prefix);
+    // A seed's forced first token (token < 0: none available, the sequence ends "unavailable").
+    void take_seed_token(int slot, int32_t token, float entropy);
 
+    // --- a step ---
+    // The step's random draw of a sequence: one per sequence per step, used or not.
+    double draw(int slot) { return live_[slot].rng.uniform(); }
+    // The pending tokens of these slots were decoded: each moves one position on.
+    void fed(const std::vector<int> & slots);
     // Appends a generated token; finishes the sequence on EOS, a stop string or the length cap.
-    void append(LiveSequence & seq, int32_t token, float entropy);
-    void finish(LiveSequence & seq, const char * reason);
+    void append(int slot, int32_t token, float entropy);
+    // The sequence branches: a child (sharing its whole prefix by KV sequence copy) continues with
+    // `child_token`, the parent with `parent_token`. Returns the child's slot.
+    int branch(int slot, float entropy, int32_t parent_token, int32_t child_token);
+    BranchState & branch_state(int prompt) { return state_[prompt].branch; }
 
-    // Frees the ids and cells of finished sequences: the prompts whose last sequence finished, and
-    // the lengths (tokens generated, inherited ones included) of the sequences that finished.
+    // Frees the ids and cells of finished sequences; a prompt whose last sequence finished is done.
+    // Returns the prompts done and the lengths (tokens generated, inherited ones included) of the
+    // sequences that finished.
     struct Released {
         std::vector<int> prompts_done;
         std::vector<int> lengths;
@@ -93,35 +140,43 @@ public:
     // llama.cpp decodes it in one micro-batch instead of one per run of ids. Returns the sequences moved.
     int compact_ids();
 
-    // Cells the running sequences of `prompts` hold, each counted once however many sequences share it
-    // (a finished parent's cells count while a running child holds them): exact, from the cell runs.
-    int64_t cells_held(const std::vector<int> & prompts) const;
-    // What their trees would hold with every shared prefix shared once; with_paused: as if the paused
+    // --- the KV cache as a budget (kv_scheduler.hpp decides, the table keeps the state) ---
+    // Cells the running sequences hold, each counted once however many sequences share it (a finished
+    // parent's cells count while a running child holds them): exact, from the cell runs.
+    int64_t cells_held() const;
+    // What a prompt's tree would hold with every shared prefix shared once; with_paused: as if the paused
     // ones ran too. The projection of what resuming a paused prompt takes (a recompute that cannot copy
     // a prefix takes more: the exact need is checked sequence by sequence).
-    int64_t tree_cells(const std::vector<int> & prompts, bool with_paused) const;
-    // A paused sequence frees the cells only it holds; it keeps its id, its tokens and its stream.
-    void pause(int slot);
-    void unpause(int slot);
+    int64_t tree_cells(int prompt, bool with_paused) const;
+    // A paused or held-back sequence frees the cells only it holds; it keeps its id, tokens and stream.
+    void pause(int slot, SequenceStatus why);
+    // It runs again, its cells [0, shared) copied from the sequence in `source_slot` (-1: none) and the
+    // rest recomputed (the copy and the recompute are the caller's).
+    void resume(int slot, int source_slot, int32_t shared);
     // The tokens at positions [0, n_past) of a sequence: its prompt, then every token it generated
     // (inherited ones included) but the pending one.
     std::vector<int32_t> kv_tokens(int slot) const;
 
 private:
+    int create(int prompt, int parent_slot);
+    void finish(LiveSequence & seq, const char * reason);
+    void set_status(LiveSequence & seq, SequenceStatus status);
+    // Whether the text grown from `appended_at` on completes the end-of-thinking marker.
+    bool marker_in(const std::string & text, size_t appended_at) const;
     std::vector<int32_t> generated_tokens(int prompt, int local) const;
-    int32_t fork_position(int prompt, int local) const;
 
-    const Model & model_;
+    const TokenText & text_;
     const EngineConfig & cfg_;
     const std::vector<PromptJob> & jobs_;
     RunOutput & out_;
-    ContextHandle ctx_;
+    KvOps & ops_;
     std::vector<LiveSequence> live_;  // in creation order, which fixes the order children are numbered
     std::vector<llama_seq_id> free_ids_;
     std::vector<PromptState> state_;
+    std::vector<int> in_flight_;
+    mutable std::vector<int64_t> scratch_;  // per prompt, for prompt_loads()
+    int done_ = 0;
     int64_t next_group_ = 0;
-    int live_count_ = 0;
-    int paused_count_ = 0;
 };
 
 }  // namespace eager

@@ -1,5 +1,8 @@
 #include "system_info.hpp"
 
+#include <fstream>
+#include <string>
+
 #include "cpu_buffers.hpp"
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -40,6 +43,27 @@ SystemInfo system_info() {
     info.default_threads = default_threads();
     info.gpu_offload = llama_supports_gpu_offload();
     return info;
+}
+
+int64_t ram_available_bytes() {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    int64_t kib = 0;
+    std::string unit;
+    while (meminfo >> key >> kib >> unit)
+        if (key == "MemAvailable:") return kib * 1024;
+    return 4LL * 1024 * 1024 * 1024;  // no /proc: assume a small machine
+}
+
+int64_t gpu_memory_free_bytes() {
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_GPU) continue;
+        size_t free = 0, total = 0;
+        ggml_backend_dev_memory(dev, &free, &total);
+        return static_cast<int64_t>(free);
+    }
+    return -1;
 }
 
 }  // namespace eager

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,5 +27,10 @@ struct SystemInfo {
 };
 
 SystemInfo system_info();
+
+// RAM available to a new allocation (MemAvailable in /proc/meminfo; 4 GiB where there is no /proc).
+int64_t ram_available_bytes();
+// Free memory of the first GPU llama.cpp offers, -1 when it offers none.
+int64_t gpu_memory_free_bytes();
 
 }  // namespace eager

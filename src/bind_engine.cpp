@@ -169,9 +169,4 @@ void bind_engine(py::module_ & m) {
           py::arg("progress") = py::none(),
           "Run the batched engine over the prompt jobs; progress(prompts_done, prompts_total, live, tokens, "
           "seconds) is called between steps.");
-    m.def("bench_bare_decode", [](Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
-                                  int n_threads) {
-              py::gil_scoped_release release;
-              return bench_bare_decode(model, prompt, n_sequences, n_steps, n_threads);
-          }, py::arg("model"), py::arg("prompt"), py::arg("n_sequences"), py::arg("n_steps"), py::arg("n_threads") = 0);
 }

@@ -2,7 +2,6 @@
 
 #include "bindings.hpp"
 #include "diagnostics.hpp"
-#include "kv_memory.hpp"
 #include "llama.h"
 #include "model.hpp"
 #include <pybind11/numpy.h>
@@ -34,7 +33,7 @@ void bind_model(py::module_ & m) {
         .def_property_readonly("path", &Model::path)
         .def_property_readonly("n_vocab", &Model::n_vocab)
         .def_property_readonly("n_ctx_train", &Model::n_ctx_train)
-        .def_property_readonly("kv_bytes_per_cell", [](const Model & m) { return kv_bytes_per_cell(m); })
+        .def_property_readonly("kv_bytes_per_cell", &Model::kv_bytes_per_cell)
         .def_property_readonly("add_bos", &Model::add_bos)
         .def_property_readonly("description", &Model::description)
         .def_property_readonly("chat_template", &Model::builtin_chat_template)
@@ -88,4 +87,10 @@ void bind_model(py::module_ & m) {
     m.def("builtin_chat_templates", &eager::builtin_chat_templates);
     m.def("supports_gpu_offload", &llama_supports_gpu_offload,
           "Whether the llama.cpp that eager_cpp runs on was built with a GPU backend.");
+    m.def("bench_bare_decode", [](Model & model, const std::vector<int32_t> & prompt, int n_sequences, int n_steps,
+                                  int n_threads) {
+              py::gil_scoped_release release;
+              return eager::bench_bare_decode(model, prompt, n_sequences, n_steps, n_threads);
+          }, py::arg("model"), py::arg("prompt"), py::arg("n_sequences"), py::arg("n_steps"), py::arg("n_threads") = 0,
+          "Seconds of n_steps bare llama_decode steps of n_sequences forks of `prompt` (the engine benchmark's peer).");
 }

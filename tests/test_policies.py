@@ -182,3 +182,132 @@ def test_full_parallel_admission_counts_every_sample():
     assert adm.may_admit(job(8), [load], 8, 0)
     assert not adm.may_admit(job(8), [load, load], 16, 0)
     assert adm.may_admit(job(3), [], 0, 0)  # nothing live: the first prompt always starts
+
+
+# The KV scheduler over synthetic prompts (`KvHarness`: the sequence table and the scheduler stepped as the
+# engine steps them; the cache only records what it is asked). Prompt i's sequences end with EOS after
+# lengths[i] tokens, unless EOS is ignored (lengths known), then at max_new_tokens.
+UNIFIED, STREAMS = _core.KvLayout.UNIFIED, _core.KvLayout.PER_SEQUENCE
+S = P.SequenceStatus
+
+
+def kv_harness(prompts, lengths=None, m=4, max_new_tokens=100, known=False, cells=4096, ceiling=None,
+               layout=UNIFIED, method=PARALLEL, n_ids=256):
+    cfg = _core.EngineConfig()
+    cfg.method = method
+    cfg.max_new_tokens = max_new_tokens
+    cfg.ignore_eos = known
+    cfg.kv_layout = layout
+    lengths = lengths or [max_new_tokens] * len(prompts)
+    return P.KvHarness(cfg, list(prompts), list(lengths), m, cells, ceiling or cells, n_ids)
+
+
+def own_lengths(h):
+    return [[n for n, _, _ in p] for p in h.results()]
+
+
+def prompt_states(h):
+    """Per prompt in flight: the statuses of its sequences."""
+    states = {}
+    for prompt, _, _, status, _, _ in h.sequences():
+        states.setdefault(prompt, set()).add(status)
+    return states
+
+
+def test_a_budget_that_fits_runs_without_holding_back_pausing_or_growing():
+    h = kv_harness([30, 30], m=4, max_new_tokens=50, cells=1024)
+    assert h.schedule() == [0, 1]  # both trees fit beside each other
+    h.run()
+    assert h.preemptions == 0 and h.grows == 0 and h.recomputed_tokens == 0
+    assert not any(op[0] in ("grow", "recompute", "copy_prefix") for op in h.ops)
+    assert own_lengths(h) == [[50] * 4] * 2
+    # Cells counted once however many sequences share them: two prompts, eight sequences of 49 own cells
+    # at the last step (the 50th token is never fed).
+    assert h.peak_cells == 2 * 30 + 8 * 49
+    assert [h.prompt_status(i) for i in (0, 1)] == [P.PromptStatus.DONE] * 2
+
+
+def test_known_lengths_hold_back_samples_that_have_not_started_instead_of_recomputing():
+    # Four samples of 100 tokens beside a 30-token prompt need 430 cells; 256 hold two running at a time.
+    h = kv_harness([30], m=4, known=True, cells=256)
+    h.schedule()
+    h.step()
+    held = [s for s in h.sequences() if s[3] == S.HELD_BACK]
+    assert held and all(s[5] == 1 for s in held)  # only samples that have not started wait
+    h.run()
+    assert own_lengths(h) == [[100] * 4]
+    assert h.preemptions > 0 and h.recomputed_tokens == 0  # they started later, copying the prompt's cells
+    assert h.peak_cells <= 256
+
+
+def running_and_paused(h):
+    states = prompt_states(h)
+    running = [p for p, st in states.items() if S.RUNNING in st]
+    paused = [p for p, st in states.items() if st <= {S.PAUSED, S.HELD_BACK}]
+    return running, paused
+
+
+def test_a_full_cache_pauses_the_latest_admitted_prompt_and_resumes_in_admission_order():
+    # Two short prompts teach admission a length of 5 tokens; then three prompts whose sequences run on
+    # to 200 are admitted together and outgrow 512 cells: the latest admitted gives way first, and paused
+    # prompts come back in the order they were admitted.
+    h = kv_harness([30] * 5, lengths=[5, 5, 200, 200, 200], m=2, max_new_tokens=200, cells=512)
+    resumed, was_paused, steps = [], set(), 0
+    while h.prompt_status(4) != P.PromptStatus.DONE:
+        h.schedule()
+        running, paused = running_and_paused(h)
+        resumed += sorted(p for p in was_paused if p not in paused)
+        if h.running:
+            h.step()
+            steps += 1
+        running, paused = running_and_paused(h)
+        # Every prompt that waits paused was admitted after every prompt that runs.
+        assert not running or not paused or max(running) < min(paused), (running, paused)
+        was_paused = set(paused)
+        assert steps < 5000
+    assert h.preemptions >= 2 and h.recomputed_tokens > 0
+    assert len(resumed) >= 2 and resumed == sorted(resumed)
+    assert own_lengths(h) == [[5, 5], [5, 5]] + [[200, 200]] * 3
+    assert h.peak_cells <= 512
+
+
+def test_the_cache_grows_by_doubling_up_to_its_ceiling_then_preempts():
+    # One prompt of eight samples of 200 tokens needs 1,630 cells; "auto" starts at 256 with a ceiling of 1,024.
+    h = kv_harness([30], m=8, max_new_tokens=200, cells=256, ceiling=1024)
+    h.run()
+    assert [op for op in h.ops if op[0] == "grow"] == [("grow", 512), ("grow", 1024)]
+    assert h.capacity == 1024 and h.grows == 2
+    assert h.preemptions > 0 and h.peak_cells <= 1024  # the only prompt pauses its own youngest samples
+    assert own_lengths(h) == [[200] * 8]
+
+
+def test_a_decode_that_finds_no_cell_preempts_once_more_and_the_prompt_resumes():
+    h = kv_harness([30, 30], m=2, max_new_tokens=20, cells=512)
+    assert h.schedule() == [0, 1]
+    h.step(failed_decodes=1)  # llama.cpp found no slot where the count saw room
+    assert h.preemptions == 1
+    assert running_and_paused(h) == ([0], [1])
+    h.schedule()  # room enough: the paused prompt is recomputed and runs again
+    assert running_and_paused(h) == ([0, 1], [])
+    assert [op[:2] for op in h.ops if op[0] == "recompute"] == [("recompute", 2), ("recompute", 3)]
+    h.run()
+    assert own_lengths(h) == [[20, 20], [20, 20]]
+
+
+def test_streams_never_hold_back_or_pause_where_the_unified_cache_would():
+    # Eight samples of a 1-token prompt, 255 tokens each (known lengths): each fills a 256-cell stream. On
+    # streams every sequence has a stream of its own; the same cells as one unified pool count the prompt
+    # once and still fill past the budget's margin, so there samples wait.
+    job = dict(m=8, max_new_tokens=255, known=True, cells=8 * 256, n_ids=8)
+    streams = kv_harness([1], layout=STREAMS, **job)
+    streams.schedule()
+    for _ in range(300):
+        if streams.prompt_status(0) == P.PromptStatus.DONE:
+            break
+        assert all(s[3] == S.RUNNING for s in streams.sequences())
+        streams.schedule()
+        streams.step()
+    assert streams.preemptions == 0 and own_lengths(streams) == [[255] * 8]
+    unified = kv_harness([1], layout=UNIFIED, **job)
+    unified.run()
+    assert unified.preemptions > 0 and own_lengths(unified) == [[255] * 8]

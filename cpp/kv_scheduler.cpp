@@ -1,0 +1,224 @@
+#include "kv_scheduler.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "errors.hpp"
+#include "run_plan.hpp"
+
+namespace eager {
+
+int64_t admission_cells(const EngineConfig & config, int64_t ceiling) {
+    return config.kv_layout == KvLayout::PerSequence ? std::numeric_limits<int32_t>::max() : ceiling;
+}
+
+int known_length(const EngineConfig & config) {
+    return config.ignore_eos && config.stop.empty() && config.kv_layout == KvLayout::Unified ? config.max_new_tokens : 0;
+}
+
+KvScheduler::KvScheduler(const EngineConfig & config, SequenceTable & table, KvOps & ops, int64_t cells,
+                         int64_t ceiling, int64_t anchor_cells)
+    : cfg_(config), table_(table), ops_(ops), capacity_(cells), ceiling_(std::max(cells, ceiling)),
+      anchor_cells_(anchor_cells), known_length_(known_length(config)) {}
+
+bool KvScheduler::within_budget(double cells) const { return cells <= usable_cells(ceiling_); }
+
+bool KvScheduler::reserve(int64_t cells) {
+    if (cells <= capacity_) return true;
+    if (cells > ceiling_) return false;
+    // Doubling keeps the copies few (each moves only the cells in use); the capacity, not the size of
+    // a context reused from an earlier run, decides, so a run grows at the same steps either way.
+    capacity_ = std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
+    ops_.grow(capacity_);
+    ++grows_;
+    return true;
+}
+
+bool KvScheduler::reserve_beside(int64_t more) {
+    return reserve(std::min(ceiling_, cells_held() + more + table_.running_count()));
+}
+
+int64_t KvScheduler::cells_held() const { return table_.cells_held() + anchor_cells_; }
+
+void KvScheduler::schedule(Admission & admission, const std::function<void(int)> & start) {
+    resume();
+    const int n_jobs = static_cast<int>(table_.prompt_count());
+    while (next_job_ < n_jobs && try_admit(next_job_, admission)) start(next_job_++);
+}
+
+bool KvScheduler::try_admit(int prompt, Admission & admission) {
+    if (table_.paused_count() > 0) return false;  // preempted prompts go first, as vLLM puts them back at the queue's front
+    const PromptJob & job = table_.job(prompt);
+    // An EAGer tree grows by branching, which no projection foresees: a prompt starts staggered only
+    // beside trees that have closed for branching (tried beside growing ones: they preempted each other,
+    // 0.69x the whole-memory rate). Its own children are born held back while they do not fit.
+    // Full Parallel trees never branch; they also read as closed after their first step, but saying so
+    // here keeps the rule from hanging on when that step closes them.
+    const bool staggered = job.seeds.empty() && (cfg_.method == Method::Parallel || table_.trees_closed()) &&
+                           admits_staggered(static_cast<int64_t>(job.tokens.size()), job.max_sequences);
+    if (!admission.may_admit(job, table_.prompt_loads(), table_.live_count(), cells_held(), staggered)) return false;
+    table_.admit(prompt);
+    admission.admitted(job);
+    reserve_beside(start_cells(cfg_, job));  // a growing cache makes room for the prefill first
+    return true;
+}
+
+int64_t KvScheduler::step(const std::function<bool()> & decode) {
+    for (;;) {
+        const int64_t after_step = make_room();
+        peak_ = std::max(peak_, after_step);
+        if (decode()) return after_step;
+        preempt();
+    }
+}
+
+int64_t KvScheduler::make_room() {
+    hold_back();
+    for (;;) {
+        const int64_t after_step = cells_held() + table_.running_count();
+        if (reserve(after_step)) return after_step;
+        preempt();
+    }
+}
+
+void KvScheduler::preempt() {
+    // A cache that may still grow grows instead (llama.cpp found no slot where the count saw room).
+    if (reserve(capacity_ + 1)) return;
+    // The latest admitted prompt that still runs gives way, as vLLM preempts its newest request. When
+    // it is the only one running, its youngest sequence does (its tree then advances out of lockstep).
+    int victim = -1, running_prompts = 0;
+    for (int prompt : table_.in_flight()) {
+        if (table_.prompt(prompt).runs()) {
+            ++running_prompts;
+            victim = prompt;
+        }
+    }
+    if (running_prompts > 1) return pause_prompt(victim);
+    if (table_.running_count() <= 1)
+        throw LlamaError("the KV cache (" + std::to_string(capacity_) + " cells) is too small for one sequence of " +
+                         "prompt " + std::to_string(victim) + " to grow; raise kv_memory (or n_ctx) to at least its " +
+                         "prompt + max_new_tokens cells");
+    for (int slot = table_.size() - 1; slot >= 0; --slot) {
+        if (table_[slot].prompt == victim && !table_[slot].paused()) return pause_sequence(slot, SequenceStatus::Paused);
+    }
+}
+
+void KvScheduler::hold_back() {
+    if (known_length_ <= 0) return;
+    while (!within_budget(projected_peak())) {
+        // The youngest that has not started, of a prompt that keeps another sequence (and so its cells) running.
+        int victim = -1;
+        for (int slot = table_.size() - 1; slot >= 0 && victim < 0; --slot) {
+            const PromptState & st = table_.prompt(table_[slot].prompt);
+            if (!table_[slot].paused() && table_.unstarted(slot) && st.live - st.paused >= 2 &&
+                recompute_from(slot) == table_[slot].n_past)  // a running relative holds all it has
+                victim = slot;
+        }
+        if (victim < 0) return;
+        pause_sequence(victim, SequenceStatus::HeldBack);
+    }
+}
+
+bool KvScheduler::admits_staggered(int64_t prompt_tokens, int samples) const {
+    return known_length_ > 0 && table_.running_count() < samples && within_budget(projected_peak(-1, prompt_tokens));
+}
+
+int64_t KvScheduler::projected_peak(int extra, int64_t new_prompt) const {
+    struct Ahead {
+        int64_t steps;  // until it finishes, one cell a step
+        int64_t freed;  // its own cells then (past its fork; the prompt's stay with its siblings)
+    };
+    std::vector<Ahead> ahead;
+    for (int slot = 0; slot < table_.size(); ++slot) {
+        const LiveSequence & seq = table_[slot];
+        if (seq.paused() && slot != extra) continue;
+        const int64_t steps = std::max<int64_t>(0, known_length_ - seq.generated);
+        ahead.push_back(Ahead{steps, seq.n_past + steps - table_.fork_position(seq.prompt, seq.local)});
+    }
+    if (new_prompt > 0) ahead.push_back(Ahead{known_length_ - 1, known_length_ - 1});  // after its first token
+    std::sort(ahead.begin(), ahead.end(), [](const Ahead & a, const Ahead & b) { return a.steps < b.steps; });
+    // Cells in use t steps on: what is held now, t more for each sequence still running, and for each
+    // one finished its steps less the cells it freed. The peaks lie where a sequence is about to finish.
+    const int64_t held = cells_held() + new_prompt;
+    int64_t peak = held, finished_delta = 0;
+    size_t done = 0;
+    for (const Ahead & next : ahead) {
+        while (ahead[done].steps < next.steps) {
+            finished_delta += ahead[done].steps - ahead[done].freed;
+            ++done;
+        }
+        peak = std::max(peak, held + finished_delta + static_cast<int64_t>(ahead.size() - done) * next.steps);
+    }
+    return peak;
+}
+
+void KvScheduler::pause_prompt(int prompt) {
+    for (int slot = table_.size() - 1; slot >= 0; --slot)
+        if (table_[slot].prompt == prompt && !table_[slot].paused()) table_.pause(slot, SequenceStatus::Paused);
+    ++preemptions_;
+}
+
+void KvScheduler::pause_sequence(int slot, SequenceStatus why) {
+    table_.pause(slot, why);
+    ++preemptions_;
+}
+
+void KvScheduler::resume() {
+    for (int prompt : table_.in_flight()) {
+        const PromptState & st = table_.prompt(prompt);
+        const int paused = st.paused;
+        if (paused == 0) continue;
+        const int64_t whole = table_.tree_cells(prompt, true) - table_.tree_cells(prompt, false);
+        const bool all = fits(whole + paused);
+        if (!all && table_.running_count() > 0 && paused == st.live) return;  // wait, keeping admission order
+        if (all) reserve_beside(whole + paused);
+        // Parents before children (creation order), so a child copies the prefix its parent recomputed.
+        // Each sequence's exact need is checked: the projection assumed every shared prefix can be copied.
+        for (int slot = 0; slot < table_.size(); ++slot) {
+            if (table_[slot].prompt != prompt || !table_[slot].paused()) continue;
+            // A sequence held back starts once the projected peak leaves room for it too.
+            if (known_length_ > 0 && table_.running_count() > 0 && table_.unstarted(slot) &&
+                !within_budget(projected_peak(slot)))
+                return;
+            const int64_t need = table_[slot].n_past - recompute_from(slot) + 1;
+            if (table_.running_count() > 0 && !fits(need)) return;
+            reserve_beside(need);
+            resume_sequence(slot);
+        }
+    }
+}
+
+bool KvScheduler::fits(int64_t more) const {
+    return within_budget(cells_held() + more + table_.running_count());
+}
+
+int64_t KvScheduler::recompute_from(int slot, int * source) const {
+    // The longest start any running sequence of the same prompt can lend: the positions where its tokens
+    // are the paused sequence's (a parent's up to the fork, a sibling's shared path, at least the prompt);
+    // none from a source whose sliding window there is gone (the copy would leave holes in it).
+    const std::vector<int32_t> tokens = table_.kv_tokens(slot);
+    int64_t best = 0;
+    for (int s = 0; s < table_.size(); ++s) {
+        const LiveSequence & other = table_[s];
+        if (s == slot || other.paused() || other.prompt != table_[slot].prompt) continue;
+        const std::vector<int32_t> theirs = table_.kv_tokens(s);
+        const auto [mine_end, theirs_end] = std::mismatch(tokens.begin(), tokens.end(), theirs.begin(), theirs.end());
+        const int32_t shared = static_cast<int32_t>(mine_end - tokens.begin());
+        if (shared <= best || !ops_.copy_is_whole(other.id, shared)) continue;
+        best = shared;
+        if (source != nullptr) *source = s;
+    }
+    return best;
+}
+
+void KvScheduler::resume_sequence(int slot) {
+    int source = -1;
+    const int32_t shared = static_cast<int32_t>(recompute_from(slot, &source));
+    if (shared > 0) ops_.copy_prefix(table_[source].id, table_[slot].id, shared);
+    table_.resume(slot, source, shared);
+    ops_.recompute(table_.kv_tokens(slot), static_cast<size_t>(shared), table_[slot].id);
+    recomputed_ += table_[slot].n_past - shared;
+}
+
+}  // namespace eager
