@@ -53,8 +53,9 @@ struct EngineConfig {
     // was created, also the KV span each step attended over (kv_trace.hpp). A measuring mode.
     bool trace_steps = false;
     // Prompts that start like the one admitted before them (few-shot headers) copy that part of
-    // its KV cells (seq copy from an anchor sequence) instead of prefilling it again.
-    bool share_prompt_prefixes = true;
+    // its KV cells (seq copy from an anchor sequence) instead of prefilling it again. Off by default, as
+    // in RunOptions: the copied cells differ from a fresh prefill by llama.cpp's batch noise.
+    bool share_prompt_prefixes = false;
     // Keep every cell of the sliding-window layers (llama.cpp's swa_full); false: a window cache of
     // about n_swa cells per sequence id, whose masked cells llama.cpp reuses (copies then check
     // kv_copy.hpp's rule and prefill what is gone).

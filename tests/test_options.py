@@ -24,7 +24,32 @@ def test_limits_come_from_the_engine():
     from eager_cpp import _core
 
     assert MAX_SEQUENCES == _core.MAX_SEQUENCES == 256
-    assert _core.EngineConfig().device_candidates == RunOptions().device_candidates
+
+
+def engine_fields(config) -> dict:
+    """Every field of an engine config (the sampling parameters' too), as plain values."""
+    out = {}
+    for name in dir(config):
+        if name.startswith("_"):
+            continue
+        value = getattr(config, name)
+        if name == "sampling":
+            out.update({f"sampling.{k}": getattr(value, k) for k in dir(value) if not k.startswith("_")})
+        else:
+            out[name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def test_the_engine_defaults_are_the_options_defaults(model):
+    # One source of defaults: RunOptions sets every field of the engine's config, and the C++ struct's own
+    # defaults agree with it, so a caller of the core with a bare EngineConfig gets what eager_cpp.run gives.
+    from eager_cpp import _core
+    from eager_cpp.local import engine_config
+
+    mine = engine_fields(engine_config(RunOptions(), eager_cpp.Model(model.path)))
+    core = engine_fields(_core.EngineConfig())
+    assert set(mine) == set(core) and len(core) >= 25
+    assert {k: v for k, v in mine.items() if core[k] != v} == {}
 
 
 def test_recorded_form_round_trips_and_is_versioned():
