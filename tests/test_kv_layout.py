@@ -12,7 +12,7 @@ import eager_cpp
 from eager_cpp import _core
 from eager_cpp.local import engine_config
 
-from conftest import GREEDY_NOISE, assert_greedy_choices, load_jsonl, reference_logits, tree_shape
+from conftest import GREEDY_NOISE, assert_greedy_choices, load_jsonl, reference_logits
 
 # Few-shot prompts of ~120 tokens that share their first 64-token block (what the prefix anchor copies).
 HEADER = "".join(f"Q: What is {a} plus {b}?\nA: {a + b}\n\n" for a, b in [(3, 4), (10, 22), (7, 8), (31, 11), (5, 9),
@@ -35,12 +35,20 @@ def test_per_sequence_streams_decode_what_the_unified_cache_decodes(model, refer
     if share:  # the anchor's ranged copy ran across streams
         assert streams.stats.shared_prompt_tokens == unified.stats.shared_prompt_tokens == 2 * 64
     assert_greedy_choices(model, reference, streams)
-    # The same greedy paths as the unified run's. Only the roots compare across layouts: a prompt's cells sit at
-    # other offsets there, which moves entropies by ~0.01-0.3, enough to flip a branch decision near θ.
-    roots = sum(p.sequences[0].token_ids == q.sequences[0].token_ids for p, q in zip(streams.prompts, unified.prompts))
-    assert roots >= len(FEW_SHOT) - 1, roots
-    if method == "parallel":  # no branching to flip: every sample is the greedy path
-        assert sum(a == b for a, b in zip(tree_shape(streams), tree_shape(unified))) >= len(FEW_SHOT) - 1
+    # The same greedy paths as the unified run's, up to ties: where a path parts from the unified run's, the two
+    # tokens were within llama.cpp's batch noise of each other (on an AVX-512 CPU 2 of 3 roots part here, at
+    # logit gaps of 0.13 and 0.23; elsewhere 1 in 3 did). Only the roots compare for EAGer-init: a prompt's cells
+    # sit at other offsets across layouts, which moves entropies by ~0.01-0.3, enough to flip a branch near θ.
+    for p, q in zip(streams.prompts, unified.prompts):
+        pairs = zip(p.sequences, q.sequences) if method == "parallel" else [(p.sequences[0], q.sequences[0])]
+        for s, t in pairs:
+            assert len(s.token_ids) == len(t.token_ids) == 24
+            parted = next((j for j, (a, b) in enumerate(zip(s.token_ids, t.token_ids)) if a != b), None)
+            if parted is None:
+                continue
+            row = reference_logits(reference, model.tokenize(p.prompt) + s.token_ids[:parted])[-1]
+            gap = abs(float(row[s.token_ids[parted]]) - float(row[t.token_ids[parted]]))
+            assert gap <= GREEDY_NOISE, (p.index, s.index, parted, gap)
 
 
 def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_streams(model, reference):
