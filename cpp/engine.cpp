@@ -293,6 +293,7 @@ void Engine::report_counts() {
     s.peak_kv_cells = kv.peak_cells;
     s.preemptions = kv.preemptions;
     s.recomputed_tokens = kv.recomputed_tokens;
+    s.kv_ceiling_lowered = kv.ceiling_lowered;
 }
 
 }  // namespace

@@ -129,6 +129,7 @@ struct RunStats {
     int64_t preemptions = 0;         // prompts (or, in the only prompt running, sequences) paused for memory,
                                      // and samples held back before they started (lengths known; recompute nothing)
     int64_t recomputed_tokens = 0;   // tokens prefilled again when paused sequences resumed (not #T)
+    std::string kv_ceiling_lowered;  // why the cache stopped growing below its budget ("" when it did not)
     // Device path only: the largest probability mass (at the sampling temperature) of one row
     // that lay outside its C candidates, which sampling therefore never saw.
     double device_dropped_mass_max = 0;

@@ -25,6 +25,6 @@ void LlamaKvOps::recompute(const std::vector<int32_t> & tokens, size_t begin, ll
     prefill_.tokens(tokens, begin, static_cast<int32_t>(begin), id, "recomputing a preempted sequence");
 }
 
-void LlamaKvOps::grow(int64_t cells) { model_.grow_context(static_cast<uint32_t>(cells)); }
+bool LlamaKvOps::grow(int64_t cells) { return model_.grow_context(static_cast<uint32_t>(cells)); }
 
 }  // namespace eager

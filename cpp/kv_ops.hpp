@@ -29,8 +29,9 @@ public:
     virtual void copy_prefix(llama_seq_id from, llama_seq_id to, int32_t len) = 0;
     // Decodes tokens[begin..] at positions begin.. of `id` (a preempted sequence recomputed).
     virtual void recompute(const std::vector<int32_t> & tokens, size_t begin, llama_seq_id id) = 0;
-    // Gives the cache `cells` cells, keeping every cell it holds.
-    virtual void grow(int64_t cells) = 0;
+    // Gives the cache `cells` cells, keeping every cell it holds; false when the memory is not there (the
+    // cache keeps its size and its cells).
+    virtual bool grow(int64_t cells) = 0;
 };
 
 // The operations on the model's context (replaced when it grows, so read through the handle).
@@ -43,7 +44,7 @@ public:
     bool copy_is_whole(llama_seq_id from, int32_t len) const override;
     void copy_prefix(llama_seq_id from, llama_seq_id to, int32_t len) override;
     void recompute(const std::vector<int32_t> & tokens, size_t begin, llama_seq_id id) override;
-    void grow(int64_t cells) override;
+    bool grow(int64_t cells) override;
 
 private:
     Model & model_;

@@ -29,8 +29,17 @@ bool KvScheduler::reserve(int64_t cells) {
     if (cells > ceiling_) return false;
     // Doubling keeps the copies few (each moves only the cells in use); the capacity, not the size of
     // a context reused from an earlier run, decides, so a run grows at the same steps either way.
-    capacity_ = std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
-    ops_.grow(capacity_);
+    const int64_t grown = std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
+    if (!ops_.grow(grown)) {
+        // The memory is not there after all: the cache keeps its size, which becomes the ceiling, and the
+        // run goes on within it, preempting as at any budget.
+        ceiling_lowered_ = "could not grow the KV cache from " + std::to_string(capacity_) + " to " +
+                           std::to_string(grown) + " cells (llama.cpp could not allocate the memory); the run kept " +
+                           std::to_string(capacity_) + " cells as its ceiling";
+        ceiling_ = capacity_;
+        return false;
+    }
+    capacity_ = grown;
     ++grows_;
     return true;
 }
@@ -97,8 +106,9 @@ void KvScheduler::preempt() {
     if (running_prompts > 1) return pause_prompt(victim);
     if (table_.running_count() <= 1)
         throw LlamaError("the KV cache (" + std::to_string(capacity_) + " cells) is too small for one sequence of " +
-                         "prompt " + std::to_string(victim) + " to grow; raise kv_memory (or n_ctx) to at least its " +
-                         "prompt + max_new_tokens cells");
+                         "prompt " + std::to_string(victim) + " to grow; " +
+                         (ceiling_lowered_.empty() ? "raise kv_memory (or n_ctx) to at least its prompt + max_new_tokens cells"
+                                                   : ceiling_lowered_ + ": free memory or lower max_new_tokens"));
     for (int slot = table_.size() - 1; slot >= 0; --slot) {
         if (table_[slot].prompt == victim && !table_[slot].paused()) return pause_sequence(slot, SequenceStatus::Paused);
     }

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 #include "admission.hpp"
 #include "engine.hpp"
@@ -56,7 +57,8 @@ public:
     int64_t step(const std::function<bool()> & decode);
 
     // --- the decisions, each on its own ---
-    // Grows the cache (doubling, up to the ceiling) until it has `cells`; false when the ceiling is lower.
+    // Grows the cache (doubling, up to the ceiling) until it has `cells`; false when the ceiling is lower, or
+    // when the memory for the larger cache is not there (the ceiling is then lowered to the cells it has).
     bool reserve(int64_t cells);
     // Pauses sequences until a step of one token for each running sequence fits: the latest admitted
     // prompt's first; within the only prompt still running, its youngest sequence first. Before that,
@@ -80,11 +82,14 @@ public:
     int64_t peak_cells() const { return peak_; }
     int64_t preemptions() const { return preemptions_; }
     int64_t recomputed_tokens() const { return recomputed_; }
+    // Why the ceiling was lowered below the budget during the run ("" when it was not).
+    const std::string & ceiling_lowered() const { return ceiling_lowered_; }
     // All of them, as the run's statistics report them.
     struct Counts {
         int64_t capacity, grows, peak_cells, preemptions, recomputed_tokens;
+        std::string ceiling_lowered;
     };
-    Counts counts() const { return Counts{capacity_, grows_, peak_, preemptions_, recomputed_}; }
+    Counts counts() const { return Counts{capacity_, grows_, peak_, preemptions_, recomputed_, ceiling_lowered_}; }
 
 private:
     // Sequences that started together all grow at once and would fill the cache together, deep into their
@@ -123,6 +128,7 @@ private:
     int64_t peak_ = 0;
     int64_t preemptions_ = 0;
     int64_t recomputed_ = 0;
+    std::string ceiling_lowered_;
 };
 
 }  // namespace eager

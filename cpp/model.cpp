@@ -272,12 +272,7 @@ std::string Model::apply_chat_template(const std::vector<std::pair<std::string, 
     return std::string(buf.data(), n);
 }
 
-void Model::create_context(const ContextShape & shape) {
-    if (ctx_ != nullptr) {
-        llama_free(ctx_);
-        ctx_ = nullptr;
-        device_.detach(nullptr);
-    }
+llama_context * Model::init_context(const ContextShape & shape) const {
     llama_context_params params = llama_context_default_params();
     params.n_ctx = shape.n_ctx;
     params.n_batch = shape.n_batch;
@@ -293,7 +288,16 @@ void Model::create_context(const ContextShape & shape) {
     // The engine never asks for two outputs of one sequence in a step; saying so keeps the
     // device samplers' graph and buffers to one row per sequence.
     params.n_outputs_max_per_seq = 1;
-    ctx_ = llama_init_from_model(model_, params);
+    return llama_init_from_model(model_, params);
+}
+
+void Model::create_context(const ContextShape & shape) {
+    if (ctx_ != nullptr) {
+        llama_free(ctx_);
+        ctx_ = nullptr;
+        device_.detach(nullptr);
+    }
+    ctx_ = init_context(shape);
     if (ctx_ == nullptr)
         throw LlamaError("llama.cpp could not create a context with " + std::to_string(shape.n_ctx) +
                          " KV cells; reduce max_sequences, max_new_tokens or n_ctx");
@@ -324,26 +328,39 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
     return ctx_;
 }
 
-void Model::grow_context(uint32_t n_ctx) {
+bool Model::grow_context(uint32_t n_ctx) {
     if (ctx_ == nullptr) throw LlamaError("no context to grow");
-    if (llama_n_ctx(ctx_) >= n_ctx) return;
+    if (llama_n_ctx(ctx_) >= n_ctx) return true;
     // Streams are sized once for their longest sequence; a copy between them may still be queued, which the
     // state below would not include.
     if (!shape_.kv_unified) throw LlamaError("per-sequence KV streams do not grow");
     // The whole cache (sequence id -1): every used cell with its position and all its sequences, so
-    // cells that several sequences share stay shared. The old context goes before the new one is
-    // made, so the two are never held at once.
-    const size_t size = llama_state_seq_get_size(ctx_, -1);
-    std::vector<uint8_t> cells(size);
+    // cells that several sequences share stay shared.
+    std::vector<uint8_t> cells;
+    try {
+        cells.resize(llama_state_seq_get_size(ctx_, -1));
+    } catch (const std::bad_alloc &) {
+        return false;  // no memory even for the copy: the context stays as it is
+    }
+    const size_t size = cells.size();
     if (size == 0 || llama_state_seq_get_data(ctx_, cells.data(), size, -1) != size)
         throw LlamaError("could not copy the KV cache out to grow it to " + std::to_string(n_ctx) + " cells");
+    // The larger context is made while the old one still holds the run's cells: when llama.cpp cannot
+    // allocate it, the run goes on in the old one (freeing it first would take less memory at the peak,
+    // but a failure would then leave nothing to go on in).
     ContextShape shape = shape_;
     shape.n_ctx = n_ctx;
-    create_context(shape);
+    llama_context * grown = init_context(shape);
+    if (grown == nullptr) return false;
+    llama_free(ctx_);
+    device_.detach(nullptr);
+    ctx_ = grown;
+    shape_.n_ctx = llama_n_ctx(ctx_);
     if (shape.device.enabled) device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
     shape_.device = shape.device;
     if (llama_state_seq_set_data(ctx_, cells.data(), size, -1) != size)
         throw LlamaError("could not copy the KV cache back into a context of " + std::to_string(n_ctx) + " cells");
+    return true;
 }
 
 std::vector<std::string> builtin_chat_templates() {

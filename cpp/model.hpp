@@ -86,9 +86,13 @@ public:
     // Gives the current context at least n_ctx KV cells, keeping what its cache holds: the cells are
     // copied out (llama.cpp's whole-cache state, every cell with its sequences and position), the
     // context is recreated at the new size and the cells copied back in, in their order, from cell 0.
-    void grow_context(uint32_t n_ctx);
+    // False when llama.cpp could not allocate the larger cache: the context keeps its size and its cells,
+    // and the run can go on within it.
+    bool grow_context(uint32_t n_ctx);
 
 private:
+    // A new context of this shape beside any that exists; nullptr when llama.cpp cannot allocate it.
+    llama_context * init_context(const ContextShape & shape) const;
     void create_context(const ContextShape & shape);
 
     std::string path_;

@@ -158,6 +158,7 @@ void bind_engine(py::module_ & m) {
         .def_readonly("kv_grows", &RunStats::kv_grows)
         .def_readonly("preemptions", &RunStats::preemptions)
         .def_readonly("recomputed_tokens", &RunStats::recomputed_tokens)
+        .def_readonly("kv_ceiling_lowered", &RunStats::kv_ceiling_lowered)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)
         .def_readonly("step_trace", &RunStats::step_trace);
 

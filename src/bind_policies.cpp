@@ -2,6 +2,7 @@
 // tests that feed them synthetic rows and prompts (and for Python code that must agree with them).
 #include <pybind11/stl.h>
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -28,7 +29,12 @@ public:
     void recompute(const std::vector<int32_t> & tokens, size_t begin, llama_seq_id id) override {
         log("recompute", id, static_cast<int64_t>(begin), static_cast<int64_t>(tokens.size()));
     }
-    void grow(int64_t cells) override { log("grow", cells); }
+    bool grow(int64_t cells) override {
+        log("grow", cells);
+        return cells <= memory_cells;
+    }
+
+    int64_t memory_cells = std::numeric_limits<int64_t>::max();  // the largest cache the memory holds
 
     std::vector<py::tuple> entries;
 
@@ -139,6 +145,7 @@ public:
     const SequenceTable & table() const { return table_; }
     const KvScheduler & scheduler() const { return kv_; }
     const std::vector<py::tuple> & ops() const { return ops_.entries; }
+    void set_memory_cells(int64_t cells) { ops_.memory_cells = cells; }
 
 private:
     static std::vector<PromptJob> make_jobs(const std::vector<int> & prompt_tokens, int max_sequences) {
@@ -265,5 +272,8 @@ void bind_policies(py::module_ & m) {
         .def_property_readonly("peak_cells", [](const KvHarness & h) { return h.scheduler().peak_cells(); })
         .def_property_readonly("preemptions", [](const KvHarness & h) { return h.scheduler().preemptions(); })
         .def_property_readonly("recomputed_tokens", [](const KvHarness & h) { return h.scheduler().recomputed_tokens(); })
+        .def_property_readonly("ceiling_lowered", [](const KvHarness & h) { return h.scheduler().ceiling_lowered(); })
+        .def("limit_memory", &KvHarness::set_memory_cells, py::arg("cells"),
+             "the largest cache the (pretend) memory holds: a growth past it fails")
         .def_property_readonly("ops", &KvHarness::ops, "what the cache was asked, in order: (operation, arguments...)");
 }

@@ -245,3 +245,31 @@ def test_auto_grows_the_cache_when_the_run_needs_it_and_changes_no_sample(model)
 def test_max_new_tokens_past_the_model_context_is_refused(model):
     with pytest.raises(ValueError, match="beyond the model's context of 32768"):
         eager_cpp.run(model, ["2+2="], max_new_tokens=32766)
+
+
+GROWTH_UNDER_A_LIMIT = r"""
+import re, resource, sys
+import eager_cpp
+m = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=1)
+q = "Country: Peru\nCapital:"
+kw = dict(method="parallel", max_sequences=16, max_live_sequences=16, ignore_eos=True)
+eager_cpp.run(m, [q], max_new_tokens=2, **kw)  # the context the job starts in, made before the limit
+vm = int(re.search(r"VmSize:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+# Room for the run's own allocations, not for a second context's compute buffers (~500 MB here).
+resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+r = eager_cpp.run(m, [q], max_new_tokens=192, **kw)
+s = r.stats
+print(sorted({len(x.token_ids) for x in r.prompts[0].sequences}), r.prompts[0].n_sequences, s.kv_cells, s.kv_grows,
+      s.preemptions, s.generated_tokens, repr(s.kv_ceiling_lowered))
+"""
+
+
+def test_a_growth_the_memory_cannot_hold_keeps_the_run_going_within_the_cells_it_has():
+    # Under an address-space limit "auto" cannot double (llama.cpp cannot allocate the larger context): the run
+    # keeps its context, takes it as the ceiling and preempts within it, instead of ending with the tokens lost.
+    out = subprocess.run([sys.executable, "-c", GROWTH_UNDER_A_LIMIT], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lengths, n, cells, grows, preemptions, tokens, lowered = out.stdout.strip().splitlines()[-1].split(" ", 6)
+    assert (lengths, n, grows, tokens) == ("[192]", "16", "0", str(16 * 192))
+    assert int(preemptions) > 0
+    assert f"could not grow the KV cache from {cells} to {2 * int(cells)} cells" in lowered

@@ -311,3 +311,15 @@ def test_streams_never_hold_back_or_pause_where_the_unified_cache_would():
     unified = kv_harness([1], layout=UNIFIED, **job)
     unified.run()
     assert unified.preemptions > 0 and own_lengths(unified) == [[255] * 8]
+
+
+def test_a_growth_the_memory_cannot_hold_lowers_the_ceiling_and_the_run_goes_on_preempting():
+    # The budget allows 1,024 cells but the memory holds 512: the failed doubling keeps the 512-cell cache,
+    # which becomes the ceiling, and the only prompt's youngest samples wait instead of the run ending.
+    h = kv_harness([30], m=8, max_new_tokens=200, cells=256, ceiling=1024)
+    h.limit_memory(512)
+    h.run()
+    assert [op for op in h.ops if op[0] == "grow"] == [("grow", 512), ("grow", 1024)]
+    assert h.capacity == 512 and h.grows == 1 and h.peak_cells <= 512
+    assert "could not grow the KV cache from 512 to 1024 cells" in h.ceiling_lowered
+    assert h.preemptions > 0 and own_lengths(h) == [[200] * 8]

@@ -153,6 +153,7 @@ class RunStats:
     kv_grows: int
     preemptions: int
     recomputed_tokens: int
+    kv_ceiling_lowered: str
     device_dropped_mass_max: float
     step_trace: list[StepTrace]
 
@@ -283,6 +284,9 @@ class _Policies:
         def preemptions(self) -> int: ...
         @property
         def recomputed_tokens(self) -> int: ...
+        @property
+        def ceiling_lowered(self) -> str: ...
+        def limit_memory(self, cells: int) -> None: ...
         @property
         def ops(self) -> list[tuple[Any, ...]]: ...
 

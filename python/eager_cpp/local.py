@@ -123,7 +123,7 @@ class LocalExecutor:
             out = _core.generate(self.model._model, self.config, core_jobs, on_step)
         converted = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
         s = out.stats
-        for key in RunStats.SUMMED + RunStats.PEAKED:
+        for key in RunStats.SUMMED + RunStats.PEAKED + ("kv_ceiling_lowered",):
             setattr(stats, key, getattr(s, key))
         return PhaseOutput(prompts=[p for p, _ in converted], stats=stats,
                            unavailable=[dropped for _, dropped in converted])

@@ -82,6 +82,9 @@ class RunStats:
     kv_grows: int = 0
     preemptions: int = 0
     recomputed_tokens: int = 0
+    # Why "auto" stopped growing below its budget: llama.cpp could not allocate the larger cache, so the run
+    # kept the cells it had as its ceiling and went on preempting within them ("" when it never happened).
+    kv_ceiling_lowered: str = ""
     # Device path only (device_topk): the largest probability mass of a row outside its
     # candidates, which sampling could not reach; 0 on the host kernel.
     device_dropped_mass_max: float = 0.0
@@ -108,6 +111,7 @@ class RunStats:
             setattr(self, key, getattr(self, key) + getattr(other, key))
         for key in self.PEAKED:
             setattr(self, key, max(getattr(self, key), getattr(other, key)))
+        self.kv_ceiling_lowered = self.kv_ceiling_lowered or other.kv_ceiling_lowered
 
     @property
     def tokens_per_second(self) -> float:
