@@ -186,7 +186,9 @@ double Model::kv_bytes_per_cell() const {
 int64_t Model::memory_available_bytes() const {
     // Offloaded layers keep their KV cache on the device: the free memory of the first GPU counts.
     const int64_t gpu_free = offloaded_ ? gpu_memory_free_bytes() : -1;
-    return gpu_free >= 0 ? gpu_free : ram_available_bytes();
+    if (gpu_free >= 0) return gpu_free;
+    const int64_t ram = ram_available_bytes();
+    return ram >= 0 ? ram : 4LL * 1024 * 1024 * 1024;  // no /proc: assume a small machine
 }
 bool Model::add_bos() const { return llama_vocab_get_add_bos(vocab_); }
 

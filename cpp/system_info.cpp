@@ -52,7 +52,7 @@ int64_t ram_available_bytes() {
     std::string unit;
     while (meminfo >> key >> kib >> unit)
         if (key == "MemAvailable:") return kib * 1024;
-    return 4LL * 1024 * 1024 * 1024;  // no /proc: assume a small machine
+    return -1;
 }
 
 int64_t gpu_memory_free_bytes() {

@@ -28,7 +28,7 @@ struct SystemInfo {
 
 SystemInfo system_info();
 
-// RAM available to a new allocation (MemAvailable in /proc/meminfo; 4 GiB where there is no /proc).
+// RAM available to a new allocation (MemAvailable in /proc/meminfo), -1 where the system does not say.
 int64_t ram_available_bytes();
 // Free memory of the first GPU llama.cpp offers, -1 when it offers none.
 int64_t gpu_memory_free_bytes();

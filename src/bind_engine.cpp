@@ -5,6 +5,7 @@
 #include "bindings.hpp"
 #include "engine.hpp"
 #include "errors.hpp"
+#include "run_plan.hpp"
 
 using namespace eager;
 
@@ -66,6 +67,7 @@ void bind_engine(py::module_ & m) {
     // The limits the Python options check against, read from here rather than typed twice.
     m.attr("MAX_SEQUENCES") = eager::kMaxSequenceIds;
     m.attr("MAX_ENTROPY_TOP_K") = eager::kMaxEntropyTopK;
+    m.attr("KV_CELL_PADDING") = eager::kCellPadding;  // llama.cpp's smallest cache, and the step it pads one to
 
     py::class_<EngineConfig>(m, "EngineConfig")
         .def(py::init<>())

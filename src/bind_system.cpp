@@ -55,6 +55,8 @@ void bind_system(py::module_ & m) {
         .def("__enter__", &PyCpuBufferScope::enter)
         .def("__exit__", [](PyCpuBufferScope & self, py::args) { self.exit(); });
 
+    m.def("ram_available_bytes", &eager::ram_available_bytes,
+          "RAM available to a new allocation (MemAvailable), -1 where the system does not say.");
     m.def("system_info", [] {
         const eager::SystemInfo info = eager::system_info();
         py::list devices;

@@ -15,7 +15,7 @@ from .results import PromptResult, RunStats, Sequence
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
 ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
 ENGINE_KV_LAYOUTS = {"unified": _core.KvLayout.UNIFIED, "per_sequence": _core.KvLayout.PER_SEQUENCE}
-KV_CELL_PADDING = 256  # llama.cpp's smallest KV cache, and the step it pads one to (the engine's kCellPadding)
+KV_CELL_PADDING = _core.KV_CELL_PADDING  # llama.cpp's smallest KV cache, and the step it pads one to
 
 
 def engine_config(options: RunOptions, model: Model) -> Any:

@@ -144,14 +144,8 @@ def memory_available(offloaded: bool = False) -> Optional[tuple[int, str]]:
         for device in _core.system_info()["devices"]:
             if device["type"] == "gpu":
                 return int(device["memory_free"]), f"free on the GPU ({device['name']})"
-    try:
-        with open("/proc/meminfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "of RAM available (MemAvailable)"
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    ram = _core.ram_available_bytes()
+    return (ram, "of RAM available (MemAvailable)") if ram >= 0 else None
 
 
 def default_model_path() -> str:
