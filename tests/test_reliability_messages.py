@@ -146,3 +146,34 @@ def test_resume_of_a_finished_output_checks_kv_memory(tmp_path):
     proc = cli(*args, "--resume", "--kv-memory", "64MiB")  # a budget that fits: nothing left to do
     assert proc.returncode == 0 and "wrote 2 prompts" in proc.stdout, proc.stderr
     assert out.read_text() == written
+
+
+THREADS_UNDER_A_LIMIT = r"""
+import re, resource, sys
+import eager_cpp
+path = eager_cpp.default_model_path()
+m = eager_cpp.Model(path, n_threads=1)
+vm = int(re.search(r"VmSize:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+# 1 GiB of room: 512 threads' 8 MiB stacks (4 GiB) do not fit; llama.cpp's OpenMP runtime would exit the process.
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+for make in (lambda: eager_cpp.Model(path, n_threads=512),
+             lambda: eager_cpp.run(m, ["hi"], max_new_tokens=2, max_sequences=1, n_threads=512)):
+    try:
+        make()
+        print("no error")
+    except ValueError as e:
+        print("ValueError:", e)
+print(eager_cpp.run(m, ["hi"], max_new_tokens=2, max_sequences=1, n_threads=2).stats.generated_tokens)
+"""
+
+
+def test_threads_the_address_space_cannot_hold_are_a_value_error_not_an_exit():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_STACKSIZE", "GOMP_STACKSIZE")}
+    out = subprocess.run([sys.executable, "-c", THREADS_UNDER_A_LIMIT], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[2] == "2", lines  # the process lives on and a run that fits still runs
+    for line in lines[:2]:
+        assert line.startswith("ValueError: n_threads=512 needs 4096 MiB of address space"), line
+        assert "RLIMIT_AS" in line

@@ -11,6 +11,7 @@ from .model import Model, check_kv_memory_available
 from .options import RunOptions, parse_kv_memory
 from .progress import ProgressEvent
 from .results import PromptResult, RunStats, Sequence
+from .system import check_threads_fit
 
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
 ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
@@ -54,6 +55,8 @@ def engine_config(options: RunOptions, model: Model) -> Any:
                              f"llama.cpp's smallest cache is {KV_CELL_PADDING} cells "
                              f"({int(KV_CELL_PADDING * per_cell)} bytes)")
     cfg.n_threads = o.n_threads or model.n_threads or 0
+    if cfg.n_threads:
+        check_threads_fit(cfg.n_threads)
     cfg.share_prompt_prefixes = o.share_prompt_prefixes
     cfg.kv_layout = ENGINE_KV_LAYOUTS[o.kv_layout]
     return cfg

