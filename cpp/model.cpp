@@ -274,7 +274,18 @@ std::string Model::apply_chat_template(const std::vector<std::pair<std::string, 
     return std::string(buf.data(), n);
 }
 
+int64_t Model::context_bytes(const ContextShape & shape) const {
+    // The KV cells, llama.cpp's compute buffer (its largest tensor the logits of a whole micro-batch) and its
+    // output buffer (a logits row per sequence id), and room for the activations and the scheduler's graph.
+    const int64_t row = static_cast<int64_t>(n_vocab()) * static_cast<int64_t>(sizeof(float));
+    return static_cast<int64_t>(shape.n_ctx * kv_bytes_per_cell()) +
+           row * (static_cast<int64_t>(shape.n_batch) + static_cast<int64_t>(shape.n_seq_max)) + (64LL << 20);
+}
+
 llama_context * Model::init_context(const ContextShape & shape) const {
+    // llama.cpp asserts, ending the process, when a small allocation fails after its large buffers fit: a
+    // context is only tried when the memory it takes can be mapped (on the CPU, where those buffers live).
+    if (!offloaded_ && !address_space_available(context_bytes(shape))) return nullptr;
     llama_context_params params = llama_context_default_params();
     params.n_ctx = shape.n_ctx;
     params.n_batch = shape.n_batch;
@@ -301,8 +312,12 @@ void Model::create_context(const ContextShape & shape) {
     }
     ctx_ = init_context(shape);
     if (ctx_ == nullptr)
-        throw LlamaError("llama.cpp could not create a context with " + std::to_string(shape.n_ctx) +
-                         " KV cells; reduce max_sequences, max_new_tokens or n_ctx");
+        throw LlamaError("llama.cpp could not create a context with " + std::to_string(shape.n_ctx) + " KV cells and " +
+                         std::to_string(shape.n_seq_max) + " sequence ids: it takes about " +
+                         std::to_string(context_bytes(shape) >> 20) + " MiB (the KV cache and llama.cpp's compute " +
+                         "and output buffers), more than this process can allocate (the memory available, or its " +
+                         "address-space limit: ulimit -v, RLIMIT_AS); lower kv_memory (or n_ctx), max_sequences or " +
+                         "max_new_tokens, or free memory");
     shape_ = shape;
     shape_.n_ctx = llama_n_ctx(ctx_);
     shape_.device = DeviceTopKParams{};

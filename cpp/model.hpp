@@ -93,6 +93,8 @@ public:
 private:
     // A new context of this shape beside any that exists; nullptr when llama.cpp cannot allocate it.
     llama_context * init_context(const ContextShape & shape) const;
+    // The memory a context of this shape takes, as far as it can be told before llama.cpp makes it.
+    int64_t context_bytes(const ContextShape & shape) const;
     void create_context(const ContextShape & shape);
 
     std::string path_;

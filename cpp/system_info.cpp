@@ -1,5 +1,7 @@
 #include "system_info.hpp"
 
+#include <sys/mman.h>
+
 #include <fstream>
 #include <string>
 
@@ -53,6 +55,14 @@ int64_t ram_available_bytes() {
     while (meminfo >> key >> kib >> unit)
         if (key == "MemAvailable:") return kib * 1024;
     return -1;
+}
+
+bool address_space_available(int64_t bytes) {
+    if (bytes <= 0) return true;
+    void * probe = mmap(nullptr, static_cast<size_t>(bytes), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe == MAP_FAILED) return false;
+    munmap(probe, static_cast<size_t>(bytes));
+    return true;
 }
 
 int64_t gpu_memory_free_bytes() {

@@ -30,6 +30,9 @@ SystemInfo system_info();
 
 // RAM available to a new allocation (MemAvailable in /proc/meminfo), -1 where the system does not say.
 int64_t ram_available_bytes();
+// Whether this process can map `bytes` more of address space now (its RLIMIT_AS, `ulimit -v`, and the
+// kernel's overcommit rules): a mapping that is made and given back at once, touching no page.
+bool address_space_available(int64_t bytes);
 // Free memory of the first GPU llama.cpp offers, -1 when it offers none.
 int64_t gpu_memory_free_bytes();
 

@@ -177,3 +177,32 @@ def test_threads_the_address_space_cannot_hold_are_a_value_error_not_an_exit():
     for line in lines[:2]:
         assert line.startswith("ValueError: n_threads=512 needs 4096 MiB of address space"), line
         assert "RLIMIT_AS" in line
+
+
+CONTEXT_UNDER_A_LIMIT = r"""
+import re, resource, sys
+import eager_cpp
+m = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=1)
+vm = int(re.search(r"VmSize:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+# Less room than the first context takes (~615 MiB here: compute buffer ~515 MiB, output 16, KV 40, graph).
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]) * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    eager_cpp.run(m, ["Country: Peru\nCapital:"], method="eager", reallocation="tree", answers=["zzz"],
+                  max_sequences=16, max_new_tokens=192, entropy_threshold=100.0, ignore_eos=True)
+    print("ran")
+except RuntimeError as e:
+    print("RuntimeError:", e)
+"""
+
+
+@pytest.mark.parametrize("room_mib", [60, 80, 200, 610])
+def test_a_context_the_memory_cannot_hold_is_an_error_not_an_abort(room_mib):
+    # With 60-80 MiB of room llama.cpp's large buffers are mapped but a small allocation after them fails and
+    # llama.cpp asserts (GGML_ASSERT(ctx->mem_buffer != NULL), SIGABRT); with 610 the process exited 1. A context
+    # is now tried only when the memory it takes can be mapped: one RuntimeError naming the limit.
+    out = subprocess.run([sys.executable, "-c", CONTEXT_UNDER_A_LIMIT, str(room_mib)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: llama.cpp could not create a context with"), last
+    assert "RLIMIT_AS" in last and "kv_memory" in last
