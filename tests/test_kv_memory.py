@@ -253,7 +253,8 @@ import eager_cpp
 m = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=1)
 q = "Country: Peru\nCapital:"
 kw = dict(method="parallel", max_sequences=16, max_live_sequences=16, ignore_eos=True)
-eager_cpp.run(m, [q], max_new_tokens=2, **kw)  # the context the job starts in, made before the limit
+# The context the job starts in, made before the limit: "auto" starts both with 16 sequences of 64 tokens.
+eager_cpp.run(m, [q], max_new_tokens=64, **kw)
 vm = int(re.search(r"VmSize:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
 # Room for the run's own allocations, not for a second context's compute buffers (~500 MB here).
 resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
