@@ -10,7 +10,8 @@ under a KV budget that forces preemption.
 
 (a) The same short-answer job (32 capitals prompts, T 0.6, stop at the first newline) at max_new_tokens
 16, 1024, 8192 and 32000, Full Parallel and EAGer-init (θ 1.0), M = 8 and 32, each run in a fresh process:
-wall and peak RSS as ratios to the 16-token run. Target: every ratio <= 1.2, M = 32 x 32000 runs.
+wall and peak RSS as ratios to the 16-token run, once per --kv-layouts. Target: every ratio <= 1.2, M = 32 x 32000
+runs.
 (b) Long generations with no stop (ignore_eos), Full Parallel and EAGer-init (θ 2.0): once with a KV budget
 that holds the whole job, once with a quarter of it. Target: the constrained run completes, every sequence
 reaches its length, preemptions are reported, tok/s >= 0.8x the unconstrained run's.
@@ -68,30 +69,32 @@ def part_a(args: argparse.Namespace, model: str) -> dict[str, Any]:
     rows = [json.loads(line) for line in (DATA_DIR / "capitals_dev_100.jsonl").read_text().splitlines()]
     prompts = [r["prompt"] for r in rows[: args.prompts or 32]]
     results = []
-    for method, extra in (("parallel", {}), ("eager_init", {"entropy_threshold": 1.0})):
+    for layout, method, extra in [(layout, method, extra) for layout in args.kv_layouts
+                                  for method, extra in (("parallel", {}), ("eager_init", {"entropy_threshold": 1.0}))]:
         for m in (8, 32):
             base = None
             for budget in args.budgets:
                 spec = dict(model=model, threads=args.threads, prompts=prompts, method=method, max_sequences=m,
-                            temperature=0.6, stop="\n", seed=0, max_new_tokens=budget, **extra)
+                            temperature=0.6, stop="\n", seed=0, max_new_tokens=budget, kv_layout=layout, **extra)
                 # Runs of a few seconds are noisy here: the run with the median wall of --repeats stands.
                 tries = [run_child(spec) for _ in range(args.repeats)]
                 got = sorted(tries, key=lambda g: g.get("wall", float("inf")))[len(tries) // 2]
                 if args.repeats > 1:
                     got["walls"] = [g.get("wall") for g in tries]
                 base = got if budget == 16 else base
-                row = dict(method=method, M=m, max_new_tokens=budget, **got)
+                row = dict(method=method, kv_layout=layout, M=m, max_new_tokens=budget, **got)
                 if "error" not in got and base and "error" not in base:
                     row["wall_ratio"] = ratio(got["wall"], base["wall"])
                     row["rss_ratio"] = ratio(got["rss_mib"], base["rss_mib"])
                 results.append(row)
-                print(f"{method:10s} M={m:2d} budget={budget:5d}: " +
+                print(f"{layout:12s} {method:10s} M={m:2d} budget={budget:5d}: " +
                       (got.get("error") or f"wall {got['wall']:.1f} s, RSS {got['rss_mib']:.0f} MiB, "
                        f"{got['tokens']} tokens, KV cells {got['kv_cells']} (peak {got['peak_kv_cells']}, "
                        f"grown {got['kv_grows']}x), "
                        f"preemptions {got['preemptions']}"), flush=True)
-    print(table(["method", "M", "budget", "wall s", "wall/16", "RSS MiB", "RSS/16", "tokens", "KV cells", "target"],
-                [[r["method"], r["M"], r["max_new_tokens"], r.get("wall"), r.get("wall_ratio"), r.get("rss_mib"),
+    print(table(["kv_layout", "method", "M", "budget", "wall s", "wall/16", "RSS MiB", "RSS/16", "tokens", "KV cells",
+                 "target"],
+                [[r["kv_layout"], r["method"], r["M"], r["max_new_tokens"], r.get("wall"), r.get("wall_ratio"), r.get("rss_mib"),
                   r.get("rss_ratio"), r.get("tokens"), r.get("kv_cells"),
                   r.get("error") or ("" if r["max_new_tokens"] == 16 else
                                       verdict(max(r["wall_ratio"], r["rss_ratio"]), 1.2, False))]
@@ -269,7 +272,7 @@ def main() -> int:
     ap.add_argument("--lengths", default="512,2048,4096",
                     help="tokens per sequence for parts c and d, the first the baseline (default 512,2048,4096)")
     ap.add_argument("--kv-layouts", default="unified,per_sequence",
-                    help="eager_cpp's KV layouts for parts c and d (default unified,per_sequence)")
+                    help="eager_cpp's KV layouts for parts a, c and d (default unified,per_sequence)")
     ap.add_argument("--methods", default="parallel,eager_init",
                     help="methods of parts b and d (default parallel,eager_init)")
     args = ap.parse_args()

@@ -303,9 +303,14 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     validate_run(config, jobs, model.n_vocab(), model.n_ctx_train());
     KvSizing kv;
     kv.bytes_per_cell = model.kv_bytes_per_cell();
+    const KvLayers & layers = model.kv_layers();
+    if (layers.window > 0) {
+        kv.window_bytes_per_cell = kv.bytes_per_cell * layers.window / (layers.full + layers.window);
+        kv.window_stream_cells = round_up_cells(static_cast<int64_t>(layers.n_swa) + kBatchTokens);
+    }
     if (config.n_ctx == 0 && config.kv_memory == 0) kv.available_bytes = model.memory_available_bytes();
     const ContextShape shape = plan_context(config, jobs, kv);
-    const int64_t ceiling = plan_kv_ceiling(config, kv, shape.n_ctx);
+    const int64_t ceiling = plan_kv_ceiling(config, jobs, kv, shape);
     check_budget(config, jobs, shape.n_ctx, ceiling, kv);
     llama_context * ctx = model.acquire_context(shape);
     MemoryGuard guard{model.context()};

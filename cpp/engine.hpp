@@ -22,9 +22,16 @@ enum class ThresholdMode { Fixed, P99 };
 // fork tags its parent's cells (no copy), memory follows what the run holds, but every token's
 // attention spans the cells of all live sequences. PerSequence: a stream of cells for each sequence id
 // (kv_unified=false), each token attends over its own sequence only, a fork copies the parent's whole
-// stream, and each stream is sized for the longest prompt plus max_new_tokens, so the budget decides how
-// many sequence ids (streams) the run gets rather than how many cells they share.
+// stream. Streams start short and grow together (doubling) as the longest sequence needs, up to the
+// longest prompt plus max_new_tokens; the budget decides how many streams (sequence ids) the run gets
+// at that length rather than how many cells they share.
 enum class KvLayout { Unified, PerSequence };
+// The sliding-window layers' cache (Gemma 3 and other models with llama.cpp's n_swa). Full: every cell,
+// as the full layers keep (llama.cpp's swa_full). Window: about n_swa cells per stream, reused once they
+// leave the window (copies then check kv_copy.hpp's rule and prefill what is gone). Auto: the window
+// cache on per-sequence streams, where no cell is shared; every cell on the unified cache, where a long
+// prompt that a tree or the prefix anchor shares would pin the window cache's cells and find no slot.
+enum class WindowCache { Auto, Full, Window };
 
 struct EngineConfig {
     Method method = Method::EagerInit;
@@ -56,10 +63,7 @@ struct EngineConfig {
     // its KV cells (seq copy from an anchor sequence) instead of prefilling it again. Off by default, as
     // in RunOptions: the copied cells differ from a fresh prefill by llama.cpp's batch noise.
     bool share_prompt_prefixes = false;
-    // Keep every cell of the sliding-window layers (llama.cpp's swa_full); false: a window cache of
-    // about n_swa cells per sequence id, whose masked cells llama.cpp reuses (copies then check
-    // kv_copy.hpp's rule and prefill what is gone).
-    bool swa_full = true;
+    WindowCache window_cache = WindowCache::Auto;
     KvLayout kv_layout = KvLayout::Unified;
 };
 

@@ -20,7 +20,8 @@ int known_length(const EngineConfig & config) {
 KvScheduler::KvScheduler(const EngineConfig & config, SequenceTable & table, KvOps & ops, int64_t cells,
                          int64_t ceiling, int64_t anchor_cells)
     : cfg_(config), table_(table), ops_(ops), capacity_(cells), ceiling_(std::max(cells, ceiling)),
-      anchor_cells_(anchor_cells), known_length_(known_length(config)) {}
+      anchor_cells_(anchor_cells), known_length_(known_length(config)),
+      streams_(config.kv_layout == KvLayout::PerSequence) {}
 
 bool KvScheduler::within_budget(double cells) const { return cells <= usable_cells(ceiling_); }
 
@@ -45,6 +46,7 @@ bool KvScheduler::reserve(int64_t cells) {
 }
 
 bool KvScheduler::reserve_beside(int64_t more) {
+    if (streams_) return true;  // streams grow only when a decode finds one full (preempt())
     return reserve(std::min(ceiling_, cells_held() + more + table_.running_count()));
 }
 
@@ -83,6 +85,10 @@ int64_t KvScheduler::step(const std::function<bool()> & decode) {
 }
 
 int64_t KvScheduler::make_room() {
+    // Streams: what one sequence holds bounds it, not what all hold together. A sequence whose stream is
+    // full fails the decode, which first applies llama.cpp's queued stream copies (a fork, a moved id),
+    // so the streams then grow (preempt()) with every stream's data in place.
+    if (streams_) return cells_held() + table_.running_count();
     hold_back();
     for (;;) {
         const int64_t after_step = cells_held() + table_.running_count();
@@ -94,6 +100,11 @@ int64_t KvScheduler::make_room() {
 void KvScheduler::preempt() {
     // A cache that may still grow grows instead (llama.cpp found no slot where the count saw room).
     if (reserve(capacity_ + 1)) return;
+    // A full stream belongs to a running sequence: pausing others gives it no cell.
+    if (streams_)
+        throw LlamaError("the per-sequence KV streams (" + std::to_string(capacity_) + " cells in all) could not grow " +
+                         "for a sequence that filled its stream; " +
+                         (ceiling_lowered_.empty() ? "raise kv_memory (or n_ctx)" : ceiling_lowered_ + ": free memory, lower max_new_tokens or max_sequences, or use kv_layout='unified'"));
     // The latest admitted prompt that still runs gives way, as vLLM preempts its newest request. When
     // it is the only one running, its youngest sequence does (its tree then advances out of lockstep).
     int victim = -1, running_prompts = 0;

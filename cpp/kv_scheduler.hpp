@@ -10,7 +10,8 @@
 // latest admitted prompt is preempted: its sequences are paused and their cells freed, and later
 // recomputed (the prompt and each sequence's tokens prefilled again, a shared tree prefix copied from a
 // running relative) with the same random streams, so the samples stay what they were up to llama.cpp's
-// batch noise. Memory pressure pauses and recomputes; it never denies a branch.
+// batch noise. Memory pressure pauses and recomputes; it never denies a branch. Per-sequence streams
+// start short and double together when a sequence fills its stream, up to the longest sequence's length.
 #pragma once
 
 #include <cstdint>
@@ -123,6 +124,8 @@ private:
     int64_t ceiling_;
     int64_t anchor_cells_;
     int known_length_;
+    // Per-sequence streams: each sequence's length, not the cells all hold, decides when the cache grows.
+    bool streams_;
     int next_job_ = 0;  // the first prompt not admitted yet
     int64_t grows_ = 0;
     int64_t peak_ = 0;

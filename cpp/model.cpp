@@ -81,6 +81,17 @@ public:
         return out;
     }
 
+    // The layers of each KV cache llama.cpp made ("llama_kv_cache: size = ... (256 cells, 3 layers, ..."),
+    // in the order it made them: an iswa cache makes its full layers' first, then its window layers'.
+    std::vector<int> kv_cache_layers() const {
+        static const std::regex line(R"(llama_kv_cache: size =.*\(\s*[0-9]+ cells,\s*([0-9]+) layers)");
+        std::vector<int> out;
+        std::smatch m;
+        for (const auto & [level, text] : lines_)
+            if (std::regex_search(text, m, line)) out.push_back(std::stoi(m[1].str()));
+        return out;
+    }
+
     // The last few error lines, joined, or "" when llama.cpp logged none.
     std::string errors(size_t most = 3) const {
         std::vector<std::string> picked;
@@ -119,6 +130,38 @@ private:
 
 }  // namespace
 
+// llama.cpp does not say which layers slide, only logs it when it makes a cache: a smallest context
+// (256 cells, one sequence, a one-token batch) with the window cache shows the split.
+static KvLayers probe_kv_layers(llama_model * model) {
+    KvLayers layers;
+    layers.full = llama_model_n_layer(model);
+    layers.n_swa = llama_model_n_swa(model);
+    if (layers.n_swa <= 0) return layers;
+    llama_context_params params = llama_context_default_params();
+    params.n_ctx = 256;
+    params.n_batch = 1;
+    params.n_ubatch = 1;
+    params.n_seq_max = 1;
+    params.n_threads = 1;
+    params.n_threads_batch = 1;
+    params.swa_full = false;
+    params.no_perf = true;
+    std::vector<int> caches;
+    {
+        LoadLog log;
+        llama_context * ctx = llama_init_from_model(model, params);
+        caches = log.kv_cache_layers();
+        if (ctx != nullptr) llama_free(ctx);
+    }
+    if (caches.size() == 2) {
+        layers.full = caches[0];
+        layers.window = caches[1];
+    } else {
+        layers.n_swa = 0;  // one cache after all: every layer spans every cell
+    }
+    return layers;
+}
+
 int default_threads() {
     const unsigned n = std::thread::hardware_concurrency();
     return n == 0 ? 4 : static_cast<int>(n);
@@ -151,6 +194,7 @@ Model::Model(const std::string & path, int n_gpu_layers, CpuBuffers cpu_buffers,
         throw LlamaError("llama.cpp could not load the model from '" + path + "'" +
                          (load_errors.empty() ? std::string() : ": " + load_errors));
     vocab_ = llama_model_get_vocab(model_);
+    kv_layers_ = probe_kv_layers(model_);
 }
 
 Model::~Model() {
@@ -274,11 +318,25 @@ std::string Model::apply_chat_template(const std::vector<std::pair<std::string, 
     return std::string(buf.data(), n);
 }
 
+int64_t Model::kv_bytes(const ContextShape & shape) const {
+    const int64_t streams = shape.kv_unified ? 1 : std::max<uint32_t>(1, shape.n_seq_max);
+    const int64_t per_stream = shape.n_ctx / streams;
+    const double per_layer = kv_bytes_per_cell() / std::max(1, kv_layers_.full + kv_layers_.window);
+    // llama.cpp's window cache: the window of every sequence the stream holds and a micro-batch, padded.
+    int64_t window_cells = per_stream;
+    if (!shape.swa_full && kv_layers_.window > 0) {
+        const int64_t ids = shape.kv_unified ? shape.n_seq_max : 1;
+        window_cells = std::min(per_stream, (kv_layers_.n_swa * ids + shape.n_batch + 255) / 256 * 256);
+    }
+    return static_cast<int64_t>(
+        streams * per_layer * (per_stream * static_cast<double>(kv_layers_.full) + window_cells * static_cast<double>(kv_layers_.window)));
+}
+
 int64_t Model::context_bytes(const ContextShape & shape) const {
     // The KV cells, llama.cpp's compute buffer (its largest tensor the logits of a whole micro-batch) and its
     // output buffer (a logits row per sequence id), and room for the activations and the scheduler's graph.
     const int64_t row = static_cast<int64_t>(n_vocab()) * static_cast<int64_t>(sizeof(float));
-    return static_cast<int64_t>(shape.n_ctx * kv_bytes_per_cell()) +
+    return kv_bytes(shape) +
            row * (static_cast<int64_t>(shape.n_batch) + static_cast<int64_t>(shape.n_seq_max)) + (64LL << 20);
 }
 
@@ -348,11 +406,10 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
 bool Model::grow_context(uint32_t n_ctx) {
     if (ctx_ == nullptr) throw LlamaError("no context to grow");
     if (llama_n_ctx(ctx_) >= n_ctx) return true;
-    // Streams are sized once for their longest sequence; a copy between them may still be queued, which the
-    // state below would not include.
-    if (!shape_.kv_unified) throw LlamaError("per-sequence KV streams do not grow");
     // The whole cache (sequence id -1): every used cell with its position and all its sequences, so
-    // cells that several sequences share stay shared.
+    // cells that several sequences share stay shared; with streams, each stream's cells into the same
+    // stream of the larger context, from its cell 0 (the caller has let a decode apply llama.cpp's queued
+    // stream copies first: their data would be missing from the state).
     std::vector<uint8_t> cells;
     try {
         cells.resize(llama_state_seq_get_size(ctx_, -1));

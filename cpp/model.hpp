@@ -26,12 +26,18 @@ struct ContextShape {
     bool kv_unified = true;  // false: a KV stream per sequence id (EngineConfig::kv_layout)
     uint32_t n_batch = 512;  // tokens per llama_decode call
     int32_t n_threads = 0;   // 0 = all cores
-    // Keep the sliding-window layers' cells for the whole context. The small window cache (about
-    // n_swa cells per sequence id) cannot reuse a cell two sequences share, so a long prompt shared by
-    // a tree or the prefix anchor pins it and finds no slot (tests/test_sliding_window.py).
+    // Keep the sliding-window layers' cells for the whole context (EngineConfig::window_cache).
     bool swa_full = true;
     // Device top-K samplers on every sequence id (the device path); disabled by default.
     DeviceTopKParams device;
+};
+
+// How the model's KV cache splits into layers that attend over every cell and sliding-window layers
+// (llama.cpp's iswa cache), as llama.cpp reports it when it makes a cache.
+struct KvLayers {
+    int full = 0;
+    int window = 0;  // 0: the model has no sliding window
+    int n_swa = 0;   // the window, in tokens
 };
 
 // A weight buffer of the loaded model, as llama.cpp reports it at load ("CPU_REPACK", 120.5 MiB).
@@ -60,6 +66,10 @@ public:
     int n_ctx_train() const;
     // Bytes one KV cell takes (f16 keys and values of every layer).
     double kv_bytes_per_cell() const;
+    const KvLayers & kv_layers() const { return kv_layers_; }
+    // The bytes of the KV cache of a context of this shape: with the window cache (swa_full off), the
+    // sliding-window layers keep about n_swa cells per stream whatever the length.
+    int64_t kv_bytes(const ContextShape & shape) const;
     // Memory a KV cache may take: RAM available (MemAvailable) on the CPU, the device's free memory when
     // layers are offloaded.
     int64_t memory_available_bytes() const;
@@ -105,6 +115,7 @@ private:
     const llama_vocab * vocab_ = nullptr;
     llama_context * ctx_ = nullptr;
     ContextShape shape_;
+    KvLayers kv_layers_;
     DeviceSamplers device_;  // declared after ctx_: the samplers are freed after the context
 };
 

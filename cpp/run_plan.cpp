@@ -136,8 +136,10 @@ int64_t largest_min_cells(const EngineConfig & cfg, const std::vector<PromptJob>
     return most;
 }
 
+double auto_share_bytes(const KvSizing & kv) { return kAutoKvShare * static_cast<double>(kv.available_bytes); }
+
 int64_t auto_share_cells(const KvSizing & kv) {
-    return static_cast<int64_t>(kAutoKvShare * kv.available_bytes / std::max(1.0, kv.bytes_per_cell));
+    return static_cast<int64_t>(auto_share_bytes(kv) / std::max(1.0, kv.bytes_per_cell));
 }
 
 // "auto" starts with what the first admissions' prompts and max_live_sequences short sequences need,
@@ -196,18 +198,49 @@ uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> 
     return round_up_cells(static_cast<int64_t>(longest_prompt(jobs)) + config.max_new_tokens);
 }
 
+uint32_t first_stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {
+    const uint32_t whole = stream_cells(config, jobs);
+    if (config.n_ctx > 0) return whole;
+    int64_t start = 0;
+    for (const auto & job : jobs) {
+        size_t prefix = 0;
+        for (const BranchSeed & seed : job.seeds) prefix = std::max(prefix, seed.prefix.size());
+        start = std::max(start, static_cast<int64_t>(job.tokens.size() + prefix) + 1);
+    }
+    start = round_up_cells(start + kAutoStartTokens);
+    // llama.cpp sizes the window cache min(stream, window + micro-batch): streams that start below it would
+    // wrap it at another token than a stream sized for the job, and its cells' order (the order attention
+    // sums them in) would differ, changing the samples by the kernels' noise. At its size, only the full
+    // layers grow, and their cells stay in position order.
+    if (uses_window_cache(config)) start = std::max(start, kv.window_stream_cells);
+    return static_cast<uint32_t>(std::min<int64_t>(whole, start));
+}
+
+bool uses_window_cache(const EngineConfig & config) {
+    return config.window_cache == WindowCache::Window ||
+           (config.window_cache == WindowCache::Auto && config.kv_layout == KvLayout::PerSequence);
+}
+
+double stream_bytes(const KvSizing & kv, int64_t cells, bool window_cache) {
+    const int64_t window = window_cache && kv.window_stream_cells > 0 ? std::min(cells, kv.window_stream_cells) : cells;
+    return static_cast<double>(cells) * (kv.bytes_per_cell - kv.window_bytes_per_cell) +
+           static_cast<double>(window) * kv.window_bytes_per_cell;
+}
+
 namespace {
 
-// Per-sequence streams: the budget buys whole streams, each as long as the longest sequence may grow, and
-// llama.cpp allocates (and clears) every stream up front. So a run gets no more ids than admission keeps
-// live (max_live_sequences, at least one prompt's M), whatever the number of prompts.
+// Per-sequence streams: the budget buys whole streams, each as long as the longest sequence may grow
+// (with the window cache, the sliding-window layers' part of a stream stays about n_swa cells), and
+// llama.cpp gives every stream the same size. So a run gets no more ids than admission keeps live
+// (max_live_sequences, at least one prompt's M), whatever the number of prompts. The streams start short
+// and grow as the longest sequence does, so memory follows what the run holds up to that budget.
 void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
                   ContextShape & shape) {
     const int64_t per_stream = stream_cells(config, jobs);
-    const int64_t budget = config.n_ctx > 0       ? config.n_ctx
-                           : config.kv_memory > 0 ? static_cast<int64_t>(config.kv_memory / std::max(1.0, kv.bytes_per_cell))
-                                                  : auto_share_cells(kv);
-    const int64_t streams = budget / per_stream;
+    const double budget_bytes = config.kv_memory > 0 ? static_cast<double>(config.kv_memory) : auto_share_bytes(kv);
+    const int64_t streams =
+        config.n_ctx > 0 ? config.n_ctx / per_stream
+                         : static_cast<int64_t>(budget_bytes / std::max(1.0, stream_bytes(kv, per_stream, !shape.swa_full)));
     size_t widest = 0;
     for (size_t i = 0; i < jobs.size(); ++i)
         if (jobs[i].max_sequences > jobs[widest].max_sequences) widest = i;
@@ -215,9 +248,12 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
         const std::string what = config.n_ctx > 0       ? "n_ctx=" + std::to_string(config.n_ctx)
                                  : config.kv_memory > 0 ? "kv_memory=" + std::to_string(config.kv_memory) + " bytes"
                                                         : "kv_memory='auto' (a quarter of the memory available)";
-        throw InvalidArgument("kv_layout='per_sequence' gives each sequence a stream of " + std::to_string(per_stream) +
-                              " KV cells (the longest prompt, " + std::to_string(longest_prompt(jobs)) +
-                              " tokens, plus max_new_tokens=" + std::to_string(config.max_new_tokens) + "); " + what +
+        throw InvalidArgument("kv_layout='per_sequence' gives each sequence a stream that may grow to " +
+                              std::to_string(per_stream) + " KV cells (the longest prompt, " +
+                              std::to_string(longest_prompt(jobs)) + " tokens, plus max_new_tokens=" +
+                              std::to_string(config.max_new_tokens) + "; " +
+                              std::to_string(static_cast<int64_t>(stream_bytes(kv, per_stream, !shape.swa_full))) +
+                              " bytes); " + what +
                               " buys " + std::to_string(streams) + " such streams, fewer than the " +
                               std::to_string(jobs[widest].max_sequences) + " sequences of prompt " +
                               std::to_string(widest) + ". Raise kv_memory, lower max_new_tokens or max_sequences, " +
@@ -227,7 +263,7 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
     // The prefix anchor holds a stream of its own beside them.
     const int64_t live = std::max(config.max_live_sequences, jobs[widest].max_sequences) + (plans_anchor(config, jobs) ? 1 : 0);
     shape.n_seq_max = static_cast<uint32_t>(std::min({static_cast<int64_t>(shape.n_seq_max), streams, live}));
-    shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * per_stream);
+    shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * first_stream_cells(config, jobs, kv));
 }
 
 }  // namespace
@@ -236,7 +272,7 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
     ContextShape shape;
     shape.n_threads = config.n_threads;
     shape.n_batch = kBatchTokens;
-    shape.swa_full = config.swa_full;
+    shape.swa_full = !uses_window_cache(config);
     int64_t total_ids = 0;
     for (const auto & job : jobs) total_ids += job.max_sequences;
     // One more id for the anchor of prefix sharing, when the limit leaves room for it.
@@ -262,9 +298,11 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
     return shape;
 }
 
-int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32_t n_ctx) {
-    if (config.n_ctx > 0 || config.kv_memory > 0 || config.kv_layout == KvLayout::PerSequence) return n_ctx;
-    return std::max<int64_t>(n_ctx, auto_share_cells(kv) / kCellPadding * kCellPadding);
+int64_t plan_kv_ceiling(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                        const ContextShape & shape) {
+    if (config.kv_layout == KvLayout::PerSequence) return static_cast<int64_t>(shape.n_seq_max) * stream_cells(config, jobs);
+    if (config.n_ctx > 0 || config.kv_memory > 0) return shape.n_ctx;
+    return std::max<int64_t>(shape.n_ctx, auto_share_cells(kv) / kCellPadding * kCellPadding);
 }
 
 AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx,

@@ -36,9 +36,16 @@ int64_t sequence_cells(const EngineConfig & config, const PromptJob & job);
 
 // What the KV budget is measured in: the model's bytes per cell, the memory "auto" may take a share of.
 struct KvSizing {
-    double bytes_per_cell = 1.0;
+    double bytes_per_cell = 1.0;       // every layer
+    double window_bytes_per_cell = 0;  // the sliding-window layers' part of it
+    int64_t window_stream_cells = 0;   // the cells the window cache keeps per stream (0: no window)
     int64_t available_bytes = 0;
 };
+
+// Whether the sliding-window layers keep a window cache (EngineConfig::window_cache) rather than every cell.
+bool uses_window_cache(const EngineConfig & config);
+// The bytes of one stream of `cells` cells.
+double stream_bytes(const KvSizing & kv, int64_t cells, bool window_cache);
 
 // The temperature logits are divided by before the top-K entropy: the sampling temperature when
 // the entropy is taken after temperature (and sampling is not greedy), else 1 (the raw logits).
@@ -59,16 +66,23 @@ bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jo
 
 // Cells of one stream in the per-sequence layout: the longest prompt plus max_new_tokens, padded.
 uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs);
+// Cells a stream starts with: every job's start (its prompt, its longest seed prefix, a step) and
+// kAutoStartTokens more, padded, and with the window cache at least its size; the whole stream_cells when
+// n_ctx fixes the cache.
+uint32_t first_stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
 // The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
 // buys, or "auto" starts with (kAutoStartTokens): never sized from M x max_new_tokens. Per-sequence
 // streams: as many ids as the budget buys streams of stream_cells, up to max_live_sequences (or one
-// prompt's M) and every job's ids; InvalidArgument when that is fewer than one prompt's max_sequences.
+// prompt's M) and every job's ids, each starting at first_stream_cells; InvalidArgument when that is
+// fewer than one prompt's max_sequences.
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
-// The most cells the run's cache may grow to: n_ctx, kv_memory and per-sequence streams fix it at the
-// context's `n_ctx`; "auto" at kAutoKvShare of the memory available, never below `n_ctx`.
-int64_t plan_kv_ceiling(const EngineConfig & config, const KvSizing & kv, uint32_t n_ctx);
+// The most cells the run's cache may grow to: n_ctx and kv_memory fix it at the context's; "auto" at
+// kAutoKvShare of the memory available, never below the context's; per-sequence streams at their
+// stream_cells each.
+int64_t plan_kv_ceiling(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                        const ContextShape & shape);
 
 // Where the anchor lives once the context exists: the last sequence id and the cells of the longest
 // prompt, when every job still finds its ids and the cells to start beside it.

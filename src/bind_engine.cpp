@@ -56,6 +56,10 @@ void bind_engine(py::module_ & m) {
     py::enum_<Method>(m, "Method").value("PARALLEL", Method::Parallel).value("EAGER_INIT", Method::EagerInit);
     py::enum_<ThresholdMode>(m, "ThresholdMode").value("FIXED", ThresholdMode::Fixed).value("P99", ThresholdMode::P99);
     py::enum_<KvLayout>(m, "KvLayout").value("UNIFIED", KvLayout::Unified).value("PER_SEQUENCE", KvLayout::PerSequence);
+    py::enum_<WindowCache>(m, "WindowCache")
+        .value("AUTO", WindowCache::Auto)
+        .value("FULL", WindowCache::Full)
+        .value("WINDOW", WindowCache::Window);
 
     py::class_<SamplingParams>(m, "SamplingParams")
         .def(py::init<>())
@@ -91,7 +95,7 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("device_candidates", &EngineConfig::device_candidates)
         .def_readwrite("trace_steps", &EngineConfig::trace_steps)
         .def_readwrite("share_prompt_prefixes", &EngineConfig::share_prompt_prefixes)
-        .def_readwrite("swa_full", &EngineConfig::swa_full)
+        .def_readwrite("window_cache", &EngineConfig::window_cache)
         .def_readwrite("kv_layout", &EngineConfig::kv_layout);
 
     py::class_<StepTrace>(m, "StepTrace")

@@ -119,3 +119,82 @@ def test_ids_freed_mid_run_are_refilled_by_moving_live_streams_down(model, refer
     assert len(set(ends)) > 2 and max(ends) == 40  # some ended early while others ran on
     assert sum(p.n_sequences for p in r.prompts) > len(prompts)
     assert_greedy_choices(model, reference, r)
+
+
+STORY = "Write a long story about a dragon and a knight.\n\n"
+
+
+def stream_signature(result) -> list[tuple]:
+    """Each sequence's tokens (the engine's own tokens, or a result's whole ones) and entropies."""
+    return [(list(getattr(s, "token_ids", None) or s.own_tokens), np.asarray(s.entropies, dtype=np.float32))
+            for p in result.prompts for s in p.sequences]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+@pytest.mark.parametrize("method", ["parallel", "eager_init"])
+def test_streams_that_grow_decode_what_streams_sized_for_the_job_decode(model_path, method, temperature):
+    """Streams start short and double when a sequence fills its stream: the whole cache is copied into the larger
+    context, stream by stream from cell 0, after the decode that found the stream full applied llama.cpp's queued
+    stream copies (forks). Tokens and entropies must be those of streams sized for the whole job from the start.
+    The engine-level window_cache=FULL lets streams start at 256 cells (with the window cache they start at its
+    size, 1,024 cells, which the next test grows past)."""
+    grown_model = eager_cpp.Model(model_path, n_threads=2)  # a fresh context: a reused larger one would not grow
+    prompt = grown_model.tokenize(STORY)
+    cfg = engine_config(eager_cpp.RunOptions.create(method=method, max_sequences=3, entropy_threshold=1.5,
+                                                    temperature=temperature, max_new_tokens=280, ignore_eos=True,
+                                                    seed=5, think_end_marker=None, no_branch_window=40),
+                        grown_model)
+    cfg.method = _core.Method.PARALLEL if method == "parallel" else _core.Method.EAGER_INIT
+    cfg.kv_layout = _core.KvLayout.PER_SEQUENCE
+    cfg.window_cache = _core.WindowCache.FULL
+    job = _core.PromptJob(prompt, 3, 1.5, 0, 1, [])
+    grown = _core.generate(grown_model._model, cfg, [job])
+    cfg.n_ctx = 3 * 512  # three streams of the longest prompt + max_new_tokens, padded
+    fixed = _core.generate(eager_cpp.Model(model_path, n_threads=2)._model, cfg, [job])
+    assert grown.stats.kv_grows == 1 and grown.stats.kv_cells == fixed.stats.kv_cells == 3 * 512
+    assert fixed.stats.kv_grows == 0
+    if method == "eager_init":
+        assert len(grown.prompts[0].sequences) > 1  # forks: whole-stream copies
+    a, b = stream_signature(grown), stream_signature(fixed)
+    assert len(a) == len(b)
+    for (tokens_a, ent_a), (tokens_b, ent_b) in zip(a, b):
+        assert tokens_a == tokens_b
+        np.testing.assert_array_equal(ent_a, ent_b)
+
+
+def test_streams_with_the_window_cache_grow_past_it_and_keep_the_samples(model_path):
+    """The default window cache on streams (Gemma 3's 512-token window): a stream starts at the window cache's size
+    (window + micro-batch, 1,024 cells), so that cache wraps at the same token however far the full layers' cells
+    grow. Grown past it, a sample at T 0.7 is the one a stream sized for the job draws."""
+    tokens = 1100
+    kw = dict(method="parallel", max_sequences=1, temperature=0.7, max_new_tokens=tokens, ignore_eos=True, seed=2,
+              kv_layout="per_sequence", progress=None)
+    grown = eager_cpp.run(eager_cpp.Model(model_path, n_threads=2), [STORY], **kw)
+    fixed = eager_cpp.run(eager_cpp.Model(model_path, n_threads=2), [STORY], n_ctx=1280, **kw)
+    assert (grown.stats.kv_grows, grown.stats.kv_cells) == (1, 1280)
+    assert (fixed.stats.kv_grows, fixed.stats.kv_cells) == (0, 1280)
+    assert len(grown.prompts[0].sequences[0].token_ids) == tokens
+    (tokens_a, ent_a), (tokens_b, ent_b) = stream_signature(grown)[0], stream_signature(fixed)[0]
+    assert tokens_a == tokens_b
+    np.testing.assert_array_equal(ent_a, ent_b)
+
+
+def test_stream_memory_follows_what_is_generated_and_counts_the_window_cache_apart(model):
+    """A 3,000-token budget whose answers end at the first newline keeps its streams at their first size (the
+    window cache's), not the budget's; and the budget buys streams at what they weigh with the window cache: on
+    the default model 3 of 18 layers span every cell, so a stream of 3,072 cells weighs 0.45x its full-layer
+    size, and half of 8 full-size streams' bytes buys the 8 streams (counted as full: 4, refused)."""
+    prompt = "Country: Peru\nCapital:"
+    kw = dict(method="parallel", max_sequences=8, temperature=0.7, max_new_tokens=3000, stop="\n",
+              kv_layout="per_sequence", progress=None)
+    stream = -(-(len(model.tokenize(prompt)) + 3000) // 256) * 256
+    budget = int(0.5 * 8 * stream * model.kv_bytes_per_cell)
+    r = eager_cpp.run(model, [prompt], kv_memory=budget, **kw)
+    assert r.stats.kv_grows == 0 and r.stats.kv_cells == 8 * 1024
+    assert r.prompts[0].n_sequences == 8 and max(len(s.token_ids) for s in r.prompts[0].sequences) < 1024
+    cfg = engine_config(eager_cpp.RunOptions.create(**{k: v for k, v in kw.items() if k != "progress"},
+                                                    kv_memory=budget), model)
+    cfg.method = _core.Method.PARALLEL
+    cfg.window_cache = _core.WindowCache.FULL
+    with pytest.raises(ValueError, match="buys 4 such streams, fewer than the 8 sequences"):
+        _core.generate(model._model, cfg, [_core.PromptJob(model.tokenize(prompt), 8, 1e9, 0, 1, [])])

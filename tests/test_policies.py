@@ -313,6 +313,26 @@ def test_streams_never_hold_back_or_pause_where_the_unified_cache_would():
     assert unified.preemptions > 0 and own_lengths(unified) == [[255] * 8]
 
 
+def test_streams_grow_only_after_a_decode_found_one_full_and_then_double_together():
+    # llama.cpp copies a fork's (or a moved id's) whole stream at the next decode; the state a growing cache is
+    # copied out of would miss that copy. So streams never grow before a decode, however long a sequence is
+    # (the scheduler's count of cells says nothing about one stream), only after a decode that found a stream
+    # full, which applied the queued copies first: then all streams double, up to the longest sequence's length.
+    h = kv_harness([10], m=4, max_new_tokens=600, cells=4 * 256, ceiling=4 * 768, layout=STREAMS, method=EAGER,
+                   n_ids=4)
+    h.schedule()
+    h.branch(0)  # a fork queued beside the step that follows
+    for _ in range(300):  # past 256 cells a sequence
+        h.step()
+    assert not any(op[0] == "grow" for op in h.ops) and h.grows == 0
+    h.step(failed_decodes=1)
+    assert [op for op in h.ops if op[0] == "grow"] == [("grow", 4 * 512)]
+    h.step(failed_decodes=1)  # to the ceiling: the budget's streams hold the longest sequence
+    assert [op for op in h.ops if op[0] == "grow"] == [("grow", 4 * 512), ("grow", 4 * 768)]
+    with pytest.raises(RuntimeError, match="per-sequence KV streams .* could not grow"):
+        h.step(failed_decodes=1)
+
+
 def test_a_growth_the_memory_cannot_hold_lowers_the_ceiling_and_the_run_goes_on_preempting():
     # The budget allows 1,024 cells but the memory holds 512: the failed doubling keeps the 512-cell cache,
     # which becomes the ceiling, and the only prompt's youngest samples wait instead of the run ending.

@@ -3,7 +3,7 @@
 llama.cpp may give a cell held by one sequence alone to another token once the cell lies outside its
 owner's window; the owner's older positions are then gone. A sequence copied from it over [0, len)
 would attend over a window with holes: silently wrong logits. The engine copies only what is still
-held and prefills the rest (cpp/kv_copy.hpp). With a small window cache (`swa_full` off: about 512
+held and prefills the rest (cpp/kv_copy.hpp). With a small window cache (`window_cache` WINDOW, llama.cpp's `swa_full` off: about 512
 cells per sequence id) llama.cpp reuses cells as soon as the cache wraps, so these tests reach the
 case deterministically; with the full-size cache it happens only when the cache is nearly full.
 The prompt-prefix anchor copies under the same rule (kv_copy.hpp); it cannot be driven there with
@@ -30,10 +30,10 @@ def long_text_tokens(model, n: int) -> list[int]:
     return tokens[:n]
 
 
-def greedy_config(model, *, swa_full: bool, **kw):
-    cfg = engine_config(eager_cpp.RunOptions.create(temperature=0.0, **kw), model)
+def greedy_config(model, *, window: bool, **kw):
+    cfg = engine_config(eager_cpp.RunOptions.create(temperature=0.0, **kw), model)  # kv_layout among kw
     cfg.method = _core.Method.EAGER_INIT
-    cfg.swa_full = swa_full
+    cfg.window_cache = _core.WindowCache.WINDOW if window else _core.WindowCache.FULL
     cfg.n_threads = 2
     cfg.stop = ["\n"]
     return cfg
@@ -57,12 +57,18 @@ def signature(prompt) -> list[tuple]:
     return [(list(s.own_tokens), np.array(s.entropies, dtype=np.float32)) for s in prompt.sequences]
 
 
-def test_a_seed_whose_source_window_is_gone_is_prefilled_not_copied(model):
+# Per-sequence streams keep a window cache of their own (window + micro-batch cells each): seed 0's prefix wraps
+# it as it wraps the unified one, and a copy across streams is a whole-stream copy with the rest dropped.
+LAYOUTS = pytest.mark.parametrize("layout", ["unified", "per_sequence"])
+
+
+@LAYOUTS
+def test_a_seed_whose_source_window_is_gone_is_prefilled_not_copied(model, layout):
     """Tree seeds diverging more than a window apart: seed 1 shares ~100 prefix tokens with seed 0, whose
     own 1,700-token prefix wrapped the small window cache over them. Seed 1 must compute what it computes
     alone (greedy tokens, entropies), and its common part is prefilled again (reprocessed), not copied."""
     prompt, seeds, common = diverging_seeds(model)
-    cfg = greedy_config(model, swa_full=False, max_new_tokens=PREFIX + 6, n_ctx=8192)
+    cfg = greedy_config(model, window=True, max_new_tokens=PREFIX + 6, n_ctx=8192, kv_layout=layout)
     both = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 2, 1e9, 0, 1, seeds)])
     alone = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 1, 1e9, 0, 1, seeds[1:])])
     (tokens_b, ent_b), (tokens_a, ent_a) = signature(both.prompts[0])[1], signature(alone.prompts[0])[0]
@@ -76,11 +82,12 @@ def test_a_seed_whose_source_window_is_gone_is_prefilled_not_copied(model):
     assert both.stats.reprocessed_tokens == PREFIX + len(seeds[1].prefix)
 
 
-def test_with_the_full_size_window_cache_the_common_start_is_copied(model):
+@LAYOUTS
+def test_with_the_full_size_window_cache_the_common_start_is_copied(model, layout):
     """The same seeds with llama.cpp's full-size window cache: nothing wrapped, the ~100 common tokens are
     copied (only the rest of seed 1's prefix is prefilled) and the result is the same."""
     prompt, seeds, common = diverging_seeds(model)
-    cfg = greedy_config(model, swa_full=True, max_new_tokens=PREFIX + 6, n_ctx=8192)
+    cfg = greedy_config(model, window=False, max_new_tokens=PREFIX + 6, n_ctx=8192, kv_layout=layout)
     both = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 2, 1e9, 0, 1, seeds)])
     alone = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 1, 1e9, 0, 1, seeds[1:])])
     assert both.stats.reprocessed_tokens == PREFIX + len(seeds[1].prefix) - common

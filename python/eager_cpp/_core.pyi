@@ -62,6 +62,11 @@ class KvLayout:
     UNIFIED: "KvLayout"
     PER_SEQUENCE: "KvLayout"
 
+class WindowCache:
+    AUTO: "WindowCache"
+    FULL: "WindowCache"
+    WINDOW: "WindowCache"
+
 class SamplingParams:
     temperature: float
     top_k: int
@@ -90,7 +95,7 @@ class EngineConfig:
     device_candidates: int
     trace_steps: bool
     share_prompt_prefixes: bool
-    swa_full: bool
+    window_cache: WindowCache
     kv_layout: KvLayout
     def __init__(self) -> None: ...
 
