@@ -46,7 +46,7 @@ private:
 class Engine {
 public:
     Engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs, const ProgressFn & progress,
-           int64_t cells, int64_t ceiling, const AnchorPlan & anchor);
+           int64_t cells, int64_t ceiling, const AnchorPlan & anchor, const StreamGrowth & streams);
 
     RunOutput run();
 
@@ -86,7 +86,8 @@ private:
 };
 
 Engine::Engine(Model & model, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-               const ProgressFn & progress, int64_t cells, int64_t ceiling, const AnchorPlan & anchor)
+               const ProgressFn & progress, int64_t cells, int64_t ceiling, const AnchorPlan & anchor,
+               const StreamGrowth & streams)
     : cfg_(config), jobs_(jobs), progress_(progress), ctx_(model.context()),
       n_seq_max_(static_cast<int>(llama_n_seq_max(ctx_.get()))),
       policy_(config.method, config.threshold_mode, config.no_branch_window),
@@ -100,7 +101,7 @@ Engine::Engine(Model & model, const EngineConfig & config, const std::vector<Pro
       table_(text_, config, jobs, out_, ops_, anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_),
       rows_(config, model.n_vocab(), std::max(1, model.context_shape().n_threads)),
       seeds_(config, ctx_, table_, prefill_, rows_, ops_),
-      kv_(config, table_, ops_, cells, ceiling, anchor.reserved),
+      kv_(config, table_, ops_, cells, ceiling, anchor.reserved, streams),
       counted_step_(jobs.size(), -1) {
     if (cfg_.trace_steps && KvTraceLog::enabled()) kv_trace_ = std::make_unique<KvTraceLog>();
 }
@@ -307,6 +308,7 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     if (layers.window > 0) {
         kv.window_bytes_per_cell = kv.bytes_per_cell * layers.window / (layers.full + layers.window);
         kv.window_stream_cells = round_up_cells(static_cast<int64_t>(layers.n_swa) + kBatchTokens);
+        kv.n_swa = layers.n_swa;
     }
     if (config.n_ctx == 0 && config.kv_memory == 0) kv.available_bytes = model.memory_available_bytes();
     const ContextShape shape = plan_context(config, jobs, kv);
@@ -316,7 +318,15 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     MemoryGuard guard{model.context()};
     // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
     const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx, ceiling);
-    Engine engine(model, config, jobs, on_progress, shape.n_ctx, ceiling, anchor);
+    StreamGrowth streams;
+    if (!shape.kv_unified) {
+        streams.streams = shape.n_seq_max;
+        if (!shape.swa_full) {
+            streams.window_cells = kv.window_stream_cells;
+            streams.n_swa = kv.n_swa;
+        }
+    }
+    Engine engine(model, config, jobs, on_progress, shape.n_ctx, ceiling, anchor, streams);
     return engine.run();
 }
 

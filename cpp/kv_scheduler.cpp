@@ -18,10 +18,10 @@ int known_length(const EngineConfig & config) {
 }
 
 KvScheduler::KvScheduler(const EngineConfig & config, SequenceTable & table, KvOps & ops, int64_t cells,
-                         int64_t ceiling, int64_t anchor_cells)
+                         int64_t ceiling, int64_t anchor_cells, const StreamGrowth & streams)
     : cfg_(config), table_(table), ops_(ops), capacity_(cells), ceiling_(std::max(cells, ceiling)),
       anchor_cells_(anchor_cells), known_length_(known_length(config)),
-      streams_(config.kv_layout == KvLayout::PerSequence) {}
+      streams_(config.kv_layout == KvLayout::PerSequence), stream_growth_(streams) {}
 
 bool KvScheduler::within_budget(double cells) const { return cells <= usable_cells(ceiling_); }
 
@@ -30,7 +30,10 @@ bool KvScheduler::reserve(int64_t cells) {
     if (cells > ceiling_) return false;
     // Doubling keeps the copies few (each moves only the cells in use); the capacity, not the size of
     // a context reused from an earlier run, decides, so a run grows at the same steps either way.
-    const int64_t grown = std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
+    const int64_t n = std::max<int64_t>(1, stream_growth_.streams);
+    const int64_t grown =
+        streams_ ? std::min<int64_t>(ceiling_, n * std::max(grown_stream_cells(capacity_ / n, stream_growth_), (cells + n - 1) / n))
+                 : std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
     if (!ops_.grow(grown)) {
         // The memory is not there after all: the cache keeps its size, which becomes the ceiling, and the
         // run goes on within it, preempting as at any budget.

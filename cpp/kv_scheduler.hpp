@@ -21,6 +21,7 @@
 #include "admission.hpp"
 #include "engine.hpp"
 #include "kv_ops.hpp"
+#include "run_plan.hpp"
 #include "sequence_table.hpp"
 
 namespace eager {
@@ -37,8 +38,9 @@ class KvScheduler {
 public:
     // cells: the cells the run starts with (the context may be larger when reused); ceiling: the most
     // it may grow to (its budget; = cells when fixed); anchor_cells: the prefix anchor's.
+    // streams: how per-sequence streams grow (their count and window cache), on that layout.
     KvScheduler(const EngineConfig & config, SequenceTable & table, KvOps & ops, int64_t cells, int64_t ceiling,
-                int64_t anchor_cells);
+                int64_t anchor_cells, const StreamGrowth & streams = StreamGrowth{});
 
     // --- what the engine asks ---
     // Before each step: paused prompts resume (resume()), then waiting prompts start in job order while
@@ -126,6 +128,7 @@ private:
     int known_length_;
     // Per-sequence streams: each sequence's length, not the cells all hold, decides when the cache grows.
     bool streams_;
+    StreamGrowth stream_growth_;
     int next_job_ = 0;  // the first prompt not admitted yet
     int64_t grows_ = 0;
     int64_t peak_ = 0;

@@ -387,7 +387,10 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
     // Streams split the cells evenly across the ids: a reused context keeps them only with the same
     // number of ids, so each stream is at least as long as asked.
     const bool ids_fit = shape.kv_unified ? shape_.n_seq_max >= shape.n_seq_max : shape_.n_seq_max == shape.n_seq_max;
-    const bool fits = ctx_ != nullptr && shape_.n_ctx >= shape.n_ctx && ids_fit && shape_.n_batch >= shape.n_batch &&
+    // Streams with the window cache grow only at the sizes the run planned (grown_stream_cells): a larger
+    // context left by another run would size the window cache and wrap it differently.
+    const bool size_fits = !shape.kv_unified && !shape.swa_full ? shape_.n_ctx == shape.n_ctx : shape_.n_ctx >= shape.n_ctx;
+    const bool fits = ctx_ != nullptr && size_fits && ids_fit && shape_.n_batch >= shape.n_batch &&
                       shape_.n_threads == shape.n_threads && shape_.swa_full == shape.swa_full &&
                       shape_.kv_unified == shape.kv_unified;
     if (!fits) create_context(shape);

@@ -208,12 +208,14 @@ uint32_t first_stream_cells(const EngineConfig & config, const std::vector<Promp
         start = std::max(start, static_cast<int64_t>(job.tokens.size() + prefix) + 1);
     }
     start = round_up_cells(start + kAutoStartTokens);
-    // llama.cpp sizes the window cache min(stream, window + micro-batch): streams that start below it would
-    // wrap it at another token than a stream sized for the job, and its cells' order (the order attention
-    // sums them in) would differ, changing the samples by the kernels' noise. At its size, only the full
-    // layers grow, and their cells stay in position order.
-    if (uses_window_cache(config)) start = std::max(start, kv.window_stream_cells);
+    const int64_t window = kv.window_stream_cells;
+    if (uses_window_cache(config) && window > 0 && start >= kv.n_swa) start = (start + window - 1) / window * window;
     return static_cast<uint32_t>(std::min<int64_t>(whole, start));
+}
+
+int64_t grown_stream_cells(int64_t cells, const StreamGrowth & growth) {
+    if (growth.window_cells > 0 && cells < growth.window_cells) return growth.window_cells;
+    return 2 * cells;
 }
 
 bool uses_window_cache(const EngineConfig & config) {

@@ -39,8 +39,25 @@ struct KvSizing {
     double bytes_per_cell = 1.0;       // every layer
     double window_bytes_per_cell = 0;  // the sliding-window layers' part of it
     int64_t window_stream_cells = 0;   // the cells the window cache keeps per stream (0: no window)
+    int n_swa = 0;                     // the window, in tokens
     int64_t available_bytes = 0;
 };
+
+// How per-sequence streams grow: how many there are, and their window cache (0 cells: none).
+struct StreamGrowth {
+    int64_t streams = 1;
+    int64_t window_cells = 0;
+    int n_swa = 0;
+};
+
+// The cells a stream of `cells` grows to. Doubling; with the window cache, a stream smaller than that cache
+// (it is then as large as the stream) goes to its size at once. llama.cpp restores a grown cache from cell 0
+// and searches for a token's cell from 0, reusing a window cell whose position left the window: a growth
+// where cell 0 is such a cell would put the next token elsewhere than a stream sized for the job does, and
+// attention would sum the cells in another order (the kernels' noise, enough to change a sample). Streams
+// start below the window or at a multiple of the cache (first_stream_cells) and grow so, which keeps every
+// growth at a point where the search from 0 finds the cell the job-sized stream takes.
+int64_t grown_stream_cells(int64_t cells, const StreamGrowth & growth);
 
 // Whether the sliding-window layers keep a window cache (EngineConfig::window_cache) rather than every cell.
 bool uses_window_cache(const EngineConfig & config);
@@ -67,8 +84,8 @@ bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jo
 // Cells of one stream in the per-sequence layout: the longest prompt plus max_new_tokens, padded.
 uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs);
 // Cells a stream starts with: every job's start (its prompt, its longest seed prefix, a step) and
-// kAutoStartTokens more, padded, and with the window cache at least its size; the whole stream_cells when
-// n_ctx fixes the cache.
+// kAutoStartTokens more, padded; with the window cache, a start that reaches the window is rounded up to a
+// multiple of that cache (grown_stream_cells says why); the whole stream_cells when n_ctx fixes the cache.
 uint32_t first_stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
 // The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory

@@ -64,7 +64,7 @@ public:
           out_{std::vector<PromptResult>(jobs_.size()), RunStats{}},
           admission_(config.method, config.max_live_sequences, config.max_new_tokens, n_ids,
                      admission_cells(config, ceiling)),
-          table_(text_, cfg_, jobs_, out_, ops_, n_ids), kv_(cfg_, table_, ops_, cells, ceiling, 0) {
+          table_(text_, cfg_, jobs_, out_, ops_, n_ids), kv_(cfg_, table_, ops_, cells, ceiling, 0, StreamGrowth{n_ids}) {
         if (lengths_.size() != jobs_.size()) throw std::invalid_argument("one length per prompt");
     }
 
