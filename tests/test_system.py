@@ -197,3 +197,30 @@ def test_no_devnull_left_open_at_exit_after_llama_cpp_is_imported():
                            "import llama_cpp, eager_cpp"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "unclosed file" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------------- OpenMP's wait at llama.cpp's barriers
+
+SPIN_PROBE = """
+import os
+def gomp_loaded():
+    return any("libgomp" in line for line in open("/proc/self/maps"))
+before = gomp_loaded()
+import eager_cpp
+print(before, gomp_loaded(), os.environ.get("GOMP_SPINCOUNT"), os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ({}, "False True 1000 None"),  # set before llama.cpp (and libgomp, which reads it once) is loaded
+    ({"GOMP_SPINCOUNT": "5"}, "False True 5 None"),  # the user's own setting wins
+    ({"OMP_WAIT_POLICY": "passive"}, "False True None passive"),
+])
+def test_importing_eager_cpp_sets_a_short_openmp_spin_unless_the_environment_chose(preset, expected):
+    # libgomp spins ~300,000 times before sleeping at each barrier; beside another process on the same cores that
+    # cost two processes 0.60 of their throughput (benchmarks/bench_shared_cores.py).
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(preset)
+    out = subprocess.run([sys.executable, "-c", SPIN_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == expected

@@ -25,7 +25,23 @@ def llama_cpp_lib_dir() -> Path:
     return Path(spec.origin).parent / "lib"
 
 
+# llama.cpp's CPU threads meet at a barrier after every operation of the graph: in llama-cpp-python's build an
+# OpenMP barrier, where libgomp spins 300,000 times (a few milliseconds) before it sleeps. Where another process
+# shares the cores (two workers on a node, a test run beside a benchmark), a thread waiting for a descheduled
+# partner burns the core that partner needs: two processes together made 0.40x the tok/s of one alone. With
+# 1,000 spins a process alone runs as fast (0.98x, within noise) and two together make 1.03x
+# (benchmarks/bench_shared_cores.py). libgomp reads its settings once, when it is loaded (with llama.cpp, below),
+# so a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY, set before importing eager_cpp, wins.
+OPENMP_SPIN_COUNT = "1000"
+
+
+def default_openmp_wait() -> None:
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN_COUNT
+
+
 def preload_llama() -> None:
+    default_openmp_wait()
     if not sys.platform.startswith("linux"):
         return  # other platforms resolve the library through the extension's own paths
     path = llama_cpp_lib_dir() / "libllama.so"

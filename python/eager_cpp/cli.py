@@ -108,7 +108,7 @@ def _add_generation_args(p: argparse.ArgumentParser, method_default: str = DEFAU
                    help=f"live sequences admission aims at (default: {d.max_live_sequences})")
     p.add_argument("--kv-layout", choices=KV_LAYOUTS, default=d.kv_layout,
                    help="KV cache layout: unified (default; one pool of cells) or per_sequence (a stream per sequence: "
-                        "faster per token for long generations, each stream sized for prompt + max-new-tokens; "
+                        "faster per token for long generations; streams grow with the longest sequence; "
                         "README, KV layouts)")
 
 

@@ -128,8 +128,9 @@ class RunOptions:
     n_threads: Optional[int] = None  # None: the model's, else all cores
     # "unified": one pool of KV cells (memory follows what the run holds; every token attends over the
     # cells of all live sequences). "per_sequence": a stream per sequence (each attends over its own
-    # only: faster per token as sequences grow long; each stream sized for prompt + max_new_tokens,
-    # so kv_memory buys whole streams, and a fork copies its parent's stream). README, "KV layouts".
+    # only: faster per token as sequences grow long; streams grow together with the longest sequence, up
+    # to prompt + max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's
+    # stream). README, "KV layouts".
     kv_layout: str = "unified"
     # Copy the KV cells a prompt shares with the one admitted before it instead of prefilling them
     # (few-shot headers: faster prefill). Off by default: copied cells sit at other offsets and the
