@@ -200,7 +200,9 @@ uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> 
 
 uint32_t first_stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {
     const uint32_t whole = stream_cells(config, jobs);
-    if (config.n_ctx > 0) return whole;
+    // The device path keeps a sampler per sequence id in the compute graph; growing streams there (a failed
+    // decode, then a new context) has not been run on a GPU, so its streams keep their whole size.
+    if (config.n_ctx > 0 || config.device_topk) return whole;
     int64_t start = 0;
     for (const auto & job : jobs) {
         size_t prefix = 0;

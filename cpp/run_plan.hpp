@@ -85,7 +85,8 @@ bool plans_anchor(const EngineConfig & config, const std::vector<PromptJob> & jo
 uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs);
 // Cells a stream starts with: every job's start (its prompt, its longest seed prefix, a step) and
 // kAutoStartTokens more, padded; with the window cache, a start that reaches the window is rounded up to a
-// multiple of that cache (grown_stream_cells says why); the whole stream_cells when n_ctx fixes the cache.
+// multiple of that cache (grown_stream_cells says why); the whole stream_cells when n_ctx fixes the cache, and
+// on the device path.
 uint32_t first_stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
 // The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
