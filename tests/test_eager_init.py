@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import eager_cpp
-from conftest import CAPITAL_PROMPTS, numpy_topk_entropy, reference_logits
+from conftest import CAPITAL_PROMPTS, numpy_topk_entropy, reference_logits, tree_shape
 
 PROMPTS = CAPITAL_PROMPTS + ["Question: A farmer has 12 cows and buys 7 more. How many cows?\nAnswer:"]
 
@@ -136,6 +136,20 @@ def p99_floor_at_branches(prompt):
         floor = float(np.percentile(np.array(history, dtype=np.float64), 99)) if history else -np.inf
         out.append((c.branch_entropy, floor))
     return out
+
+
+def test_p99_trees_are_the_same_whether_entropies_are_recorded_or_not(model):
+    """The p99 floor is taken over every earlier row's entropy, as the reference's history holds them, so the rows
+    are computed for it even where nothing records them or may branch: here before a sequence's end-of-thinking
+    marker (a full stop). With record_entropies off the trees must be those of a run that records them (with the
+    floor fed only the rows that may branch, 2 of these 5 trees differed)."""
+    kw = dict(method="eager_init", max_sequences=8, entropy_threshold=0.3, max_new_tokens=40, seed=1,
+              threshold_mode="p99", think_end_marker=".", progress=None)
+    on = eager_cpp.run(model, PROMPTS, **kw)
+    off = eager_cpp.run(model, PROMPTS, record_entropies=False, **kw)
+    assert any(p.n_sequences > 1 for p in on.prompts)
+    assert all(len(s.entropies) == 0 for p in off.prompts for s in p.sequences)  # nothing was recorded
+    assert tree_shape(off) == tree_shape(on)
 
 
 def test_p99_threshold_mode(model):
