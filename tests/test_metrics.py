@@ -31,10 +31,9 @@ def test_unbiased_closed_forms_and_edge_cases():
     assert pass_at_k_unbiased(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k_unbiased(10, 0, 5) == 0.0
     assert pass_at_k_unbiased(10, 6, 5) == 1.0  # n - c < k
-    # n < k: defined as the observed pass
-    assert pass_at_k_unbiased(3, 1, 8) == 1.0
-    assert pass_at_k_unbiased(3, 0, 8) == 0.0
-    assert pass_at_k_unbiased(0, 0, 1) == 0.0
+    assert pass_at_k_unbiased(3, 1, 8) is None  # fewer samples than k: no estimate, not coverage
+    assert pass_at_k_unbiased(3, 0, 8) is None
+    assert pass_at_k_unbiased(0, 0, 1) is None
     # large n stays finite and in [0, 1]
     v = pass_at_k_unbiased(1000, 7, 64)
     assert 0.0 < v < 1.0 and math.isfinite(v)
@@ -120,10 +119,15 @@ def test_none_answers_do_not_vote():
 
 
 def test_default_ks_and_fewer_sequences_than_k():
+    # A prompt with fewer sequences than k has no unbiased pass@k: absent for it, and overall (where the
+    # estimate would otherwise become that prompt's coverage, another estimator).
     m = compute_metrics([_prompt(["1", "2"], [False, True])])
-    assert set(k for k in m if k.endswith("_unbiased")) == {"pass@1_unbiased", "pass@4_unbiased", "pass@8_unbiased"}
+    assert set(k for k in m if k.endswith("_unbiased")) == {"pass@1_unbiased"}
     assert m["pass@1_unbiased"] == pytest.approx(0.5)
-    assert m["pass@8_unbiased"] == 1.0  # n=2 < k=8, one correct
+    assert "pass@8_unbiased" not in m["per_prompt"][0]
+    m = compute_metrics([_prompt(["1", "2"], [False, True]), _prompt(list("12345678"), [True] + [False] * 7)])
+    assert set(k for k in m if k.endswith("_unbiased")) == {"pass@1_unbiased"}
+    assert m["per_prompt"][1]["pass@8_unbiased"] == 1.0 and m["per_prompt"][1]["pass@4_unbiased"] == 0.5
 
 
 def test_empty_input():

@@ -35,14 +35,15 @@ DEPARTURE_FACTOR = 0.5  # vote weight kept per departure from the model's first 
 DEFAULT_KS: tuple[int, ...] = (1, 4, 8)
 
 
-def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
+def pass_at_k_unbiased(n: int, c: int, k: int) -> float | None:
     """Unbiased pass@k estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k).
 
     n: samples drawn, c: correct among them, k: budget being estimated.
     Uses the stable product form 1 - prod_{i=n-c+1}^{n} (1 - k/i), which avoids huge binomials.
-    When n < k the estimator is undefined; we then define it as 1.0 if c > 0 else 0.0 (the
-    prompt's observed pass with all n samples), so prompts with fewer sequences than k still
-    count. Raises ValueError for n < 0, k < 1 or c outside [0, n].
+    With fewer samples than k (n < k) there is no unbiased estimate: None. (Counting the prompt's
+    observed pass instead would mix in another estimator, coverage with n samples, and differently
+    across methods: EAGer-init leaves easy prompts with few sequences.) Raises ValueError for n < 0,
+    k < 1 or c outside [0, n].
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -51,7 +52,7 @@ def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n:
         raise ValueError(f"c must be in [0, n={n}], got {c}")
     if n < k:
-        return 1.0 if c > 0 else 0.0
+        return None
     if n - c < k:
         # Every k-subset contains a correct sample.
         return 1.0
@@ -184,7 +185,8 @@ def score_prompt(item: Mapping[str, Any], ks: Iterable[int] = DEFAULT_KS, index:
     # verdict is the same across a normalised answer and the groups are the answers' own.
     majority_raw, majority_key = majority_vote(answers, correct)
     cons = majority_key is not None and majority_key[1]
-    unbiased = {k: pass_at_k_unbiased(n_seq, n_correct, k) for k in ks}
+    estimates = {k: pass_at_k_unbiased(n_seq, n_correct, k) for k in ks}
+    unbiased = {k: v for k, v in estimates.items() if v is not None}  # absent where n < k
     cons_weighted: bool | None = None
     weighted_raw = None
     if item.get("confidences") is not None:
@@ -216,7 +218,9 @@ def compute_metrics(
     (means over prompts), ``tokens`` (total #T),
     ``mean_tokens_per_prompt``, ``mean_sequences`` (#S), ``n_prompts``, ``pass@{k}_unbiased``
     for each k in ``ks`` (mean over prompts) and ``per_prompt`` (list of ``PromptScore.to_dict()``).
-    With no prompts every mean is 0.0 (not NaN, so the result stays JSON-serialisable).
+    ``pass@{k}_unbiased`` is absent, overall and for a prompt, where a prompt has fewer sequences than k
+    (no unbiased estimate; a mean over the other prompts would leave out the easy ones EAGer-init closes
+    early). With no prompts every mean is 0.0 (not NaN, so the result stays JSON-serialisable).
     """
     ks = tuple(ks)
     for k in ks:
@@ -241,7 +245,8 @@ def compute_metrics(
     if scores and all(s.cons_weighted is not None for s in scores):
         out["cons_weighted@k"] = mean(float(bool(s.cons_weighted)) for s in scores)
     for k in ks:
-        out[f"pass@{k}_unbiased"] = mean(s.unbiased[k] for s in scores)
+        if all(k in s.unbiased for s in scores):
+            out[f"pass@{k}_unbiased"] = mean(s.unbiased[k] for s in scores)
     out["per_prompt"] = [s.to_dict() for s in scores]
     return out
 
