@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -29,8 +32,18 @@ def row(index: int) -> dict:
 
 
 def test_prompt_hash_covers_the_prompt_and_its_answer():
-    assert prompt_hash("a", "1") == prompt_hash("a", "1")
     assert len({prompt_hash("a", "1"), prompt_hash("a", "2"), prompt_hash("b", "1"), prompt_hash("a", None)}) == 4
+    # A prompt and answer that run together differently are different lines.
+    assert prompt_hash("a1", "") != prompt_hash("a", "1")
+
+
+def test_prompt_hash_is_the_same_in_another_process():
+    # --resume compares hashes written by an earlier process: a hash that depended on the process (Python's
+    # salted hash(), object ids) would make every line of a resumed run look changed.
+    code = "from eager_cpp.checkpoint import prompt_hash; print(prompt_hash('Country: Perú', '42'))"
+    others = {subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
+                             capture_output=True, text=True, check=True).stdout.strip() for seed in ("1", "2")}
+    assert others == {prompt_hash("Country: Perú", "42")}
 
 
 def test_a_fresh_run_replaces_the_old_results_only_once_a_chunk_is_on_disk(tmp_path):
