@@ -325,3 +325,25 @@ def test_cli_runs_and_evaluates_the_label_free_method(tmp_path):
     proc = cli("eval", str(data), "--methods", "eager_label_free", "--label-free-signals", "votes,gold", *small)
     assert proc.returncode == 2 and "label_free_signals" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_cli_reads_answers_with_the_chosen_scorer_whether_or_not_the_input_has_labels(tmp_path):
+    """The label-free plan reads phase (a)'s answers with the run's scorer (--scorer, else the dataset's style);
+    labels only score. So the same prompts with and without answers give the same plan and samples. (Before, an
+    unlabelled input was read by the "auto" extractor and --scorer was ignored: with --scorer boxed, which finds
+    no answer in these texts, the labelled run got a sample more than the unlabelled one.)"""
+    from conftest import load_jsonl
+
+    rows = load_jsonl("capitals_dev_100.jsonl", limit=4)
+    labelled, unlabelled = tmp_path / "labelled.jsonl", tmp_path / "unlabelled.jsonl"
+    labelled.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
+    unlabelled.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    small = ["--method", "eager_label_free", "-M", "3", "--theta", "0.75", "--max-new-tokens", "6", "--stop", "\\n",
+             "--scorer", "boxed", "--quiet"]
+    outs = []
+    for data in (labelled, unlabelled):
+        out = tmp_path / (data.stem + ".out.jsonl")
+        proc = cli("run", str(data), "-o", str(out), *small)
+        assert proc.returncode == 0, proc.stderr
+        outs.append([[s["token_ids"] for s in json.loads(line)["sequences"]] for line in out.read_text().splitlines()])
+    assert outs[0] == outs[1]  # every prompt's samples, those the plan added included

@@ -391,8 +391,9 @@ def _run_command(args: argparse.Namespace, examples: list[Example], answers: Opt
             if progress is not None:
                 progress.offset += len(chunk)
 
-        # A failed reallocation try is a warning (main): the file keeps what was made.
-        result = drive(model, options, prompts, answers, scorer if answers else None, progress, pending=pending,
+        # A failed reallocation try is a warning (main): the file keeps what was made. The scorer goes with or
+        # without labels: the label-free plan reads phase (a)'s answers with it, labels only score.
+        result = drive(model, options, prompts, answers, scorer, progress, pending=pending,
                        chunk_size=chunk_size, on_chunk=checkpoint)
         store.finish([prompt_to_dict(p) for p in result.prompts] if method.reallocates else None, result.settings)
     except BaseException:
