@@ -307,7 +307,7 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     const KvLayers & layers = model.kv_layers();
     if (layers.window > 0) {
         kv.window_bytes_per_cell = kv.bytes_per_cell * layers.window / (layers.full + layers.window);
-        kv.window_stream_cells = round_up_cells(static_cast<int64_t>(layers.n_swa) + kBatchTokens);
+        kv.window_stream_cells = layers.window_cells(1, kBatchTokens);
         kv.n_swa = layers.n_swa;
     }
     if (config.n_ctx == 0 && config.kv_memory == 0) kv.available_bytes = model.memory_available_bytes();

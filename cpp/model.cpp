@@ -322,12 +322,9 @@ int64_t Model::kv_bytes(const ContextShape & shape) const {
     const int64_t streams = shape.kv_unified ? 1 : std::max<uint32_t>(1, shape.n_seq_max);
     const int64_t per_stream = shape.n_ctx / streams;
     const double per_layer = kv_bytes_per_cell() / std::max(1, kv_layers_.full + kv_layers_.window);
-    // llama.cpp's window cache: the window of every sequence the stream holds and a micro-batch, padded.
     int64_t window_cells = per_stream;
-    if (!shape.swa_full && kv_layers_.window > 0) {
-        const int64_t ids = shape.kv_unified ? shape.n_seq_max : 1;
-        window_cells = std::min(per_stream, (kv_layers_.n_swa * ids + shape.n_batch + 255) / 256 * 256);
-    }
+    if (!shape.swa_full && kv_layers_.window > 0)
+        window_cells = std::min(per_stream, kv_layers_.window_cells(shape.kv_unified ? shape.n_seq_max : 1, shape.n_batch));
     return static_cast<int64_t>(
         streams * per_layer * (per_stream * static_cast<double>(kv_layers_.full) + window_cells * static_cast<double>(kv_layers_.window)));
 }

@@ -38,6 +38,12 @@ struct KvLayers {
     int full = 0;
     int window = 0;  // 0: the model has no sliding window
     int n_swa = 0;   // the window, in tokens
+
+    // The cells llama.cpp gives the window layers' cache of one stream (swa_full off): the window of every
+    // sequence the stream holds and a micro-batch, padded to 256 (llama_kv_cache_iswa). 0 without a window.
+    int64_t window_cells(int64_t sequences, uint32_t n_batch) const {
+        return window > 0 ? (static_cast<int64_t>(n_swa) * sequences + n_batch + 255) / 256 * 256 : 0;
+    }
 };
 
 // A weight buffer of the loaded model, as llama.cpp reports it at load ("CPU_REPACK", 120.5 MiB).
