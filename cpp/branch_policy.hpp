@@ -11,6 +11,14 @@
 
 namespace eager {
 
+// What one row's branch is checked against the cap with: the prompt's sequences when the step began,
+// the row's position among the prompt's rows of the step (by sequence index) and the sequences now.
+struct CapCount {
+    int at_step_start = 0;
+    int row_position = 0;
+    int now = 0;
+};
+
 // One prompt's branching state across steps.
 struct BranchState {
     bool open = true;                 // closed for good once the cap or the no-branch window is reached
@@ -26,13 +34,14 @@ float percentile_99(std::vector<float> values);
 
 class BranchPolicy {
 public:
-    BranchPolicy(Method method, ThresholdMode mode, int no_branch_window)
-        : method_(method), mode_(mode), no_branch_window_(no_branch_window) {}
+    BranchPolicy(Method method, ThresholdMode mode, int no_branch_window, CapRule cap_rule = CapRule::Prompt)
+        : method_(method), mode_(mode), no_branch_window_(no_branch_window), cap_rule_(cap_rule) {}
 
-    // A sequence may branch while EAGer-init runs, its prompt is open and under its cap, and the
-    // sequence has not yet generated the end-of-thinking marker.
-    bool may_branch(const BranchState & prompt, bool past_marker, int n_sequences, int max_sequences) const {
-        return method_ == Method::EagerInit && prompt.open && !past_marker && n_sequences < max_sequences;
+    // A sequence may branch while EAGer-init runs, its prompt is open and under its cap (counted as the
+    // cap rule says), and the sequence has not yet generated the end-of-thinking marker.
+    bool may_branch(const BranchState & prompt, bool past_marker, const CapCount & count, int max_sequences) const {
+        const int counted = cap_rule_ == CapRule::Row ? count.at_step_start + count.row_position : count.now;
+        return method_ == Method::EagerInit && prompt.open && !past_marker && counted < max_sequences;
     }
 
     // Whether a row (of a sequence that may branch) branches at threshold `theta`: entropy above θ,
@@ -58,6 +67,7 @@ private:
     Method method_;
     ThresholdMode mode_;
     int no_branch_window_;
+    CapRule cap_rule_;
 };
 
 }  // namespace eager

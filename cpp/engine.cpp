@@ -55,7 +55,8 @@ private:
     void start_root(int prompt);
     void step();
     void advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows);
-    void apply(int slot, const RowResult & row);
+    std::vector<CapCount> cap_counts(const std::vector<int> & slots) const;
+    void apply(int slot, const RowResult & row, CapCount count);
     void end_step(const std::vector<int> & prompts);
     void release_finished();
     void trace_step(int tokens, int64_t cells_after_step, double decode_s);
@@ -90,7 +91,7 @@ Engine::Engine(Model & model, const EngineConfig & config, const std::vector<Pro
                const StreamGrowth & streams)
     : cfg_(config), jobs_(jobs), progress_(progress), ctx_(model.context()),
       n_seq_max_(static_cast<int>(llama_n_seq_max(ctx_.get()))),
-      policy_(config.method, config.threshold_mode, config.no_branch_window),
+      policy_(config.method, config.threshold_mode, config.no_branch_window, config.cap_rule),
       batch_(static_cast<int32_t>(std::max<uint32_t>(llama_n_batch(ctx_.get()), n_seq_max_))),
       out_{std::vector<PromptResult>(jobs.size()), RunStats{}},
       admission_(config.method, config.max_live_sequences, config.max_new_tokens,
@@ -183,12 +184,13 @@ void Engine::step() {
 
 void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows) {
     const int n = static_cast<int>(slots.size());
+    std::vector<CapCount> counts = cap_counts(slots);
     std::vector<RowRequest> requests(n);
     std::vector<double> draws(n);
     for (int i = 0; i < n; ++i) {
         const LiveSequence & seq = table_[slots[i]];
         const PromptState & st = table_.prompt(seq.prompt);
-        const bool may = policy_.may_branch(st.branch, seq.past_marker, st.n_sequences, jobs_[seq.prompt].max_sequences);
+        const bool may = policy_.may_branch(st.branch, seq.past_marker, counts[i], jobs_[seq.prompt].max_sequences);
         // The p99 floor keeps every row's entropy, recorded or not, as the reference's history does.
         requests[i] = row_request(cfg_, cfg_.record_entropies || may || policy_.p99());
         // One draw per sequence per step, used or not, keeps every stream independent of branching.
@@ -198,31 +200,68 @@ void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> 
     const std::vector<RowResult> & results = rows_.compute(ctx_.get(), output_rows, requests, draws,
                                                            out_.stats.device_dropped_mass_max);
     out_.stats.row_kernel_seconds += seconds_since(t0);
+    if (cfg_.trace_rows) {
+        for (int i = 0; i < n; ++i) {
+            const LiveSequence & seq = table_[slots[i]];
+            const RowResult & row = results[i];
+            out_.stats.row_trace.push_back(
+                RowTrace{seq.prompt, seq.local, seq.generated, row.entropy, row.top1, row.top2, row.sampled});
+        }
+    }
 
     const auto t1 = Clock::now();
     // Each prompt's step is counted once per engine step, however its sequences lie in the table
     // (children are appended as born, so a prompt's rows need not be contiguous).
     ++step_;
+    // The row rule numbers children as the reference appends them: each prompt's rows in sequence order.
+    std::vector<int> order(n);
+    for (int i = 0; i < n; ++i) order[i] = i;
+    if (cfg_.cap_rule == CapRule::Row)
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int a, int b) { return counts[a].row_position < counts[b].row_position; });
     std::vector<int> touched;
-    for (int i = 0; i < n; ++i) {
+    for (int i : order) {
         const int prompt = table_[slots[i]].prompt;
         if (counted_step_[prompt] != step_) {
             counted_step_[prompt] = step_;
             touched.push_back(prompt);
         }
-        apply(slots[i], results[i]);
+        apply(slots[i], results[i], counts[i]);
     }
     end_step(touched);
     release_finished();
     out_.stats.bookkeeping_seconds += seconds_since(t1);
 }
 
-void Engine::apply(int slot, const RowResult & row) {
+std::vector<CapCount> Engine::cap_counts(const std::vector<int> & slots) const {
+    // Each row's position among its prompt's rows of the step, by sequence index, and what the prompt
+    // had before any of them branched.
+    const int n = static_cast<int>(slots.size());
+    std::vector<int> by_sequence(n);
+    for (int i = 0; i < n; ++i) by_sequence[i] = i;
+    std::sort(by_sequence.begin(), by_sequence.end(), [&](int a, int b) {
+        const LiveSequence & x = table_[slots[a]];
+        const LiveSequence & y = table_[slots[b]];
+        return x.prompt != y.prompt ? x.prompt < y.prompt : x.local < y.local;
+    });
+    std::vector<CapCount> counts(n);
+    int position = 0;
+    for (int k = 0; k < n; ++k) {
+        const int i = by_sequence[k];
+        const int prompt = table_[slots[i]].prompt;
+        position = k > 0 && table_[slots[by_sequence[k - 1]]].prompt == prompt ? position + 1 : 0;
+        const int n_sequences = table_.prompt(prompt).n_sequences;
+        counts[i] = CapCount{n_sequences, position, n_sequences};
+    }
+    return counts;
+}
+
+void Engine::apply(int slot, const RowResult & row, CapCount count) {
     const int prompt = table_[slot].prompt;
     BranchState & branch = table_.branch_state(prompt);
     const PromptJob & job = jobs_[prompt];
-    const bool may = policy_.may_branch(branch, table_[slot].past_marker, table_.prompt(prompt).n_sequences,
-                                        job.max_sequences);
+    count.now = table_.prompt(prompt).n_sequences;  // earlier rows of the step may have branched
+    const bool may = policy_.may_branch(branch, table_[slot].past_marker, count, job.max_sequences);
     if (may && policy_.branches(row, job.theta, branch)) {
         // The sampled token is discarded: the parent continues with the most likely token, a new
         // child (sharing the whole prefix) with the second most likely.

@@ -32,6 +32,12 @@ enum class KvLayout { Unified, PerSequence };
 // cache on per-sequence streams, where no cell is shared; every cell on the unified cache, where a long
 // prompt that a tree or the prefix anchor shares would pin the window cache's cells and find no slot.
 enum class WindowCache { Auto, Full, Window };
+// What a row's branch is checked against the cap M. Prompt (eager_cpp's rule): the prompt's sequences
+// now, so any row may branch until the prompt has M. Row (the authors' reference code): the row at
+// position i among its prompt's rows of the step (by sequence index) may branch only if the sequences
+// the prompt had when the step began plus i are fewer than M, a test on the row's position: once more
+// than M/2 sequences are live, only the first rows may branch (docs/method.md, "Reference rules").
+enum class CapRule { Prompt, Row };
 
 struct EngineConfig {
     Method method = Method::EagerInit;
@@ -45,6 +51,7 @@ struct EngineConfig {
     std::string think_end_marker = "</think>";  // empty: a sequence may branch anywhere
     int no_branch_window = 1000;
     ThresholdMode threshold_mode = ThresholdMode::Fixed;
+    CapRule cap_rule = CapRule::Prompt;
     int max_live_sequences = 32;  // admission stops here: past ~32, a unified KV cache slows every token
     bool ignore_eos = false;      // for benchmarks that need a fixed length
     int n_threads = 0;            // 0 = all cores
@@ -59,6 +66,9 @@ struct EngineConfig {
     // Record every generation step (StepTrace); with LLAMA_KV_CACHE_DEBUG=1 set before the context
     // was created, also the KV span each step attended over (kv_trace.hpp). A measuring mode.
     bool trace_steps = false;
+    // Record every row's candidates as the row kernel computed them (RowTrace): what a test checks each
+    // branch and each sampled token against exactly. A measuring mode.
+    bool trace_rows = false;
     // Prompts that start like the one admitted before them (few-shot headers) copy that part of
     // its KV cells (seq copy from an anchor sequence) instead of prefilling it again. Off by default, as
     // in RunOptions: the copied cells differ from a fresh prefill by llama.cpp's batch noise.
@@ -105,6 +115,18 @@ struct PromptResult {
     int steps = 0;  // decode steps the prompt was live for
 };
 
+// One row of a step as the row kernel saw it: the sequence (prompt, index in its result), the position
+// of the token it chose (its generated tokens before it), and the kernel's candidates.
+struct RowTrace {
+    int32_t prompt = 0;
+    int32_t sequence = 0;
+    int32_t position = 0;
+    float entropy = 0;
+    int32_t top1 = -1;
+    int32_t top2 = -1;
+    int32_t sampled = -1;
+};
+
 struct StepTrace {
     int32_t tokens = 0;            // live sequences decoded (one token each)
     int32_t prompts = 0;           // prompts in flight
@@ -138,6 +160,7 @@ struct RunStats {
     // that lay outside its C candidates, which sampling therefore never saw.
     double device_dropped_mass_max = 0;
     std::vector<StepTrace> step_trace;  // EngineConfig::trace_steps only
+    std::vector<RowTrace> row_trace;    // EngineConfig::trace_rows only
 };
 
 struct Progress {

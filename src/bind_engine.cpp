@@ -56,6 +56,7 @@ void bind_engine(py::module_ & m) {
     py::enum_<Method>(m, "Method").value("PARALLEL", Method::Parallel).value("EAGER_INIT", Method::EagerInit);
     py::enum_<ThresholdMode>(m, "ThresholdMode").value("FIXED", ThresholdMode::Fixed).value("P99", ThresholdMode::P99);
     py::enum_<KvLayout>(m, "KvLayout").value("UNIFIED", KvLayout::Unified).value("PER_SEQUENCE", KvLayout::PerSequence);
+    py::enum_<CapRule>(m, "CapRule").value("PROMPT", CapRule::Prompt).value("ROW", CapRule::Row);
     py::enum_<WindowCache>(m, "WindowCache")
         .value("AUTO", WindowCache::Auto)
         .value("FULL", WindowCache::Full)
@@ -86,6 +87,7 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("think_end_marker", &EngineConfig::think_end_marker)
         .def_readwrite("no_branch_window", &EngineConfig::no_branch_window)
         .def_readwrite("threshold_mode", &EngineConfig::threshold_mode)
+        .def_readwrite("cap_rule", &EngineConfig::cap_rule)
         .def_readwrite("max_live_sequences", &EngineConfig::max_live_sequences)
         .def_readwrite("ignore_eos", &EngineConfig::ignore_eos)
         .def_readwrite("n_threads", &EngineConfig::n_threads)
@@ -94,10 +96,19 @@ void bind_engine(py::module_ & m) {
         .def_readwrite("device_topk", &EngineConfig::device_topk)
         .def_readwrite("device_candidates", &EngineConfig::device_candidates)
         .def_readwrite("trace_steps", &EngineConfig::trace_steps)
+        .def_readwrite("trace_rows", &EngineConfig::trace_rows)
         .def_readwrite("share_prompt_prefixes", &EngineConfig::share_prompt_prefixes)
         .def_readwrite("window_cache", &EngineConfig::window_cache)
         .def_readwrite("kv_layout", &EngineConfig::kv_layout);
 
+    py::class_<RowTrace>(m, "RowTrace")
+        .def_readonly("prompt", &RowTrace::prompt)
+        .def_readonly("sequence", &RowTrace::sequence)
+        .def_readonly("position", &RowTrace::position)
+        .def_readonly("entropy", &RowTrace::entropy)
+        .def_readonly("top1", &RowTrace::top1)
+        .def_readonly("top2", &RowTrace::top2)
+        .def_readonly("sampled", &RowTrace::sampled);
     py::class_<StepTrace>(m, "StepTrace")
         .def_readonly("tokens", &StepTrace::tokens)
         .def_readonly("prompts", &StepTrace::prompts)
@@ -166,7 +177,8 @@ void bind_engine(py::module_ & m) {
         .def_readonly("recomputed_tokens", &RunStats::recomputed_tokens)
         .def_readonly("kv_ceiling_lowered", &RunStats::kv_ceiling_lowered)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)
-        .def_readonly("step_trace", &RunStats::step_trace);
+        .def_readonly("step_trace", &RunStats::step_trace)
+        .def_readonly("row_trace", &RunStats::row_trace);
 
     py::class_<RunOutput>(m, "RunOutput")
         .def_readonly("prompts", &RunOutput::prompts)

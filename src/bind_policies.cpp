@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -199,10 +200,17 @@ void bind_policies(py::module_ & m) {
         .def_readwrite("history", &BranchState::history);
 
     py::class_<BranchPolicy>(p, "BranchPolicy")
-        .def(py::init<Method, ThresholdMode, int>(), py::arg("method"), py::arg("threshold_mode"),
-             py::arg("no_branch_window"))
-        .def("may_branch", &BranchPolicy::may_branch, py::arg("state"), py::arg("past_marker"),
-             py::arg("n_sequences"), py::arg("max_sequences"))
+        .def(py::init<Method, ThresholdMode, int, CapRule>(), py::arg("method"), py::arg("threshold_mode"),
+             py::arg("no_branch_window"), py::arg("cap_rule") = CapRule::Prompt)
+        // n_sequences: the prompt's sequences now; at_step_start (default: n_sequences) and row_position:
+        // what the row rule counts (CapCount).
+        .def("may_branch", [](const BranchPolicy & policy, const BranchState & state, bool past_marker, int n_sequences,
+                              int max_sequences, int row_position, std::optional<int> at_step_start) {
+                 return policy.may_branch(state, past_marker,
+                                          CapCount{at_step_start.value_or(n_sequences), row_position, n_sequences},
+                                          max_sequences);
+             }, py::arg("state"), py::arg("past_marker"), py::arg("n_sequences"), py::arg("max_sequences"),
+             py::arg("row_position") = 0, py::arg("at_step_start") = py::none())
         .def("branches", [](const BranchPolicy & policy, float entropy, int top1, int top2, float theta,
                             const BranchState & state) {
                  RowResult row;

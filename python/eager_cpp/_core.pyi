@@ -58,6 +58,10 @@ class ThresholdMode:
     FIXED: "ThresholdMode"
     P99: "ThresholdMode"
 
+class CapRule:
+    PROMPT: "CapRule"
+    ROW: "CapRule"
+
 class KvLayout:
     UNIFIED: "KvLayout"
     PER_SEQUENCE: "KvLayout"
@@ -86,6 +90,7 @@ class EngineConfig:
     think_end_marker: str
     no_branch_window: int
     threshold_mode: ThresholdMode
+    cap_rule: CapRule
     max_live_sequences: int
     ignore_eos: bool
     n_threads: int
@@ -94,6 +99,7 @@ class EngineConfig:
     device_topk: bool
     device_candidates: int
     trace_steps: bool
+    trace_rows: bool
     share_prompt_prefixes: bool
     window_cache: WindowCache
     kv_layout: KvLayout
@@ -132,6 +138,15 @@ class PromptResult:
     prompt_tokens: int
     steps: int
 
+class RowTrace:
+    prompt: int
+    sequence: int
+    position: int
+    entropy: float
+    top1: int
+    top2: int
+    sampled: int
+
 class StepTrace:
     tokens: int
     prompts: int
@@ -161,6 +176,7 @@ class RunStats:
     kv_ceiling_lowered: str
     device_dropped_mass_max: float
     step_trace: list[StepTrace]
+    row_trace: list[RowTrace]
 
 class RunOutput:
     prompts: list[PromptResult]
@@ -222,9 +238,10 @@ class _Policies:
         def __init__(self) -> None: ...
 
     class BranchPolicy:
-        def __init__(self, method: Method, threshold_mode: ThresholdMode, no_branch_window: int) -> None: ...
+        def __init__(self, method: Method, threshold_mode: ThresholdMode, no_branch_window: int,
+                     cap_rule: CapRule = ...) -> None: ...
         def may_branch(self, state: _Policies.BranchState, past_marker: bool, n_sequences: int,
-                       max_sequences: int) -> bool: ...
+                       max_sequences: int, row_position: int = 0, at_step_start: int | None = None) -> bool: ...
         def branches(self, entropy: float, top1: int, top2: int, theta: float, state: _Policies.BranchState) -> bool: ...
         def observe(self, state: _Policies.BranchState, entropy: float) -> None: ...
         def mark_branch(self, state: _Policies.BranchState) -> None: ...

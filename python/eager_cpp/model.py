@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from . import _core
 from .options import parse_kv_memory
@@ -150,6 +150,14 @@ class Model:
         finally:
             self._holder = None
             self._lock.release()
+
+    def generate(self, config: _core.EngineConfig, jobs: list[_core.PromptJob],
+                 on_step: Optional[Callable[[int, int, int, int, float], None]] = None) -> _core.RunOutput:
+        """The engine itself on explicit settings: `config` (e.g. ``local.engine_config(options, model)`` with
+        fields changed, such as ``trace_rows``) over `jobs`, one generation at a time on this model. What
+        tests and benchmarks drive directly; `eager_cpp.run` is the way to generate."""
+        with self.exclusive():
+            return _core.generate(self._model, config, jobs, on_step)
 
     @property
     def weight_buffers(self) -> list[tuple[str, float]]:
