@@ -11,13 +11,15 @@ import eager_cpp
 from eager_cpp.options import MAX_SEQUENCES, RunOptions
 
 
-def test_run_defaults_are_the_options_defaults():
+def test_run_without_options_runs_the_options_defaults(model):
+    # run()'s arguments left out (None for those a preset may set) end as RunOptions' defaults in the record.
+    r = eager_cpp.run(model, ["Country: Peru\nCapital:"], stop="\n")
+    # device_topk: None resolves to the model's placement (no GPU here: off).
+    assert r.settings == {**RunOptions(stop=("\n",), device_topk=False).recorded(1), "stop": ["\n"]}
     params = inspect.signature(eager_cpp.run).parameters
-    defaults = RunOptions()
     for name in RunOptions.names():
-        if name in params:
-            default = params[name].default
-            assert (default if name != "stop" else (default or ())) == getattr(defaults, name), name
+        if name in params and params[name].default is not None:
+            assert (params[name].default if name != "stop" else ()) == getattr(RunOptions(), name), name
 
 
 def test_limits_come_from_the_engine():
@@ -71,7 +73,6 @@ def test_recorded_form_round_trips_and_is_versioned():
 
 def test_prompt_prefix_sharing_is_opt_in_and_old_results_replay_without_it():
     # Sharing makes a prompt's samples depend on the prompt before it (docs/method.md, Departures).
-    assert RunOptions.VERSION == 4
     assert RunOptions().share_prompt_prefixes is False
     assert RunOptions.create().recorded(1)["share_prompt_prefixes"] is False
     d = RunOptions.create(share_prompt_prefixes=True).recorded(1)
@@ -79,6 +80,16 @@ def test_prompt_prefix_sharing_is_opt_in_and_old_results_replay_without_it():
     before = {k: v for k, v in dict(d, options_version=3).items() if k != "share_prompt_prefixes"}
     assert RunOptions.from_recorded(before).share_prompt_prefixes is False  # before the option: never shared
     assert RunOptions.from_recorded(dict(d, options_version=3)).share_prompt_prefixes is True
+
+
+def test_results_from_before_the_rules_replay_with_eager_cpps_and_newer_ones_are_refused():
+    d = RunOptions.create(rules="reference").recorded(1)
+    assert RunOptions.from_recorded(d).rules == "reference"
+    before = {k: v for k, v in dict(d, options_version=4).items() if k not in ("rules", "preset")}
+    assert RunOptions.from_recorded(before).rules == "eager_cpp"
+    # A reader that predates a recorded option must refuse the record, not drop the option silently.
+    with pytest.raises(ValueError, match="newer eager_cpp"):
+        RunOptions.from_recorded(dict(d, options_version=RunOptions.VERSION + 1))
 
 
 @pytest.mark.parametrize("name, value, error, match", [

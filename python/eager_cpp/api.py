@@ -29,11 +29,11 @@ def run(
     model: Union[str, "os.PathLike[str]", Model],
     prompts: Seq[str],
     method: str = _DEFAULTS.method,
-    max_sequences: int = _DEFAULTS.max_sequences,
-    entropy_threshold: float = _DEFAULTS.entropy_threshold,
-    temperature: float = _DEFAULTS.temperature,
-    top_k_entropy: int = _DEFAULTS.top_k_entropy,
-    max_new_tokens: int = _DEFAULTS.max_new_tokens,
+    max_sequences: Optional[int] = None,
+    entropy_threshold: Optional[float] = None,
+    temperature: Optional[float] = None,
+    top_k_entropy: Optional[int] = None,
+    max_new_tokens: Optional[int] = None,
     seed: int = _DEFAULTS.seed,
     answers: Optional[Seq[Any]] = None,
     scorer: Optional[Callable[[str, str], bool]] = None,
@@ -59,6 +59,13 @@ def run(
     reallocation (option): how the reallocating methods spend the saved budget: "fresh" (new
     EAGer-init runs from the prompt, the paper's) or "tree" (each extra continues the prompt's tree
     at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
+    max_sequences (M), entropy_threshold (θ), temperature, top_k_entropy (K), max_new_tokens: None takes the
+    preset's value, else RunOptions' default (8, 2.0, 0.6, 20, 512).
+    preset (option): "paper" sets the paper's and the reference code's settings (chat template, M 32, 32,768
+    tokens, T 0.6, θ 2.5 with the p99 floor, the reference's rules; `options.PRESETS`); options given
+    explicitly override it.
+    rules (option): "eager_cpp" (default) or "reference", the authors' code's cap check, answer matching
+    and retry loop (docs/method.md, "Reference rules").
     options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p,
     min_p, entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
     chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, kv_layout,
@@ -78,10 +85,12 @@ def run(
     A Model runs one generation at a time: calls from several threads take turns.
     Returns a RunResult (README, "Python API"; the method in docs/method.md).
     """
-    opts = RunOptions.create(method=method, max_sequences=max_sequences, entropy_threshold=entropy_threshold,
-                             temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens,
-                             seed=seed, stop=stop, record_entropies=record_entropies, n_gpu_layers=n_gpu_layers,
-                             cluster=cluster, workers=workers, threads_per_worker=threads_per_worker, **options)
+    unset_takes_default = dict(max_sequences=max_sequences, entropy_threshold=entropy_threshold,
+                               temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens)
+    opts = RunOptions.create(method=method, seed=seed, stop=stop, record_entropies=record_entropies,
+                             n_gpu_layers=n_gpu_layers, cluster=cluster, workers=workers,
+                             threads_per_worker=threads_per_worker,
+                             **{k: v for k, v in unset_takes_default.items() if v is not None}, **options)
     prompts = _check_prompts(prompts)
     indices = _check_indices(prompt_indices, len(prompts))
     answers = _check_answers(opts, answers, scorer, len(prompts))
@@ -154,9 +163,9 @@ def _check_answers(opts: RunOptions, answers: Optional[Seq[Any]], scorer: Any, n
     return answers
 
 
-def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
-    """Phase (a) -> the planner's input: nᵢ per prompt and whether any sequence is correct."""
-    return _summarize(results, theta)
+def summarize(results: list[PromptResult], theta: float, rules: str = "eager_cpp") -> list[PromptSummary]:
+    """Phase (a) -> the planner's input: nᵢ per prompt and whether it is solved (by `rules`' test)."""
+    return _summarize(results, theta, rules)
 
 
 def _check_prompts(prompts: Any) -> list[str]:

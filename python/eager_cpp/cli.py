@@ -17,12 +17,12 @@ from .datasets import Example, load_examples
 from .driver import drive
 from ._core import supports_gpu_offload
 from .model import Model, check_kv_memory_available, default_model_path
-from .options import RunOptions, parse_kv_memory
+from .options import PRESETS, RunOptions, describe_preset, parse_kv_memory
 from .phases import ReallocationWarning
 from .progress import ProgressLine
 from .results import PromptResult, RunResult, prompt_from_dict, prompt_to_dict
 from .scoring import STYLES, dataset_style, default_scorer
-from .vocabulary import KV_LAYOUTS, MAX_THREADS, METHODS, REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method
+from .vocabulary import KV_LAYOUTS, MAX_THREADS, METHODS, REALLOCATIONS, RULES, THREADS_LIMIT, THRESHOLD_MODES, Method
 
 DEFAULTS = RunOptions()  # every flag of an option takes its default from here
 
@@ -70,8 +70,17 @@ def _add_ray_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generation_args(p: argparse.ArgumentParser, method_default: str = DEFAULTS.method) -> None:
+    # A flag a preset may set has no argparse default (None: not given), so a preset fills only what is
+    # not given; its help says the option's default.
     d = DEFAULTS
     p.add_argument("--method", choices=METHODS, default=method_default)
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="named settings under the flags given: " + "; ".join(
+                       f"{name}: {describe_preset(name)}" for name in PRESETS))
+    p.add_argument("--rules", choices=RULES, default=None,
+                   help="eager_cpp (default) or reference: the authors' code's cap check per row, answer matching "
+                        "(int or substring; exact membership for full EAGer's unsolved set) and retry loop "
+                        "(docs/method.md, Reference rules)")
     p.add_argument("--reallocation", default=d.reallocation,
                    help="how eager_adapt, eager and eager_label_free spend the saved budget: fresh (new EAGer-init "
                         "runs, the "
@@ -81,27 +90,29 @@ def _add_generation_args(p: argparse.ArgumentParser, method_default: str = DEFAU
                    help="eager_label_free (no labels): the signals that make a prompt doubtful and earn it extras: "
                         "votes (its answers disagree), confidence (its traces' entropy), tree (entropy at points its "
                         "tree left unexplored); comma-separated (default: all three)")
-    p.add_argument("-M", "--max-sequences", type=int, default=d.max_sequences,
+    p.add_argument("-M", "--max-sequences", type=int, default=None,
                    help=f"sequences per prompt, M (default: {d.max_sequences})")
-    p.add_argument("--theta", type=float, default=d.entropy_threshold,
+    p.add_argument("--theta", type=float, default=None,
                    help=f"entropy threshold θ (default: {d.entropy_threshold})")
-    p.add_argument("--temperature", type=float, default=d.temperature,
+    p.add_argument("--temperature", type=float, default=None,
                    help=f"sampling temperature (default: {d.temperature})")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+    p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"tokens per sequence (default: {d.max_new_tokens})")
     p.add_argument("--seed", type=int, default=d.seed,
                    help=f"seed of the per-sequence random streams (default: {d.seed})")
-    p.add_argument("--top-k", type=int, default=d.top_k,
+    p.add_argument("--top-k", type=int, default=None,
                    help=f"sample from the k most likely tokens (default: {d.top_k}, off)")
-    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass (default: {d.top_p}, off)")
-    p.add_argument("--min-p", type=float, default=d.min_p,
+    p.add_argument("--top-p", type=float, default=None, help=f"nucleus sampling mass (default: {d.top_p}, off)")
+    p.add_argument("--min-p", type=float, default=None,
                    help=f"drop tokens below min-p x the best (default: {d.min_p:g}, off)")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable; '\\n' is a newline)")
-    p.add_argument("--top-k-entropy", type=int, default=d.top_k_entropy,
+    p.add_argument("--top-k-entropy", type=int, default=None,
                    help=f"K of the top-K entropy (default: {d.top_k_entropy})")
-    p.add_argument("--threshold-mode", choices=THRESHOLD_MODES, default=d.threshold_mode)
+    p.add_argument("--threshold-mode", choices=THRESHOLD_MODES, default=None,
+                   help=f"fixed θ, or θ raised to each prompt's running 99th entropy percentile (default: "
+                        f"{d.threshold_mode})")
     p.add_argument("--think-end", default=d.think_end_marker, help="end-of-thinking marker ('' = branch anywhere)")
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    p.add_argument("--chat", action="store_true", default=None, help="wrap prompts in the model's chat template")
     p.add_argument("--chat-template", default=d.chat_template,
                    help="llama.cpp built-in template name or template text")
     p.add_argument("--max-live", type=int, default=d.max_live_sequences,
@@ -244,8 +255,14 @@ def _unescape(s: str) -> str:
     return s.replace("\\n", "\n").replace("\\t", "\t")
 
 
+# The flags a preset may set: None when not given, so the preset's value (else the option's default) holds.
+_PRESETTABLE = ("max_sequences", "entropy_threshold", "temperature", "max_new_tokens", "top_k_entropy",
+                "threshold_mode", "chat", "top_k", "top_p", "min_p", "rules")
+
+
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(
+    """The options the flags give, resolved: the preset fills the flags not given, then the defaults do."""
+    given = dict(
         max_sequences=args.max_sequences, entropy_threshold=args.theta, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, seed=args.seed,
         stop=[_unescape(s) for s in args.stop] if args.stop else None,
@@ -253,7 +270,16 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
         max_live_sequences=args.max_live, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         reallocation=args.reallocation, label_free_signals=args.label_free_signals, kv_layout=args.kv_layout,
+        rules=args.rules,
     )
+    preset = PRESETS.get(args.preset, {})
+    resolved = {k: v for k, v in given.items() if not (k in _PRESETTABLE and v is None)}
+    for name in _PRESETTABLE:
+        if name not in resolved:
+            resolved[name] = preset.get(name, getattr(DEFAULTS, name))
+    if args.preset is not None:
+        resolved["preset"] = args.preset
+    return resolved
 
 
 def _progress_enabled(args: argparse.Namespace) -> bool:
@@ -314,6 +340,8 @@ def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example],
                 chunk_size=chunk_size, stop=opts["stop"], scorer=_scorer_style(args, args.input))
     if not Method(args.method).label_free:
         del opts["label_free_signals"]  # shapes nothing else (and a run written before it existed still resumes)
+    if opts["rules"] == DEFAULTS.rules:
+        del opts["rules"]  # a run written before rules existed still resumes
     return opts
 
 
@@ -465,16 +493,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     prompts, answers, scorer = _labelled(args)
     methods = _methods(args.methods) if args.methods is not None else [args.method]
-    thetas = _csv(args.thetas, float, "thetas") if args.thetas is not None else [args.theta]
+    given = _run_options(args)
+    thetas = _csv(args.thetas, float, "thetas") if args.thetas is not None else [given["entropy_threshold"]]
+    ms = [given["max_sequences"]]
     modes = _reallocations(args.reallocation)
-    opts = _swept_options(args, methods, thetas, [args.max_sequences], modes)
+    opts = _swept_options(args, methods, thetas, ms, modes)
     if args.json_out:
         _check_writable(Path(args.json_out))
     model, cluster = _model_or_workers(args)
     if cluster is not None:
         opts["cluster"] = cluster
     try:
-        rows = sweep(model, prompts, answers, methods, thetas, [args.max_sequences], scorer,
+        rows = sweep(model, prompts, answers, methods, thetas, ms, scorer,
                      on_row=None if args.quiet else lambda r: print(f"  done: {r['method']} {r['reallocation']} "
                                                                  f"θ={r['theta']}", file=sys.stderr),
                      reallocations=modes, **opts)

@@ -26,6 +26,7 @@ from .model import Model
 from .options import RunOptions, check_extras_fit
 from .phases import ChunkDone, run_phases
 from .progress import ProgressArg, ProgressSink
+from .reference import ReferenceScorer
 from .results import PromptResult, RunResult, RunStats, check_structure, count_totals
 
 __all__ = ["drive", "open_executor"]
@@ -61,6 +62,8 @@ def drive(model: ModelArg, options: RunOptions, prompts: list[PromptResult], ans
     many prompts, `on_chunk(prompts of the chunk)` after each (the CLI's checkpoint).
     """
     sink = ProgressSink(progress)  # a bad progress= fails here, before a model loads or a worker starts
+    if options.rules == "reference" and not isinstance(scorer, ReferenceScorer):
+        scorer = ReferenceScorer(scorer)  # the scorer's answers, the reference's verdicts
     stats = stats if stats is not None else RunStats(method=options.method)
     stats.method = options.method
     with open_executor(model, options) as executor:

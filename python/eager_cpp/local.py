@@ -15,6 +15,7 @@ from .system import check_threads_fit
 
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
 ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
+ENGINE_CAP_RULES = {"eager_cpp": _core.CapRule.PROMPT, "reference": _core.CapRule.ROW}
 ENGINE_KV_LAYOUTS = {"unified": _core.KvLayout.UNIFIED, "per_sequence": _core.KvLayout.PER_SEQUENCE}
 KV_CELL_PADDING = _core.KV_CELL_PADDING  # llama.cpp's smallest KV cache, and the step it pads one to
 
@@ -40,6 +41,7 @@ def engine_config(options: RunOptions, model: Model) -> Any:
     cfg.think_end_marker = o.think_end_marker or ""
     cfg.no_branch_window = o.no_branch_window
     cfg.threshold_mode = ENGINE_THRESHOLD_MODES[o.threshold_mode]
+    cfg.cap_rule = ENGINE_CAP_RULES[o.rules]
     cfg.max_live_sequences = o.max_live_sequences
     cfg.ignore_eos = o.ignore_eos
     cfg.device_topk = bool(o.device_topk)
@@ -122,8 +124,7 @@ class LocalExecutor:
             def on_step(done: int, total: int, live: int, tokens: int, seconds: float) -> None:
                 progress(ProgressEvent(phase, round_, done, total, live, tokens, seconds))
 
-        with self.model.exclusive():  # one generation at a time per model (its context is one)
-            out = _core.generate(self.model._model, self.config, core_jobs, on_step)
+        out = self.model.generate(self.config, core_jobs, on_step)  # one generation at a time per model
         converted = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
         s = out.stats
         for key in RunStats.SUMMED + RunStats.PEAKED + ("kv_ceiling_lowered",):

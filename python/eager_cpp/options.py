@@ -18,11 +18,27 @@ from typing import Any, ClassVar, Optional
 
 from .budget import LABEL_FREE_SIGNALS
 from .vocabulary import (KV_LAYOUTS, MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS, METHODS,
-                         REALLOCATIONS, THREADS_LIMIT, THRESHOLD_MODES, Method)
+                         REALLOCATIONS, RULES, THREADS_LIMIT, THRESHOLD_MODES, Method)
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15, "K": 2**10, "M": 2**20,
           "G": 2**30, "T": 2**40, "P": 2**50, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50}
 MAX_KV_MEMORY = 2**50  # 1 PiB: the largest kv_memory taken as a size (what a machine has is checked at the run)
+
+# Settings under one name; explicit options override them (docs/method.md, "Reference rules").
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's and its reference code's (main_vllm.py, entropy_generator_vllm.py): the chat template
+    # with one user turn, M = 32, 32,000 new tokens (its 32,768-token context less room for a prompt: here
+    # prompt + max_new_tokens must fit the model's context), T 0.6, θ 2.5 under the running p99 floor,
+    # top-20 entropy, the 1000-step no-branch window, no top-k/top-p/min-p filter, the reference's rules.
+    "paper": dict(chat=True, max_sequences=32, max_new_tokens=32000, temperature=0.6, entropy_threshold=2.5,
+                  threshold_mode="p99", top_k_entropy=20, no_branch_window=1000, top_k=0, top_p=1.0, min_p=0.0,
+                  rules="reference"),
+}
+
+
+def describe_preset(name: str) -> str:
+    """What a preset sets, as one line: "chat=True, max_sequences=32, ..."."""
+    return ", ".join(f"{k}={v!r}" for k, v in PRESETS[name].items())
 
 
 def parse_kv_memory(value: Any) -> int:
@@ -132,6 +148,13 @@ class RunOptions:
     # to prompt + max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's
     # stream). README, "KV layouts".
     kv_layout: str = "unified"
+    # Whose rules: "eager_cpp" (the default) or "reference", the authors' code's: its per-row cap check,
+    # its answer matching (Pass@k by int or substring; full EAGer's unsolved set by exact membership, gold
+    # "none" never unsolved) and its retry loop (each try asks the full eᵢ, keeps what it overshoots, no try
+    # cap). docs/method.md, "Reference rules". Recorded.
+    rules: str = "eager_cpp"
+    # Named settings (PRESETS) applied under the explicit options by `create`; recorded with them.
+    preset: Optional[str] = None
     # Copy the KV cells a prompt shares with the one admitted before it instead of prefilling them
     # (few-shot headers: faster prefill). Off by default: copied cells sit at other offsets and the
     # rest is prefilled in a smaller micro-batch, so a prompt's samples then depend, by llama.cpp's
@@ -145,8 +168,8 @@ class RunOptions:
     threads_per_worker: Optional[int] = None  # llama.cpp threads of each (default: n_threads, else 1)
 
     # 3: reallocation; 4: share_prompt_prefixes off by default (earlier results replay without it
-    # unless they recorded it on).
-    VERSION: ClassVar[int] = 4
+    # unless they recorded it on); 5: rules and preset (earlier results ran eager_cpp's rules, no preset).
+    VERSION: ClassVar[int] = 5
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
     PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory", "kv_layout", "n_gpu_layers", "cluster",
                                             "workers", "threads_per_worker")
@@ -159,11 +182,18 @@ class RunOptions:
 
     @classmethod
     def create(cls, **options: Any) -> "RunOptions":
-        """Validated options from keyword arguments; an unknown name is a TypeError listing the known ones."""
+        """Validated options from keyword arguments; an unknown name is a TypeError listing the known ones.
+
+        A `preset` fills the options it names that are not given explicitly."""
         unknown = sorted(set(options) - set(cls.names()))
         if unknown:
             raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                             f"run options are: {', '.join(cls.names())}")
+        preset = options.get("preset")
+        if preset is not None:
+            if not isinstance(preset, str) or preset not in PRESETS:
+                raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(map(repr, PRESETS))}")
+            options = {**PRESETS[preset], **options}
         stop = options.get("stop")
         if stop is None:
             options["stop"] = ()
@@ -186,6 +216,13 @@ class RunOptions:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.reallocation not in REALLOCATIONS:
             raise ValueError(f"unknown reallocation {self.reallocation!r}; expected one of {', '.join(REALLOCATIONS)}")
+        if self.rules not in RULES:
+            raise ValueError(f"unknown rules {self.rules!r}; expected one of {', '.join(map(repr, RULES))}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; expected one of {', '.join(map(repr, PRESETS))}")
+        if self.rules == "reference" and self.reallocation == "tree":
+            raise ValueError('rules="reference" reproduces the paper\'s fresh tries; reallocation="tree" is beyond '
+                             'the paper and has no reference rules: use reallocation="fresh" or rules="eager_cpp"')
         if self.reallocation == "tree" and not self.record_entropies:
             raise ValueError('reallocation="tree" ranks branch points by the recorded entropies: '
                              "it needs record_entropies=True")

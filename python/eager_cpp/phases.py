@@ -31,6 +31,7 @@ Ray executor in ``distributed`` implement it.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional, Sequence as Seq
@@ -39,6 +40,7 @@ from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_f
 from .jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
 from .label_free import prompt_signals
 from .options import RunOptions
+from .reference import reference_solved
 from .results import PromptResult, RunStats
 from .scoring import answer_extractor, score_prompts
 from .tree import branch_points, choose_branch_points, last_branch_step, ranked_limit
@@ -68,8 +70,9 @@ class ReallocationOutcome:
 
     @property
     def unspent(self) -> int:
-        """Budget neither given (caps) nor produced (tries ran out)."""
-        return self.plan.budget - sum(self.produced.values())
+        """Budget neither given (caps) nor produced (tries ran out); never below 0 (the reference's rules
+        keep what a try overshoots)."""
+        return max(0, self.plan.budget - sum(self.produced.values()))
 
 
 def merge(results: list[PromptResult], jobs: Seq[PhaseJob], output: PhaseOutput) -> None:
@@ -102,11 +105,17 @@ def score(results: list[PromptResult], answers: Optional[Seq[Any]], scorer: Opti
         score_prompts(results, [str(a) for a in answers], scorer)
 
 
-def summarize(results: list[PromptResult], theta: float) -> list[PromptSummary]:
-    """Phase (a) -> the planner's input: nᵢ per prompt and whether any sequence is correct."""
+def summarize(results: list[PromptResult], theta: float, rules: str = "eager_cpp") -> list[PromptSummary]:
+    """Phase (a) -> the planner's input: nᵢ per prompt and whether it is solved: any sequence correct, or
+    with the reference's rules, the gold answer among the extracted ones as they are, or "none"."""
     out = []
     for p in results:
-        solved = None if p.gold_answer is None else any(bool(s.correct) for s in p.sequences)
+        if p.gold_answer is None:
+            solved = None
+        elif rules == "reference":
+            solved = reference_solved([s.answer for s in p.sequences], p.gold_answer)
+        else:
+            solved = any(bool(s.correct) for s in p.sequences)
         out.append(PromptSummary(index=p.index, sequences=p.n_sequences, solved=solved, theta=theta))
     return out
 
@@ -198,7 +207,7 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
     method, theta, max_sequences = options.method, options.entropy_threshold, options.max_sequences
     reallocation, no_branch_window = options.reallocation, options.no_branch_window
     top_k, max_new_tokens = options.top_k, options.max_new_tokens
-    summaries = summarize(results, theta)
+    summaries = summarize(results, theta, options.rules)
     signals: Optional[list[PromptSignals]] = None
     if failed is None and Method(method).label_free:
         try:
@@ -221,13 +230,17 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
     # Random streams each prompt has used: its sequences so far (phase (a) drops none), then each try's.
     streams = {e.index: results[position[e.index]].n_sequences for e in plan.extras}
     closed: dict[int, set[tuple[int, int]]] = {e.index: set() for e in plan.extras}  # points with nothing left
-    for attempt in range(1, max_tries + 1):
+    # The reference's loop: every try asks the full eᵢ and keeps what it overshoots, until eᵢ are made
+    # (each try makes at least one, so at most eᵢ tries).
+    reference = options.rules == "reference"
+    for attempt in itertools.count(1) if reference else range(1, max_tries + 1):
         jobs = []
         for e in plan.extras:
             lacking = e.extra_sequences - outcome.produced[e.index]
             if lacking > 0:
                 p = results[position[e.index]]
-                cap = min(lacking, MAX_SEQUENCES)  # one engine run of a prompt holds at most this
+                # One engine run of a prompt holds at most MAX_SEQUENCES.
+                cap = min(e.extra_sequences if reference else lacking, MAX_SEQUENCES)
                 seeds = (tree_seeds(p, cap, no_branch_window, top_k, max_new_tokens, closed[e.index])
                          if reallocation == "tree" else ())
                 if reallocation == "tree" and not seeds:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = ["MAX_CTX", "MAX_ENTROPY_TOP_K", "MAX_SEQUENCES", "MAX_THREADS", "MAX_TRIES", "METHODS", "Method",
-           "REALLOCATING_METHODS", "REALLOCATIONS", "THREADS_LIMIT", "THRESHOLD_MODES"]
+           "REALLOCATING_METHODS", "REALLOCATIONS", "RULES", "THREADS_LIMIT", "THRESHOLD_MODES"]
 
 
 class Method(str, Enum):
@@ -50,6 +50,9 @@ METHODS = tuple(m.value for m in Method)
 REALLOCATING_METHODS = tuple(m.value for m in Method if m.reallocates)
 REALLOCATIONS = ("fresh", "tree")  # how extras start: new EAGer-init runs, or continuations of the tree
 THRESHOLD_MODES = ("fixed", "p99")  # θ as given, or each prompt's 99th entropy percentile
+# Whose rules decide the cap check, answer matching and the retry loop (docs/method.md, "Reference rules"):
+# eager_cpp's (the default) or the authors' reference code's.
+RULES = ("eager_cpp", "reference")
 # The KV cache: one pool of cells for all sequences, or a stream per sequence (README, "KV layouts").
 KV_LAYOUTS = ("unified", "per_sequence")
 
