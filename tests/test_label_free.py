@@ -149,6 +149,33 @@ def test_trace_uncertainty_is_the_worst_window_mean():
         trace_uncertainty([1.0], window=0)
 
 
+def test_the_default_window_grows_with_the_trace():
+    from eager_cpp.metrics import confidence_window
+
+    assert [confidence_window(n) for n in (0, 16, 135, 136, 4000, 10**6)] == [16, 16, 16, 17, 500, 2048]
+    # A 4000-token trace, sure but for one 16-token stretch at 3.0 nats: a 16-token window judges it by that
+    # stretch alone; the length-aware one (500 tokens) by the span around it.
+    trace = [0.1] * 2000 + [3.0] * 16 + [0.1] * 1984
+    assert trace_uncertainty(trace, window=16) == pytest.approx(3.0)
+    assert trace_uncertainty(trace) == pytest.approx((16 * 3.0 + 484 * 0.1) / 500)
+    assert trace_uncertainty(trace[:100]) == trace_uncertainty(trace[:100], window=16)  # short traces: as before
+
+
+def test_the_confidence_window_is_an_option_of_the_label_free_plan():
+    long_sure = seq(0, "Paris", [0.1] * 300 + [3.0] * 16 + [0.1] * 300)
+    assert prompt_signals(0, [long_sure], FIRST_LINE.extract, window=16).trace_uncertainty == pytest.approx(3.0)
+    assert prompt_signals(0, [long_sure], FIRST_LINE.extract).trace_uncertainty < 1.0
+    results = [PromptResult(index=0, prompt="q", sequences=[long_sure], prompt_tokens=1)]
+    by_option = signals_of(results, 1.0, FIRST_LINE, 1000, RunOptions.create(confidence_window=16).confidence_window)
+    assert by_option[0].trace_uncertainty == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="confidence_window"):
+        RunOptions.create(confidence_window=0)
+    # A result recorded before the option replays with the window it ran with, 16 tokens.
+    old = {k: v for k, v in dict(RunOptions.create().recorded(1), options_version=4).items()
+           if k not in ("rules", "preset", "confidence_window")}
+    assert RunOptions.from_recorded(old).confidence_window == 16
+
+
 def test_no_answer_never_counts_as_agreement():
     seqs = [seq(0, "", [0.1]), seq(1, "", [0.1])]
     s = prompt_signals(0, seqs, FIRST_LINE.extract)

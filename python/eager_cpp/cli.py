@@ -90,6 +90,9 @@ def _add_generation_args(p: argparse.ArgumentParser, method_default: str = DEFAU
                    help="eager_label_free (no labels): the signals that make a prompt doubtful and earn it extras: "
                         "votes (its answers disagree), confidence (its traces' entropy), tree (entropy at points its "
                         "tree left unexplored); comma-separated (default: all three)")
+    p.add_argument("--confidence-window", type=int, default=None, metavar="TOKENS",
+                   help="eager_label_free: tokens per window of the confidence signal (default: 16, or an eighth "
+                        "of a trace longer than 135 tokens, at most 2048)")
     p.add_argument("-M", "--max-sequences", type=int, default=None,
                    help=f"sequences per prompt, M (default: {d.max_sequences})")
     p.add_argument("--theta", type=float, default=None,
@@ -270,7 +273,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
         think_end_marker=args.think_end or None, chat=args.chat, chat_template=args.chat_template,
         max_live_sequences=args.max_live, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         reallocation=args.reallocation, label_free_signals=args.label_free_signals, kv_layout=args.kv_layout,
-        rules=args.rules,
+        rules=args.rules, confidence_window=args.confidence_window,
     )
     preset = PRESETS.get(args.preset, {})
     resolved = {k: v for k, v in given.items() if not (k in _PRESETTABLE and v is None)}
@@ -340,6 +343,8 @@ def _settings_key(args: argparse.Namespace, model: Any, examples: list[Example],
                 chunk_size=chunk_size, stop=opts["stop"], scorer=_scorer_style(args, args.input))
     if not Method(args.method).label_free:
         del opts["label_free_signals"]  # shapes nothing else (and a run written before it existed still resumes)
+    if opts["confidence_window"] is None:
+        del opts["confidence_window"]
     if opts["rules"] == DEFAULTS.rules:
         del opts["rules"]  # a run written before rules existed still resumes
     return opts

@@ -5,7 +5,8 @@ Pure functions of a prompt's sequences (no model, no engine, never a gold answer
 - ``trace_entropies``: the recorded top-K entropy of every token of a sequence, its inherited prefix
   included (a child records only its own tokens; the prefix's come from its ancestors).
 - ``trace_uncertainty``: DeepConf's "lowest group confidence" in entropy form: the highest mean entropy
-  over any window of ``window`` consecutive tokens (the whole trace when shorter). Low = confident.
+  over any window of ``window`` consecutive tokens (the whole trace when shorter; by default 16 tokens,
+  an eighth of a trace longer than 135, at most 2048: ``confidence_window``). Low = confident.
 - ``departures``: how often a trace took a token other than the model's first choice at a branch point.
 - ``confidence_weights``: a vote weight per sequence, exp(-trace_uncertainty) x 0.5 ** departures, in (0, 1].
   ``metrics.weighted_vote`` counts them (Cons@k weighted: DeepConf's confidence-weighted majority).
@@ -23,15 +24,16 @@ from collections.abc import Callable, Sequence as Seq
 from typing import TYPE_CHECKING, Optional
 
 from .budget import PromptSignals
-from .metrics import (DEFAULT_WINDOW, DEPARTURE_FACTOR, confidence_weights, departures, trace_entropies,
-                      trace_uncertainty)
+from .metrics import (DEFAULT_WINDOW, DEPARTURE_FACTOR, confidence_weights, confidence_window, departures,
+                      trace_entropies, trace_uncertainty)
 from .scoring import normalize_answer
 from .tree import branch_points
 
 if TYPE_CHECKING:  # types only: results does not import this module at run time either
     from .results import Sequence
 
-__all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "NO_ANSWER", "confidence_weights", "departures", "prompt_signals",
+__all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "NO_ANSWER", "confidence_weights", "confidence_window", "departures",
+           "prompt_signals",
            "trace_entropies", "trace_uncertainty", "vote_counts"]
 
 NO_ANSWER = "\x00no answer"  # the vote of a sequence whose text yields no answer: it disagrees with every answer
@@ -54,8 +56,10 @@ def vote_counts(answers: Seq[Optional[str]], weights: Optional[Seq[float]] = Non
 
 
 def prompt_signals(index: int, sequences: Seq[Sequence], extract: Callable[[str], Optional[str]],
-                   no_branch_window: int = 1000, window: int = DEFAULT_WINDOW) -> PromptSignals:
+                   no_branch_window: int = 1000, window: Optional[int] = None) -> PromptSignals:
     """The label-free planner's input for one prompt (``budget.PromptSignals``: what each field means).
+
+    window: the confidence window in tokens; None: each trace's length-aware one (``confidence_window``).
 
     Reads only each sequence's text (through ``extract``), token ids, entropies and tree links.
     """

@@ -25,11 +25,13 @@ from typing import Any, Optional
 
 from .scoring import answer_extractor, normalize_answer
 
-__all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "PromptScore", "compute_metrics", "confidence_weights", "consensus",
+__all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "MAX_WINDOW", "PromptScore", "compute_metrics", "confidence_weights",
+           "confidence_window", "consensus",
            "departures", "majority_vote", "pass_at_k_unbiased", "run_metrics", "score_prompt", "trace_entropies",
            "trace_uncertainty", "weighted_vote"]
 
-DEFAULT_WINDOW = 16  # tokens per confidence window (DeepConf uses 2048 on long traces; capitals answers are <= 16)
+DEFAULT_WINDOW = 16  # tokens per confidence window on short traces (capitals answers are <= 16)
+MAX_WINDOW = 2048  # DeepConf's group size, the window of the longest traces
 DEPARTURE_FACTOR = 0.5  # vote weight kept per departure from the model's first choice (0.25-0.5 tied on capitals dev)
 
 DEFAULT_KS: tuple[int, ...] = (1, 4, 8)
@@ -270,11 +272,21 @@ def trace_entropies(sequence: Any, by_index: dict[int, Any]) -> list[float]:
     return inherited[: sequence.branch_step] + own
 
 
-def trace_uncertainty(entropies: Sequence[float], window: int = DEFAULT_WINDOW) -> float:
-    """Highest mean entropy over any ``window`` consecutive tokens (all of them when fewer); 0.0 with none."""
+def confidence_window(length: int) -> int:
+    """The length-aware window for a trace of `length` tokens: 16 up to 135 tokens, then an eighth of the
+    trace, at most 2048. A fixed 16 would judge a thousand-token trace by its one worst 16-token stretch."""
+    return max(DEFAULT_WINDOW, min(MAX_WINDOW, length // 8))
+
+
+def trace_uncertainty(entropies: Sequence[float], window: Optional[int] = None) -> float:
+    """Highest mean entropy over any ``window`` consecutive tokens (all of them when fewer); 0.0 with none.
+
+    window None: ``confidence_window`` of the trace's length."""
+    values = [h for h in entropies if math.isfinite(h)]
+    if window is None:
+        window = confidence_window(len(values))
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    values = [h for h in entropies if math.isfinite(h)]
     if not values:
         return 0.0
     if len(values) <= window:
@@ -302,7 +314,7 @@ def departures(sequence: Any, by_index: dict[int, Any]) -> int:
     return count
 
 
-def confidence_weights(sequences: Sequence[Any], window: int = DEFAULT_WINDOW,
+def confidence_weights(sequences: Sequence[Any], window: Optional[int] = None,
                        departure_factor: float = DEPARTURE_FACTOR) -> list[float]:
     """Per sequence (same order), its vote weight: exp(-trace_uncertainty) x departure_factor ** departures.
 

@@ -120,6 +120,9 @@ class RunOptions:
     reallocation: str = "fresh"  # reallocating methods: "fresh" EAGer-init runs, or "tree" continuations
     # eager_label_free: the signals its doubt adds up (budget.plan_label_free); fewer is an ablation.
     label_free_signals: tuple[str, ...] = LABEL_FREE_SIGNALS
+    # eager_label_free: the confidence signal's window in tokens; None: 16, or an eighth of a trace longer
+    # than 135 tokens, at most 2048 (metrics.confidence_window).
+    confidence_window: Optional[int] = None
     temperature: float = 0.6
     top_k_entropy: int = 20
     max_new_tokens: int = 512
@@ -168,7 +171,8 @@ class RunOptions:
     threads_per_worker: Optional[int] = None  # llama.cpp threads of each (default: n_threads, else 1)
 
     # 3: reallocation; 4: share_prompt_prefixes off by default (earlier results replay without it
-    # unless they recorded it on); 5: rules and preset (earlier results ran eager_cpp's rules, no preset).
+    # unless they recorded it on); 5: rules, preset and confidence_window (earlier results ran eager_cpp's
+    # rules, no preset, a 16-token window).
     VERSION: ClassVar[int] = 5
     # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
     PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory", "kv_layout", "n_gpu_layers", "cluster",
@@ -235,6 +239,8 @@ class RunOptions:
             raise ValueError('method="eager_label_free" reads the recorded entropies (signals confidence, tree): '
                              "it needs record_entropies=True, or label_free_signals=('votes',)")
         check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)
+        if self.confidence_window is not None:
+            check_int("confidence_window", self.confidence_window, 1, MAX_CTX)
         theta = check_float("entropy_threshold", self.entropy_threshold, 0.0)
         # float32 in the engine: a temperature past ~3e38 would become inf there.
         temperature = check_float("temperature", self.temperature, 0.0, 1e30)
@@ -328,6 +334,8 @@ class RunOptions:
         if version == 1:
             # Results written before the device path existed ran on the host kernel.
             known.setdefault("device_topk", False)
+        if version < 5:
+            known.setdefault("confidence_window", 16)  # the window was 16 tokens whatever the trace's length
         if version < 4:
             # Written before sharing was recorded (or when it defaulted on): replay without it unless on.
             known.setdefault("share_prompt_prefixes", False)

@@ -121,13 +121,15 @@ def summarize(results: list[PromptResult], theta: float, rules: str = "eager_cpp
 
 
 def signals_of(results: list[PromptResult], theta: float, scorer: Optional[Scorer],
-               no_branch_window: int) -> list[PromptSignals]:
+               no_branch_window: int, window: Optional[int] = None) -> list[PromptSignals]:
     """Phase (a) -> the label-free planner's input, per prompt; reads no gold answer and no verdict.
 
-    Answers come from the scorer's ``extract(text)`` when it has one, else the "auto" extractor.
+    Answers come from the scorer's ``extract(text)`` when it has one, else the "auto" extractor; window: the
+    confidence window (None: length-aware).
     """
     extract = answer_extractor(scorer)
-    return [replace(prompt_signals(p.index, p.sequences, extract, no_branch_window), theta=theta) for p in results]
+    return [replace(prompt_signals(p.index, p.sequences, extract, no_branch_window, window), theta=theta)
+            for p in results]
 
 
 def run_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
@@ -211,7 +213,7 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
     signals: Optional[list[PromptSignals]] = None
     if failed is None and Method(method).label_free:
         try:
-            signals = signals_of(results, theta, scorer, no_branch_window)
+            signals = signals_of(results, theta, scorer, no_branch_window, options.confidence_window)
         except Exception as e:  # noqa: BLE001 - the scorer's extract() failing on phase (a)'s text: as a failed try
             failed = f"reading phase (a)'s answers failed: {type(e).__name__}: {e}"
     if failed is not None:
