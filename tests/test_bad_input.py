@@ -17,7 +17,7 @@ import pytest
 import eager_cpp
 from eager_cpp import textfiles
 from eager_cpp.datasets import load_examples
-from eager_cpp.gguf_header import _Reader
+from eager_cpp.gguf_header import HeaderReader
 from eager_cpp.model import MAX_THREADS
 from eager_cpp.options import RunOptions
 from eager_cpp.plots import tree_lanes
@@ -204,7 +204,7 @@ def _with_context_length(src: str, dst: Path, value: int) -> Path:
     shutil.copyfile(src, dst)
     with open(dst, "rb") as f:
         buf = f.read(16 * 1024 * 1024)
-    r = _Reader(buf, str(dst))
+    r = HeaderReader(buf, str(dst))
     r.take("4s"), r.take("I"), r.take("Q")
     for _ in range(r.take("Q")):
         key = r.string("key")

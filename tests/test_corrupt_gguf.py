@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import eager_cpp
-from eager_cpp.gguf_header import _Reader
+from eager_cpp.gguf_header import HeaderReader
 from conftest import write_gguf as conftest_write_gguf
 
 pytest.importorskip("gguf")
@@ -67,7 +67,7 @@ def _header_length(path: str) -> int:
     """Bytes of the default model's metadata and tensor infos (what the corruptions below edit)."""
     with open(path, "rb") as f:
         buf = f.read(16 * 1024 * 1024)
-    r = _Reader(buf, path)
+    r = HeaderReader(buf, path)
     r.take("4s"), r.take("I")
     n_tensors, n_kv = r.take("Q"), r.take("Q")
     for _ in range(n_kv):

@@ -39,7 +39,7 @@ def _order(ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("entropy_temperature", [1.0, 0.6])
 def test_device_rows_equal_host_kernel_on_the_same_logits(device_model, entropy_temperature):
     tokens = [device_model.tokenize(p) for p in PROMPTS]
-    rows = device_model._model.probe_device_topk(tokens, candidates=256, entropy_k=20,
+    rows = device_model.probe_device_topk(tokens, candidates=256, entropy_k=20,
                                                  entropy_temperature=entropy_temperature, sample_temperature=0.6)
     assert len(rows) == len(PROMPTS)
     for r in rows:
@@ -130,7 +130,7 @@ def test_cuda_kernel_equals_host_kernel(model, k):
     rows = rng.normal(0.0, 3.0, size=(8, model.n_vocab)).astype(np.float32)
     rows[1] = np.round(rows[1])  # ties: the lower id first on both
     rows[2, 4242] = 60.0
-    real = model._model.probe_device_topk([model.tokenize(p) for p in PROMPTS])
+    real = model.probe_device_topk([model.tokenize(p) for p in PROMPTS])
     rows = np.vstack([rows] + [r["logits"][None, :] for r in real])
     entropy, ids, values, kernel_ms, _ = _core.cuda_topk_entropy(rows, k, 1.0)
     h, t1, t2 = eager_cpp.topk_entropy(rows, k=k)

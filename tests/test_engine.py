@@ -31,7 +31,7 @@ def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> int:
 def test_fork_matches_parent_and_fresh_prefill(model):
     prefix = model.tokenize("Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:")
     continuation = model.tokenize(" He has 3 + 5 = 8 apples", add_special=False)
-    parent, child, fresh = model._model.probe_fork(prefix, continuation)
+    parent, child, fresh = model.probe_fork(prefix, continuation)
     # Same tokens in the same batch over a copied KV sequence: bitwise equal.
     assert np.array_equal(parent, child)
     # Against one fresh prefill of the whole list: equal up to prefill-vs-decode noise.
@@ -40,7 +40,7 @@ def test_fork_matches_parent_and_fresh_prefill(model):
     assert topk_overlap(fresh, child) >= 8
     # The measure does tell a broken fork apart: a different history gives a far distribution.
     other = model.tokenize(" The capital of France is", add_special=False)
-    _, wrong, _ = model._model.probe_fork(prefix, other)
+    _, wrong, _ = model.probe_fork(prefix, other)
     assert kl(fresh, wrong) > 1.0
     assert topk_overlap(fresh, wrong) <= 5
 
@@ -117,7 +117,7 @@ def test_stop_strings_and_finish_reasons(model):
 def test_text_is_whole_utf8_across_split_tokens(model):
     text = "Hieroglyph 𓀀 and emoji 🦜 and 日本語"
     tokens = model.tokenize(text, add_special=False)
-    pieces = [model._model.token_to_piece(t) for t in tokens]
+    pieces = [model.token_to_piece(t) for t in tokens]
 
     def is_utf8(b: bytes) -> bool:
         try:

@@ -44,7 +44,7 @@ def test_kernel_with_temperature(random_rows):
 
 def test_kernel_matches_numpy_on_real_logits(model):
     prefix = model.tokenize("Country: Peru\nCapital:")
-    parent, _, fresh = model._model.probe_fork(prefix, model.tokenize(" Lima", add_special=False))
+    parent, _, fresh = model.probe_fork(prefix, model.tokenize(" Lima", add_special=False))
     rows = np.stack([parent, fresh])
     for k in (2, 20, 64):
         h, t1, t2 = eager_cpp.topk_entropy(rows, k=k)

@@ -58,7 +58,7 @@ def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_stream
     tokens = model.tokenize("Country: Peru\nCapital:")
     cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=8, temperature=0.0), model)
     cfg.method = _core.Method.EAGER_INIT
-    greedy = list(_core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0]
+    greedy = list(model.generate(cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0]
                   .sequences[0].own_tokens)
     other = model.tokenize(" the", add_special=False)[0]
     assert other not in greedy[:2]
@@ -66,7 +66,7 @@ def test_a_seed_copies_the_start_it_shares_with_the_seed_before_it_across_stream
     runs = {}
     for layout in (_core.KvLayout.UNIFIED, _core.KvLayout.PER_SEQUENCE):
         cfg.kv_layout = layout
-        runs[layout] = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 2, 1e9, 0, 1, seeds)])
+        runs[layout] = model.generate(cfg, [_core.PromptJob(tokens, 2, 1e9, 0, 1, seeds)])
     out = runs[_core.KvLayout.PER_SEQUENCE]
     assert out.stats.reprocessed_tokens == 3 + 1  # one seed's whole prefix, then only the other's unshared token
     assert [q.branch_step for q in out.prompts[0].sequences] == [3, 2]
@@ -148,9 +148,9 @@ def test_streams_that_grow_decode_what_streams_sized_for_the_job_decode(model_pa
     cfg.kv_layout = _core.KvLayout.PER_SEQUENCE
     cfg.window_cache = _core.WindowCache.FULL
     job = _core.PromptJob(prompt, 3, 1.5, 0, 1, [])
-    grown = _core.generate(grown_model._model, cfg, [job])
+    grown = grown_model.generate(cfg, [job])
     cfg.n_ctx = 3 * 512  # three streams of the longest prompt + max_new_tokens, padded
-    fixed = _core.generate(eager_cpp.Model(model_path, n_threads=2)._model, cfg, [job])
+    fixed = eager_cpp.Model(model_path, n_threads=2).generate(cfg, [job])
     assert grown.stats.kv_grows == 1 and grown.stats.kv_cells == fixed.stats.kv_cells == 3 * 512
     assert fixed.stats.kv_grows == 0
     if method == "eager_init":
@@ -201,4 +201,4 @@ def test_stream_memory_follows_what_is_generated_and_counts_the_window_cache_apa
     cfg.method = _core.Method.PARALLEL
     cfg.window_cache = _core.WindowCache.FULL
     with pytest.raises(ValueError, match="buys 4 such streams, fewer than the 8 sequences"):
-        _core.generate(model._model, cfg, [_core.PromptJob(model.tokenize(prompt), 8, 1e9, 0, 1, [])])
+        model.generate(cfg, [_core.PromptJob(model.tokenize(prompt), 8, 1e9, 0, 1, [])])

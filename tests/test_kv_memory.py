@@ -136,7 +136,7 @@ cfg = engine_config(opts, model)
 cfg.method = getattr(_core.Method, spec["method"].upper())
 cfg.trace_steps = True
 jobs = [_core.PromptJob(model.tokenize(p), spec["m"], spec["theta"], i) for i, p in enumerate(spec["prompts"])]
-out = _core.generate(model._model, cfg, jobs)
+out = model.generate(cfg, jobs)
 print(json.dumps({"preemptions": out.stats.preemptions, "recomputed": out.stats.recomputed_tokens,
                   "lengths": [len(q.own_tokens) for p in out.prompts for q in p.sequences],
                   "steps": [[t.kv_held, t.kv_used] for t in out.stats.step_trace]}))

@@ -75,7 +75,7 @@ cfg = engine_config(eager_cpp.RunOptions.create(method="parallel", max_sequences
 cfg.method = _core.Method.PARALLEL
 cfg.trace_steps = True
 jobs = [_core.PromptJob(model.tokenize(p), 3, 1.0, i) for i, p in enumerate(prompts)]
-out = _core.generate(model._model, cfg, jobs)
+out = model.generate(cfg, jobs)
 print(json.dumps([[t.tokens, t.prompts, t.decode_ms, t.kv_span, t.kv_used] for t in out.stats.step_trace]))
 """
 

@@ -374,11 +374,11 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     def remove_a_busy_node():
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            for h, status in zip(pool._handles, pool.workers_status()):
+            for status in pool.workers_status():
                 if status["running"] and status["progress"].get("generated_tokens", 0) > 0 \\
-                        and h.info["node_id"] == second.node_id and not removed:
+                        and status["node_id"] == second.node_id and not removed:
                     cluster.remove_node(second)  # the whole node: raylet and worker process
-                    removed.append(h.number)
+                    removed.append(status["worker"])
                     cluster.add_node(num_cpus=1)  # room for the replacement
                     return
             time.sleep(0.05)

@@ -69,8 +69,8 @@ def test_a_seed_whose_source_window_is_gone_is_prefilled_not_copied(model, layou
     alone (greedy tokens, entropies), and its common part is prefilled again (reprocessed), not copied."""
     prompt, seeds, common = diverging_seeds(model)
     cfg = greedy_config(model, window=True, max_new_tokens=PREFIX + 6, n_ctx=8192, kv_layout=layout)
-    both = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 2, 1e9, 0, 1, seeds)])
-    alone = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 1, 1e9, 0, 1, seeds[1:])])
+    both = model.generate(cfg, [_core.PromptJob(prompt, 2, 1e9, 0, 1, seeds)])
+    alone = model.generate(cfg, [_core.PromptJob(prompt, 1, 1e9, 0, 1, seeds[1:])])
     (tokens_b, ent_b), (tokens_a, ent_a) = signature(both.prompts[0])[1], signature(alone.prompts[0])[0]
     # The seed's first step is computed over the cells it starts from, prefilled here as alone but laid
     # out around seed 0's in the wrapped cache: the kernels' order of summation differs (measured gap
@@ -88,8 +88,8 @@ def test_with_the_full_size_window_cache_the_common_start_is_copied(model, layou
     copied (only the rest of seed 1's prefix is prefilled) and the result is the same."""
     prompt, seeds, common = diverging_seeds(model)
     cfg = greedy_config(model, window=False, max_new_tokens=PREFIX + 6, n_ctx=8192, kv_layout=layout)
-    both = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 2, 1e9, 0, 1, seeds)])
-    alone = _core.generate(model._model, cfg, [_core.PromptJob(prompt, 1, 1e9, 0, 1, seeds[1:])])
+    both = model.generate(cfg, [_core.PromptJob(prompt, 2, 1e9, 0, 1, seeds)])
+    alone = model.generate(cfg, [_core.PromptJob(prompt, 1, 1e9, 0, 1, seeds[1:])])
     assert both.stats.reprocessed_tokens == PREFIX + len(seeds[1].prefix) - common
     # Copied cells then a prefill from another offset: the first step agrees up to the kernels' noise.
     (tokens_b, ent_b), (tokens_a, ent_a) = signature(both.prompts[0])[1], signature(alone.prompts[0])[0]

@@ -269,11 +269,11 @@ def test_seeds_that_share_a_point_take_successive_ranks(model):
     tokens = model.tokenize("Country: Peru\nCapital:")
     cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=6, temperature=0.0), model)
     cfg.method = _core.Method.EAGER_INIT
-    probe = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)])
+    probe = model.generate(cfg, [_core.PromptJob(tokens, 1, 1e9, 0)])
     greedy = list(probe.prompts[0].sequences[0].own_tokens)
     seeds = [_core.BranchSeed([], [greedy[0]], 1), _core.BranchSeed([], [greedy[0]], 2),
              _core.BranchSeed(greedy[:2], [greedy[2]], 1), _core.BranchSeed([], [greedy[0]], 3)]
-    out = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 4, 1e9, 0, 1, seeds)])
+    out = model.generate(cfg, [_core.PromptJob(tokens, 4, 1e9, 0, 1, seeds)])
     firsts = [s.own_tokens[0] for s in out.prompts[0].sequences]
     assert len(set(firsts[:2] + firsts[3:])) == 3 and greedy[0] not in firsts[:2] + firsts[3:]
     assert firsts[2] != greedy[2]
@@ -292,15 +292,15 @@ def test_every_rank_at_a_point_is_the_engines_own_next_token(model):
     tokens = model.tokenize("Country: Peru\nCapital:")
     cfg = engine_config(eager_cpp.RunOptions.create(max_new_tokens=2, temperature=0.0), model)
     cfg.method = _core.Method.EAGER_INIT
-    greedy = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0].sequences[0].own_tokens[0]
+    greedy = model.generate(cfg, [_core.PromptJob(tokens, 1, 1e9, 0)]).prompts[0].sequences[0].own_tokens[0]
     ranks = 12
     seeds = [_core.BranchSeed([], [greedy], r) for r in range(1, ranks + 1)]
-    out = _core.generate(model._model, cfg, [_core.PromptJob(tokens, ranks, 1e9, 0, 1, seeds)])
+    out = model.generate(cfg, [_core.PromptJob(tokens, ranks, 1e9, 0, 1, seeds)])
     firsts = [s.own_tokens[0] for s in out.prompts[0].sequences]
     assert len(set(firsts)) == ranks and greedy not in firsts
     for r in range(2, ranks + 1):
         alone = [_core.BranchSeed([], [greedy] + firsts[: r - 1], 1)]
-        one = _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1e9, 0, 1, alone)])
+        one = model.generate(cfg, [_core.PromptJob(tokens, 1, 1e9, 0, 1, alone)])
         assert one.prompts[0].sequences[0].own_tokens[0] == firsts[r - 1], f"rank {r}"
 
 
@@ -368,10 +368,10 @@ def test_bad_seeds_are_clear_errors(model):
     ]
     for seeds, m, message in cases:
         with pytest.raises(ValueError, match=message):
-            _core.generate(model._model, cfg, [_core.PromptJob(tokens, m, 1.0, 0, 0, seeds)])
+            model.generate(cfg, [_core.PromptJob(tokens, m, 1.0, 0, 0, seeds)])
     cfg.method = _core.Method.PARALLEL
     with pytest.raises(ValueError, match="EAGer-init"):
-        _core.generate(model._model, cfg, [_core.PromptJob(tokens, 1, 1.0, 0, 0, [_core.BranchSeed([], [], 1)])])
+        model.generate(cfg, [_core.PromptJob(tokens, 1, 1.0, 0, 0, [_core.BranchSeed([], [], 1)])])
 
 
 def test_tree_option_is_checked():

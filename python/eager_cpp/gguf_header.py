@@ -25,7 +25,9 @@ _U64 = struct.Struct("<Q")
 _FLOATS = (6, 12)
 
 
-class _Reader:
+class HeaderReader:
+    """Reads the fields of a GGUF header from a buffer, naming the file when it ends inside one."""
+
     def __init__(self, buf: Any, path: str) -> None:
         self.buf, self.pos, self.path = buf, 0, path
 
@@ -74,10 +76,10 @@ def check_gguf_header(path: str) -> None:
         if size < 24:
             raise ValueError(f"GGUF file is truncated ({size} bytes): {path}")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            _check(_Reader(buf, path), path)
+            _check(HeaderReader(buf, path), path)
 
 
-def _check(r: _Reader, path: str) -> None:
+def _check(r: HeaderReader, path: str) -> None:
     r.take("4s")  # the magic, checked by the caller
     version = r.take("I")
     if version not in SUPPORTED_VERSIONS:

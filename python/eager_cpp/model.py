@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from . import _core
-from .options import parse_kv_memory
+from .checks import parse_kv_memory
 from .system import (CPU_BUFFER_CHOICES, check_threads_fit, default_model_path, guarded_cpu_buffers, memory_available,
                      resolve_cpu_buffers)
 from .vocabulary import MAX_CTX, MAX_THREADS, THREADS_LIMIT
@@ -158,6 +158,22 @@ class Model:
         tests and benchmarks drive directly; `eager_cpp.run` is the way to generate."""
         with self.exclusive():
             return _core.generate(self._model, config, jobs, on_step)
+
+    def probe_fork(self, prefix: list[int], continuation: list[int], n_threads: int = 0) -> Any:
+        """(parent, child, fresh) logits after `continuation`: decoded by a sequence, by a copy of it forked after
+        `prefix` (llama_memory_seq_cp), and from scratch: what a fork must reproduce (a measuring probe)."""
+        with self.exclusive():
+            return self._model.probe_fork(prefix, continuation, n_threads)
+
+    def probe_device_topk(self, prompts: list[list[int]], **settings: Any) -> Any:
+        """Each prompt's last row through the device path's in-graph top-K (``_core.Model.probe_device_topk``'s
+        settings) beside the full logits row: what the device path must agree with (a measuring probe)."""
+        with self.exclusive():
+            return self._model.probe_device_topk(prompts, **settings)
+
+    def token_to_piece(self, token: int) -> bytes:
+        """The bytes of one token as the vocabulary spells it (no special-token handling)."""
+        return self._model.token_to_piece(token)
 
     @property
     def weight_buffers(self) -> list[tuple[str, float]]:
