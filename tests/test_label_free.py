@@ -350,7 +350,7 @@ def test_cli_runs_and_evaluates_the_label_free_method(tmp_path):
     assert [(r["method"], r["reallocation"]) for r in json.loads(table.read_text())["rows"]] == [
         ("eager_label_free", "fresh"), ("eager_label_free", "tree")]
     proc = cli("eval", str(data), "--methods", "eager_label_free", "--label-free-signals", "votes,gold", *small)
-    assert proc.returncode == 2 and "label_free_signals" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "--label-free-signals" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 

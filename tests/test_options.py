@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import subprocess
+import sys
 
 import pytest
 
 import eager_cpp
-from eager_cpp.options import MAX_SEQUENCES, RunOptions
+from eager_cpp.options import MAX_SEQUENCES, RunOptions, spec_of
 
 
 def test_run_without_options_runs_the_options_defaults(model):
@@ -170,12 +172,47 @@ def test_the_pure_layers_import_no_extension():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_cli_takes_its_defaults_from_run_options():
-    from eager_cpp.cli import _parser, _run_options
+def test_the_cli_has_a_flag_for_every_option_and_takes_its_defaults_from_them():
+    from eager_cpp.cli import build_parser
+    from eager_cpp.cli.flags import flag_of, given_options
 
-    args = _parser().parse_args(["run", "in.txt", "-o", "out.jsonl"])
-    opts = RunOptions.create(method=args.method, **_run_options(args))
-    assert opts == RunOptions.create()
+    text = " ".join(subprocess.run([sys.executable, "-m", "eager_cpp", "run", "--help"], capture_output=True,
+                                   text=True, timeout=120).stdout.split())
+    for name in RunOptions.names():
+        assert flag_of(name) in text and f"option {name};" in text, name
+    args = build_parser().parse_args(["run", "in.txt", "-o", "out.jsonl"])
+    assert given_options(args) == {} and RunOptions.create(**given_options(args)) == RunOptions.create()
+
+
+def bad_value(name: str):
+    """A value each option's check refuses, as a command-line argument (None: a flag that takes none)."""
+    spec = spec_of(name)
+    kind = spec.value or type(getattr(RunOptions(), name))
+    if kind is bool:
+        return None
+    if spec.choices or name == "label_free_signals":
+        return "bogus"
+    if kind in (int, float):
+        return "-5" if spec.low is not None and spec.low > -5 else "x"
+    return {"stop": "", "kv_memory": "12 parsecs", "cluster": ""}.get(name)
+
+
+@pytest.mark.parametrize("name", RunOptions.names())
+def test_a_bad_value_of_every_flag_is_one_error_line_naming_it(name, tmp_path):
+    from eager_cpp.cli.flags import flag_of
+
+    value = bad_value(name)
+    if value is None and name in ("think_end_marker", "chat_template"):
+        pytest.skip(f"{name}: every text is a valid value")
+    flag = flag_of(name)
+    argv = [f"{flag}=x"] if value is None else [f"{flag}={value}"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    proc = subprocess.run([sys.executable, "-m", "eager_cpp", "run", str(prompts), "-o", str(tmp_path / "o.jsonl"),
+                           *argv], capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("eager-cpp: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and flag in errors[0], (argv, proc.stderr)
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.jsonl").exists()
 
 
 def test_the_wire_form_carries_every_option_but_the_drivers_own():
@@ -183,7 +220,7 @@ def test_the_wire_form_carries_every_option_but_the_drivers_own():
                              cluster="local", workers=2)
     wire = opts.wire()
     names = dict(wire.values)
-    assert set(names) == set(RunOptions.names()) - set(RunOptions.DRIVER_ONLY)
+    assert set(names) == set(RunOptions.names()) - set(RunOptions.with_role("driver"))
     # The placement the record leaves out still reaches the workers; the driver's own fields do not.
     assert names["n_ctx"] == 4096 and names["kv_memory"] == "1GiB" and names["n_threads"] == 3
     back = RunOptions.from_wire(wire)
@@ -192,7 +229,7 @@ def test_the_wire_form_carries_every_option_but_the_drivers_own():
         RunOptions.from_wire(opts.recorded(1))  # the recorded form is not the wire form
 
 
-def test_an_option_added_to_run_options_reaches_a_worker(model_path, monkeypatch):
+def test_an_option_added_to_the_options_reaches_a_worker(model_path, monkeypatch):
     """A field added to RunOptions travels to the Ray actors in the wire form with no second list to edit.
 
     The actor class runs here in-process (a Ray worker process would import the unpatched package).
@@ -211,7 +248,7 @@ def test_an_option_added_to_run_options_reaches_a_worker(model_path, monkeypatch
                                           bases=(RunOptions,), frozen=True)
     monkeypatch.setattr(distributed, "RunOptions", Extended)
     opts = Extended.create(method="eager_init", max_sequences=2, max_new_tokens=3, new_option=7, n_threads=1)
-    worker = distributed._Worker(model_path, 1, None)
+    worker = distributed.ModelWorker(model_path, 1, None)
     assert worker.check_prompts(opts.wire(), [(0, "Country: Peru\nCapital:")])[0] > 0
     out = worker.run_jobs("a0", opts.wire(), [PhaseJob(0, "Country: Peru\nCapital:", 2, 1.0).to_dict()], "eager_init")
     assert out["recorded"]["new_option"] == 7  # the worker's own options had it

@@ -122,7 +122,7 @@ def test_bench_reports_a_bad_kv_memory_before_missing_matplotlib(tmp_path):
     data.write_text(json.dumps({"prompt": Q, "answer": "Lima"}) + "\n")
     out_dir = tmp_path / "bench"
     line = assert_one_line_error(cli("bench", str(data), "--kv-memory", "abc", "--out-dir", str(out_dir), env=env),
-                                 "--kv-memory: kv_memory 'abc' is not a size")
+                                 "--kv-memory 'abc' is not a size")
     assert "matplotlib" not in line and not out_dir.exists()
     # With a good size the missing matplotlib is what is reported, still before any run.
     assert_one_line_error(cli("bench", str(data), "--kv-memory", "64MiB", "--out-dir", str(out_dir), env=env),

@@ -129,9 +129,10 @@ def reallocate(
         raise ValueError("reallocate takes the result of an eager_init run")
     if Method(method).needs_labels and answers is None and any(p.gold_answer is None for p in result.prompts):
         raise ValueError('method="eager" needs answers= (one gold answer per prompt)')
-    unknown = sorted(set(placement) - set(RunOptions.PLACEMENT) - {"cluster"})
+    where = RunOptions.with_role("placement") + RunOptions.with_role("driver")
+    unknown = sorted(set(placement) - set(where) - {"cluster"})
     if unknown:  # anything else would make the extras differ from the run they extend
-        raise TypeError(f"reallocate takes only where it runs ({', '.join(RunOptions.PLACEMENT)}), "
+        raise TypeError(f"reallocate takes only where it runs ({', '.join(where)}), "
                         f"not {', '.join(map(repr, unknown))}")
     opts = replace(RunOptions.from_recorded(result.settings), method=method, cluster=cluster, **placement).validate()
     if answers is None and result.prompts and all(p.gold_answer is not None for p in result.prompts):

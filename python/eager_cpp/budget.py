@@ -52,7 +52,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .vocabulary import Method
+from .vocabulary import LABEL_FREE_SIGNALS, Method
 
 __all__ = ["LABEL_FREE_SIGNALS", "MODES", "PromptExtra", "PromptSignals", "PromptSummary", "ReallocationPlan",
            "doubt", "plan_label_free", "plan_reallocation", "retry_theta"]
@@ -224,7 +224,7 @@ def retry_theta(
 
 # ---------------------------------------------------------------------------------------- label-free rule
 
-LABEL_FREE_SIGNALS = ("votes", "confidence", "tree")  # the terms of the doubt d_i (module docstring)
+# LABEL_FREE_SIGNALS (vocabulary): the terms of the doubt d_i (module docstring).
 
 
 @dataclass(frozen=True)
@@ -263,6 +263,22 @@ def doubt(s: PromptSignals, signals: Iterable[str] = LABEL_FREE_SIGNALS, confide
     return d
 
 
+def _check_signals(items: tuple[PromptSignals, ...], max_sequences: int) -> None:
+    """Each prompt once, nᵢ within [0, M], every signal finite, the vote share a share."""
+    seen: set[int] = set()
+    for s in items:
+        if s.index in seen:
+            raise ValueError(f"duplicate prompt index {s.index} in signals")
+        seen.add(s.index)
+        if not 0 <= s.sequences <= max_sequences:
+            raise ValueError(f"prompt {s.index}: sequences={s.sequences} outside [0, max_sequences={max_sequences}]")
+        for name in ("vote_share", "vote_entropy", "trace_uncertainty", "unexplored_entropy", "theta"):
+            if not math.isfinite(getattr(s, name)):
+                raise ValueError(f"prompt {s.index}: {name} must be finite, got {getattr(s, name)}")
+        if not 0.0 <= s.vote_share <= 1.0:
+            raise ValueError(f"prompt {s.index}: vote_share must lie in [0, 1], got {s.vote_share}")
+
+
 def plan_label_free(
     signals: Iterable[PromptSignals],
     max_sequences: int,
@@ -298,19 +314,7 @@ def plan_label_free(
         raise ValueError(f"weights must be 3 numbers (votes, confidence, tree), got {weights!r}")
     if isinstance(cap_factor, bool) or not isinstance(cap_factor, int) or cap_factor < 1:
         raise ValueError(f"cap_factor must be an int >= 1, got {cap_factor!r}")
-    seen: set[int] = set()
-    for s in items:
-        if s.index in seen:
-            raise ValueError(f"duplicate prompt index {s.index} in signals")
-        seen.add(s.index)
-        if not 0 <= s.sequences <= max_sequences:
-            raise ValueError(f"prompt {s.index}: sequences={s.sequences} outside [0, max_sequences={max_sequences}]")
-        for name in ("vote_share", "vote_entropy", "trace_uncertainty", "unexplored_entropy", "theta"):
-            if not math.isfinite(getattr(s, name)):
-                raise ValueError(f"prompt {s.index}: {name} must be finite, got {getattr(s, name)}")
-        if not 0.0 <= s.vote_share <= 1.0:
-            raise ValueError(f"prompt {s.index}: vote_share must lie in [0, 1], got {s.vote_share}")
-
+    _check_signals(items, max_sequences)
     m = max_sequences
     total = m * len(items)
     used = sum(s.sequences for s in items)

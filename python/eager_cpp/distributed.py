@@ -17,7 +17,7 @@ A run on a cluster goes through the same phases as `api.run` in one process:
     their sequences. The phases and their driver are the one process's (`driver.drive`, `phases`):
     `RayExecutor` only says where jobs run.
 
-This module holds the actor (`_Worker`), the pool with its fault-tolerant dispatch (`RayWorkers`) and
+This module holds the actor (`ModelWorker`), the pool with its fault-tolerant dispatch (`RayWorkers`) and
 the executor adapter (`RayExecutor`, which uses only the pool's public methods). The actors receive the
 options as `options.WireOptions` (every option but the driver's own), never the recorded form.
 
@@ -43,7 +43,8 @@ from .budget import ReallocationPlan
 from .jobs import PhaseJob, PhaseOutput
 from .local import LocalExecutor
 from .model import Model
-from .options import RunOptions, WireOptions, parse_kv_memory
+from .checks import parse_kv_memory
+from .options import RunOptions, WireOptions
 from .progress import ProgressEvent
 from .results import PromptResult, RunStats, prompt_from_dict, prompt_to_dict
 from .system import resolve_cpu_buffers
@@ -92,7 +93,7 @@ def balance(costs: Seq[float], bins: int) -> list[list[int]]:
 # ----------------------------------------------------------------------------- the actor
 
 
-class _Worker:
+class ModelWorker:
     """One Ray actor: the model loaded once, phases run on request (made remote lazily)."""
 
     def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int], n_gpu_layers: int = 0,
@@ -169,7 +170,7 @@ _REMOTE_WORKER: Any = None
 def _remote_worker(ray: Any) -> Any:
     global _REMOTE_WORKER
     if _REMOTE_WORKER is None:
-        _REMOTE_WORKER = ray.remote(_Worker)
+        _REMOTE_WORKER = ray.remote(ModelWorker)
     return _REMOTE_WORKER
 
 
@@ -356,7 +357,9 @@ class RayWorkers:
 
     def workers_status(self, timeout: float = 30.0) -> list[dict]:
         """What each worker is doing right now (answered while it runs a shard)."""
-        return self._ray.get([h.actor.status.remote() for h in self._handles], timeout=timeout)
+        handles = list(self._handles)
+        statuses = self._ray.get([h.actor.status.remote() for h in handles], timeout=timeout)
+        return [dict(status, worker=h.number, node_id=(h.info or {}).get("node_id")) for h, status in zip(handles, statuses)]
 
     def _kill(self, handle: _Handle) -> None:
         try:

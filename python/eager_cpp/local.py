@@ -8,7 +8,8 @@ from typing import Any, Optional
 from . import _core
 from .jobs import PhaseJob, PhaseOutput, ProgressFn, Seed
 from .model import Model, check_kv_memory_available
-from .options import RunOptions, parse_kv_memory
+from .checks import parse_kv_memory
+from .options import RunOptions
 from .progress import ProgressEvent
 from .results import PromptResult, RunStats, Sequence
 from .system import check_threads_fit

@@ -1,28 +1,35 @@
-"""Every option of a run once: its default, its check, its recorded form and its wire form.
+"""Every option of a run once: its type, default, check, help text, command-line flag and role.
 
-``RunOptions`` is what every layer passes along (the API, the driver, the executors, the CLI, whose
-flags take their defaults from it), in the spirit of llama.cpp server's one ``task_params``. Two forms
-leave the process: ``recorded()`` (a result's ``settings``: what shapes the samples, versioned, read
-back by ``from_recorded``) and ``wire()`` (a ``WireOptions``: what Ray workers run with, every field
-but the driver's own). Adding an option means a field here, a line in ``local.engine_config`` when
-the engine reads it, and the engine's config in C++ and its binding. Pure: no native extension.
+``RunOptions`` is what every layer passes along (the API, the driver, the executors, the CLI), in the spirit
+of llama.cpp server's one ``task_params``. Each field carries an ``OptionSpec`` (``option(...)``): the help
+text, the CLI flag (``cli.options`` generates the parser of ``run``/``eval``/``bench`` from the specs), the
+bounds or choices ``validate`` checks, and the role:
+
+- ``"sampling"``: shapes the samples: recorded in a result's ``settings`` and sent to Ray workers;
+- ``"placement"``: where a run executes (context, threads, KV memory, offload): sent to the workers, not
+  recorded, so a result replays on another machine; ``Model`` and the Ray workers take it from here;
+- ``"driver"``: the driver's own (which workers run the jobs): neither recorded nor sent.
+
+Two forms leave the process: ``recorded()`` (versioned, read back by ``from_recorded``) and ``wire()``.
+
+Adding an option (four places): a field here with its ``option(...)`` spec (the CLI flag and the checks
+follow from it); a line in ``local.engine_config`` when the engine reads it; the field of the C++
+``EngineConfig`` (cpp/engine.hpp); and its binding (src/bind_engine.cpp, with the ``_core.pyi`` stub).
+An option the Python phases read instead of the engine needs only the first. Pure: no native extension.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Optional
 
-from .budget import LABEL_FREE_SIGNALS
-from .vocabulary import (KV_LAYOUTS, MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS, METHODS,
-                         REALLOCATIONS, RULES, THREADS_LIMIT, THRESHOLD_MODES, Method)
+from .checks import MAX_KV_MEMORY, check_bool, check_float, check_int, check_text, parse_kv_memory
+from .vocabulary import (KV_LAYOUTS, LABEL_FREE_SIGNALS, MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS,
+                         METHODS, REALLOCATIONS, RULES, THREADS_LIMIT, THRESHOLD_MODES, Method)
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15, "K": 2**10, "M": 2**20,
-          "G": 2**30, "T": 2**40, "P": 2**50, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50}
-MAX_KV_MEMORY = 2**50  # 1 PiB: the largest kv_memory taken as a size (what a machine has is checked at the run)
+__all__ = ["MAX_KV_MEMORY", "MAX_SEQUENCES", "PRESETS", "OptionSpec", "RunOptions", "WireOptions", "check_extras_fit", "spec_of",
+           "describe_preset", "option", "parse_kv_memory"]
 
 # Settings under one name; explicit options override them (docs/method.md, "Reference rules").
 PRESETS: dict[str, dict[str, Any]] = {
@@ -41,148 +48,136 @@ def describe_preset(name: str) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in PRESETS[name].items())
 
 
-def parse_kv_memory(value: Any) -> int:
-    """Bytes for the KV cache from an int (numpy's too), a size such as "8GiB", "512MiB" or "2GB", or
-    "auto"/None (0); at most 1 PiB (``MAX_KV_MEMORY``).
 
-    0 means "auto": the cache starts with what the first prompts and live sequences of 64 tokens need and
-    doubles as the run needs cells, up to a quarter of the memory available (RAM, or the GPU's free
-    memory when layers are offloaded).
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return 0
-    shown = repr(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
-        if m is None or m.group(2).upper() not in _UNITS:
-            raise ValueError(f"kv_memory {value!r} is not a size: use bytes, a size like '8GiB', '512MiB' or '2GB', "
-                             "or 'auto'")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-        shown = f"{shown} ({value} bytes)"
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's integers too
-        value = int(value)
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not math.isfinite(value) or value != int(value):
-            raise ValueError(f"kv_memory must be a whole number of bytes, got {value!r}")
-        value = int(value)
-    else:
-        raise TypeError(f"kv_memory must be a number of bytes, a size like '8GiB', or 'auto', got "
-                        f"{type(value).__name__} {value!r}"[:300])
-    if value < 1 or value > MAX_KV_MEMORY:
-        raise ValueError(f"kv_memory must be between 1 byte and 1 PiB ({MAX_KV_MEMORY} bytes) or 'auto', got {shown}")
-    return value
+@dataclass(frozen=True)
+class OptionSpec:
+    """What a field of ``RunOptions`` is besides its default (module docstring)."""
+
+    help: str
+    role: str = "sampling"  # "sampling", "placement" or "driver"
+    flag: Optional[str] = None  # the CLI flag; None: "--" + the name with dashes
+    short: Optional[str] = None  # a one-letter alias ("-M")
+    value: Optional[type] = None  # the type of one value: int, float, str, bool; None: the default's
+    choices: Optional[tuple[str, ...]] = None
+    low: Optional[float] = None  # bounds of a number (inclusive; `low_open` excludes low)
+    high: Optional[float] = None
+    low_open: bool = False
+    why: str = ""  # where a bound comes from, for the message
+    repeat: bool = False  # a tuple of strings given once per flag (--stop A --stop B)
+    metavar: Optional[str] = None
 
 
-def check_int(name: str, value: Any, low: int, high: Optional[int] = None, why: str = "") -> int:
-    """An int (not a bool) in [low, high]; `why` says where a bound comes from, in the message."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}{f' ({why})' if why else ''}, got {value}")
-    return value
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A ``RunOptions`` field: its default and its ``OptionSpec``."""
+    return field(default=default, metadata={"spec": OptionSpec(help=help, **spec)})
 
 
-def check_text(name: str, value: str) -> str:
-    """A str that is valid Unicode: a lone surrogate ("\\ud800") has no UTF-8 form for the engine."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"{name} is not valid Unicode text ({e.reason} at character {e.start})") from None
-    return value
+def _spec(f: Any) -> OptionSpec:
+    """A field's spec; a field declared without one (a subclass's) is a plain sampling option."""
+    return f.metadata.get("spec") or OptionSpec(help="")
 
 
-def check_float(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> float:
-    """A real number (not a string, not a bool) in [low, high] (or (low, high]), finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
-        lo = f"({low}" if low_open else f"[{low}"
-        hi = f"{high}]" if math.isfinite(high) else "inf)"
-        raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
-    return v
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
+def spec_of(name: str) -> OptionSpec:
+    return next(_spec(f) for f in fields(RunOptions) if f.name == name)
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """The options of one run (README, "Python API"); `eager_cpp.run(**...)` takes each by name."""
+    """The options of one run (docs/api.md); `eager_cpp.run(**...)` takes each by name."""
 
-    method: str = "eager_init"
-    max_sequences: int = 8  # M
-    entropy_threshold: float = 2.0  # θ
-    reallocation: str = "fresh"  # reallocating methods: "fresh" EAGer-init runs, or "tree" continuations
-    # eager_label_free: the signals its doubt adds up (budget.plan_label_free); fewer is an ablation.
-    label_free_signals: tuple[str, ...] = LABEL_FREE_SIGNALS
-    # eager_label_free: the confidence signal's window in tokens; None: 16, or an eighth of a trace longer
-    # than 135 tokens, at most 2048 (metrics.confidence_window).
-    confidence_window: Optional[int] = None
-    temperature: float = 0.6
-    top_k_entropy: int = 20
-    max_new_tokens: int = 512
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    record_entropies: bool = True
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    entropy_after_temperature: bool = False
-    think_end_marker: Optional[str] = "</think>"
-    no_branch_window: int = 1000
-    threshold_mode: str = "fixed"
-    chat: bool = False
-    chat_template: Optional[str] = None
-    max_live_sequences: int = 32
-    ignore_eos: bool = False
-    device_topk: Optional[bool] = None  # None: on when the model is offloaded to a GPU
-    device_candidates: int = 1024
-    n_ctx: Optional[int] = None  # KV cells; None: the model's, else from kv_memory
-    kv_memory: Any = None  # bytes of KV cache (int, "8GiB", or None/"auto"); None: the model's
-    n_threads: Optional[int] = None  # None: the model's, else all cores
-    # "unified": one pool of KV cells (memory follows what the run holds; every token attends over the
-    # cells of all live sequences). "per_sequence": a stream per sequence (each attends over its own
-    # only: faster per token as sequences grow long; streams grow together with the longest sequence, up
-    # to prompt + max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's
-    # stream). README, "KV layouts".
-    kv_layout: str = "unified"
-    # Whose rules: "eager_cpp" (the default) or "reference", the authors' code's: its per-row cap check,
-    # its answer matching (Pass@k by int or substring; full EAGer's unsolved set by exact membership, gold
-    # "none" never unsolved) and its retry loop (each try asks the full eᵢ, keeps what it overshoots, no try
-    # cap). docs/method.md, "Reference rules". Recorded.
-    rules: str = "eager_cpp"
+    method: str = option("eager_init", "what phase (a) runs and what the saved budget does (docs/method.md)",
+                         choices=METHODS)
+    max_sequences: int = option(8, "sequences per prompt, M", short="-M", low=1, high=MAX_SEQUENCES)
+    entropy_threshold: float = option(2.0, "entropy threshold θ (nats)", flag="--theta", low=0.0)
+    reallocation: str = option("fresh", "how eager_adapt, eager and eager_label_free spend the saved budget: fresh "
+                               "(new EAGer-init runs, the paper's) or tree (continue each prompt's tree at its most "
+                               "uncertain points); eval and bench take a comma-separated list", choices=REALLOCATIONS)
+    label_free_signals: tuple[str, ...] = option(
+        LABEL_FREE_SIGNALS, "eager_label_free: the signals that make a prompt doubtful: votes, confidence, tree "
+        "(comma-separated; fewer is an ablation)", value=str, metavar="SIGNALS")
+    confidence_window: Optional[int] = option(
+        None, "eager_label_free: tokens per window of the confidence signal (default: 16, or an eighth of a trace "
+        "longer than 135 tokens, at most 2048)", value=int, low=1, high=MAX_CTX, metavar="TOKENS")
+    # float32 in the engine: a temperature past ~3e38 would become inf there.
+    temperature: float = option(0.6, "sampling temperature T", low=0.0, high=1e30)
+    top_k_entropy: int = option(20, "K of the top-K entropy", low=2, high=MAX_ENTROPY_TOP_K)
+    max_new_tokens: int = option(512, "tokens per sequence", low=1, high=MAX_CTX)
+    seed: int = option(0, "seed of the per-sequence random streams", low=0, high=2**64 - 1)
+    stop: tuple[str, ...] = option((), "stop string (repeatable; '\\n' is a newline)", value=str, repeat=True)
+    record_entropies: bool = option(True, "keep every token's entropy in the result")
+    top_k: int = option(0, "sample from the k most likely tokens (0: off)", low=0, high=2**31 - 1)
+    top_p: float = option(1.0, "nucleus sampling mass (1: off)", low=0.0, high=1.0, low_open=True)
+    min_p: float = option(0.0, "drop tokens below min-p x the best (0: off)", low=0.0, high=1.0)
+    entropy_after_temperature: bool = option(False, "compute the entropy after the temperature")
+    think_end_marker: Optional[str] = option("</think>", "end-of-thinking marker: no branch after it ('' = branch "
+                                             "anywhere)", flag="--think-end", value=str)
+    no_branch_window: int = option(1000, "steps without a branch after which a prompt stops branching", low=1)
+    threshold_mode: str = option("fixed", "fixed θ, or θ raised to each prompt's running 99th entropy percentile",
+                                 choices=THRESHOLD_MODES)
+    chat: bool = option(False, "wrap prompts in the model's chat template")
+    chat_template: Optional[str] = option(None, "llama.cpp built-in template name or template text", value=str)
+    max_live_sequences: int = option(32, "live sequences admission aims at", flag="--max-live", low=1,
+                                     high=MAX_SEQUENCES)
+    ignore_eos: bool = option(False, "generate past end-of-sequence (fixed lengths, for benchmarks)")
+    device_topk: Optional[bool] = option(None, "top candidates and entropy in the model's compute graph (default: "
+                                         "on when the model is offloaded to a GPU)", value=bool)
+    device_candidates: int = option(1024, "tokens per row that leave the device on the device path", low=2,
+                                    high=2**31 - 1)
+    n_ctx: Optional[int] = option(None, "KV cells (default: the model's, else from --kv-memory)", role="placement",
+                                  value=int, low=1, high=MAX_CTX)
+    kv_memory: Any = option(None, "memory for the KV cache: bytes or a size like 8GiB (default: auto, starting small "
+                            "and doubling as the run needs cells, up to a quarter of the memory available); a full "
+                            "cache preempts and recomputes prompts (docs/long-generations.md)", role="placement",
+                            value=str, metavar="SIZE")
+    n_threads: Optional[int] = option(None, "CPU threads (default: all cores; with --ray: threads per worker, "
+                                      "default 1)", role="placement", flag="--threads", value=int, low=1,
+                                      high=MAX_THREADS, why=THREADS_LIMIT)
+    # "unified": one pool of KV cells (memory follows what the run holds; every token attends over the cells of
+    # all live sequences). "per_sequence": a stream per sequence (each attends over its own only: faster per
+    # token as sequences grow long; streams grow together with the longest sequence, up to prompt +
+    # max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's stream).
+    kv_layout: str = option("unified", "KV cache layout: unified (one pool of cells) or per_sequence (a stream per "
+                            "sequence: faster per token for long generations; docs/long-generations.md)",
+                            role="placement", choices=KV_LAYOUTS)
+    # Whose rules: "eager_cpp" or "reference", the authors' code's: its per-row cap check, its answer matching
+    # (Pass@k by int or substring; full EAGer's unsolved set by exact membership, gold "none" never unsolved) and
+    # its retry loop (each try asks the full eᵢ, keeps what it overshoots, no try cap).
+    rules: str = option("eager_cpp", "eager_cpp or reference: the authors' code's cap check per row, answer "
+                        "matching and retry loop (docs/method.md, Reference rules)", choices=RULES)
     # Named settings (PRESETS) applied under the explicit options by `create`; recorded with them.
-    preset: Optional[str] = None
-    # Copy the KV cells a prompt shares with the one admitted before it instead of prefilling them
-    # (few-shot headers: faster prefill). Off by default: copied cells sit at other offsets and the
-    # rest is prefilled in a smaller micro-batch, so a prompt's samples then depend, by llama.cpp's
-    # floating-point noise, on the prompt before it, and a shard no longer reproduces an unsharded run.
-    # Recorded (so Ray workers and replays get it).
-    share_prompt_prefixes: bool = False
+    preset: Optional[str] = option(None, "named settings under the options given: " + "; ".join(
+        f"{name}: {describe_preset(name)}" for name in PRESETS), value=str, choices=tuple(PRESETS))
+    # Copy the KV cells a prompt shares with the one admitted before it instead of prefilling them (few-shot
+    # headers: faster prefill). Off by default: copied cells sit at other offsets and the rest is prefilled in a
+    # smaller micro-batch, so a prompt's samples then depend, by llama.cpp's floating-point noise, on the prompt
+    # before it, and a shard no longer reproduces an unsharded run. Recorded (so Ray workers and replays get it).
+    share_prompt_prefixes: bool = option(False, "copy the KV cells a prompt shares with the one before it "
+                                         "(faster few-shot prefill; samples then depend on the prompt order)")
     # Where the run executes (the executor is chosen from `cluster`, once: driver.open_executor).
-    n_gpu_layers: int = 0  # layers to offload when the model is loaded from a path (-1: all)
-    cluster: Any = None  # None: this process; "local", a Ray address or a distributed.RayWorkers pool: Ray actors
-    workers: Optional[int] = None  # Ray actors to start (cluster "local" or an address)
-    threads_per_worker: Optional[int] = None  # llama.cpp threads of each (default: n_threads, else 1)
+    n_gpu_layers: int = option(0, "layers offloaded to the GPU of a GPU-enabled llama.cpp (-1: all); the entropy "
+                               "then runs on the device (docs/gpu.md)", role="placement", flag="--gpu-layers",
+                               low=-1, metavar="N")
+    cluster: Any = option(None, "run on Ray workers: no value starts Ray on this machine, or a cluster address "
+                          "('auto', 'host:6379', 'ray://host:10001'); the model path must exist on every node "
+                          '(needs pip install "eager_cpp[ray]")', role="driver", flag="--ray", value=str,
+                          metavar="ADDRESS")
+    workers: Optional[int] = option(None, "Ray workers, each loading the model once (default: the cluster's CPUs "
+                                    "// threads per worker)", role="driver", value=int, low=1)
+    threads_per_worker: Optional[int] = option(None, "llama.cpp threads of each Ray worker (default: --threads, "
+                                               "else 1)", role="driver", value=int, low=1, high=MAX_THREADS)
 
     # 3: reallocation; 4: share_prompt_prefixes off by default (earlier results replay without it
     # unless they recorded it on); 5: rules, preset and confidence_window (earlier results ran eager_cpp's
     # rules, no preset, a 16-token window).
     VERSION: ClassVar[int] = 5
-    # Where a run executes, not what it samples: not recorded, so a result replays on another machine.
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("n_ctx", "n_threads", "kv_memory", "kv_layout", "n_gpu_layers", "cluster",
-                                            "workers", "threads_per_worker")
-    # The driver's own: which workers run the jobs, never needed (nor picklable, for a pool) on a worker.
-    DRIVER_ONLY: ClassVar[tuple[str, ...]] = ("cluster", "workers", "threads_per_worker")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def with_role(cls, role: str) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if _spec(f).role == role)
 
     @classmethod
     def create(cls, **options: Any) -> "RunOptions":
@@ -216,14 +211,36 @@ class RunOptions:
 
     def validate(self) -> "RunOptions":
         """Every check; returns the options with numbers normalised (floats as float)."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if self.reallocation not in REALLOCATIONS:
-            raise ValueError(f"unknown reallocation {self.reallocation!r}; expected one of {', '.join(REALLOCATIONS)}")
-        if self.rules not in RULES:
-            raise ValueError(f"unknown rules {self.rules!r}; expected one of {', '.join(map(repr, RULES))}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; expected one of {', '.join(map(repr, PRESETS))}")
+        numbers = {f.name: self._check_field(f.name, _spec(f), f.default is None or "Optional[" in str(f.type))
+                   for f in fields(self)}
+        self._check_combinations()
+        return replace(self, **{k: v for k, v in numbers.items() if isinstance(v, float)})
+
+    def _check_field(self, name: str, spec: OptionSpec, may_be_none: bool) -> Any:
+        """One field against its spec: None only where the field is optional; choices, bounds, types."""
+        value = getattr(self, name)
+        if value is None and may_be_none:
+            return None
+        kind = spec.value or type(next(f.default for f in fields(self) if f.name == name))
+        if spec.choices is not None and kind is str and not spec.repeat and name != "label_free_signals":
+            if value not in spec.choices:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, spec.choices))}")
+        elif kind is bool:
+            return check_bool(name, value)
+        elif kind is int:
+            high = None if spec.high is None else int(spec.high)
+            return check_int(name, value, int(spec.low if spec.low is not None else -2**63), high, why=spec.why)
+        elif kind is float:
+            return check_float(name, value, spec.low if spec.low is not None else -math.inf,
+                               spec.high if spec.high is not None else math.inf, low_open=spec.low_open)
+        elif kind is str and not spec.repeat and name not in ("label_free_signals", "kv_memory", "cluster"):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {value!r}")
+            return check_text(name, value)
+        return value
+
+    def _check_combinations(self) -> None:
+        """The checks of one option that read another, and those of the options with a form of their own."""
         if self.rules == "reference" and self.reallocation == "tree":
             raise ValueError('rules="reference" reproduces the paper\'s fresh tries; reallocation="tree" is beyond '
                              'the paper and has no reference rules: use reallocation="fresh" or rules="eager_cpp"')
@@ -238,60 +255,21 @@ class RunOptions:
         if Method(self.method).label_free and not self.record_entropies and set(signals) & {"confidence", "tree"}:
             raise ValueError('method="eager_label_free" reads the recorded entropies (signals confidence, tree): '
                              "it needs record_entropies=True, or label_free_signals=('votes',)")
-        check_int("max_sequences", self.max_sequences, 1, MAX_SEQUENCES)
-        if self.confidence_window is not None:
-            check_int("confidence_window", self.confidence_window, 1, MAX_CTX)
-        theta = check_float("entropy_threshold", self.entropy_threshold, 0.0)
-        # float32 in the engine: a temperature past ~3e38 would become inf there.
-        temperature = check_float("temperature", self.temperature, 0.0, 1e30)
-        check_int("top_k_entropy", self.top_k_entropy, 2, MAX_ENTROPY_TOP_K)
-        check_int("max_new_tokens", self.max_new_tokens, 1, MAX_CTX)
-        check_int("seed", self.seed, 0, 2**64 - 1)
-        check_int("top_k", self.top_k, 0, 2**31 - 1)
-        top_p = check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        min_p = check_float("min_p", self.min_p, 0.0, 1.0)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings")
         for i, s in enumerate(self.stop):
             check_text(f"stop string {i} ({s!r})", s)
-        for name in ("record_entropies", "entropy_after_temperature", "chat", "ignore_eos", "share_prompt_prefixes"):
-            check_bool(name, getattr(self, name))
-        for name in ("think_end_marker", "chat_template"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise TypeError(f"{name} must be a string or None, got {getattr(self, name)!r}")
-            if getattr(self, name) is not None:
-                check_text(name, getattr(self, name))
-        check_int("no_branch_window", self.no_branch_window, 1)
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise ValueError(f"unknown threshold_mode {self.threshold_mode!r}; expected 'fixed' or 'p99'")
-        check_int("max_live_sequences", self.max_live_sequences, 1, MAX_SEQUENCES)
-        if self.device_topk is not None:
-            check_bool("device_topk", self.device_topk)
-        check_int("device_candidates", self.device_candidates, 2, 2**31 - 1)
         if self.device_topk and self.device_candidates < self.top_k_entropy:
             raise ValueError(f"device_candidates={self.device_candidates} must be at least "
                              f"top_k_entropy={self.top_k_entropy}")
         if self.device_topk and self.top_k > self.device_candidates:
             raise ValueError(f"top_k={self.top_k} exceeds device_candidates={self.device_candidates}; "
                              "raise device_candidates")
-        if self.n_ctx is not None:
-            check_int("n_ctx", self.n_ctx, 1, MAX_CTX)
         parse_kv_memory(self.kv_memory)
-        if self.kv_layout not in KV_LAYOUTS:
-            raise ValueError(f"unknown kv_layout {self.kv_layout!r}; expected one of {', '.join(map(repr, KV_LAYOUTS))}")
-        if self.n_threads is not None:
-            check_int("n_threads", self.n_threads, 1, MAX_THREADS, why=THREADS_LIMIT)
-        check_int("n_gpu_layers", self.n_gpu_layers, -1)
         if self.cluster is None and (self.workers is not None or self.threads_per_worker is not None):
             raise ValueError("workers= and threads_per_worker= need cluster= (\"local\" or a Ray address)")
         if isinstance(self.cluster, str) and not self.cluster:
             raise ValueError('cluster must be "local", a Ray address or a RayWorkers pool, got an empty string')
-        for name in ("workers", "threads_per_worker"):
-            if getattr(self, name) is not None and (isinstance(getattr(self, name), bool)
-                                                    or not isinstance(getattr(self, name), int)
-                                                    or getattr(self, name) < 1):
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        return replace(self, entropy_threshold=theta, temperature=temperature, top_p=top_p, min_p=min_p)
 
     @property
     def reallocates(self) -> bool:
@@ -305,7 +283,7 @@ class RunOptions:
     def recorded(self, n_prompts: Optional[int] = None) -> dict[str, Any]:
         """The recorded form (a result's `settings`): every option that shapes the samples, versioned,
         and the prompt count when given."""
-        d = {name: getattr(self, name) for name in self.names() if name not in self.PLACEMENT}
+        d = {name: getattr(self, name) for name in self.with_role("sampling")}
         d["stop"] = list(self.stop)
         d["label_free_signals"] = list(self.label_free_signals)
         d["options_version"] = self.VERSION
@@ -315,7 +293,8 @@ class RunOptions:
 
     def wire(self) -> "WireOptions":
         """What a Ray worker runs with: every field but the driver's own, so a new option reaches the workers."""
-        return WireOptions(tuple((name, getattr(self, name)) for name in self.names() if name not in self.DRIVER_ONLY))
+        return WireOptions(tuple((name, getattr(self, name)) for name in self.names()
+                                 if name not in self.with_role("driver")))
 
     @classmethod
     def from_wire(cls, wire: "WireOptions") -> "RunOptions":
@@ -330,7 +309,7 @@ class RunOptions:
         if not isinstance(version, int) or version > cls.VERSION:
             raise ValueError(f"these settings were written by a newer eager_cpp (options_version {version!r}); "
                              f"this one reads up to {cls.VERSION}")
-        known = {k: v for k, v in d.items() if k in cls.names() and k not in cls.PLACEMENT}
+        known = {k: v for k, v in d.items() if k in cls.with_role("sampling")}
         if version == 1:
             # Results written before the device path existed ran on the host kernel.
             known.setdefault("device_topk", False)
@@ -361,7 +340,7 @@ def check_extras_fit(opts: RunOptions, n_ctx: int, longest_prompt: int) -> None:
 
 @dataclass(frozen=True)
 class WireOptions:
-    """The options as shipped to Ray workers: (name, value) of every field but `RunOptions.DRIVER_ONLY`.
+    """The options as shipped to Ray workers: (name, value) of every field but the driver's own (role "driver").
 
     Its own type, not the recorded form: the record leaves out where a run executes (n_ctx, kv_memory,
     n_threads), which a worker must still apply, and is versioned for files, which the wire is not

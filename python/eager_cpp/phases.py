@@ -195,6 +195,86 @@ def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int =
     return tuple(seeds)
 
 
+def _plan(options: RunOptions, results: list[PromptResult], scorer: Optional[Scorer],
+          failed: Optional[str]) -> tuple[ReallocationPlan, list[PromptSummary], Optional[str]]:
+    """Phase (b): the plan from phase (a)'s summaries (or its signals, label-free); nothing planned when
+    phase (a)'s answers could not be read (`failed`, or the scorer raising here)."""
+    theta, max_sequences = options.entropy_threshold, options.max_sequences
+    summaries = summarize(results, theta, options.rules)
+    signals: Optional[list[PromptSignals]] = None
+    if failed is None and Method(options.method).label_free:
+        try:
+            signals = signals_of(results, theta, scorer, options.no_branch_window, options.confidence_window)
+        except Exception as e:  # noqa: BLE001 - the scorer's extract() failing on phase (a)'s text: as a failed try
+            failed = f"reading phase (a)'s answers failed: {type(e).__name__}: {e}"
+    if failed is not None:
+        budget = max(0, max_sequences * len(results) - sum(p.n_sequences for p in results))
+        return ReallocationPlan(budget=budget, selected=(), extras=(), unused=budget), summaries, failed
+    if signals is not None:
+        # Label-free recipients; with no decaying set its tries follow adapt's θ rule, as EAGer-adapt's do.
+        return plan_label_free(signals, max_sequences, use=options.label_free_signals), summaries, None
+    return plan_reallocation(summaries, max_sequences, options.method), summaries, None
+
+
+class _Tries:
+    """Phase (c)'s state across tries: what each prompt of the plan still lacks, its θ, its random streams,
+    its tree points with nothing left."""
+
+    def __init__(self, options: RunOptions, results: list[PromptResult], summaries: list[PromptSummary],
+                 outcome: ReallocationOutcome) -> None:
+        self.options, self.results, self.outcome = options, results, outcome
+        self.position = {p.index: k for k, p in enumerate(results)}
+        self.theta0 = {s.index: s.theta for s in summaries}
+        self.decaying = set(outcome.plan.decaying)
+        # Random streams each prompt has used: its sequences so far (phase (a) drops none), then each try's.
+        self.streams = {e.index: results[self.position[e.index]].n_sequences for e in outcome.plan.extras}
+        self.closed: dict[int, set[tuple[int, int]]] = {e.index: set() for e in outcome.plan.extras}
+        # The reference's loop: every try asks the full eᵢ and keeps what it overshoots, until eᵢ are made.
+        self.reference = options.rules == "reference"
+
+    def jobs(self, attempt: int) -> list[PhaseJob]:
+        """The jobs of try `attempt`: one per prompt still short of its eᵢ (tree: with a point left)."""
+        o, jobs = self.options, []
+        for e in self.outcome.plan.extras:
+            lacking = e.extra_sequences - self.outcome.produced[e.index]
+            if lacking <= 0:
+                continue
+            p = self.results[self.position[e.index]]
+            # One engine run of a prompt holds at most MAX_SEQUENCES.
+            cap = min(e.extra_sequences if self.reference else lacking, MAX_SEQUENCES)
+            seeds = (tree_seeds(p, cap, o.no_branch_window, o.top_k, o.max_new_tokens, self.closed[e.index])
+                     if o.reallocation == "tree" else ())
+            if o.reallocation == "tree" and not seeds:
+                continue  # no branch point left to continue: what it lacks stays unspent
+            theta_t = retry_theta(self.theta0[e.index], attempt, e.index in self.decaying)
+            jobs.append(PhaseJob(index=e.index, prompt=p.prompt, max_sequences=len(seeds) or cap, theta=theta_t,
+                                 sequence_base=self.streams[e.index], round=attempt, seeds=seeds,
+                                 first_index=p.n_sequences))
+        return jobs
+
+    def record(self, jobs: list[PhaseJob], output: PhaseOutput) -> None:
+        """What a try made, per prompt: sequences, streams used, seeds the engine found nothing at."""
+        for k, job in enumerate(jobs):
+            self.outcome.produced[job.index] += len(output.prompts[k].sequences)
+            self.streams[job.index] += output.streams(k)
+            for position_in_seeds in output.dropped(k):
+                seed = job.seeds[position_in_seeds]
+                self.closed[job.index].add((seed.source, len(seed.prefix)))
+            self.outcome.unavailable += len(output.dropped(k))
+
+
+def _record_stats(stats: RunStats, outcome: ReallocationOutcome, results: list[PromptResult]) -> None:
+    extras = [s for p in results for s in p.sequences if s.round > 0]
+    stats.rounds = outcome.tries + 1
+    stats.reallocated_sequences = len(extras)
+    stats.reallocated_length_ended = sum(1 for s in extras if s.finish_reason == "length")
+    stats.reallocation_tries = outcome.tries
+    stats.reallocation_budget = outcome.plan.budget
+    stats.unspent_sequences = outcome.unspent
+    stats.unavailable_seeds = outcome.unavailable
+    stats.reallocation_error = outcome.error or ""
+
+
 def reallocate_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
                       answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
                       max_tries: int = MAX_TRIES, failed: Optional[str] = None) -> ReallocationOutcome:
@@ -206,51 +286,13 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
     raises while the label-free plan reads them, nothing is planned, the error is the outcome's and
     the whole budget is unspent.
     """
-    method, theta, max_sequences = options.method, options.entropy_threshold, options.max_sequences
-    reallocation, no_branch_window = options.reallocation, options.no_branch_window
-    top_k, max_new_tokens = options.top_k, options.max_new_tokens
-    summaries = summarize(results, theta, options.rules)
-    signals: Optional[list[PromptSignals]] = None
-    if failed is None and Method(method).label_free:
-        try:
-            signals = signals_of(results, theta, scorer, no_branch_window, options.confidence_window)
-        except Exception as e:  # noqa: BLE001 - the scorer's extract() failing on phase (a)'s text: as a failed try
-            failed = f"reading phase (a)'s answers failed: {type(e).__name__}: {e}"
-    if failed is not None:
-        budget = max(0, max_sequences * len(results) - sum(p.n_sequences for p in results))
-        plan = ReallocationPlan(budget=budget, selected=(), extras=(), unused=budget)
-    elif signals is not None:
-        # Label-free recipients; with no decaying set its tries follow adapt's θ rule, as EAGer-adapt's do.
-        plan = plan_label_free(signals, max_sequences, use=options.label_free_signals)
-    else:
-        plan = plan_reallocation(summaries, max_sequences, method)
+    plan, summaries, failed = _plan(options, results, scorer, failed)
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
                                   produced={e.index: 0 for e in plan.extras}, error=failed)
-    position = {p.index: k for k, p in enumerate(results)}
-    theta0 = {s.index: s.theta for s in summaries}
-    decaying = set(plan.decaying)
-    # Random streams each prompt has used: its sequences so far (phase (a) drops none), then each try's.
-    streams = {e.index: results[position[e.index]].n_sequences for e in plan.extras}
-    closed: dict[int, set[tuple[int, int]]] = {e.index: set() for e in plan.extras}  # points with nothing left
-    # The reference's loop: every try asks the full eᵢ and keeps what it overshoots, until eᵢ are made
-    # (each try makes at least one, so at most eᵢ tries).
-    reference = options.rules == "reference"
-    for attempt in itertools.count(1) if reference else range(1, max_tries + 1):
-        jobs = []
-        for e in plan.extras:
-            lacking = e.extra_sequences - outcome.produced[e.index]
-            if lacking > 0:
-                p = results[position[e.index]]
-                # One engine run of a prompt holds at most MAX_SEQUENCES.
-                cap = min(e.extra_sequences if reference else lacking, MAX_SEQUENCES)
-                seeds = (tree_seeds(p, cap, no_branch_window, top_k, max_new_tokens, closed[e.index])
-                         if reallocation == "tree" else ())
-                if reallocation == "tree" and not seeds:
-                    continue  # no branch point left to continue: what it lacks stays unspent
-                theta_t = retry_theta(theta0[e.index], attempt, e.index in decaying)
-                jobs.append(PhaseJob(index=e.index, prompt=p.prompt, max_sequences=len(seeds) or cap, theta=theta_t,
-                                     sequence_base=streams[e.index], round=attempt, seeds=seeds,
-                                     first_index=p.n_sequences))
+    tries = _Tries(options, results, summaries, outcome)
+    # The reference's loop has no try cap (each try makes at least one sequence: at most eᵢ tries).
+    for attempt in itertools.count(1) if tries.reference else range(1, max_tries + 1):
+        jobs = tries.jobs(attempt)
         if not jobs:
             break
         try:
@@ -261,13 +303,7 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
             break
         stats.merge(output.stats)
         outcome.tries = attempt
-        for k, job in enumerate(jobs):
-            outcome.produced[job.index] += len(output.prompts[k].sequences)
-            streams[job.index] += output.streams(k)
-            for position_in_seeds in output.dropped(k):
-                seed = job.seeds[position_in_seeds]
-                closed[job.index].add((seed.source, len(seed.prefix)))
-            outcome.unavailable += len(output.dropped(k))
+        tries.record(jobs, output)
         try:
             score(results, answers, scorer)
         except Exception as e:  # noqa: BLE001 - a scorer failing on a try's text: the same
@@ -276,13 +312,5 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
     if outcome.error is not None:
         warnings.warn(f"{outcome.error}; the result holds what phase (a) and the earlier tries made, the rest of "
                       "the budget is reported unspent", ReallocationWarning, stacklevel=2)
-    extras = [s for p in results for s in p.sequences if s.round > 0]
-    stats.rounds = outcome.tries + 1
-    stats.reallocated_sequences = len(extras)
-    stats.reallocated_length_ended = sum(1 for s in extras if s.finish_reason == "length")
-    stats.reallocation_tries = outcome.tries
-    stats.reallocation_budget = plan.budget
-    stats.unspent_sequences = outcome.unspent
-    stats.unavailable_seeds = outcome.unavailable
-    stats.reallocation_error = outcome.error or ""
+    _record_stats(stats, outcome, results)
     return outcome

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["MAX_CTX", "MAX_ENTROPY_TOP_K", "MAX_SEQUENCES", "MAX_THREADS", "MAX_TRIES", "METHODS", "Method",
-           "REALLOCATING_METHODS", "REALLOCATIONS", "RULES", "THREADS_LIMIT", "THRESHOLD_MODES"]
+__all__ = ["LABEL_FREE_SIGNALS", "MAX_CTX", "MAX_ENTROPY_TOP_K", "MAX_SEQUENCES", "MAX_THREADS", "MAX_TRIES",
+           "METHODS", "Method", "REALLOCATING_METHODS", "REALLOCATIONS", "RULES", "THREADS_LIMIT", "THRESHOLD_MODES"]
 
 
 class Method(str, Enum):
@@ -53,6 +53,7 @@ THRESHOLD_MODES = ("fixed", "p99")  # θ as given, or each prompt's 99th entropy
 # Whose rules decide the cap check, answer matching and the retry loop (docs/method.md, "Reference rules"):
 # eager_cpp's (the default) or the authors' reference code's.
 RULES = ("eager_cpp", "reference")
+LABEL_FREE_SIGNALS = ("votes", "confidence", "tree")  # the terms of eager_label_free's doubt (budget.doubt)
 # The KV cache: one pool of cells for all sequences, or a stream per sequence (README, "KV layouts").
 KV_LAYOUTS = ("unified", "per_sequence")
 
