@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 import eager_cpp
-from eager_cpp import textfiles
-from eager_cpp.datasets import load_examples
-from eager_cpp.gguf_header import HeaderReader
-from eager_cpp.model import MAX_THREADS
-from eager_cpp.options import RunOptions
-from eager_cpp.plots import tree_lanes
-from eager_cpp.results import RunResult
+from eager_cpp.files import textfiles
+from eager_cpp.files.datasets import load_examples
+from eager_cpp.engine.gguf_header import HeaderReader
+from eager_cpp.engine.model import MAX_THREADS
+from eager_cpp.core.options import RunOptions
+from eager_cpp.evaluation.plots import tree_lanes
+from eager_cpp.core.results import RunResult
 
 Q = "Country: Peru\nCapital:"
 

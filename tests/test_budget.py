@@ -1,10 +1,10 @@
-"""Tests for eager_cpp.budget.plan_reallocation (docs/method.md, "Reallocation")."""
+"""Tests for eager_cpp.method.budget.plan_reallocation (docs/method.md, "Reallocation")."""
 
 import random
 
 import pytest
 
-from eager_cpp.budget import PromptExtra, PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
+from eager_cpp.method.budget import PromptExtra, PromptSummary, ReallocationPlan, plan_reallocation, retry_theta
 
 
 def S(index, sequences, solved=None, theta=2.0, tries=0):

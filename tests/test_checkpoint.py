@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import eager_cpp
-from eager_cpp.checkpoint import Checkpoint, CheckpointError, prompt_hash, read_done, recorded_settings
+from eager_cpp.files.checkpoint import Checkpoint, CheckpointError, prompt_hash, read_done, recorded_settings
 
 KEY = {"method": "eager_init", "seed": 0, "chunk_size": 2}
 HASHES = [prompt_hash("a", None), prompt_hash("b", "B")]
@@ -40,7 +40,7 @@ def test_prompt_hash_covers_the_prompt_and_its_answer():
 def test_prompt_hash_is_the_same_in_another_process():
     # --resume compares hashes written by an earlier process: a hash that depended on the process (Python's
     # salted hash(), object ids) would make every line of a resumed run look changed.
-    code = "from eager_cpp.checkpoint import prompt_hash; print(prompt_hash('Country: Perú', '42'))"
+    code = "from eager_cpp.files.checkpoint import prompt_hash; print(prompt_hash('Country: Perú', '42'))"
     others = {subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONHASHSEED=seed),
                              capture_output=True, text=True, check=True).stdout.strip() for seed in ("1", "2")}
     assert others == {prompt_hash("Country: Perú", "42")}

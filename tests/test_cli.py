@@ -71,7 +71,7 @@ def run_eager(tmp_path, capitals_small, name, *extra):
 
 
 def test_run_reallocating_method(tmp_path, capitals_small):
-    from eager_cpp.scoring import default_scorer
+    from eager_cpp.answers.scoring import default_scorer
 
     first_line = default_scorer("first_line")
     rows, meta = run_eager(tmp_path, capitals_small, "eager.jsonl")
@@ -260,7 +260,7 @@ def test_run_scores_whenever_answers_are_given_and_reads_back(tmp_path, capitals
     assert [p.index for p in result.prompts] == [0, 1, 2, 3]
     assert all(p.gold_answer for p in result.prompts)
     assert all(s.correct is not None for p in result.prompts for s in p.sequences)
-    from eager_cpp.scoring import default_scorer
+    from eager_cpp.answers.scoring import default_scorer
 
     first_line = default_scorer("first_line")  # the dataset's scorer (its name says capitals)
     assert all(s.correct == first_line(s.text, p.gold_answer) for p in result.prompts for s in p.sequences)

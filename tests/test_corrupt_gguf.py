@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import eager_cpp
-from eager_cpp.gguf_header import HeaderReader
+from eager_cpp.engine.gguf_header import HeaderReader
 from conftest import write_gguf as conftest_write_gguf
 
 pytest.importorskip("gguf")

@@ -119,8 +119,8 @@ def test_device_path_is_off_by_default_on_the_cpu(model):
     assert result.settings["device_topk"] is False
 
 
-requires_cuda_kernel = pytest.mark.skipif(not eager_cpp.kernels.cuda_available()[0],
-                                          reason="CUDA kernel unavailable: " + eager_cpp.kernels.cuda_available()[1])
+requires_cuda_kernel = pytest.mark.skipif(not eager_cpp.engine.kernels.cuda_available()[0],
+                                          reason="CUDA kernel unavailable: " + eager_cpp.engine.kernels.cuda_available()[1])
 
 
 @requires_cuda_kernel

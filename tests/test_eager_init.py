@@ -49,7 +49,7 @@ def test_every_row_takes_the_row_kernels_own_candidates(model):
     belongs to a prompt that had M sequences by the end of that step. (How the candidates follow the model's
     logits is the kernel's test, tests/test_kernel.py; the entropies against llama-cpp-python, below.)"""
     from eager_cpp import _core
-    from eager_cpp.local import engine_config
+    from eager_cpp.engine.local import engine_config
 
     theta, M, n = 1.0, 6, 12
     cfg = engine_config(eager_cpp.RunOptions.create(max_sequences=M, max_new_tokens=n, seed=2, ignore_eos=True),

@@ -1,4 +1,4 @@
-"""kv_layout="per_sequence": a KV stream per sequence id instead of one unified pool (README, "KV layouts").
+"""kv_layout="per_sequence": a KV stream per sequence id instead of one unified pool (docs/long-generations.md, "KV layout").
 
 Every KV copy the engine makes must work across streams, where llama.cpp copies only whole streams: the forks
 of Full Parallel and EAGer-init, the prefix anchor's ranged copies, and a tree seed's copy of a shared start."""
@@ -10,7 +10,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.local import engine_config
+from eager_cpp.engine.local import engine_config
 
 from conftest import GREEDY_NOISE, assert_greedy_choices, load_jsonl, reference_logits
 

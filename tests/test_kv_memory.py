@@ -1,5 +1,5 @@
 """The KV cache as a memory budget: preemption by recompute when it fills, clear errors when it cannot hold a
-prompt, positions bounded by the model's context (README, "Long generations")."""
+prompt, positions bounded by the model's context (docs/long-generations.md)."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ TRACE_SCRIPT = r"""
 import json, sys
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.local import engine_config
+from eager_cpp.engine.local import engine_config
 spec = json.loads(sys.argv[1])
 model = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=2)
 opts = eager_cpp.RunOptions.create(method=spec["method"], max_sequences=spec["m"], max_new_tokens=spec["n"],

@@ -12,14 +12,14 @@ import sys
 import pytest
 
 import eager_cpp
-from eager_cpp.budget import PromptSignals, doubt, plan_label_free
-from eager_cpp.label_free import (NO_ANSWER, confidence_weights, departures, prompt_signals, trace_entropies,
+from eager_cpp.method.budget import PromptSignals, doubt, plan_label_free
+from eager_cpp.method.label_free import (NO_ANSWER, confidence_weights, departures, prompt_signals, trace_entropies,
                                   trace_uncertainty, vote_counts)
-from eager_cpp.metrics import compute_metrics, weighted_vote
-from eager_cpp.options import RunOptions
-from eager_cpp.phases import PhaseOutput, run_phases, signals_of
-from eager_cpp.results import PromptResult, RunStats, Sequence
-from eager_cpp.scoring import default_scorer
+from eager_cpp.answers.metrics import compute_metrics, weighted_vote
+from eager_cpp.core.options import RunOptions
+from eager_cpp.method.phases import PhaseOutput, run_phases, signals_of
+from eager_cpp.core.results import PromptResult, RunStats, Sequence
+from eager_cpp.answers.scoring import default_scorer
 
 FIRST_LINE = default_scorer("first_line")
 
@@ -150,7 +150,7 @@ def test_trace_uncertainty_is_the_worst_window_mean():
 
 
 def test_the_default_window_grows_with_the_trace():
-    from eager_cpp.metrics import confidence_window
+    from eager_cpp.answers.metrics import confidence_window
 
     assert [confidence_window(n) for n in (0, 16, 135, 136, 4000, 10**6)] == [16, 16, 16, 17, 500, 2048]
     # A 4000-token trace, sure but for one 16-token stretch at 3.0 nats: a 16-token window judges it by that

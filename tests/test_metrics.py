@@ -1,4 +1,4 @@
-"""Tests for eager_cpp.metrics: unbiased pass@k, majority voting, aggregate metrics."""
+"""Tests for eager_cpp.answers.metrics: unbiased pass@k, majority voting, aggregate metrics."""
 
 import itertools
 import json
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from eager_cpp.metrics import (
+from eager_cpp.answers.metrics import (
     PromptScore,
     compute_metrics,
     majority_vote,

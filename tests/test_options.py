@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import eager_cpp
-from eager_cpp.options import MAX_SEQUENCES, RunOptions, spec_of
+from eager_cpp.core.options import MAX_SEQUENCES, RunOptions, spec_of
 
 
 def test_run_without_options_runs_the_options_defaults(model):
@@ -48,7 +48,7 @@ def test_the_engine_defaults_are_the_options_defaults(model):
     # One source of defaults: RunOptions sets every field of the engine's config, and the C++ struct's own
     # defaults agree with it, so a caller of the core with a bare EngineConfig gets what eager_cpp.run gives.
     from eager_cpp import _core
-    from eager_cpp.local import engine_config
+    from eager_cpp.engine.local import engine_config
 
     mine = engine_fields(engine_config(RunOptions(), eager_cpp.Model(model.path)))
     core = engine_fields(_core.EngineConfig())
@@ -146,8 +146,9 @@ def test_bad_input_says_what_is_wrong(model, call, error, match):
 
 def test_the_vocabularys_limits_are_the_engines():
     """vocabulary.py imports no extension (options, phases and tree stay pure): its limits are checked here."""
-    from eager_cpp import _core, vocabulary
-    from eager_cpp.tree import MAX_RANKED_TOKENS
+    from eager_cpp import _core
+    from eager_cpp.core import vocabulary
+    from eager_cpp.method.tree import MAX_RANKED_TOKENS
 
     assert vocabulary.MAX_SEQUENCES == _core.MAX_SEQUENCES
     assert vocabulary.MAX_ENTROPY_TOP_K == MAX_RANKED_TOKENS == _core.MAX_ENTROPY_TOP_K
@@ -165,7 +166,8 @@ def test_the_pure_layers_import_no_extension():
             "spec = importlib.util.find_spec('eager_cpp')\n"
             "pkg = types.ModuleType('eager_cpp'); pkg.__path__ = list(spec.submodule_search_locations)\n"
             "sys.modules['eager_cpp'] = pkg\n"
-            "for m in ('vocabulary', 'options', 'phases', 'budget', 'tree', 'checkpoint', 'jobs'):\n"
+            "for m in ('core.vocabulary', 'core.options', 'method.phases', 'method.budget', 'method.tree',"
+            "          'files.checkpoint', 'core.jobs'):\n"
             "    importlib.import_module('eager_cpp.' + m)\n"
             "assert 'eager_cpp._core' not in sys.modules, sorted(sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -237,8 +239,8 @@ def test_an_option_added_to_the_options_reaches_a_worker(model_path, monkeypatch
     import dataclasses
     import sys
 
-    from eager_cpp import distributed
-    from eager_cpp.phases import PhaseJob
+    from eager_cpp.runner import distributed
+    from eager_cpp.method.phases import PhaseJob
 
     # The actor asks Ray for its node, which would start a Ray for this process as a side effect (and
     # leave the Ray tests a cluster of other CPUs): here it answers with the host name instead.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from eager_cpp.budget import plan_reallocation
-from eager_cpp.phases import PhaseJob, PhaseOutput, ReallocationWarning, merge, reallocate_phases, run_phases
-from eager_cpp.options import RunOptions
-from eager_cpp.results import PromptResult, RunStats, Sequence
-from eager_cpp.vocabulary import MAX_TRIES
+from eager_cpp.method.budget import plan_reallocation
+from eager_cpp.method.phases import PhaseJob, PhaseOutput, ReallocationWarning, merge, reallocate_phases, run_phases
+from eager_cpp.core.options import RunOptions
+from eager_cpp.core.results import PromptResult, RunStats, Sequence
+from eager_cpp.core.vocabulary import MAX_TRIES
 
 
 def sequence(index: int, round_: int, text: str = "x", tokens: tuple[int, ...] = (1,)) -> Sequence:
@@ -213,7 +213,7 @@ def test_plan_and_outcome_agree_with_the_pure_planner():
     ex = FakeExecutor(capped_first)
     results, _, outcome = phases_on(ex, ["a", "b", "c"], [5, 6, 7], "eager_adapt", 4, 2.0, None, None, None)
     init = [PromptResult(p.index, p.prompt, [s for s in p.sequences if s.round == 0], 3) for p in results]
-    from eager_cpp.phases import summarize
+    from eager_cpp.method.phases import summarize
 
     assert outcome.plan == plan_reallocation(summarize(init, 2.0), 4, "eager_adapt")
 

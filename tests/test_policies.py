@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from eager_cpp import _core
-from eager_cpp.results import Sequence
-from eager_cpp.tree import branching_closes_at
+from eager_cpp.core.results import Sequence
+from eager_cpp.method.tree import branching_closes_at
 
 P = _core.policies
 EAGER, PARALLEL = _core.Method.EAGER_INIT, _core.Method.PARALLEL

@@ -68,7 +68,7 @@ TRACE_SCRIPT = r"""
 import json, sys
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.local import engine_config
+from eager_cpp.engine.local import engine_config
 prompts = json.loads(sys.argv[1])
 model = eager_cpp.Model(eager_cpp.default_model_path(), n_threads=2)
 cfg = engine_config(eager_cpp.RunOptions.create(method="parallel", max_sequences=3, max_new_tokens=6), model)

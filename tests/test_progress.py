@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import eager_cpp
-from eager_cpp.progress import ProgressEvent, ProgressLine, ProgressSink
+from eager_cpp.core.progress import ProgressEvent, ProgressLine, ProgressSink
 
 
 def test_local_runs_report_phase_round_and_totals(model):

@@ -25,10 +25,10 @@ import time
 import pytest
 
 import eager_cpp
-from eager_cpp.local import LocalExecutor
-from eager_cpp.options import RunOptions
-from eager_cpp.phases import PhaseOutput, merge
-from eager_cpp.scoring import default_scorer
+from eager_cpp.engine.local import LocalExecutor
+from eager_cpp.core.options import RunOptions
+from eager_cpp.method.phases import PhaseOutput, merge
+from eager_cpp.answers.scoring import default_scorer
 from conftest import load_jsonl
 
 pytestmark = pytest.mark.slow  # a local Ray cluster: the long end-to-end tier
@@ -57,7 +57,7 @@ def capitals():
 def pool(model_path):
     if not HAVE_RAY:
         pytest.skip("Ray is not installed")
-    from eager_cpp.distributed import RayWorkers
+    from eager_cpp.runner.distributed import RayWorkers
 
     # 4 logical CPUs on this 2-core machine: the 2 workers hold 2, the bad-path and CLI tests start more.
     workers = RayWorkers(model_path, "local", workers=2, threads_per_worker=1, num_cpus=4)
@@ -146,8 +146,8 @@ def test_tree_reallocation_on_workers_matches_one_process(pool, model, capitals,
 @needs_ray
 @pytest.mark.parametrize("reallocation", ["fresh", "tree"])
 def test_label_free_reallocation_on_workers_matches_one_process(pool, model, capitals, reallocation):
-    from eager_cpp.budget import plan_label_free
-    from eager_cpp.phases import signals_of
+    from eager_cpp.method.budget import plan_label_free
+    from eager_cpp.method.phases import signals_of
 
     prompts, _ = capitals
     kw = settings(max_live_sequences=1, reallocation=reallocation, scorer=FIRST_LINE)
@@ -288,7 +288,7 @@ def test_a_worker_killed_mid_run_has_its_shard_rerun(pool, model, capitals):
 
 @needs_ray
 def test_ctrl_c_on_the_driver_kills_the_workers(pool, capitals):
-    from eager_cpp.distributed import RayWorkers
+    from eager_cpp.runner.distributed import RayWorkers
 
     prompts, _ = capitals
     own = RayWorkers(pool.model_path, "local", workers=1)  # Ray is the fixture's: only this worker goes
@@ -334,7 +334,7 @@ def test_import_without_ray_works_and_cluster_names_the_extra(model_path):
     code = textwrap.dedent("""
         import sys
         sys.modules["ray"] = None  # as if Ray were not installed: `import ray` raises ImportError
-        import eager_cpp, eager_cpp.distributed
+        import eager_cpp, eager_cpp.runner.distributed
         try:
             eager_cpp.run(sys.argv[1], ["Country: Peru\\nCapital:"], cluster="local")
         except ImportError as e:
@@ -346,7 +346,7 @@ def test_import_without_ray_works_and_cluster_names_the_extra(model_path):
     assert proc.returncode == 0, proc.stderr
     assert 'pip install "eager_cpp[ray]"' in proc.stdout
     if HAVE_RAY:  # installed, Ray is still not imported until a cluster is asked for
-        proc = subprocess.run([sys.executable, "-c", "import sys, eager_cpp, eager_cpp.distributed; "
+        proc = subprocess.run([sys.executable, "-c", "import sys, eager_cpp, eager_cpp.runner.distributed; "
                                "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
@@ -358,7 +358,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
     import eager_cpp
-    from eager_cpp.distributed import RayWorkers
+    from eager_cpp.runner.distributed import RayWorkers
 
     model_path, prompts = sys.argv[1], json.loads(sys.argv[2])
     kw = dict(max_sequences=4, entropy_threshold=1.0, temperature=0.6, max_new_tokens=24, seed=3,

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import eager_cpp
-from eager_cpp.phases import MAX_TRIES
-from eager_cpp.scoring import default_scorer
+from eager_cpp.method.phases import MAX_TRIES
+from eager_cpp.answers.scoring import default_scorer
 from conftest import load_jsonl
 
 FIRST_LINE = default_scorer("first_line")

@@ -9,11 +9,11 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.options import PRESETS, RunOptions
-from eager_cpp.phases import summarize
-from eager_cpp.reference import reference_consensus, reference_correct, reference_solved
-from eager_cpp.results import PromptResult, RunResult, Sequence
-from eager_cpp.scoring import AnswerScorer
+from eager_cpp.core.options import PRESETS, RunOptions
+from eager_cpp.method.phases import summarize
+from eager_cpp.answers.reference import reference_consensus, reference_correct, reference_solved
+from eager_cpp.core.results import PromptResult, RunResult, Sequence
+from eager_cpp.answers.scoring import AnswerScorer
 
 Policies = _core.policies
 
@@ -79,7 +79,7 @@ def test_reference_matching():
     assert reference_correct("Paris, France", "Paris") and not reference_correct("Lyon", "Paris")
     assert not reference_correct(None, "5") and not reference_correct("", "5")
     # eager_cpp's matching differs on exactly these.
-    from eager_cpp.scoring import answers_match
+    from eager_cpp.answers.scoring import answers_match
     assert not answers_match("x = 5", "5") and answers_match("18", "18.0")
     # Cons@k: the most common normalised answer, first seen on a tie, then equality (no substring).
     assert not reference_consensus(["5", "x=5", "x = 5"], "5")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import eager_cpp
-from eager_cpp.options import MAX_KV_MEMORY, RunOptions, parse_kv_memory
-from eager_cpp.system import memory_available
+from eager_cpp.core.options import MAX_KV_MEMORY, RunOptions, parse_kv_memory
+from eager_cpp.engine.system import memory_available
 
 Q = "Country: Peru\nCapital:"
 PIB = 2**50

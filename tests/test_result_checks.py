@@ -13,8 +13,8 @@ import pytest
 
 import eager_cpp
 from conftest import load_jsonl, tree_shape
-from eager_cpp.phases import ReallocationWarning
-from eager_cpp.results import check_structure
+from eager_cpp.method.phases import ReallocationWarning
+from eager_cpp.core.results import check_structure
 
 # Three capitals prompts, M = 4, θ = 0.6: prompt 2 branches to 4 sequences (3 is a child of 1, born at step 1),
 # prompts 0 and 1 stop short of M, so every reallocating method has budget to spend.

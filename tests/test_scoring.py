@@ -1,10 +1,10 @@
-"""Tests for eager_cpp.scoring: extraction styles, normalisation, matching, dataset rule."""
+"""Tests for eager_cpp.answers.scoring: extraction styles, normalisation, matching, dataset rule."""
 
 import pickle
 
 import pytest
 
-from eager_cpp.scoring import (
+from eager_cpp.answers.scoring import (
     answers_match,
     default_scorer,
     extract_answer,

@@ -17,7 +17,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.local import engine_config
+from eager_cpp.engine.local import engine_config
 from conftest import load_jsonl
 
 WINDOW = 512  # the default model's sliding window (gemma3.attention.sliding_window)

@@ -10,7 +10,7 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.system import (
+from eager_cpp.engine.system import (
     GUARDED_BUFFERS_ENV,
     guarded_cpu_buffers,
     machine_cpu_buffer_plan,

@@ -10,11 +10,11 @@ import pytest
 
 import eager_cpp
 from eager_cpp import _core
-from eager_cpp.local import engine_config, to_prompt_result
-from eager_cpp.phases import PhaseJob, Seed, tree_seeds
-from eager_cpp.results import PromptResult, Sequence
-from eager_cpp.scoring import default_scorer
-from eager_cpp.tree import (MAX_RANKED_TOKENS, BranchChoice, branch_points, branching_closes_at,
+from eager_cpp.engine.local import engine_config, to_prompt_result
+from eager_cpp.method.phases import PhaseJob, Seed, tree_seeds
+from eager_cpp.core.results import PromptResult, Sequence
+from eager_cpp.answers.scoring import default_scorer
+from eager_cpp.method.tree import (MAX_RANKED_TOKENS, BranchChoice, branch_points, branching_closes_at,
                             choose_branch_points, last_branch_step, ranked_limit, room_margin)
 from conftest import load_jsonl, reference_logits
 

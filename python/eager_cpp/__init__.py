@@ -17,15 +17,15 @@ except _NotInstalled:  # pragma: no cover - a source tree on sys.path without an
 _preload_llama()  # before _core, so one copy of libllama serves eager_cpp and llama_cpp
 
 from . import _core  # noqa: E402
-from .api import METHODS, reallocate, run, summarize  # noqa: E402
-from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation  # noqa: E402
-from .kernels import topk_entropy  # noqa: E402
-from .model import Model, builtin_chat_templates, default_model_path  # noqa: E402
-from .options import RunOptions  # noqa: E402
-from .results import PromptResult, RunResult, RunStats, Sequence  # noqa: E402
-from .scoring import default_scorer, extract_answer, scorer_for_dataset  # noqa: E402
-from .system import llama_cpp_reference, system_info  # noqa: E402
-from .vocabulary import Method  # noqa: E402
+from .runner.api import METHODS, reallocate, run, summarize  # noqa: E402
+from .method.budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation  # noqa: E402
+from .engine.kernels import topk_entropy  # noqa: E402
+from .engine.model import Model, builtin_chat_templates, default_model_path  # noqa: E402
+from .core.options import RunOptions  # noqa: E402
+from .core.results import PromptResult, RunResult, RunStats, Sequence  # noqa: E402
+from .answers.scoring import default_scorer, extract_answer, scorer_for_dataset  # noqa: E402
+from .engine.system import llama_cpp_reference, system_info  # noqa: E402
+from .core.vocabulary import Method  # noqa: E402
 
 __all__ = [
     "METHODS", "Method", "Model", "PromptResult", "PromptSignals", "PromptSummary", "ReallocationPlan", "RunOptions",

@@ -7,21 +7,28 @@ show, info); ``common`` holds what they share. A user error is one ``eager-cpp: 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from ..phases import ReallocationWarning
+from ..method.phases import ReallocationWarning
 from .common import CliError
 from .parser import build_parser
-from .run import cmd_run
-from .sweeps import cmd_bench, cmd_eval
-from .tools import cmd_demo, cmd_info, cmd_show
 
 __all__ = ["CliError", "build_parser", "main"]
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "eval": cmd_eval, "bench": cmd_bench, "show": cmd_show,
-            "info": cmd_info}
+
+def command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function of a command, imported when it runs (`eager-cpp show` need not load the engine)."""
+    if name == "run":
+        from .run import cmd_run
+        return cmd_run
+    if name in ("eval", "bench"):
+        from .sweeps import cmd_bench, cmd_eval
+        return cmd_eval if name == "eval" else cmd_bench
+    from .tools import cmd_demo, cmd_info, cmd_show
+    return {"demo": cmd_demo, "show": cmd_show, "info": cmd_info}[name]
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
@@ -42,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", ReallocationWarning)
             warnings.showwarning = _show_warning
-            return COMMANDS[args.command](args)
+            return command(args.command)(args)
     except CliError as e:
         print(f"eager-cpp: error: {e}", file=sys.stderr)
         return 2

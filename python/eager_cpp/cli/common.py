@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .._core import supports_gpu_offload
-from ..model import Model, check_kv_memory_available, default_model_path
-from ..options import RunOptions, parse_kv_memory
-from ..scoring import dataset_style
+from ..engine.model import Model, check_kv_memory_available, default_model_path
+from ..core.options import RunOptions, parse_kv_memory
+from ..answers.scoring import dataset_style
 
 __all__ = ["CliError", "check_writable", "load_model", "model_or_workers", "progress_enabled", "scorer_style"]
 
@@ -59,7 +59,7 @@ def model_or_workers(args: argparse.Namespace, options: RunOptions) -> tuple[Any
     if options.cluster is None:
         return load_model(args, options), None
     try:
-        from ..distributed import RayWorkers
+        from ..runner.distributed import RayWorkers
 
         workers = RayWorkers(model_path(args), options.cluster, workers=options.workers,
                              threads_per_worker=options.threads_per_worker or options.n_threads,

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import fields
 from typing import Any, Iterable, Optional
 
-from ..options import OptionSpec, RunOptions, spec_of
+from ..core.options import OptionSpec, RunOptions, spec_of
 from .common import CliError
 
 __all__ = ["add_option_flags", "flag_of", "given_options"]

@@ -8,8 +8,8 @@ import sys
 from typing import NoReturn
 
 from .. import __version__
-from ..options import RunOptions
-from ..scoring import STYLES
+from ..core.options import RunOptions
+from ..answers.scoring import STYLES
 from .flags import add_option_flags
 
 __all__ = ["build_parser"]

@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any, Optional
 
-from ..checkpoint import Checkpoint, prompt_hash
-from ..datasets import Example, load_examples
-from ..driver import drive
-from ..model import Model
-from ..options import RunOptions
-from ..progress import ProgressLine
-from ..results import PromptResult, prompt_from_dict, prompt_to_dict
-from ..scoring import default_scorer
-from ..vocabulary import Method
+from ..files.checkpoint import Checkpoint, prompt_hash
+from ..files.datasets import Example, load_examples
+from ..runner.driver import drive
+from ..engine.model import Model
+from ..core.options import RunOptions
+from ..core.progress import ProgressLine
+from ..core.results import PromptResult, prompt_from_dict, prompt_to_dict
+from ..answers.scoring import default_scorer
+from ..core.vocabulary import Method
 from .common import CliError, check_writable, model_or_workers, progress_enabled, scorer_style
 from .flags import given_options
 

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..datasets import load_examples
-from ..options import RunOptions
-from ..scoring import default_scorer
-from ..vocabulary import METHODS, REALLOCATIONS
+from ..files.datasets import load_examples
+from ..core.options import RunOptions
+from ..answers.scoring import default_scorer
+from ..core.vocabulary import METHODS, REALLOCATIONS
 from .common import CliError, check_writable, load_model, model_or_workers, scorer_style
 from .flags import given_options
 
@@ -81,7 +81,7 @@ def _on_row(args: argparse.Namespace) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import format_table, sweep
+    from ..evaluation.evaluate import format_table, sweep
 
     prompts, answers, scorer = _labelled(args)
     methods, thetas, ms, modes = _axes(args, args.methods, args.thetas, None)
@@ -104,8 +104,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..evaluate import format_table, sweep
-    from ..plots import plot_bench, require_matplotlib
+    from ..evaluation.evaluate import format_table, sweep
+    from ..evaluation.plots import plot_bench, require_matplotlib
 
     prompts, answers, scorer = _labelled(args)
     methods, thetas, ms, modes = _axes(args, args.methods, args.thetas, args.Ms)

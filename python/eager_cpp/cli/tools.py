@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..api import run
-from ..model import Model, default_model_path
-from ..options import RunOptions
-from ..results import RunResult
+from ..runner.api import run
+from ..engine.model import Model, default_model_path
+from ..core.options import RunOptions
+from ..core.results import RunResult
 from .common import CliError, check_writable, load_model
 from .flags import given_options
 
@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..plots import format_tree, plot_tree, require_matplotlib
+    from ..evaluation.plots import format_tree, plot_tree, require_matplotlib
 
     if args.output:
         try:  # before reading the results, not after printing the tree
@@ -86,7 +86,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..system import format_system_info, system_info
+    from ..engine.system import format_system_info, system_info
 
     model = None
     if not args.no_model:

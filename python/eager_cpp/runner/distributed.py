@@ -39,16 +39,16 @@ from dataclasses import asdict, dataclass, field
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence as Seq, Union
 
-from .budget import ReallocationPlan
-from .jobs import PhaseJob, PhaseOutput
-from .local import LocalExecutor
-from .model import Model
-from .checks import parse_kv_memory
-from .options import RunOptions, WireOptions
-from .progress import ProgressEvent
-from .results import PromptResult, RunStats, prompt_from_dict, prompt_to_dict
-from .system import resolve_cpu_buffers
-from .vocabulary import MAX_THREADS, THREADS_LIMIT
+from ..method.budget import ReallocationPlan
+from ..core.jobs import PhaseJob, PhaseOutput
+from ..engine.local import LocalExecutor
+from ..engine.model import Model
+from ..core.checks import parse_kv_memory
+from ..core.options import RunOptions, WireOptions
+from ..core.progress import ProgressEvent
+from ..core.results import PromptResult, RunStats, prompt_from_dict, prompt_to_dict
+from ..engine.system import resolve_cpu_buffers
+from ..core.vocabulary import MAX_THREADS, THREADS_LIMIT
 
 __all__ = ["RAY_HINT", "RayExecutor", "RayWorkers", "balance", "open_pool"]
 

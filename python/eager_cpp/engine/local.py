@@ -5,20 +5,32 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _core
-from .jobs import PhaseJob, PhaseOutput, ProgressFn, Seed
+from .. import _core
+from ..core.jobs import PhaseJob, PhaseOutput, ProgressFn, Seed
 from .model import Model, check_kv_memory_available
-from .checks import parse_kv_memory
-from .options import RunOptions
-from .progress import ProgressEvent
-from .results import PromptResult, RunStats, Sequence
+from ..core.checks import parse_kv_memory
+from ..core.options import RunOptions
+from ..core.progress import ProgressEvent
+from ..core.results import PromptResult, RunStats, Sequence
 from .system import check_threads_fit
 
 ENGINE_METHODS = {"parallel": _core.Method.PARALLEL, "eager_init": _core.Method.EAGER_INIT}
-ENGINE_THRESHOLD_MODES = {"fixed": _core.ThresholdMode.FIXED, "p99": _core.ThresholdMode.P99}
 ENGINE_CAP_RULES = {"eager_cpp": _core.CapRule.PROMPT, "reference": _core.CapRule.ROW}
-ENGINE_KV_LAYOUTS = {"unified": _core.KvLayout.UNIFIED, "per_sequence": _core.KvLayout.PER_SEQUENCE}
 KV_CELL_PADDING = _core.KV_CELL_PADDING  # llama.cpp's smallest KV cache, and the step it pads one to
+# Options the engine's config has under the same name but that are set below from another form (the engine's
+# method is set per job list; the placement falls back on the model's).
+SET_BELOW = ("method", "think_end_marker", "device_topk", "n_ctx", "kv_memory", "n_threads")
+
+
+def _by_name(cfg: Any, name: str, value: Any) -> None:
+    """An option copied to the engine's field of the same name: an enum by its member's name, a tuple as a list.
+    So a new engine option named as its C++ field needs no line in engine_config."""
+    current = getattr(cfg, name)
+    if hasattr(type(current), "__members__"):  # a pybind11 enum: the option's value names its member
+        value = type(current).__members__[str(value).upper()]
+    elif isinstance(current, list):
+        value = list(value)
+    setattr(cfg, name, value)
 
 
 def engine_config(options: RunOptions, model: Model) -> Any:
@@ -29,29 +41,22 @@ def engine_config(options: RunOptions, model: Model) -> Any:
     and, in one pool of cells, less than llama.cpp's smallest cache, with the engine's own message."""
     o = options.resolved(model)
     cfg = _core.EngineConfig()
-    cfg.max_new_tokens = o.max_new_tokens
-    cfg.seed = o.seed
+    for name in RunOptions.names():
+        if name not in SET_BELOW and hasattr(cfg, name):
+            _by_name(cfg, name, getattr(o, name))
     cfg.sampling.temperature = o.temperature
     cfg.sampling.top_k = o.top_k
     cfg.sampling.top_p = o.top_p
     cfg.sampling.min_p = o.min_p
     cfg.entropy_k = o.top_k_entropy
-    cfg.entropy_after_temperature = o.entropy_after_temperature
-    cfg.record_entropies = o.record_entropies
-    cfg.stop = list(o.stop)
     cfg.think_end_marker = o.think_end_marker or ""
-    cfg.no_branch_window = o.no_branch_window
-    cfg.threshold_mode = ENGINE_THRESHOLD_MODES[o.threshold_mode]
     cfg.cap_rule = ENGINE_CAP_RULES[o.rules]
-    cfg.max_live_sequences = o.max_live_sequences
-    cfg.ignore_eos = o.ignore_eos
     cfg.device_topk = bool(o.device_topk)
-    cfg.device_candidates = o.device_candidates
     cfg.n_ctx = o.n_ctx or model.n_ctx or 0
     cfg.kv_memory = parse_kv_memory(o.kv_memory) or model.kv_memory
     if not cfg.n_ctx and cfg.kv_memory:  # a fixed n_ctx sizes the cache instead
         check_kv_memory_available(cfg.kv_memory, model.offloaded)
-        per_cell = float(model._model.kv_bytes_per_cell)
+        per_cell = float(model.kv_bytes_per_cell)
         cells = int(cfg.kv_memory / max(1.0, per_cell))
         if o.kv_layout == "unified" and cells < KV_CELL_PADDING:
             raise ValueError(f"kv_memory={cfg.kv_memory} bytes buys {cells} KV cells of {int(per_cell)} bytes; "
@@ -60,8 +65,6 @@ def engine_config(options: RunOptions, model: Model) -> Any:
     cfg.n_threads = o.n_threads or model.n_threads or 0
     if cfg.n_threads:
         check_threads_fit(cfg.n_threads)
-    cfg.share_prompt_prefixes = o.share_prompt_prefixes
-    cfg.kv_layout = ENGINE_KV_LAYOUTS[o.kv_layout]
     return cfg
 
 

@@ -21,7 +21,7 @@ import platform
 import sys
 from typing import Any, Optional
 
-from . import _core
+from .. import _core
 
 CPU_BUFFER_CHOICES = {"safe": _core.CpuBuffers.SAFE, "all": _core.CpuBuffers.ALL, "none": _core.CpuBuffers.NONE}
 CPU_BUFFERS_ENV = "EAGER_CPP_CPU_BUFFERS"

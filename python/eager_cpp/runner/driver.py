@@ -20,14 +20,14 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence as Seq, Union
 
-from .jobs import Executor
-from .local import LocalExecutor
-from .model import Model
-from .options import RunOptions, check_extras_fit
-from .phases import ChunkDone, run_phases
-from .progress import ProgressArg, ProgressSink
-from .reference import ReferenceScorer
-from .results import PromptResult, RunResult, RunStats, check_structure, count_totals
+from ..core.jobs import Executor
+from ..engine.local import LocalExecutor
+from ..engine.model import Model
+from ..core.options import RunOptions, check_extras_fit
+from ..method.phases import ChunkDone, run_phases
+from ..core.progress import ProgressArg, ProgressSink
+from ..answers.reference import ReferenceScorer
+from ..core.results import PromptResult, RunResult, RunStats, check_structure, count_totals
 
 __all__ = ["drive", "open_executor"]
 

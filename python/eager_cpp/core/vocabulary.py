@@ -54,7 +54,7 @@ THRESHOLD_MODES = ("fixed", "p99")  # θ as given, or each prompt's 99th entropy
 # eager_cpp's (the default) or the authors' reference code's.
 RULES = ("eager_cpp", "reference")
 LABEL_FREE_SIGNALS = ("votes", "confidence", "tree")  # the terms of eager_label_free's doubt (budget.doubt)
-# The KV cache: one pool of cells for all sequences, or a stream per sequence (README, "KV layouts").
+# The KV cache: one pool of cells for all sequences, or a stream per sequence (docs/long-generations.md, "KV layout").
 KV_LAYOUTS = ("unified", "per_sequence")
 
 # The engine's limits, written here so the pure layers can check against them (tests/test_options.py

@@ -37,14 +37,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Optional, Sequence as Seq
 
 from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation, retry_theta
-from .jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
+from ..core.jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
 from .label_free import prompt_signals
-from .options import RunOptions
-from .reference import reference_solved
-from .results import PromptResult, RunStats
-from .scoring import answer_extractor, score_prompts
+from ..core.options import RunOptions
+from ..answers.reference import reference_solved
+from ..core.results import PromptResult, RunStats
+from ..answers.scoring import answer_extractor, score_prompts
 from .tree import branch_points, choose_branch_points, last_branch_step, ranked_limit
-from .vocabulary import MAX_SEQUENCES, MAX_TRIES, Method
+from ..core.vocabulary import MAX_SEQUENCES, MAX_TRIES, Method
 
 __all__ = ["Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "ReallocationWarning", "Seed", "merge",
            "reallocate_phases", "run_phases", "score", "signals_of", "summarize", "tree_seeds"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 
 def cuda_available() -> "tuple[bool, str]":
     """(available, reason): whether `topk_entropy(..., device="cuda")` can run here.
 
-    It needs eager_cpp built with the CUDA option (README, "GPU") and a visible CUDA device.
+    It needs eager_cpp built with the CUDA option (docs/gpu.md) and a visible CUDA device.
     """
     ok, why = _core.cuda_status()
     return bool(ok), str(why)

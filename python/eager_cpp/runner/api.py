@@ -11,14 +11,14 @@ import os
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
-from .budget import PromptSummary
+from ..method.budget import PromptSummary
 from .driver import drive
-from .model import Model
-from .options import RunOptions
-from .phases import summarize as _summarize
-from .progress import ProgressArg
-from .results import PromptResult, RunResult
-from .vocabulary import METHODS, REALLOCATING_METHODS, Method
+from ..engine.model import Model
+from ..core.options import RunOptions
+from ..method.phases import summarize as _summarize
+from ..core.progress import ProgressArg
+from ..core.results import PromptResult, RunResult
+from ..core.vocabulary import METHODS, REALLOCATING_METHODS, Method
 
 __all__ = ["METHODS", "reallocate", "run", "summarize"]
 
@@ -83,7 +83,7 @@ def run(
     `eager_cpp.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
     `threads_per_worker` threads each); see eager_cpp.distributed. Needs `pip install "eager_cpp[ray]"`.
     A Model runs one generation at a time: calls from several threads take turns.
-    Returns a RunResult (README, "Python API"; the method in docs/method.md).
+    Returns a RunResult (docs/api.md; the method in docs/method.md).
     """
     unset_takes_default = dict(max_sequences=max_sequences, entropy_threshold=entropy_threshold,
                                temperature=temperature, top_k_entropy=top_k_entropy, max_new_tokens=max_new_tokens)

@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from . import _core
-from .checks import parse_kv_memory
+from .. import _core
+from ..core.checks import parse_kv_memory
 from .system import (CPU_BUFFER_CHOICES, check_threads_fit, default_model_path, guarded_cpu_buffers, memory_available,
                      resolve_cpu_buffers)
-from .vocabulary import MAX_CTX, MAX_THREADS, THREADS_LIMIT
+from ..core.vocabulary import MAX_CTX, MAX_THREADS, THREADS_LIMIT
 
 # The limits, default_model_path and parse_kv_memory are re-exported: callers find them here.
 __all__ = ["MAX_CTX", "MAX_THREADS", "THREADS_LIMIT", "Model", "check_gguf_path", "check_kv_memory_available",
@@ -91,12 +91,12 @@ class Model:
     kv_memory: bytes the KV cache of a run may take: an int, a size like "8GiB", or "auto"/None (the
     cache starts small and doubles as the run needs cells, up to a quarter of the memory available).
     More than the memory available is refused (``check_kv_memory_available``), here and at each run.
-    A cache that fills preempts prompts and recomputes them later (README, "Long generations").
+    A cache that fills preempts prompts and recomputes them later (docs/long-generations.md).
     n_threads: CPU threads (None: all cores). n_gpu_layers: layers offloaded to the GPU of a
-    GPU-enabled llama.cpp (-1: all; README, "GPU"); ignored by a CPU-only build.
+    GPU-enabled llama.cpp (-1: all; docs/gpu.md); ignored by a CPU-only build.
     cpu_buffers: which of llama.cpp's CPU extra buffer types may hold the weights: "safe" (all but
     AMX, whose matmul crashes with SIGILL on some CPUs), "all" (AMX too, where it works) or "none";
-    None: $EAGER_CPP_CPU_BUFFERS, else "safe" (eager_cpp.system, README "Troubleshooting").
+    None: $EAGER_CPP_CPU_BUFFERS, else "safe" (eager_cpp.system, docs/troubleshooting.md).
 
     Threads: a Model runs one generation at a time. `run()` calls on it from several threads take
     turns (each waits, without holding the GIL, for the one in progress); a call from inside a run on

@@ -52,7 +52,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .vocabulary import LABEL_FREE_SIGNALS, Method
+from ..core.vocabulary import LABEL_FREE_SIGNALS, Method
 
 __all__ = ["LABEL_FREE_SIGNALS", "MODES", "PromptExtra", "PromptSignals", "PromptSummary", "ReallocationPlan",
            "doubt", "plan_label_free", "plan_reallocation", "retry_theta"]

@@ -24,13 +24,13 @@ from collections.abc import Callable, Sequence as Seq
 from typing import TYPE_CHECKING, Optional
 
 from .budget import PromptSignals
-from .metrics import (DEFAULT_WINDOW, DEPARTURE_FACTOR, confidence_weights, confidence_window, departures,
+from ..answers.metrics import (DEFAULT_WINDOW, DEPARTURE_FACTOR, confidence_weights, confidence_window, departures,
                       trace_entropies, trace_uncertainty)
-from .scoring import normalize_answer
+from ..answers.scoring import normalize_answer
 from .tree import branch_points
 
 if TYPE_CHECKING:  # types only: results does not import this module at run time either
-    from .results import Sequence
+    from ..core.results import Sequence
 
 __all__ = ["DEFAULT_WINDOW", "DEPARTURE_FACTOR", "NO_ANSWER", "confidence_weights", "confidence_window", "departures",
            "prompt_signals",

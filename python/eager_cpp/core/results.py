@@ -7,9 +7,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from .metrics import consensus, run_metrics
-from .scoring import score_prompts
-from .textfiles import read_lines
+from ..answers.metrics import consensus, run_metrics
+from ..answers.scoring import score_prompts
+from ..files.textfiles import read_lines
 
 
 @dataclass
@@ -72,7 +72,7 @@ class RunStats:
     rounds: int = 1
     max_live_sequences: int = 0
     reallocated_sequences: int = 0
-    # KV memory (README, "Long generations"): the cells the budget bought (or kv_memory "auto" grew to),
+    # KV memory (docs/long-generations.md): the cells the budget bought (or kv_memory "auto" grew to),
     # the most the sequences held at once, the times "auto" doubled the cache, the prompts (or, in the
     # only prompt running, sequences) paused because the cache was full or, when every length is known,
     # held back before they started (nothing to recompute), and the tokens prefilled again when they
@@ -183,7 +183,7 @@ class RunResult:
             prompts.append(prompt)
         prompts.sort(key=lambda p: p.index)
         if settings is None:
-            from .checkpoint import recorded_settings  # the CLI's store: lazily, only for its files
+            from ..files.checkpoint import recorded_settings  # the CLI's store: lazily, only for its files
 
             settings = recorded_settings(path)
         stats = RunStats(method=(settings or {}).get("method", ""))

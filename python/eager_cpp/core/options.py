@@ -12,10 +12,11 @@ bounds or choices ``validate`` checks, and the role:
 
 Two forms leave the process: ``recorded()`` (versioned, read back by ``from_recorded``) and ``wire()``.
 
-Adding an option (four places): a field here with its ``option(...)`` spec (the CLI flag and the checks
-follow from it); a line in ``local.engine_config`` when the engine reads it; the field of the C++
-``EngineConfig`` (cpp/engine.hpp); and its binding (src/bind_engine.cpp, with the ``_core.pyi`` stub).
-An option the Python phases read instead of the engine needs only the first. Pure: no native extension.
+Adding an option the engine reads (four places): a field here with its ``option(...)`` spec (its CLI flag,
+checks and role follow from it); the field of the same name in the C++ ``EngineConfig`` (cpp/engine.hpp);
+its binding (src/bind_engine.cpp); and its line in the ``_core.pyi`` stub. ``engine.local.engine_config``
+copies every option named as an engine field (an enum by its member's name); it needs a line only for an
+option the engine reads under another name or form. An option the Python phases read needs only the first. Pure: no native extension.
 """
 
 from __future__ import annotations

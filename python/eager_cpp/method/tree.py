@@ -29,10 +29,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence as Seq
 
-from .vocabulary import MAX_ENTROPY_TOP_K
+from ..core.vocabulary import MAX_ENTROPY_TOP_K
 
 if TYPE_CHECKING:  # types only: results does not import this module, and this module needs none of it to run
-    from .results import Sequence
+    from ..core.results import Sequence
 
 __all__ = ["BranchChoice", "BranchPoint", "MAX_RANKED_TOKENS", "branch_points", "branching_closes_at",
            "choose_branch_points", "last_branch_step", "ranked_limit", "room_margin"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .api import run
-from .model import Model
-from .vocabulary import REALLOCATING_METHODS, Method
-from .results import RunResult
+from ..runner.api import run
+from ..engine.model import Model
+from ..core.vocabulary import REALLOCATING_METHODS, Method
+from ..core.results import RunResult
 
 COLUMNS = [
     ("method", "method", "{}"),
