@@ -66,7 +66,7 @@ def engine_run(model, prompts: list[str], method: str, n: int, args, device: boo
 
 
 def cuda_kernel_timing(model, rows: int) -> dict[str, Any]:
-    ok, why = eager_cpp.kernels.cuda_available()
+    ok, why = eager_cpp.engine.kernels.cuda_available()
     if not ok:
         return {"available": False, "reason": why}
     logits = np.random.default_rng(0).normal(0, 3, size=(rows, model.n_vocab)).astype(np.float32)

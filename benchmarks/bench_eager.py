@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def traced(model: Any, prompts: list[str], method: str, theta: float, args: argparse.Namespace) -> Any:
     """The same run on the engine directly, with every step recorded (RunResult has no step trace)."""
     from eager_cpp import _core
-    from eager_cpp.local import engine_config
+    from eager_cpp.engine.local import engine_config
 
     opts = eager_cpp.RunOptions.create(method=method, max_sequences=args.max_sequences, entropy_threshold=theta,
                                        temperature=args.temperature, max_new_tokens=args.max_new_tokens,

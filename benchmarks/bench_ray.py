@@ -33,7 +33,7 @@ from typing import Any
 import _common as C
 
 import eager_cpp  # noqa: E402
-from eager_cpp.results import prompt_to_dict  # noqa: E402
+from eager_cpp.core.results import prompt_to_dict  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     C.warn_if_busy()
     import ray
 
-    from eager_cpp.distributed import RayWorkers
+    from eager_cpp.runner.distributed import RayWorkers
 
     path = C.model_path(args.model)
     records = C.load_prompts(args.data, args.prompts)

@@ -37,7 +37,7 @@ r = eager_cpp.run(model, prompts, method=method, max_sequences=m, max_new_tokens
 wall = time.perf_counter() - t0
 s = r.stats
 engine = s.prefill_seconds + s.decode_seconds + s.row_kernel_seconds + s.bookkeeping_seconds
-result_bytes = sum(len(json.dumps(eager_cpp.results.prompt_to_dict(p))) for p in r.prompts)
+result_bytes = sum(len(json.dumps(eager_cpp.core.results.prompt_to_dict(p))) for p in r.prompts)
 print(json.dumps({
     "n_prompts": n, "wall_seconds": wall, "engine_seconds": engine, "prefill_seconds": s.prefill_seconds,
     "generated_tokens": s.generated_tokens, "prompt_tokens": s.prompt_tokens, "sequences": s.sequences,

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import eager_cpp
-from eager_cpp.evaluate import format_table, sweep
-from eager_cpp.scoring import scorer_for_dataset
+from eager_cpp.evaluation.evaluate import format_table, sweep
+from eager_cpp.answers.scoring import scorer_for_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "capitals_dev_100.jsonl"

@@ -35,7 +35,7 @@ from typing import Any
 import _common as C
 
 import eager_cpp  # noqa: E402
-from eager_cpp.scoring import scorer_for_dataset  # noqa: E402
+from eager_cpp.answers.scoring import scorer_for_dataset  # noqa: E402
 
 CAPITALS = dict(file="capitals_dev_100.jsonl", max_new_tokens=16, stop="\n")
 # The rule's θ, floors and window were tuned on the dev file; its verdict is reported on the held-out one
@@ -98,8 +98,8 @@ def signals_report(init: Any, theta: float, scorer: Any) -> dict[str, Any]:
     """What each signal sees in phase (a), judged afterwards with the labels (the rule itself never reads them):
     how many prompts it makes doubtful, how many of phase (a)'s unsolved prompts are among them, and how well
     it ranks the unsolved above the solved (AUROC)."""
-    from eager_cpp.budget import doubt
-    from eager_cpp.phases import signals_of
+    from eager_cpp.method.budget import doubt
+    from eager_cpp.method.phases import signals_of
 
     signals = signals_of(init.prompts, theta, scorer, 1000)
     unsolved = [not any(s.correct for s in p.sequences) for p in init.prompts]

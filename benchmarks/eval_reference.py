@@ -6,7 +6,7 @@ EAGer-adapt and, on the labelled capitals, full EAGer (eager_cpp.reallocate; the
 decide the matching, the unsolved set and the retry loop). Per run: the share of prompts whose phase (a)
 reached M, b (the saved budget), |S| (the recipients), #S (mean sequences per prompt), #T, the tries, what
 was left unspent, and Pass@k and Cons@k under each matching on the same samples (eager_cpp's `answers_match`
-and majority vote; the reference's `is_correct` and `compute_cons_at_max`, eager_cpp.reference).
+and majority vote; the reference's `is_correct` and `compute_cons_at_max`, eager_cpp.answers.reference).
 
 Data: the capitals dev set (100 prompts, 16 tokens, stop at a newline, θ 1.0) and the first 16 few-shot
 GSM8K prompts (128 tokens, stop at a new question, θ 2.0; the default model solves none, so only
@@ -26,9 +26,9 @@ from typing import Any
 import _common as C
 
 import eager_cpp  # noqa: E402
-from eager_cpp.metrics import majority_vote  # noqa: E402
-from eager_cpp.reference import reference_consensus, reference_correct  # noqa: E402
-from eager_cpp.scoring import answers_match, scorer_for_dataset  # noqa: E402
+from eager_cpp.answers.metrics import majority_vote  # noqa: E402
+from eager_cpp.answers.reference import reference_consensus, reference_correct  # noqa: E402
+from eager_cpp.answers.scoring import answers_match, scorer_for_dataset  # noqa: E402
 
 DATASETS = {
     "capitals": dict(file="capitals_dev_100.jsonl", limit=100, max_new_tokens=16, stop=["\n"], theta=1.0,

@@ -29,7 +29,7 @@ from typing import Any
 import _common as C
 
 import eager_cpp  # noqa: E402
-from eager_cpp.scoring import scorer_for_dataset  # noqa: E402
+from eager_cpp.answers.scoring import scorer_for_dataset  # noqa: E402
 
 DATASETS = {
     "capitals": dict(file="capitals_dev_100.jsonl", limit=100, thetas="0.75,1.0", max_new_tokens=16, stop="\n"),

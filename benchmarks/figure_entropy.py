@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import eager_cpp
-from eager_cpp.plots import _pyplot
+from eager_cpp.evaluation.plots import _pyplot
 
 PROMPT = "Question: A baker makes 12 cakes and sells 7 of them. How many cakes are left?\nAnswer:"
 

@@ -48,7 +48,7 @@ def _plain(value: Any) -> Any:
 
 
 def _record(result: Any) -> dict[str, Any]:
-    import eager_cpp.results as results
+    import eager_cpp.core.results as results
 
     stats = {k: v for k, v in dataclasses.asdict(result.stats).items() if not k.endswith("_seconds")}
     outcome = result.reallocation
@@ -60,7 +60,7 @@ def _record(result: Any) -> dict[str, Any]:
 
 def _runs(model: Any, cluster: Any, prompts: list[str], answers: list[str]) -> dict[str, Any]:
     import eager_cpp
-    from eager_cpp.scoring import default_scorer
+    from eager_cpp.answers.scoring import default_scorer
 
     scorer = default_scorer("first_line")
     where = {} if cluster is None else {"cluster": cluster}
@@ -116,7 +116,7 @@ def record(path: str, with_ray: bool) -> None:
     golden: dict[str, Any] = {"local": _runs(model, None, prompts, answers)}
     golden["local"].update(_cli(model_path, prompts, answers, ray=False))
     if with_ray:
-        from eager_cpp.distributed import RayWorkers
+        from eager_cpp.runner.distributed import RayWorkers
 
         with RayWorkers(model_path, "local", workers=2, threads_per_worker=1, num_cpus=4) as pool:
             golden["ray"] = _runs(model, pool, prompts, answers)
