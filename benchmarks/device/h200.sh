@@ -44,7 +44,7 @@ $PY -m pip install -q --no-build-isolation --no-deps --no-index --target "$site"
 cd "$work"  # import the installed package, not the source tree
 $PY -c "
 import eager_cpp, sys
-print(eager_cpp.__file__, 'gpu offload:', eager_cpp._core.supports_gpu_offload(), 'cuda kernel:', eager_cpp.kernels.cuda_available())
+print(eager_cpp.__file__, 'gpu offload:', eager_cpp._core.supports_gpu_offload(), 'cuda kernel:', eager_cpp.engine.kernels.cuda_available())
 sys.exit(0 if eager_cpp.__file__.startswith('$site') else 'another eager_cpp shadows the one just built')"
 
 log "device tests on the GPU"
