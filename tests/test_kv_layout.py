@@ -1,4 +1,5 @@
-"""kv_layout="per_sequence": a KV stream per sequence id instead of one unified pool (docs/long-generations.md, "KV layout").
+"""kv_layout="per_sequence": a KV stream per sequence id instead of one unified pool
+(docs/long-generations.md, "KV layout").
 
 Every KV copy the engine makes must work across streams, where llama.cpp copies only whole streams: the forks
 of Full Parallel and EAGer-init, the prefix anchor's ranged copies, and a tree seed's copy of a shared start."""

@@ -18,7 +18,8 @@ _preload_llama()  # before _core, so one copy of libllama serves eager_cpp and l
 
 from . import _core  # noqa: E402
 from .runner.api import METHODS, reallocate, run, summarize  # noqa: E402
-from .method.budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation  # noqa: E402
+from .method.budget import (PromptSignals, PromptSummary, ReallocationPlan, plan_label_free,  # noqa: E402
+                            plan_reallocation)
 from .engine.kernels import topk_entropy  # noqa: E402
 from .engine.model import Model, builtin_chat_templates, default_model_path  # noqa: E402
 from .core.options import RunOptions  # noqa: E402

@@ -16,7 +16,8 @@ Adding an option the engine reads (four places): a field here with its ``option(
 checks and role follow from it); the field of the same name in the C++ ``EngineConfig`` (cpp/engine.hpp);
 its binding (src/bind_engine.cpp); and its line in the ``_core.pyi`` stub. ``engine.local.engine_config``
 copies every option named as an engine field (an enum by its member's name); it needs a line only for an
-option the engine reads under another name or form. An option the Python phases read needs only the first. Pure: no native extension.
+option the engine reads under another name or form. An option the Python phases read needs only the first.
+Pure: no native extension.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from .checks import MAX_KV_MEMORY, check_bool, check_float, check_int, check_tex
 from .vocabulary import (KV_LAYOUTS, LABEL_FREE_SIGNALS, MAX_CTX, MAX_ENTROPY_TOP_K, MAX_SEQUENCES, MAX_THREADS,
                          METHODS, REALLOCATIONS, RULES, THREADS_LIMIT, THRESHOLD_MODES, Method)
 
-__all__ = ["MAX_KV_MEMORY", "MAX_SEQUENCES", "PRESETS", "OptionSpec", "RunOptions", "WireOptions", "check_extras_fit", "spec_of",
-           "describe_preset", "option", "parse_kv_memory"]
+__all__ = ["MAX_KV_MEMORY", "MAX_SEQUENCES", "PRESETS", "OptionSpec", "RunOptions", "WireOptions", "check_extras_fit",
+           "describe_preset", "option", "parse_kv_memory", "spec_of"]
 
 # Settings under one name; explicit options override them (docs/method.md, "Reference rules").
 PRESETS: dict[str, dict[str, Any]] = {

@@ -88,7 +88,7 @@ class RunStats:
     # Device path only (device_topk): the largest probability mass of a row outside its
     # candidates, which sampling could not reach; 0 on the host kernel.
     device_dropped_mass_max: float = 0.0
-    # Ray runs only (eager_cpp.distributed); 0 in this process. The engine times above are summed
+    # Ray runs only (eager_cpp.runner.distributed); 0 in this process. The engine times above are summed
     # over the workers; wall_seconds is the driver's, from the workers being ready to the result.
     workers: int = 0
     worker_start_seconds: float = 0.0  # starting the workers and loading the model (not in wall_seconds)

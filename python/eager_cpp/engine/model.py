@@ -96,7 +96,7 @@ class Model:
     GPU-enabled llama.cpp (-1: all; docs/gpu.md); ignored by a CPU-only build.
     cpu_buffers: which of llama.cpp's CPU extra buffer types may hold the weights: "safe" (all but
     AMX, whose matmul crashes with SIGILL on some CPUs), "all" (AMX too, where it works) or "none";
-    None: $EAGER_CPP_CPU_BUFFERS, else "safe" (eager_cpp.system, docs/troubleshooting.md).
+    None: $EAGER_CPP_CPU_BUFFERS, else "safe" (eager_cpp.engine.system, docs/troubleshooting.md).
 
     Threads: a Model runs one generation at a time. `run()` calls on it from several threads take
     turns (each waits, without holding the GIL, for the one in progress); a call from inside a run on

@@ -58,7 +58,7 @@ def run(
     reads the answers when given, else the "auto" extractor; option label_free_signals picks the signals).
     reallocation (option): how the reallocating methods spend the saved budget: "fresh" (new
     EAGer-init runs from the prompt, the paper's) or "tree" (each extra continues the prompt's tree
-    at its highest-entropy branch point with the best token not yet taken there; eager_cpp.tree).
+    at its highest-entropy branch point with the best token not yet taken there; eager_cpp.method.tree).
     max_sequences (M), entropy_threshold (θ), temperature, top_k_entropy (K), max_new_tokens: None takes the
     preset's value, else RunOptions' default (8, 2.0, 0.6, 20, 512).
     preset (option): "paper" sets the paper's and the reference code's settings (chat template, M 32, 32,768
@@ -80,8 +80,8 @@ def run(
     prompt order) no longer reproduces the unsharded run for prompts that share 64 tokens or more.
     n_gpu_layers: layers to offload when `model` is a path (-1: all; needs a GPU-enabled llama.cpp).
     cluster: None (this process), "local" (start Ray on this machine), a Ray address, or an
-    `eager_cpp.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
-    `threads_per_worker` threads each); see eager_cpp.distributed. Needs `pip install "eager_cpp[ray]"`.
+    `eager_cpp.runner.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
+    `threads_per_worker` threads each); see eager_cpp.runner.distributed. Needs `pip install "eager_cpp[ray]"`.
     A Model runs one generation at a time: calls from several threads take turns.
     Returns a RunResult (docs/api.md; the method in docs/method.md).
     """
@@ -117,7 +117,7 @@ def reallocate(
     Before anything runs, `result` is checked: its token ids against the model's vocabulary, and each
     prompt's sequences for the tree a run makes (``results.check_structure``): a ValueError naming the
     prompt and the sequence otherwise.
-    cluster: an `eager_cpp.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
+    cluster: an `eager_cpp.runner.distributed.RayWorkers` pool (or "local" / a Ray address) to run phase (c) on.
     placement: where it runs, by name as `run` takes them (n_ctx, n_threads, kv_memory, kv_layout, n_gpu_layers,
     workers, threads_per_worker); the result records none of them.
     """

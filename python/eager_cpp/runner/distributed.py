@@ -359,7 +359,8 @@ class RayWorkers:
         """What each worker is doing right now (answered while it runs a shard)."""
         handles = list(self._handles)
         statuses = self._ray.get([h.actor.status.remote() for h in handles], timeout=timeout)
-        return [dict(status, worker=h.number, node_id=(h.info or {}).get("node_id")) for h, status in zip(handles, statuses)]
+        return [dict(status, worker=h.number, node_id=(h.info or {}).get("node_id"))
+                for h, status in zip(handles, statuses)]
 
     def _kill(self, handle: _Handle) -> None:
         try:

@@ -38,7 +38,7 @@ ModelArg = Union[str, "os.PathLike[str]", Model]
 def open_executor(model: ModelArg, options: RunOptions) -> Iterator[Executor]:
     """Where the run's jobs execute, chosen once from `options.cluster`: None runs them on the engine in
     this process (`model` loaded with the options' placement when it is a path); anything else on Ray
-    actors (eager_cpp.distributed, imported only here; a pool started for the run is closed after it)."""
+    actors (eager_cpp.runner.distributed, imported only here; a pool started for the run is closed after it)."""
     if options.cluster is None:
         llm = model if isinstance(model, Model) else Model(model, n_ctx=options.n_ctx, n_threads=options.n_threads,
                                                               n_gpu_layers=options.n_gpu_layers,
