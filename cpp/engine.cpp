@@ -235,8 +235,16 @@ void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> 
 
 std::vector<CapCount> Engine::cap_counts(const std::vector<int> & slots) const {
     // Each row's position among its prompt's rows of the step, by sequence index, and what the prompt
-    // had before any of them branched.
+    // had before any of them branched. The prompt rule reads neither: no sort on its steps.
     const int n = static_cast<int>(slots.size());
+    if (cfg_.cap_rule == CapRule::Prompt) {
+        std::vector<CapCount> counts(n);
+        for (int i = 0; i < n; ++i) {
+            const int n_sequences = table_.prompt(table_[slots[i]].prompt).n_sequences;
+            counts[i] = CapCount{n_sequences, 0, n_sequences};
+        }
+        return counts;
+    }
     std::vector<int> by_sequence(n);
     for (int i = 0; i < n; ++i) by_sequence[i] = i;
     std::sort(by_sequence.begin(), by_sequence.end(), [&](int a, int b) {

@@ -30,14 +30,13 @@ def model_path(args: argparse.Namespace) -> str:
         raise CliError(str(e)) from None
 
 
-def check_kv_memory(options: RunOptions, here: bool = True) -> None:
-    """--kv-memory: no more than the memory available where the model loads in this process (`here`)."""
-    if here:
-        try:
-            check_kv_memory_available(parse_kv_memory(options.kv_memory),
-                                      options.n_gpu_layers != 0 and supports_gpu_offload())
-        except (TypeError, ValueError) as e:
-            raise CliError(f"--kv-memory: {e}") from None
+def check_kv_memory(options: RunOptions) -> None:
+    """--kv-memory: no more than the memory available, where the model loads in this process."""
+    try:
+        check_kv_memory_available(parse_kv_memory(options.kv_memory),
+                                  options.n_gpu_layers != 0 and supports_gpu_offload())
+    except (TypeError, ValueError) as e:
+        raise CliError(f"--kv-memory: {e}") from None
 
 
 def load_model(args: argparse.Namespace, options: RunOptions) -> Model:

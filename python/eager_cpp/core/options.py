@@ -66,6 +66,7 @@ class OptionSpec:
     low_open: bool = False
     why: str = ""  # where a bound comes from, for the message
     repeat: bool = False  # a tuple of strings given once per flag (--stop A --stop B)
+    own_form: bool = False  # a value of its own form (a list, a size, a pool), checked with the combinations
     metavar: Optional[str] = None
 
 
@@ -96,7 +97,7 @@ class RunOptions:
                                "uncertain points); eval and bench take a comma-separated list", choices=REALLOCATIONS)
     label_free_signals: tuple[str, ...] = option(
         LABEL_FREE_SIGNALS, "eager_label_free: the signals that make a prompt doubtful: votes, confidence, tree "
-        "(comma-separated; fewer is an ablation)", value=str, metavar="SIGNALS")
+        "(comma-separated; fewer is an ablation)", value=str, metavar="SIGNALS", own_form=True)
     confidence_window: Optional[int] = option(
         None, "eager_label_free: tokens per window of the confidence signal (default: 16, or an eighth of a trace "
         "longer than 135 tokens, at most 2048)", value=int, low=1, high=MAX_CTX, metavar="TOKENS")
@@ -130,7 +131,7 @@ class RunOptions:
     kv_memory: Any = option(None, "memory for the KV cache: bytes or a size like 8GiB (default: auto, starting small "
                             "and doubling as the run needs cells, up to a quarter of the memory available); a full "
                             "cache preempts and recomputes prompts (docs/long-generations.md)", role="placement",
-                            value=str, metavar="SIZE")
+                            value=str, metavar="SIZE", own_form=True)
     n_threads: Optional[int] = option(None, "CPU threads (default: all cores; with --ray: threads per worker, "
                                       "default 1)", role="placement", flag="--threads", value=int, low=1,
                                       high=MAX_THREADS, why=THREADS_LIMIT)
@@ -162,7 +163,7 @@ class RunOptions:
     cluster: Any = option(None, "run on Ray workers: no value starts Ray on this machine, or a cluster address "
                           "('auto', 'host:6379', 'ray://host:10001'); the model path must exist on every node "
                           '(needs pip install "eager_cpp[ray]")', role="driver", flag="--ray", value=str,
-                          metavar="ADDRESS")
+                          metavar="ADDRESS", own_form=True)
     workers: Optional[int] = option(None, "Ray workers, each loading the model once (default: the cluster's CPUs "
                                     "// threads per worker)", role="driver", value=int, low=1)
     threads_per_worker: Optional[int] = option(None, "llama.cpp threads of each Ray worker (default: --threads, "
@@ -213,18 +214,20 @@ class RunOptions:
 
     def validate(self) -> "RunOptions":
         """Every check; returns the options with numbers normalised (floats as float)."""
-        numbers = {f.name: self._check_field(f.name, _spec(f), f.default is None or "Optional[" in str(f.type))
+        numbers = {f.name: self._check_field(f.name, _spec(f), f.default, "Optional[" in str(f.type))
                    for f in fields(self)}
         self._check_combinations()
         return replace(self, **{k: v for k, v in numbers.items() if isinstance(v, float)})
 
-    def _check_field(self, name: str, spec: OptionSpec, may_be_none: bool) -> Any:
+    def _check_field(self, name: str, spec: OptionSpec, default: Any, optional: bool) -> Any:
         """One field against its spec: None only where the field is optional; choices, bounds, types."""
         value = getattr(self, name)
-        if value is None and may_be_none:
+        if value is None and (optional or default is None):
             return None
-        kind = spec.value or type(next(f.default for f in fields(self) if f.name == name))
-        if spec.choices is not None and kind is str and not spec.repeat and name != "label_free_signals":
+        kind = spec.value or type(default)
+        if spec.own_form or spec.repeat:
+            return value
+        if spec.choices is not None:
             if value not in spec.choices:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(map(repr, spec.choices))}")
         elif kind is bool:
@@ -235,7 +238,7 @@ class RunOptions:
         elif kind is float:
             return check_float(name, value, spec.low if spec.low is not None else -math.inf,
                                spec.high if spec.high is not None else math.inf, low_open=spec.low_open)
-        elif kind is str and not spec.repeat and name not in ("label_free_signals", "kv_memory", "cluster"):
+        elif kind is str:
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string or None, got {value!r}")
             return check_text(name, value)
