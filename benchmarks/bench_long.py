@@ -53,7 +53,7 @@ CHILD = textwrap.dedent("""
     print(json.dumps(dict(wall=wall, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           tokens=s.generated_tokens, sequences=s.sequences, kv_cells=s.kv_cells,
                           peak_kv_cells=s.peak_kv_cells, kv_grows=s.kv_grows, preemptions=s.preemptions,
-                          recomputed=s.recomputed_tokens, decode_s=s.decode_seconds,
+                          recomputed=s.recomputed_tokens, decode_s=s.decode_seconds, kv_layout=s.kv_layout,
                           lengths=sorted({len(q.token_ids) for p in r.prompts for q in p.sequences}))))
 """)
 
@@ -209,7 +209,8 @@ def part_d(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 got["over_shortest"] = ratio(got["tok_s"], base) if "tok_s" in got and base else None
                 results.append(dict(method=method, kv_layout=layout, tokens_per_sequence=n, **got))
                 print(f"{method:10s} {layout:12s} {n:5d}: " + (got.get("error") or
-                      f"{got['tok_s']:.1f} tok/s ({got['tokens']} tokens, {got['sequences']} sequences, KV cells "
+                      f"{got['tok_s']:.1f} tok/s on {got['kv_layout']} ({got['tokens']} tokens, {got['sequences']} "
+                      f"sequences, KV cells "
                       f"{got['kv_cells']}, peak RSS {got['rss_mib']:.0f} MiB), {got['over_shortest']:.2f} of the "
                       f"shortest"), flush=True)
     print(table(["method", "kv_layout", "tokens/seq", "tok/s", "over the shortest", "KV cells", "RSS MiB"],
@@ -272,13 +273,13 @@ def main() -> int:
     ap.add_argument("--lengths", default="512,2048,4096",
                     help="tokens per sequence for parts c and d, the first the baseline (default 512,2048,4096)")
     ap.add_argument("--kv-layouts", default="unified,per_sequence",
-                    help="eager_cpp's KV layouts for parts a, c and d (default unified,per_sequence)")
+                    help="eager_cpp's KV layouts for parts a, c and d: auto, unified, per_sequence (default unified,per_sequence)")
     ap.add_argument("--methods", default="parallel,eager_init",
                     help="methods of parts b and d (default parallel,eager_init)")
     args = ap.parse_args()
     args.budgets = csv_values(ap, args.budgets, int, "budgets", 1, 32000)
     args.lengths = sorted(csv_values(ap, args.lengths, int, "lengths", 1, 32000))
-    args.kv_layouts = names(ap, args.kv_layouts, "kv-layouts", ("unified", "per_sequence"))
+    args.kv_layouts = names(ap, args.kv_layouts, "kv-layouts", ("auto", "unified", "per_sequence"))
     args.methods = names(ap, args.methods, "methods", ("parallel", "eager_init"))
     model = model_path(args.model)
     figures = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}[args.part](args, model)

@@ -205,7 +205,7 @@ void Engine::advance(const std::vector<int> & slots, const std::vector<int32_t> 
             const LiveSequence & seq = table_[slots[i]];
             const RowResult & row = results[i];
             out_.stats.row_trace.push_back(
-                RowTrace{seq.prompt, seq.local, seq.generated, row.entropy, row.top1, row.top2, row.sampled});
+                RowTrace{seq.prompt, seq.local, seq.generated, row.entropy, row.top1, row.top2, row.sampled, draws[i]});
         }
     }
 
@@ -342,6 +342,7 @@ void Engine::report_counts() {
     s.preemptions = kv.preemptions;
     s.recomputed_tokens = kv.recomputed_tokens;
     s.kv_ceiling_lowered = kv.ceiling_lowered;
+    s.kv_layout = cfg_.kv_layout == KvLayout::PerSequence ? "per_sequence" : "unified";
 }
 
 }  // namespace
@@ -358,13 +359,16 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
         kv.n_swa = layers.n_swa;
     }
     if (config.n_ctx == 0 && config.kv_memory == 0) kv.available_bytes = model.memory_available_bytes();
-    const ContextShape shape = plan_context(config, jobs, kv);
-    const int64_t ceiling = plan_kv_ceiling(config, jobs, kv, shape);
-    check_budget(config, jobs, shape.n_ctx, ceiling, kv);
+    // The run from here on sees the layout "auto" chose, as if it had been asked for.
+    EngineConfig run_config = config;
+    run_config.kv_layout = choose_kv_layout(config, jobs, kv);
+    const ContextShape shape = plan_context(run_config, jobs, kv);
+    const int64_t ceiling = plan_kv_ceiling(run_config, jobs, kv, shape);
+    check_budget(run_config, jobs, shape.n_ctx, ceiling, kv);
     llama_context * ctx = model.acquire_context(shape);
     MemoryGuard guard{model.context()};
     // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
-    const AnchorPlan anchor = plan_anchor(config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx, ceiling);
+    const AnchorPlan anchor = plan_anchor(run_config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx, ceiling);
     StreamGrowth streams;
     if (!shape.kv_unified) {
         streams.streams = shape.n_seq_max;
@@ -373,7 +377,7 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
             streams.n_swa = kv.n_swa;
         }
     }
-    Engine engine(model, config, jobs, on_progress, shape.n_ctx, ceiling, anchor, streams);
+    Engine engine(model, run_config, jobs, on_progress, shape.n_ctx, ceiling, anchor, streams);
     return engine.run();
 }
 

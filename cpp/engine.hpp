@@ -24,8 +24,10 @@ enum class ThresholdMode { Fixed, P99 };
 // (kv_unified=false), each token attends over its own sequence only, a fork copies the parent's whole
 // stream. Streams start short and grow together (doubling) as the longest sequence needs, up to the
 // longest prompt plus max_new_tokens; the budget decides how many streams (sequence ids) the run gets
-// at that length rather than how many cells they share.
-enum class KvLayout { Unified, PerSequence };
+// at that length rather than how many cells they share. Auto: per-sequence streams where they are measured
+// to pay (generations of kStreamsPayFromTokens or more) and the budget holds every stream the run keeps live
+// at its whole length (so a stream never runs short), else unified (choose_kv_layout, run_plan.hpp).
+enum class KvLayout { Unified, PerSequence, Auto };
 // The sliding-window layers' cache (Gemma 3 and other models with llama.cpp's n_swa). Full: every cell,
 // as the full layers keep (llama.cpp's swa_full). Window: about n_swa cells per stream, reused once they
 // leave the window (copies then check kv_copy.hpp's rule and prefill what is gone). Auto: the window
@@ -74,7 +76,7 @@ struct EngineConfig {
     // in RunOptions: the copied cells differ from a fresh prefill by llama.cpp's batch noise.
     bool share_prompt_prefixes = false;
     WindowCache window_cache = WindowCache::Auto;
-    KvLayout kv_layout = KvLayout::Unified;
+    KvLayout kv_layout = KvLayout::Auto;
 };
 
 // A sequence that continues an earlier tree of the prompt at one of its branch points: it starts
@@ -125,6 +127,7 @@ struct RowTrace {
     int32_t top1 = -1;
     int32_t top2 = -1;
     int32_t sampled = -1;
+    double draw = 0;  // the sequence's uniform draw of the step: where its random stream stood
 };
 
 struct StepTrace {
@@ -156,6 +159,7 @@ struct RunStats {
                                      // and samples held back before they started (lengths known; recompute nothing)
     int64_t recomputed_tokens = 0;   // tokens prefilled again when paused sequences resumed (not #T)
     std::string kv_ceiling_lowered;  // why the cache stopped growing below its budget ("" when it did not)
+    std::string kv_layout;           // the layout the run used: "unified" or "per_sequence" (what "auto" chose)
     // Device path only: the largest probability mass (at the sampling temperature) of one row
     // that lay outside its C candidates, which sampling therefore never saw.
     double device_dropped_mass_max = 0;

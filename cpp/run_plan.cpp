@@ -238,16 +238,26 @@ namespace {
 // llama.cpp gives every stream the same size. So a run gets no more ids than admission keeps live
 // (max_live_sequences, at least one prompt's M), whatever the number of prompts. The streams start short
 // and grow as the longest sequence does, so memory follows what the run holds up to that budget.
-void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
-                  ContextShape & shape) {
+int64_t streams_bought(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                       bool window_cache) {
     const int64_t per_stream = stream_cells(config, jobs);
+    if (config.n_ctx > 0) return config.n_ctx / per_stream;
     const double budget_bytes = config.kv_memory > 0 ? static_cast<double>(config.kv_memory) : auto_share_bytes(kv);
-    const int64_t streams =
-        config.n_ctx > 0 ? config.n_ctx / per_stream
-                         : static_cast<int64_t>(budget_bytes / std::max(1.0, stream_bytes(kv, per_stream, !shape.swa_full)));
+    return static_cast<int64_t>(budget_bytes / std::max(1.0, stream_bytes(kv, per_stream, window_cache)));
+}
+
+size_t widest_job(const std::vector<PromptJob> & jobs) {
     size_t widest = 0;
     for (size_t i = 0; i < jobs.size(); ++i)
         if (jobs[i].max_sequences > jobs[widest].max_sequences) widest = i;
+    return widest;
+}
+
+void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                  ContextShape & shape) {
+    const int64_t per_stream = stream_cells(config, jobs);
+    const int64_t streams = streams_bought(config, jobs, kv, !shape.swa_full);
+    const size_t widest = widest_job(jobs);
     if (streams < jobs[widest].max_sequences) {
         const std::string what = config.n_ctx > 0       ? "n_ctx=" + std::to_string(config.n_ctx)
                                  : config.kv_memory > 0 ? "kv_memory=" + std::to_string(config.kv_memory) + " bytes"
@@ -271,6 +281,19 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
 }
 
 }  // namespace
+
+KvLayout choose_kv_layout(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {
+    if (config.kv_layout != KvLayout::Auto) return config.kv_layout;
+    if (jobs.empty() || config.max_new_tokens < kStreamsPayFromTokens || config.device_topk) return KvLayout::Unified;
+    EngineConfig streams = config;
+    streams.kv_layout = KvLayout::PerSequence;
+    int64_t every_sequence = 0;
+    for (const auto & job : jobs) every_sequence += job.max_sequences;
+    const int64_t live = std::max<int64_t>(jobs[widest_job(jobs)].max_sequences,
+                                           std::min<int64_t>(config.max_live_sequences, every_sequence));
+    return streams_bought(streams, jobs, kv, uses_window_cache(streams)) >= live ? KvLayout::PerSequence
+                                                                                 : KvLayout::Unified;
+}
 
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {
     ContextShape shape;

@@ -18,6 +18,12 @@ constexpr uint32_t kCellPadding = 256;  // llama.cpp pads the KV cache to this m
 // doubles when the run needs more cells, up to this share of the memory available.
 constexpr double kAutoKvShare = 0.25;
 constexpr int64_t kAutoStartTokens = 64;
+// kv_layout "auto" takes per-sequence streams from this max_new_tokens on. Full Parallel and EAGer-init, 2
+// few-shot GSM8K prompts x M 8 (docs/long-generations.md, "Choosing the layout"): streams level with the
+// unified cache at 256 tokens a sequence (0.97x, 1.01x), ahead from 512 (1.17x) and more so as sequences grow
+// (1.55x at 4096); below 512 a fork's whole-stream copy and the fewer sequences a budget of whole streams
+// keeps live cost what per-sequence attention saves.
+constexpr int kStreamsPayFromTokens = 512;
 // The cells admission, holding back and resumption plan within: a share of the budget is kept free for
 // the growth they did not project.
 inline double usable_cells(int64_t cells) { constexpr double kKvWatermark = 0.01; return cells * (1.0 - kKvWatermark); }
@@ -88,6 +94,14 @@ uint32_t stream_cells(const EngineConfig & config, const std::vector<PromptJob> 
 // multiple of that cache (grown_stream_cells says why); the whole stream_cells when n_ctx fixes the cache, and
 // on the device path.
 uint32_t first_stream_cells(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
+
+// kv_layout "auto" resolved for this run (an explicit layout is kept): per-sequence streams when
+// max_new_tokens >= kStreamsPayFromTokens, the device path is off, and the budget (n_ctx, kv_memory, or
+// "auto"'s share of the memory available) buys streams at their whole length (longest prompt plus
+// max_new_tokens) for every sequence the run keeps live: max_live_sequences, at least one prompt's M, at
+// most every job's sequences. Streams never preempt, so only then can none of them run short; otherwise
+// the unified cache, which preempts within its budget.
+KvLayout choose_kv_layout(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
 // The context the run starts with: every job's ids, and the cells config.n_ctx fixes, or config.kv_memory
 // buys, or "auto" starts with (kAutoStartTokens): never sized from M x max_new_tokens. Per-sequence

@@ -55,7 +55,8 @@ RunOutput run_engine(Model & model, const EngineConfig & config, const std::vect
 void bind_engine(py::module_ & m) {
     py::enum_<Method>(m, "Method").value("PARALLEL", Method::Parallel).value("EAGER_INIT", Method::EagerInit);
     py::enum_<ThresholdMode>(m, "ThresholdMode").value("FIXED", ThresholdMode::Fixed).value("P99", ThresholdMode::P99);
-    py::enum_<KvLayout>(m, "KvLayout").value("UNIFIED", KvLayout::Unified).value("PER_SEQUENCE", KvLayout::PerSequence);
+    py::enum_<KvLayout>(m, "KvLayout").value("UNIFIED", KvLayout::Unified).value("PER_SEQUENCE", KvLayout::PerSequence)
+        .value("AUTO", KvLayout::Auto);
     py::enum_<CapRule>(m, "CapRule").value("PROMPT", CapRule::Prompt).value("ROW", CapRule::Row);
     py::enum_<WindowCache>(m, "WindowCache")
         .value("AUTO", WindowCache::Auto)
@@ -108,7 +109,8 @@ void bind_engine(py::module_ & m) {
         .def_readonly("entropy", &RowTrace::entropy)
         .def_readonly("top1", &RowTrace::top1)
         .def_readonly("top2", &RowTrace::top2)
-        .def_readonly("sampled", &RowTrace::sampled);
+        .def_readonly("sampled", &RowTrace::sampled)
+        .def_readonly("draw", &RowTrace::draw);
     py::class_<StepTrace>(m, "StepTrace")
         .def_readonly("tokens", &StepTrace::tokens)
         .def_readonly("prompts", &StepTrace::prompts)
@@ -176,6 +178,7 @@ void bind_engine(py::module_ & m) {
         .def_readonly("preemptions", &RunStats::preemptions)
         .def_readonly("recomputed_tokens", &RunStats::recomputed_tokens)
         .def_readonly("kv_ceiling_lowered", &RunStats::kv_ceiling_lowered)
+        .def_readonly("kv_layout", &RunStats::kv_layout)
         .def_readonly("device_dropped_mass_max", &RunStats::device_dropped_mass_max)
         .def_readonly("step_trace", &RunStats::step_trace)
         .def_readonly("row_trace", &RunStats::row_trace);

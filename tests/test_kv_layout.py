@@ -203,3 +203,35 @@ def test_stream_memory_follows_what_is_generated_and_counts_the_window_cache_apa
     cfg.window_cache = _core.WindowCache.FULL
     with pytest.raises(ValueError, match="buys 4 such streams, fewer than the 8 sequences"):
         model.generate(cfg, [_core.PromptJob(model.tokenize(prompt), 8, 1e9, 0, 1, [])])
+
+
+# kv_layout="auto" (the default): per-sequence streams from max_new_tokens 512 on, when the budget holds every
+# stream the run keeps live at its whole length; otherwise the unified cache (docs/long-generations.md,
+# "Choosing the layout"). Each case runs (a capitals prompt, Full Parallel, one line) and reports its layout.
+AUTO_CASES = {
+    "short answers": (dict(max_sequences=8, max_new_tokens=16, kv_memory="2GiB"), "unified"),
+    "just below the threshold": (dict(max_sequences=8, max_new_tokens=511, kv_memory="2GiB"), "unified"),
+    "long generation": (dict(max_sequences=8, max_new_tokens=1024, kv_memory="2GiB"), "per_sequence"),
+    # 24 MiB buys one stream of 1,280 cells (the window cache counted apart), fewer than M = 8.
+    "tight memory": (dict(max_sequences=8, max_new_tokens=1024, kv_memory="24MiB"), "unified"),
+    # M = 32 streams of ~32,000 cells: ~3.1 GiB with the window cache (its full layers' 3 KiB a cell).
+    "large M, budget too small": (dict(max_sequences=32, max_new_tokens=32000, kv_memory="2GiB"), "unified"),
+    "large M, budget that holds it": (dict(max_sequences=32, max_new_tokens=32000, kv_memory="4GiB"), "per_sequence"),
+    # 100 MiB buys 5 such streams (about 19.6 MB each: 1,280 cells in the full layers, 1,024 in the window ones): enough for one prompt's M = 4, not for the 8 sequences the run keeps live.
+    "fewer streams than live sequences": (dict(max_sequences=4, max_new_tokens=1024, kv_memory="100MiB",
+                                               max_live_sequences=8), "unified"),
+    "as many streams as live sequences": (dict(max_sequences=4, max_new_tokens=1024, kv_memory="100MiB",
+                                               max_live_sequences=4), "per_sequence"),
+    "explicit layout kept": (dict(max_sequences=8, max_new_tokens=1024, kv_memory="2GiB", kv_layout="unified"),
+                             "unified"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTO_CASES))
+def test_auto_layout_picks_what_its_rule_says(model, case):
+    kw, expected = AUTO_CASES[case]
+    r = eager_cpp.run(model, ["Country: Peru\nCapital:"] * 2, method="parallel", stop="\n", progress=None, **kw)
+    assert r.stats.kv_layout == expected
+    assert all(p.n_sequences == kw["max_sequences"] for p in r.prompts)
+    if expected == "per_sequence":  # streams start short: memory follows what is generated, not the budget
+        assert r.stats.kv_cells < 2 * kw["max_sequences"] * 1024

@@ -62,6 +62,32 @@ def test_sampling_under_preemption_keeps_every_sample_and_reruns_identically(mod
     assert tree_shape(a) == tree_shape(b)
 
 
+@pytest.mark.parametrize("method", ["parallel", "eager_init"])
+def test_a_resumed_sequence_draws_where_its_random_stream_stood(model, method):
+    """Every row's uniform draw (the row trace) at each (prompt, sequence, position) is the one the same run without
+    preemption draws there: pausing and recomputing never moves a sequence's random stream. (The token a draw
+    picks can still differ where the recomputed cells give logits that differ by llama.cpp's kernel noise:
+    docs/long-generations.md, "Preemption by recompute".)"""
+    from eager_cpp import _core
+    from eager_cpp.engine.local import engine_config
+
+    def trace(**memory: object) -> dict:
+        options = eager_cpp.RunOptions.create(method=method, max_sequences=4, entropy_threshold=1.0, temperature=1.0,
+                                              max_new_tokens=60, stop="\n", seed=0, **memory)
+        cfg = engine_config(options, model)
+        cfg.trace_rows = True
+        jobs = [_core.PromptJob(model.tokenize(p), 4, 1.0, i) for i, p in enumerate(prompts())]
+        out = model.generate(cfg, jobs)
+        return out.stats.preemptions, {(r.prompt, r.sequence, r.position): r.draw for r in out.stats.row_trace}
+
+    preempted, tight = trace(n_ctx=SMALL)
+    unpaused, roomy = trace(kv_memory="64MiB")
+    assert preempted > 0 and unpaused == 0
+    common = [key for key in tight if key in roomy]
+    assert len(common) >= 0.5 * len(tight) and len({k[:2] for k in common}) >= 12
+    assert [tight[k] for k in common] == [roomy[k] for k in common]
+
+
 def test_one_prompt_larger_than_the_cache_pauses_its_own_sequences(model, reference):
     # One prompt whose 4 greedy samples outgrow the cache: its youngest sequences wait for the others. The
     # samples are the same greedy text, so a resumed one copies all its cells from a running twin and

@@ -65,6 +65,7 @@ class CapRule:
 class KvLayout:
     UNIFIED: "KvLayout"
     PER_SEQUENCE: "KvLayout"
+    AUTO: "KvLayout"
 
 class WindowCache:
     AUTO: "WindowCache"
@@ -146,6 +147,7 @@ class RowTrace:
     top1: int
     top2: int
     sampled: int
+    draw: float
 
 class StepTrace:
     tokens: int
@@ -174,6 +176,7 @@ class RunStats:
     preemptions: int
     recomputed_tokens: int
     kv_ceiling_lowered: str
+    kv_layout: str
     device_dropped_mass_max: float
     step_trace: list[StepTrace]
     row_trace: list[RowTrace]

@@ -138,9 +138,12 @@ class RunOptions:
     # "unified": one pool of KV cells (memory follows what the run holds; every token attends over the cells of
     # all live sequences). "per_sequence": a stream per sequence (each attends over its own only: faster per
     # token as sequences grow long; streams grow together with the longest sequence, up to prompt +
-    # max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's stream).
-    kv_layout: str = option("unified", "KV cache layout: unified (one pool of cells) or per_sequence (a stream per "
-                            "sequence: faster per token for long generations; docs/long-generations.md)",
+    # max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's stream). "auto":
+    # streams where they pay and the budget holds them whole (the engine's choose_kv_layout), else unified;
+    # stats.kv_layout says which.
+    kv_layout: str = option("auto", "KV cache layout: auto (per_sequence for max_new_tokens >= 512 when the budget "
+                            "holds every live stream whole, else unified), unified (one pool of cells) or per_sequence "
+                            "(a stream per sequence: faster per token for long generations; docs/long-generations.md)",
                             role="placement", choices=KV_LAYOUTS)
     # Whose rules: "eager_cpp" or "reference", the authors' code's: its per-row cap check, its answer matching
     # (Pass@k by int or substring; full EAGer's unsolved set by exact membership, gold "none" never unsolved) and

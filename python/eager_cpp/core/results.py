@@ -85,6 +85,9 @@ class RunStats:
     # Why "auto" stopped growing below its budget: llama.cpp could not allocate the larger cache, so the run
     # kept the cells it had as its ceiling and went on preempting within them ("" when it never happened).
     kv_ceiling_lowered: str = ""
+    # The KV layout the engine used ("unified" or "per_sequence": what kv_layout "auto" chose); runs of one
+    # result that used both read "per_sequence+unified".
+    kv_layout: str = ""
     # Device path only (device_topk): the largest probability mass of a row outside its
     # candidates, which sampling could not reach; 0 on the host kernel.
     device_dropped_mass_max: float = 0.0
@@ -112,6 +115,8 @@ class RunStats:
         for key in self.PEAKED:
             setattr(self, key, max(getattr(self, key), getattr(other, key)))
         self.kv_ceiling_lowered = self.kv_ceiling_lowered or other.kv_ceiling_lowered
+        layouts = {part for text in (self.kv_layout, other.kv_layout) for part in text.split("+") if part}
+        self.kv_layout = "+".join(sorted(layouts))
 
     @property
     def tokens_per_second(self) -> float:

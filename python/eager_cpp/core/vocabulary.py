@@ -55,7 +55,7 @@ THRESHOLD_MODES = ("fixed", "p99")  # θ as given, or each prompt's 99th entropy
 RULES = ("eager_cpp", "reference")
 LABEL_FREE_SIGNALS = ("votes", "confidence", "tree")  # the terms of eager_label_free's doubt (budget.doubt)
 # The KV cache: one pool of cells for all sequences, or a stream per sequence (docs/long-generations.md, "KV layout").
-KV_LAYOUTS = ("unified", "per_sequence")
+KV_LAYOUTS = ("auto", "unified", "per_sequence")
 
 # The engine's limits, written here so the pure layers can check against them (tests/test_options.py
 # compares each with the extension's value).

@@ -58,7 +58,7 @@ def engine_config(options: RunOptions, model: Model) -> Any:
         check_kv_memory_available(cfg.kv_memory, model.offloaded)
         per_cell = float(model.kv_bytes_per_cell)
         cells = int(cfg.kv_memory / max(1.0, per_cell))
-        if o.kv_layout == "unified" and cells < KV_CELL_PADDING:
+        if o.kv_layout != "per_sequence" and cells < KV_CELL_PADDING:
             raise ValueError(f"kv_memory={cfg.kv_memory} bytes buys {cells} KV cells of {int(per_cell)} bytes; "
                              f"llama.cpp's smallest cache is {KV_CELL_PADDING} cells "
                              f"({int(KV_CELL_PADDING * per_cell)} bytes)")
@@ -131,7 +131,7 @@ class LocalExecutor:
         out = self.model.generate(self.config, core_jobs, on_step)  # one generation at a time per model
         converted = [to_prompt_result(job, core) for job, core in zip(jobs, out.prompts)]
         s = out.stats
-        for key in RunStats.SUMMED + RunStats.PEAKED + ("kv_ceiling_lowered",):
+        for key in RunStats.SUMMED + RunStats.PEAKED + ("kv_ceiling_lowered", "kv_layout"):
             setattr(stats, key, getattr(s, key))
         return PhaseOutput(prompts=[p for p, _ in converted], stats=stats,
                            unavailable=[dropped for _, dropped in converted])
