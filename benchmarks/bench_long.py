@@ -53,7 +53,7 @@ CHILD = textwrap.dedent("""
     print(json.dumps(dict(wall=wall, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           tokens=s.generated_tokens, sequences=s.sequences, kv_cells=s.kv_cells,
                           peak_kv_cells=s.peak_kv_cells, kv_grows=s.kv_grows, preemptions=s.preemptions,
-                          recomputed=s.recomputed_tokens, decode_s=s.decode_seconds, kv_layout=s.kv_layout,
+                          recomputed=s.recomputed_tokens, decode_s=s.decode_seconds, used_layout=s.kv_layout,
                           lengths=sorted({len(q.token_ids) for p in r.prompts for q in p.sequences}))))
 """)
 
@@ -209,7 +209,7 @@ def part_d(args: argparse.Namespace, model: str) -> dict[str, Any]:
                 got["over_shortest"] = ratio(got["tok_s"], base) if "tok_s" in got and base else None
                 results.append(dict(method=method, kv_layout=layout, tokens_per_sequence=n, **got))
                 print(f"{method:10s} {layout:12s} {n:5d}: " + (got.get("error") or
-                      f"{got['tok_s']:.1f} tok/s on {got['kv_layout']} ({got['tokens']} tokens, {got['sequences']} "
+                      f"{got['tok_s']:.1f} tok/s on {got['used_layout']} ({got['tokens']} tokens, {got['sequences']} "
                       f"sequences, KV cells "
                       f"{got['kv_cells']}, peak RSS {got['rss_mib']:.0f} MiB), {got['over_shortest']:.2f} of the "
                       f"shortest"), flush=True)
