@@ -126,7 +126,8 @@ std::vector<ContinuationScore> score_continuations(Model & model, const std::vec
     size_t ids = 1;
     for (const auto & [begin, end] : groups) {
         int64_t tokens = 0;
-        for (size_t r = begin; r < end; ++r) tokens += static_cast<int64_t>(requests[r].first.size() + requests[r].second.size());
+        for (size_t r = begin; r < end; ++r)
+            tokens += static_cast<int64_t>(requests[r].first.size() + requests[r].second.size());
         cells = std::max(cells, tokens);
         ids = std::max(ids, end - begin);
     }

@@ -47,7 +47,8 @@ def test_gsm8k_style_numbers_verify_too(scorer):
 def test_the_scorer_pickles_and_scores_a_run(scorer):
     assert pickle.loads(pickle.dumps(scorer)) == scorer
     p = PromptResult(index=0, prompt="q", prompt_tokens=1, sequences=[
-        Sequence(index=k, text=t, token_ids=[1], own_tokens=[1], parent=None, branch_step=0, entropies=[], finish_reason="stop")
+        Sequence(index=k, text=t, token_ids=[1], own_tokens=[1], parent=None, branch_step=0, entropies=[],
+                 finish_reason="stop")
         for k, t in enumerate([r"\boxed{\frac{1}{2}}", r"\boxed{0.5}", r"\boxed{3}"])])
     score_prompts([p], ["1/2"], "math_verify")  # by name, as the API takes it
     assert [s.correct for s in p.sequences] == [True, True, False]
@@ -86,7 +87,8 @@ def test_run_takes_a_scorer_by_name(model):
     import eager_cpp
 
     pytest.importorskip("math_verify")
-    prompts = ["Question: What is 1/4 + 1/4? Give a fraction.\nAnswer: $\\frac{1}{2}$\n\nQuestion: What is 2/4?\nAnswer:"]
+    prompts = ["Question: What is 1/4 + 1/4? Give a fraction.\nAnswer: $\\frac{1}{2}$\n\n"
+               "Question: What is 2/4?\nAnswer:"]
     by_name = eager_cpp.run(model, prompts, method="parallel", max_sequences=2, max_new_tokens=8, temperature=0.0,
                             stop=["\n"], answers=["0.5"], scorer="math_verify")
     scorer = default_scorer("math_verify")

@@ -253,7 +253,11 @@ class Model:
 
     def format_chat(self, prompt: str, chat_template: Optional[str] = None) -> str:
         """Wrap `prompt` as a user message and open the assistant turn."""
-        return self._model.apply_chat_template([("user", prompt)], chat_template or "")
+        return self.format_messages([("user", prompt)], chat_template)
+
+    def format_messages(self, messages: list[tuple[str, str]], chat_template: Optional[str] = None) -> str:
+        """(role, content) messages through the chat template (None: the model's own), the assistant turn opened."""
+        return self._model.apply_chat_template([(str(r), str(c)) for r, c in messages], chat_template or "")
 
     def __repr__(self) -> str:
         return f"eager_cpp.Model({self.path!r}, {self.description})"
