@@ -35,6 +35,7 @@ class Group:
 
     context: str
     settings: dict[str, Any]  # eager_cpp options of this request (settings_of)
+    document: tuple[Any, Any, Any] = (None, None, None)  # lm-eval's (task name, doc id, request index), if given
     positions: list[int] = field(default_factory=list)  # where the copies sit in the request list
 
     @property
@@ -72,7 +73,7 @@ def settings_of(gen_kwargs: dict[str, Any], default_max_new_tokens: int) -> dict
     return settings
 
 
-def _identity(request: Any) -> Hashable:
+def _identity(request: Any) -> tuple[Any, Any, Any]:
     """What makes copies the same request: its document (task, doc id, request index) where lm-eval says so."""
     return (getattr(request, "task_name", None), getattr(request, "doc_id", None), getattr(request, "idx", None))
 
@@ -88,7 +89,7 @@ def group_copies(requests: Sequence[Any], default_max_new_tokens: int) -> list[G
             raise ValueError(f"generate_until request {position} has no context (got {context!r})")
         key = (context, json.dumps(gen_kwargs or {}, sort_keys=True, default=str), _identity(request))
         if key not in groups:
-            groups[key] = Group(context, settings_of(gen_kwargs, default_max_new_tokens))
+            groups[key] = Group(context, settings_of(gen_kwargs, default_max_new_tokens), _identity(request))
         groups[key].positions.append(position)
     return list(groups.values())
 
