@@ -169,3 +169,19 @@ def test_the_module_entry_runs_lm_evals_command_line(model_path, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eager_capitals_mc" in done.stdout and "acc" in done.stdout
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_generation_settings_map_onto_run_options(caplog):
+    from eager_cpp.lm_eval.requests import cut_at_stops, fill, settings_of
+
+    assert settings_of({"until": "Q:", "do_sample": False, "temperature": 0.7}, 512) == \
+        {"stop": ["Q:"], "max_new_tokens": 512, "temperature": 0.0}  # no sampling: greedy, whatever the temperature
+    assert settings_of({"until": ["\n\n", ""], "max_gen_toks": 32, "top_p": 0.9}, 512) == \
+        {"stop": ["\n\n"], "max_new_tokens": 32, "top_p": 0.9}
+    with caplog.at_level("WARNING"):
+        settings_of({"num_beams": 4}, 8)
+    assert "num_beams" in caplog.text
+    with pytest.raises(ValueError, match="'until' must be"):
+        settings_of({"until": 3}, 8)
+    assert cut_at_stops(" Paris\nCountry: Spain", ["\n", "Country:"]) == " Paris"
+    assert fill(["a", "b", "c"], 8) == ["a", "b", "c", "a", "b", "c", "a", "b"] and fill(["a"] * 9, 2) == ["a", "a"]
