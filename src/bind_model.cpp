@@ -3,6 +3,7 @@
 #include "bindings.hpp"
 #include "diagnostics.hpp"
 #include "llama.h"
+#include "loglikelihood.hpp"
 #include "model.hpp"
 #include <pybind11/numpy.h>
 
@@ -57,6 +58,20 @@ void bind_model(py::module_ & m) {
                  }
                  return py::make_tuple(to_array(probe.parent), to_array(probe.child), to_array(probe.fresh));
              }, py::arg("prefix"), py::arg("continuation"), py::arg("n_threads") = 0)
+        .def("score_continuations", [](Model & self, const std::vector<std::pair<std::vector<int32_t>,
+                                                                           std::vector<int32_t>>> & requests,
+                                       int n_threads) {
+                 std::vector<eager::ContinuationScore> scores;
+                 {
+                     py::gil_scoped_release release;
+                     scores = eager::score_continuations(self, requests, n_threads);
+                 }
+                 py::list out;
+                 for (const auto & s : scores) out.append(py::make_tuple(s.logprob, s.greedy));
+                 return out;
+             }, py::arg("requests"), py::arg("n_threads") = 0,
+             "(sum of log-softmax over the continuation's tokens, whether each is the argmax) of each "
+             "(context tokens, continuation tokens) pair, decoded in batches of distinct sequence ids.")
         .def("probe_device_topk", [](Model & self, const std::vector<std::vector<int32_t>> & prompts, int candidates,
                                      int entropy_k, float entropy_temperature, float sample_temperature, int n_threads) {
                  eager::DeviceTopKParams params;

@@ -118,3 +118,53 @@ def write_gguf(path, arch: str = "llama", **keys):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.fixture(scope="session")
+def layout_reference(model_path: str):
+    """For Model.score_continuations: a llama-cpp-python context shaped as eager_cpp's: unified KV cells for many
+    sequence ids, one 512-token micro-batch, flash attention on (llama.cpp's "auto" on the CPU), 2 threads."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ref = eager_cpp.llama_cpp_reference(model_path, n_ctx=256, n_threads=2, verbose=False)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 1024, 512, 512, 64
+    params.kv_unified, params.flash_attn_type = True, 1
+    params.n_threads = params.n_threads_batch = 2
+    ctx = llama_cpp.llama_init_from_model(ref._model.model, params)
+    assert ctx is not None
+    yield ref, ctx
+    llama_cpp.llama_free(ctx)
+
+
+def reference_scores(layout_reference, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    """Sum of log-softmax and greedy flag of each pair, from one llama-cpp-python llama_decode of them all (pair s
+    as sequence s, logits for the rows that predict a continuation token), log-softmax in numpy."""
+    import llama_cpp
+
+    ref, ctx = layout_reference
+    n_tokens = sum(len(c) + len(x) for c, x in pairs)
+    batch = llama_cpp.llama_batch_init(n_tokens, 0, 1)
+    try:
+        rows, k = [], 0
+        for s, (context, continuation) in enumerate(pairs):
+            tokens = context + continuation
+            for i, t in enumerate(tokens):
+                batch.token[k], batch.pos[k], batch.n_seq_id[k] = t, i, 1
+                batch.seq_id[k][0] = s
+                wanted = len(context) - 1 <= i < len(tokens) - 1
+                batch.logits[k] = int(wanted)
+                if wanted:
+                    rows.append((s, k, continuation[i + 1 - len(context)]))
+                k += 1
+        batch.n_tokens = n_tokens
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(ref._model.model))
+        out = [(0.0, True)] * len(pairs)
+        for s, k, t in rows:
+            row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, k), shape=(n_vocab,)).astype(np.float64)
+            logprob = row[t] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+            out[s] = (out[s][0] + float(logprob), out[s][1] and bool(row[t] >= row.max()))
+        return out
+    finally:
+        llama_cpp.llama_batch_free(batch)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "eager_cpp"
 # Bottom to top (docs/architecture.md): what a package may import is below it in this list.
-LAYERS = ("files", "answers", "core", "method", "engine", "runner", "evaluation", "cli")
+LAYERS = ("files", "answers", "core", "method", "engine", "runner", "evaluation", "cli", "lm_eval")
 PRIVATE_TOP = {"_core", "_library"}  # the extension and its loader: beside the layers, any package uses them
 MAX_CHAIN = 6  # imports in a row at module level (a module importing one that imports another: 2)
 

@@ -37,6 +37,9 @@ class Model:
     def probe_fork(
         self, prefix: list[int], continuation: list[int], n_threads: int = 0
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+    def score_continuations(
+        self, requests: list[tuple[list[int], list[int]]], n_threads: int = 0
+    ) -> list[tuple[float, bool]]: ...
     def probe_device_topk(
         self,
         prompts: list[list[int]],

@@ -18,6 +18,10 @@ Dataset rule (``scorer_for_dataset(name_or_path)``): the name or path is casefol
 contains ``"capitals"`` the scorer uses ``"first_line"``, else if it contains ``"gsm8k"`` it uses
 ``"gsm8k"``, otherwise ``"auto"``.
 
+Named scorers (``default_scorer(name)``, the CLI's ``--scorer``): each style above, and ``"math_verify"``,
+Hugging Face's math-verify parse and verify (``mathverify.MathVerifyScorer``; an optional dependency,
+``pip install "eager_cpp[math-verify]"``), for LaTeX answers: fractions, sets, intervals, expressions.
+
 Matching (``answers_match``): both sides go through ``normalize_answer``; when both parse as
 numbers they are compared numerically (``"18.0"`` == ``"18"`` == ``"018"`` == ``"$18"``),
 otherwise as normalised strings. A missing (``None``) or empty prediction never matches.
@@ -32,6 +36,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Optional
 
 __all__ = [
+    "SCORERS",
     "STYLES",
     "AnswerScorer",
     "answer_extractor",
@@ -44,6 +49,9 @@ __all__ = [
 ]
 
 STYLES: tuple[str, ...] = ("auto", "boxed", "gsm8k", "number", "first_line")
+# Every scorer name: the styles, and math-verify's (mathverify.MATH_VERIFY; its module imports math_verify only
+# when such a scorer is made).
+SCORERS: tuple[str, ...] = STYLES + ("math_verify",)
 
 _BOXED = "\\boxed{"
 
@@ -231,11 +239,14 @@ class AnswerScorer:
 
 
 def answer_extractor(scorer: Any) -> Callable[[str], Optional[str]]:
-    """The answers a scorer reads: its ``extract(text)`` when it has one, else the "auto" extractor.
+    """The answers a scorer reads: its ``extract(text)`` when it has one, else the "auto" extractor (a scorer
+    name of ``SCORERS`` stands for its scorer).
 
     A custom ``extract`` must return a str or None (no answer): anything else is a TypeError naming
     the scorer and what it returned, not a vote under a key no other answer could match.
     """
+    if isinstance(scorer, str):
+        scorer = default_scorer(scorer)
     custom = getattr(scorer, "extract", None)
     if not callable(custom):
         return lambda text: extract_answer(text, "auto")
@@ -253,6 +264,7 @@ def answer_extractor(scorer: Any) -> Callable[[str], Optional[str]]:
 def score_prompts(prompts: Sequence[Any], answers: Sequence[Any],
                   scorer: Optional[Callable[[str, str], bool]] = None) -> None:
     """Attach gold answers to ``PromptResult``s (read by attribute) and mark every sequence correct or not.
+    ``scorer``: a callable, or a name of ``SCORERS``; None: the "auto" style.
 
     One extractor/scorer pair decides both correctness and the majority vote's groups: a scorer
     with an ``extract(text)`` method (like ``AnswerScorer``) supplies the answers that vote; a
@@ -261,7 +273,7 @@ def score_prompts(prompts: Sequence[Any], answers: Sequence[Any],
     """
     if len(answers) != len(prompts):
         raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
-    scorer = scorer or AnswerScorer("auto")
+    scorer = default_scorer(scorer) if isinstance(scorer, str) else scorer or AnswerScorer("auto")
     extract = answer_extractor(scorer)
     for p, gold in zip(prompts, answers):
         p.gold_answer = str(gold)
@@ -270,8 +282,16 @@ def score_prompts(prompts: Sequence[Any], answers: Sequence[Any],
             s.correct = bool(scorer(s.text, str(gold)))
 
 
-def default_scorer(style: str = "auto") -> AnswerScorer:
-    """Scorer ``callable(text, answer) -> bool`` using the given extraction style."""
+def default_scorer(style: str = "auto") -> Any:
+    """The scorer ``callable(text, answer) -> bool`` of a name in ``SCORERS``: an ``AnswerScorer`` of the given
+    extraction style, or for ``"math_verify"`` a ``mathverify.MathVerifyScorer`` (an ImportError naming the extra
+    to install when math-verify is missing). Another name is a ValueError listing them."""
+    if style == "math_verify":
+        from .mathverify import MathVerifyScorer
+
+        return MathVerifyScorer()
+    if style not in STYLES:
+        raise ValueError(f"unknown scorer {style!r}; expected one of {SCORERS}")
     return AnswerScorer(style)
 
 

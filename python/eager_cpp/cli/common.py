@@ -12,9 +12,10 @@ from typing import Any
 from .._core import supports_gpu_offload
 from ..engine.model import Model, check_kv_memory_available, default_model_path
 from ..core.options import RunOptions, parse_kv_memory
-from ..answers.scoring import dataset_style
+from ..answers.scoring import dataset_style, default_scorer
 
-__all__ = ["CliError", "check_writable", "load_model", "model_or_workers", "progress_enabled", "scorer_style"]
+__all__ = ["CliError", "check_writable", "load_model", "model_or_workers", "progress_enabled", "scorer_of",
+           "scorer_style"]
 
 
 class CliError(Exception):
@@ -87,3 +88,11 @@ def progress_enabled(args: argparse.Namespace) -> bool:
 def scorer_style(args: argparse.Namespace, data_path: str) -> str:
     """The answer style of --scorer, else the dataset's (eval, bench and run agree on it)."""
     return args.scorer or dataset_style(data_path)
+
+
+def scorer_of(args: argparse.Namespace, data_path: str) -> Any:
+    """The scorer of `scorer_style`; a scorer whose package is missing (math_verify) is a CliError naming it."""
+    try:
+        return default_scorer(scorer_style(args, data_path))
+    except ImportError as e:
+        raise CliError(str(e)) from None

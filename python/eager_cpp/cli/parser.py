@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from .. import __version__
 from ..core.options import RunOptions
-from ..answers.scoring import STYLES
+from ..answers.scoring import SCORERS
 from .flags import add_option_flags
 
 __all__ = ["build_parser"]
@@ -34,7 +34,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _labelled_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="JSONL with 'prompt' and 'answer' fields")
-    p.add_argument("--scorer", choices=STYLES, default=None, help="answer extraction (default: from the dataset name)")
+    p.add_argument("--scorer", choices=SCORERS, default=None,
+                   help="answer extraction and matching; math_verify needs pip install \"eager_cpp[math-verify]\" "
+                        "(default: from the dataset name)")
     p.add_argument("--limit", type=int, default=None, help="first N examples only")
 
 
@@ -58,9 +60,10 @@ def _run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace an existing output")
     r.add_argument("--chunk-size", type=int, default=None,
                    help="prompts per engine run between checkpoints (default: 32, with --ray 32 x workers)")
-    r.add_argument("--scorer", choices=STYLES, default=None,
+    r.add_argument("--scorer", choices=SCORERS, default=None,
                    help="answer extraction: how --method eager finds unsolved prompts and eager_label_free reads "
-                        "answers (default: from the input's name, as eval)")
+                        "answers; math_verify needs pip install \"eager_cpp[math-verify]\" (default: from the "
+                        "input's name, as eval)")
 
 
 def _sweeps(sub: argparse._SubParsersAction) -> None:

@@ -13,9 +13,8 @@ from ..engine.model import Model
 from ..core.options import RunOptions
 from ..core.progress import ProgressLine
 from ..core.results import PromptResult, prompt_from_dict, prompt_to_dict
-from ..answers.scoring import default_scorer
 from ..core.vocabulary import Method
-from .common import CliError, check_writable, model_or_workers, progress_enabled, scorer_style
+from .common import CliError, check_writable, model_or_workers, progress_enabled, scorer_of, scorer_style
 from .flags import given_options
 
 __all__ = ["cmd_run"]
@@ -55,25 +54,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if Checkpoint.exists(out) and not (args.resume or args.overwrite):
         what = out if out.exists() else f"an unfinished run into {out} (its checkpoint files beside it)"
         raise CliError(f"{what} exists; pass --resume to continue it or --overwrite to replace it")
+    scorer = scorer_of(args, args.input)
     model, cluster = model_or_workers(args, options)
     try:
         if cluster is not None:
             options = RunOptions.create(**dict(given, cluster=cluster))
-        return _run(args, options, examples, answers, model, cluster)
+        return _run(args, options, examples, answers, model, cluster, scorer)
     finally:
         if cluster is not None:
             cluster.close()
 
 
 def _run(args: argparse.Namespace, options: RunOptions, examples: list[Example], answers: Optional[list[str]],
-         model: Any, cluster: Any) -> int:
+         model: Any, cluster: Any, scorer: Any) -> int:
     """The run through the driver, phase (a) checkpointed chunk by chunk (checkpoint.Checkpoint)."""
     chunk_size = args.chunk_size or (32 * cluster.n_workers if cluster is not None else 32)
     out = Path(args.output)
     method = Method(options.method)
     store = Checkpoint(out, settings_key(args, options, model, examples, chunk_size),
                        [prompt_hash(e.prompt, e.answer) for e in examples], staged_phase_a=method.reallocates)
-    scorer = default_scorer(scorer_style(args, args.input))
     progress = ProgressLine(total=len(examples)) if progress_enabled(args) else None
     done = store.start(resume=args.resume)
     try:

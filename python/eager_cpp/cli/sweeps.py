@@ -10,9 +10,8 @@ from typing import Any
 
 from ..files.datasets import load_examples
 from ..core.options import RunOptions
-from ..answers.scoring import default_scorer
 from ..core.vocabulary import METHODS, REALLOCATIONS
-from .common import CliError, check_writable, load_model, model_or_workers, scorer_style
+from .common import CliError, check_writable, load_model, model_or_workers, scorer_of
 from .flags import given_options
 
 __all__ = ["cmd_bench", "cmd_eval"]
@@ -24,7 +23,7 @@ def _labelled(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1 (the number of examples to use), got {args.limit}")
     examples = load_examples(args.dataset, require_answers=True, limit=args.limit)
-    scorer = default_scorer(scorer_style(args, args.dataset))
+    scorer = scorer_of(args, args.dataset)
     return [e.prompt for e in examples], [e.answer for e in examples], scorer
 
 

@@ -171,6 +171,23 @@ class Model:
         with self.exclusive():
             return self._model.probe_device_topk(prompts, **settings)
 
+    def score_continuations(self, requests: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(log-likelihood, greedy) of each (context tokens, continuation tokens) pair: the sum over the
+        continuation's tokens of the log-softmax of the logits that predict it, and whether each of them is its
+        row's argmax. Decoded natively, many pairs per llama_decode call under distinct sequence ids (GIL
+        released). A ValueError for an empty context (score one after the BOS token) or continuation, a token
+        id outside the vocabulary, or a pair longer than the model's training context."""
+        pairs = []
+        for i, pair in enumerate(requests):
+            try:
+                context, continuation = pair
+                pairs.append(([int(t) for t in context], [int(t) for t in continuation]))
+            except (TypeError, ValueError):
+                raise TypeError(f"request {i} must be a (context token ids, continuation token ids) pair, "
+                                f"got {pair!r}"[:200]) from None
+        with self.exclusive():
+            return [(float(lp), bool(g)) for lp, g in self._model.score_continuations(pairs, self.n_threads or 0)]
+
     def token_to_piece(self, token: int) -> bytes:
         """The bytes of one token as the vocabulary spells it (no special-token handling)."""
         return self._model.token_to_piece(token)
@@ -236,7 +253,11 @@ class Model:
 
     def format_chat(self, prompt: str, chat_template: Optional[str] = None) -> str:
         """Wrap `prompt` as a user message and open the assistant turn."""
-        return self._model.apply_chat_template([("user", prompt)], chat_template or "")
+        return self.format_messages([("user", prompt)], chat_template)
+
+    def format_messages(self, messages: list[tuple[str, str]], chat_template: Optional[str] = None) -> str:
+        """(role, content) messages through the chat template (None: the model's own), the assistant turn opened."""
+        return self._model.apply_chat_template([(str(r), str(c)) for r, c in messages], chat_template or "")
 
     def __repr__(self) -> str:
         return f"eager_cpp.Model({self.path!r}, {self.description})"

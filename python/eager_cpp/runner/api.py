@@ -11,6 +11,7 @@ import os
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence as Seq, Union
 
+from ..answers.scoring import default_scorer
 from ..method.budget import PromptSummary
 from .driver import drive
 from ..engine.model import Model
@@ -36,7 +37,7 @@ def run(
     max_new_tokens: Optional[int] = None,
     seed: int = _DEFAULTS.seed,
     answers: Optional[Seq[Any]] = None,
-    scorer: Optional[Callable[[str, str], bool]] = None,
+    scorer: Union[None, str, Callable[[str, str], bool]] = None,
     stop: Optional[Union[str, Seq[str]]] = None,
     record_entropies: bool = _DEFAULTS.record_entropies,
     *,
@@ -66,6 +67,9 @@ def run(
     explicitly override it.
     rules (option): "eager_cpp" (default) or "reference", the authors' code's cap check, answer matching
     and retry loop (docs/method.md, "Reference rules").
+    scorer: a callable (text, answer) -> bool (optionally with extract(text)), or a name of
+    `eager_cpp.answers.scoring.SCORERS`: an extraction style ("auto", "boxed", "gsm8k", "number", "first_line")
+    or "math_verify" (math-verify's parse and verify; pip install "eager_cpp[math-verify]"). None: "auto".
     options: any other field of `eager_cpp.RunOptions` by name (reallocation, label_free_signals, top_k, top_p,
     min_p, entropy_after_temperature, think_end_marker, no_branch_window, threshold_mode, chat,
     chat_template, max_live_sequences, ignore_eos, device_topk, device_candidates, n_ctx, kv_memory, kv_layout,
@@ -93,6 +97,7 @@ def run(
                              **{k: v for k, v in unset_takes_default.items() if v is not None}, **options)
     prompts = _check_prompts(prompts)
     indices = _check_indices(prompt_indices, len(prompts))
+    scorer = _named_scorer(scorer)
     answers = _check_answers(opts, answers, scorer, len(prompts))
     shells = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in zip(indices, prompts)]
     return drive(model, opts, shells, answers, scorer, progress)
@@ -103,7 +108,7 @@ def reallocate(
     result: RunResult,
     method: str = "eager_adapt",
     answers: Optional[Seq[Any]] = None,
-    scorer: Optional[Callable[[str, str], bool]] = None,
+    scorer: Union[None, str, Callable[[str, str], bool]] = None,
     progress: ProgressArg = None,
     cluster: Any = None,
     **placement: Any,
@@ -137,6 +142,7 @@ def reallocate(
     opts = replace(RunOptions.from_recorded(result.settings), method=method, cluster=cluster, **placement).validate()
     if answers is None and result.prompts and all(p.gold_answer is not None for p in result.prompts):
         answers = [p.gold_answer for p in result.prompts]  # the labels the result was scored with
+    scorer = _named_scorer(scorer)
     answers = _check_answers(opts, answers, scorer, len(result.prompts), required=False)
     done = drive(model, opts, result.prompts, answers, scorer, progress, pending=(), stats=result.stats)
     result.reallocation = done.reallocation
@@ -144,10 +150,16 @@ def reallocate(
     return result
 
 
+def _named_scorer(scorer: Any) -> Any:
+    """A scorer name (scoring.SCORERS) as its scorer; anything else as given (checked by _check_answers)."""
+    return default_scorer(scorer) if isinstance(scorer, str) else scorer
+
+
 def _check_answers(opts: RunOptions, answers: Optional[Seq[Any]], scorer: Any, n: int,
                    required: bool = True) -> Optional[list[Any]]:
     if scorer is not None and not callable(scorer):
-        raise TypeError("scorer must be a callable (text, answer) -> bool")
+        raise TypeError("scorer must be a callable (text, answer) -> bool, or a scorer name "
+                        "(eager_cpp.answers.scoring.SCORERS)")
     if answers is None:
         if Method(opts.method).needs_labels and required:
             raise ValueError('method="eager" needs answers= (one gold answer per prompt); '
