@@ -69,6 +69,8 @@ ContinuationScore score_row(const float * row, int n_vocab, int32_t target) {
     for (int v = 0; v < n_vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - best);
     ContinuationScore s;
     s.logprob = static_cast<double>(row[target]) - best - std::log(sum);
+    // A NaN past row[0] leaves `best` finite but not the sum.
+    if (!std::isfinite(s.logprob)) throw LlamaError("the model returned non-finite logits while scoring a continuation");
     s.greedy = row[target] >= best;
     return s;
 }

@@ -253,6 +253,16 @@ size_t widest_job(const std::vector<PromptJob> & jobs) {
     return widest;
 }
 
+// The streams a per-sequence run keeps: one per sequence admission keeps live (max_live_sequences, at least
+// the widest prompt's M, at most every prompt's M), and the prefix anchor's.
+int64_t live_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs) {
+    int64_t every_sequence = 0;
+    for (const auto & job : jobs) every_sequence += job.max_sequences;
+    const int64_t live = std::max<int64_t>(jobs[widest_job(jobs)].max_sequences,
+                                           std::min<int64_t>(config.max_live_sequences, every_sequence));
+    return live + (plans_anchor(config, jobs) ? 1 : 0);
+}
+
 void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
                   ContextShape & shape) {
     const int64_t per_stream = stream_cells(config, jobs);
@@ -275,8 +285,7 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
     }
     shape.kv_unified = false;
     // The prefix anchor holds a stream of its own beside them.
-    const int64_t live = std::max(config.max_live_sequences, jobs[widest].max_sequences) + (plans_anchor(config, jobs) ? 1 : 0);
-    shape.n_seq_max = static_cast<uint32_t>(std::min({static_cast<int64_t>(shape.n_seq_max), streams, live}));
+    shape.n_seq_max = static_cast<uint32_t>(std::min({static_cast<int64_t>(shape.n_seq_max), streams, live_streams(config, jobs)}));
     shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * first_stream_cells(config, jobs, kv));
 }
 
@@ -287,12 +296,9 @@ KvLayout choose_kv_layout(const EngineConfig & config, const std::vector<PromptJ
     if (jobs.empty() || config.max_new_tokens < kStreamsPayFromTokens || config.device_topk) return KvLayout::Unified;
     EngineConfig streams = config;
     streams.kv_layout = KvLayout::PerSequence;
-    int64_t every_sequence = 0;
-    for (const auto & job : jobs) every_sequence += job.max_sequences;
-    const int64_t live = std::max<int64_t>(jobs[widest_job(jobs)].max_sequences,
-                                           std::min<int64_t>(config.max_live_sequences, every_sequence));
-    return streams_bought(streams, jobs, kv, uses_window_cache(streams)) >= live ? KvLayout::PerSequence
-                                                                                 : KvLayout::Unified;
+    return streams_bought(streams, jobs, kv, uses_window_cache(streams)) >= live_streams(streams, jobs)
+               ? KvLayout::PerSequence
+               : KvLayout::Unified;
 }
 
 ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv) {

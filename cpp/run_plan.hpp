@@ -99,7 +99,7 @@ uint32_t first_stream_cells(const EngineConfig & config, const std::vector<Promp
 // max_new_tokens >= kStreamsPayFromTokens, the device path is off, and the budget (n_ctx, kv_memory, or
 // "auto"'s share of the memory available) buys streams at their whole length (longest prompt plus
 // max_new_tokens) for every sequence the run keeps live: max_live_sequences, at least one prompt's M, at
-// most every job's sequences. Streams never preempt, so only then can none of them run short; otherwise
+// most every job's sequences, and the prefix anchor's stream with share_prompt_prefixes. Streams never preempt, so only then can none of them run short; otherwise
 // the unified cache, which preempts within its budget.
 KvLayout choose_kv_layout(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 

@@ -222,6 +222,11 @@ AUTO_CASES = {
                                                max_live_sequences=8), "unified"),
     "as many streams as live sequences": (dict(max_sequences=4, max_new_tokens=1024, kv_memory="100MiB",
                                                max_live_sequences=4), "per_sequence"),
+    # 80 MiB buys 4: the live sequences' streams, but not one more for the prefix anchor's.
+    "four streams for four live sequences": (dict(max_sequences=4, max_new_tokens=1024, kv_memory="80MiB",
+                                                  max_live_sequences=4), "per_sequence"),
+    "four streams and the anchor's": (dict(max_sequences=4, max_new_tokens=1024, kv_memory="80MiB",
+                                           max_live_sequences=4, share_prompt_prefixes=True), "unified"),
     "explicit layout kept": (dict(max_sequences=8, max_new_tokens=1024, kv_memory="2GiB", kv_layout="unified"),
                              "unified"),
 }

@@ -17,7 +17,6 @@ default: the default model), ``cpu_buffers``, ``max_length`` (the rolling window
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
 from typing import Any, Optional
 
 from ..core.options import RunOptions
@@ -61,8 +60,6 @@ def _split_arguments(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     if options.get("method") == Method.EAGER.value:
         raise ValueError('method="eager" reallocates by the gold answers, which lm-eval does not pass to a model; '
                          'use "eager_adapt" or "eager_label_free"')
-    if options.get("chat"):
-        raise ValueError("chat=True: let lm-eval apply the chat template (--apply_chat_template)")
     if options.get("cluster") is not None:
         raise ValueError("the lm-eval backend runs in this process: cluster= is not supported")
     return options, own
@@ -75,13 +72,23 @@ class EagerCppLM(TemplateLM):
         super().__init__()
         options, own = _split_arguments(kwargs)
         self.options = RunOptions.create(**options)  # every option checked before the model loads
-        self.max_length = int(own.get("max_length") or DEFAULT_MAX_LENGTH)
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if self.options.chat:  # given, or set by a preset
+            raise ValueError("chat=True: let lm-eval apply the chat template (--apply_chat_template)")
+        # What each run gets: the arguments as given, so a preset and the explicit values over it resolve as here.
+        self._given = options
+        max_length = int(own.get("max_length") or DEFAULT_MAX_LENGTH)
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
         path = own.get("model_path") or own.get("pretrained") or default_model_path()
         self.model = Model(path, n_threads=self.options.n_threads, n_gpu_layers=self.options.n_gpu_layers,
                            cpu_buffers=own.get("cpu_buffers"))
         self._bos = self.model.tokenize("", add_special=True)
+        # A rolling window is max_length + 1 tokens (its prefix token first): it must fit the model's positions.
+        fits = self.model.n_ctx_train - 1 if self.model.n_ctx_train > 1 else max_length
+        if own.get("max_length") and max_length > fits:
+            raise ValueError(f"max_length={max_length} leaves no room in the model's {self.model.n_ctx_train}-token "
+                             f"context for a rolling window's prefix token; at most {fits}")
+        self.max_length = min(max_length, fits)
         # Each generate_until prompt's whole result (every sequence, the tree), in the order the prompts ran.
         self.generations: list[tuple[Group, Any]] = []
 
@@ -178,10 +185,7 @@ class EagerCppLM(TemplateLM):
     def _generate(self, groups: list[Group], out: list[Optional[str]]) -> None:
         """One eager_cpp.run over prompts that share their settings and M; each copy's string into `out`."""
         settings, copies = groups[0].settings, groups[0].copies
-        options = {f.name: getattr(self.options, f.name) for f in fields(RunOptions)
-                   if getattr(self.options, f.name) != f.default}
-        options.update(settings, max_sequences=copies)
-        result = run(self.model, [g.context for g in groups], **options)
+        result = run(self.model, [g.context for g in groups], **{**self._given, **settings, "max_sequences": copies})
         for g, prompt in zip(groups, result.prompts):
             self.generations.append((g, prompt))
             texts = [cut_at_stops(s.text, settings["stop"]) for s in sorted(prompt.sequences, key=lambda s: s.index)]
