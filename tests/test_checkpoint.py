@@ -117,11 +117,21 @@ def test_a_reallocating_run_writes_its_final_file_whole(tmp_path):
     out = tmp_path / "r.jsonl"
     store = Checkpoint(out, KEY, HASHES, staged_phase_a=True)
     store.start(resume=False)
-    store.chunk_done([row(0), row(1)])
-    final = [dict(row(0), n_sequences=2), dict(row(1), n_sequences=2)]
-    store.finish(final, {"method": "eager_adapt"})
+    store.chunk_done([row(0), row(1), row(2)])
+    # Two tries' new sequences for prompt 1, one for prompt 2: kept apart until the end, then merged.
+    store.extras_done([dict(row(1), sequences=["a"]), dict(row(2), sequences=["b"])])
+    store.extras_done([dict(row(1), sequences=["c"])])
+    assert store.parts(1) == (row(1), [dict(row(1), sequences=["a"]), dict(row(1), sequences=["c"])])
+    assert not out.exists()
+
+    def merge(base, extras):
+        return dict(base, sequences=base["sequences"] + [s for e in extras for s in e["sequences"]])
+
+    store.finish([2, 0, 1], {"method": "eager_adapt"}, merge)
+    final = [merge(row(2), [{"sequences": ["b"]}]), row(0), merge(row(1), [{"sequences": ["a", "c"]}])]
     assert [json.loads(line) for line in out.read_text().splitlines()] == final
     assert recorded_settings(out) == {"method": "eager_adapt"}
+    assert not store.extras_path.exists()
 
 
 def test_recorded_settings_reads_sidecars_of_older_versions(tmp_path):

@@ -37,6 +37,32 @@ def _checked_prompt(path: Path, row: dict) -> PromptResult:
         raise CliError(f"{path}: prompt {row['index']} is not a results line ({e}); rerun with --overwrite") from None
 
 
+class _FileResults:
+    """The checkpoint as the phases' result store (phases.ResultStore): prompts read back whole from its files,
+    a reallocation try's new sequences appended to them."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def load(self, index: int) -> PromptResult:
+        return _merged_prompt(*self.checkpoint.parts(index))
+
+    def extras(self, prompts: list[PromptResult]) -> None:
+        self.checkpoint.extras_done([prompt_to_dict(p) for p in prompts])
+
+
+def _merged_prompt(base: dict, extras: list[dict]) -> PromptResult:
+    """A prompt's phase (a) row with each try's row of new sequences after it."""
+    prompt = prompt_from_dict(base)
+    for row in extras:
+        prompt.extend(prompt_from_dict(row))
+    return prompt
+
+
+def _merged_row(base: dict, extras: list[dict]) -> dict:
+    return prompt_to_dict(_merged_prompt(base, extras))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise CliError("--resume continues the existing output and --overwrite replaces it: pass one of them")
@@ -89,10 +115,11 @@ def _run(args: argparse.Namespace, options: RunOptions, examples: list[Example],
                 progress.offset += len(chunk)
 
         # A failed reallocation try is a warning (main): the file keeps what was made. The scorer goes with or
-        # without labels: the label-free plan reads phase (a)'s answers with it, labels only score.
+        # without labels: the label-free plan reads phase (a)'s answers with it, labels only score. The run
+        # keeps each prompt's summary; its sequences are in the files (_FileResults).
         result = drive(model, options, prompts, answers, scorer, progress, pending=pending,
-                       chunk_size=chunk_size, on_chunk=checkpoint)
-        store.finish([prompt_to_dict(p) for p in result.prompts] if method.reallocates else None, result.settings)
+                       chunk_size=chunk_size, on_chunk=checkpoint, store=_FileResults(store))
+        store.finish([p.index for p in result.prompts] if method.reallocates else None, result.settings, _merged_row)
     except BaseException:
         store.abandon()
         raise

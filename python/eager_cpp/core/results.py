@@ -54,6 +54,15 @@ class PromptResult:
     def generated_tokens(self) -> int:
         return sum(len(s.own_tokens) for s in self.sequences)
 
+    def extend(self, more: "PromptResult", sequences: bool = True) -> None:
+        """Adds a later run of this prompt (a reallocation try): its steps and, unless `sequences` is False (they
+        are kept elsewhere), its sequences."""
+        if sequences:
+            self.sequences.extend(more.sequences)
+        self.steps += more.steps
+        if not self.prompt_tokens:
+            self.prompt_tokens = more.prompt_tokens
+
 
 @dataclass
 class RunStats:

@@ -5,8 +5,11 @@ Files beside the results file OUT:
   continue under anything else), one hash per input line (its prompt and answer), whether the run is
   complete, and the run's recorded options (``recorded``, read back by ``recorded_settings``).
 - Phase (a)'s results, a JSON line per prompt appended (and fsynced) as each chunk finishes: OUT itself
-  for methods without reallocation, OUT.init.jsonl for the others, whose final OUT is written whole
-  once phases (b) and (c) are done.
+  for methods without reallocation, OUT.init.jsonl for the others. Their reallocation tries append each
+  prompt's new sequences to OUT.extras.jsonl (a line per prompt and try: the prompt's line with only the new
+  sequences), and once phases (b) and (c) are done the final OUT is merged from the two, a prompt at a time,
+  read back by byte offset (``parts``): the run never holds the results whole. An interrupted phase (c) is run
+  again on --resume (phase (a) is the checkpoint), so OUT.extras.jsonl starts empty each time.
 - --overwrite writes a staged OUT.new and moves it onto OUT once the first chunk is on disk, so the
   old results stay until new ones exist; the sidecar is replaced atomically.
 
@@ -19,7 +22,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, TextIO, Union
+from typing import Any, Callable, Optional, TextIO, Union
 
 from .textfiles import read_text
 
@@ -86,6 +89,20 @@ def recorded_settings(results_path: PathArg) -> Optional[dict[str, Any]]:
     return settings
 
 
+def _line_offsets(path: Path) -> tuple[dict[int, int], int]:
+    """Byte offset of each results line of `path` by prompt index (complete lines, as read_done keeps
+    them), and the file's size."""
+    offsets: dict[int, int] = {}
+    if not path.exists():
+        return offsets, 0
+    position = 0
+    with open(path, "rb") as f:
+        for line in f:
+            offsets[json.loads(line)["index"]] = position
+            position += len(line)
+    return offsets, position
+
+
 class Checkpoint:
     """The store of one `eager-cpp run` into `out` (module docstring).
 
@@ -97,7 +114,11 @@ class Checkpoint:
         self.out = out
         self.meta_path = out.with_name(out.name + META_SUFFIX)
         self.phase_a_path = out.with_name(out.name + ".init.jsonl") if staged_phase_a else out
+        self.extras_path = out.with_name(out.name + ".extras.jsonl")
         self.final_separately = staged_phase_a
+        self._offsets: dict[int, int] = {}  # prompt index -> byte offset of its line in phase_a_path
+        self._extra_offsets: dict[int, list[int]] = {}  # prompt index -> its lines in extras_path
+        self._size = 0  # bytes of phase (a)'s file so far
         self.meta: dict[str, Any] = {"settings": key, "prompt_hashes": hashes, "complete": False}
         self._file: Optional[TextIO] = None
         self._stage: Optional[Path] = None
@@ -109,6 +130,7 @@ class Checkpoint:
     def start(self, resume: bool) -> dict[int, dict]:
         """Open the store: fresh (staged, nothing replaced yet), or resumed after checking that the
         interrupted run had this key and these prompts. Returns phase (a)'s rows already on disk."""
+        self.extras_path.unlink(missing_ok=True)
         if not (resume and self.exists(self.out)):
             self._stage = self.phase_a_path.with_name(self.phase_a_path.name + ".new")
             self._file = open(self._stage, "w", encoding="utf-8")
@@ -124,6 +146,7 @@ class Checkpoint:
             self.phase_a_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         self._write_meta()
         self._file = open(self.phase_a_path, "a", encoding="utf-8")
+        self._offsets, self._size = _line_offsets(self.phase_a_path)
         return done
 
     def chunk_done(self, rows: list[dict], recorded: Optional[dict[str, Any]] = None) -> None:
@@ -131,7 +154,10 @@ class Checkpoint:
         moves the staged file onto its place."""
         assert self._file is not None, "start() first"
         for row in rows:
-            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            self._file.write(line)
+            self._offsets[row["index"]] = self._size
+            self._size += len(line.encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
         if self._stage is not None:
@@ -141,18 +167,55 @@ class Checkpoint:
             self.meta["recorded"] = recorded
         self._write_meta()
 
-    def finish(self, rows: Optional[list[dict]], recorded: dict[str, Any]) -> None:
-        """The run is complete: the final results (when written separately) and the sidecar saying so."""
-        self.close()
+    def extras_done(self, rows: list[dict]) -> None:
+        """A reallocation try's new sequences, a row per prompt (its index, steps and new sequences)."""
+        with open(self.extras_path, "ab") as f:
+            for row in rows:
+                self._extra_offsets.setdefault(row["index"], []).append(f.tell())
+                f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def parts(self, index: int) -> tuple[dict, list[dict]]:
+        """Prompt `index`'s rows so far: its phase (a) line, and each try's line of new sequences."""
+        self._flush()
+        with open(self.phase_a_path if self._stage is None else self._stage, "rb") as f:
+            f.seek(self._offsets[index])
+            base = json.loads(f.readline())
+        extras = []
+        if index in self._extra_offsets:
+            with open(self.extras_path, "rb") as f:
+                for offset in self._extra_offsets[index]:
+                    f.seek(offset)
+                    extras.append(json.loads(f.readline()))
+        return base, extras
+
+    def finish(self, order: Optional[list[int]], recorded: dict[str, Any],
+               merge: Optional[Callable[[dict, list[dict]], dict]] = None) -> None:
+        """The run is complete: the final results (when written separately: the prompts `order` names, each
+        `merge`d from its ``parts`` one at a time) and the sidecar saying so."""
+        self._flush()
         if self._stage is not None:  # no chunk ran (no prompt was pending)
+            self.close()
             os.replace(self._stage, self.phase_a_path)
             self._stage = None
         if self.final_separately:
-            assert rows is not None
-            write_atomic(self.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            assert order is not None and merge is not None
+            tmp = self.out.with_name(self.out.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for index in order:
+                    base, extras = self.parts(index)
+                    f.write(json.dumps(merge(base, extras) if extras else base, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.out)
+            self.extras_path.unlink(missing_ok=True)
+        self.close()
         self.meta["recorded"] = recorded
         self.meta["complete"] = True
         self._write_meta()
+
+    def _flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
         """Close the open results file; a staged file no chunk reached is removed (the old results stay)."""
@@ -162,6 +225,7 @@ class Checkpoint:
 
     def abandon(self) -> None:
         self.close()
+        self.extras_path.unlink(missing_ok=True)  # a resumed run makes them again
         if self._stage is not None:
             self._stage.unlink(missing_ok=True)
             self._stage = None

@@ -22,7 +22,10 @@
 
 Phase (a) may run in chunks of prompts (one engine run each), with a callback after each: the CLI
 checkpoints there. Prompts whose phase (a) is already done (a result handed to ``reallocate``, a
-resumed CLI run) are not run again. ``driver.drive`` is the one caller; it checks, times and totals.
+resumed CLI run) are not run again. ``driver.drive`` is the one caller; it checks and times.
+With a ``ResultStore`` (the CLI's output file) the prompts keep only their summaries once the callback has
+made their chunk durable, and the tries' sequences go to the store (``ledger.PromptLedger``): a run's memory
+then holds a summary per prompt, not its sequences.
 
 An executor (``jobs.Executor``) runs a list of ``PhaseJob``s and returns, per job, the job's new
 sequences. This module never imports the native extension or Ray: ``local.LocalExecutor`` and the
@@ -33,21 +36,19 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence as Seq
 
 from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation, retry_theta
 from ..core.jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
-from .label_free import prompt_signals
+from .ledger import PromptLedger, ResultStore, score, signals_of, summarize
 from ..core.options import RunOptions
-from ..answers.reference import reference_solved
 from ..core.results import PromptResult, RunStats
-from ..answers.scoring import answer_extractor, score_prompts
 from .tree import branch_points, choose_branch_points, last_branch_step, ranked_limit
 from ..core.vocabulary import MAX_SEQUENCES, MAX_TRIES, Method
 
-__all__ = ["Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "ReallocationWarning", "Seed", "merge",
-           "reallocate_phases", "run_phases", "score", "signals_of", "summarize", "tree_seeds"]
+__all__ = ["Executor", "PhaseJob", "PhaseOutput", "ReallocationOutcome", "ReallocationWarning", "ResultStore", "Seed",
+           "merge", "reallocate_phases", "run_phases", "score", "signals_of", "summarize", "tree_seeds"]
 
 Scorer = Callable[[str, str], bool]
 ChunkDone = Callable[[list[PromptResult]], None]  # called with the prompts of each finished phase-(a) chunk
@@ -77,81 +78,39 @@ class ReallocationOutcome:
 
 def merge(results: list[PromptResult], jobs: Seq[PhaseJob], output: PhaseOutput) -> None:
     """Append each job's new sequences to its prompt's result, checking that every job came back once."""
-    if len(output.prompts) != len(jobs):
-        raise RuntimeError(f"internal error: {len(jobs)} jobs but {len(output.prompts)} results came back")
-    position = {p.index: k for k, p in enumerate(results)}
-    seen: set[int] = set()
-    for job, new in zip(jobs, output.prompts):  # every check before any change: a bad output changes nothing
-        if new.index != job.index or job.index in seen or job.index not in position:
-            raise RuntimeError(f"internal error: results for prompt {new.index} do not match job {job.index}")
-        seen.add(job.index)
-        target = results[position[job.index]]
-        if new.sequences and new.sequences[0].index != target.n_sequences:
-            raise RuntimeError(f"internal error: new sequences of prompt {job.index} start at "
-                               f"{new.sequences[0].index}, after its {target.n_sequences} sequences")
-        if len(new.sequences) > job.max_sequences:
-            raise RuntimeError(f"internal error: prompt {job.index} got {len(new.sequences)} sequences from a job "
-                               f"capped at {job.max_sequences}")
-    for job, new in zip(jobs, output.prompts):
-        target = results[position[job.index]]
-        target.sequences.extend(new.sequences)
-        target.steps += new.steps
-        if not target.prompt_tokens:
-            target.prompt_tokens = new.prompt_tokens
-
-
-def score(results: list[PromptResult], answers: Optional[Seq[Any]], scorer: Optional[Scorer]) -> None:
-    if answers is not None:
-        score_prompts(results, [str(a) for a in answers], scorer)
-
-
-def summarize(results: list[PromptResult], theta: float, rules: str = "eager_cpp") -> list[PromptSummary]:
-    """Phase (a) -> the planner's input: nᵢ per prompt and whether it is solved: any sequence correct, or
-    with the reference's rules, the gold answer among the extracted ones as they are, or "none"."""
-    out = []
-    for p in results:
-        if p.gold_answer is None:
-            solved = None
-        elif rules == "reference":
-            solved = reference_solved([s.answer for s in p.sequences], p.gold_answer)
-        else:
-            solved = any(bool(s.correct) for s in p.sequences)
-        out.append(PromptSummary(index=p.index, sequences=p.n_sequences, solved=solved, theta=theta))
-    return out
-
-
-def signals_of(results: list[PromptResult], theta: float, scorer: Optional[Scorer],
-               no_branch_window: int, window: Optional[int] = None) -> list[PromptSignals]:
-    """Phase (a) -> the label-free planner's input, per prompt; reads no gold answer and no verdict.
-
-    Answers come from the scorer's ``extract(text)`` when it has one, else the "auto" extractor; window: the
-    confidence window (None: length-aware).
-    """
-    extract = answer_extractor(scorer)
-    return [replace(prompt_signals(p.index, p.sequences, extract, no_branch_window, window), theta=theta)
-            for p in results]
+    PromptLedger(results, None).merge(jobs, output)
 
 
 def run_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
                answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
                pending: Optional[Seq[int]] = None, chunk_size: Optional[int] = None,
-               on_chunk: Optional[ChunkDone] = None) -> Optional[ReallocationOutcome]:
+               on_chunk: Optional[ChunkDone] = None, store: Optional[ResultStore] = None) -> Optional[ReallocationOutcome]:
     """Phase (a) for the prompts at positions `pending` of `results` (default: all), then (b) and (c)
-    for the reallocating methods; `results` and `stats` grow in place.
+    for the reallocating methods; `results` and `stats` (with the totals #S and #T) grow in place.
 
     answers: one per prompt of `results` (or None). Phase (a) runs `chunk_size` prompts per engine run
     (default: all at once) and scores each chunk before `on_chunk` sees it.
+    store: where `on_chunk` made each chunk durable: the prompts then keep only their summaries
+    (``ledger.PromptLedger``: no sequences in `results`), and the tries' new sequences go to the store.
     """
     method = Method(options.method)
+    ledger = PromptLedger(results, store)
     todo = list(range(len(results))) if pending is None else list(pending)
     size = chunk_size or max(1, len(todo))
     scoring_error: Optional[str] = None
+    reused = sorted(set(range(len(results))) - set(todo))
+    if method.reallocates and answers is not None:
+        try:  # prompts whose phase (a) was done before (scored as the plan reads them, then let go)
+            score([results[k] for k in reused], [answers[k] for k in reused], scorer)
+        except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
+            scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
+    ledger.let_go([results[k] for k in reused], options, scorer, method.label_free)
     for start in range(0, len(todo), size):
         chunk = [results[k] for k in todo[start:start + size]]
         jobs = [PhaseJob(index=p.index, prompt=p.prompt, max_sequences=options.max_sequences,
                          theta=options.entropy_threshold) for p in chunk]
         output = executor.run_jobs(jobs, method.engine_method, progress)
-        merge(results, jobs, output)
+        ledger.merge(jobs, output)
         stats.merge(output.stats)
         if answers is not None and scoring_error is None:
             try:
@@ -162,14 +121,13 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
                 scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
         if on_chunk is not None:
             on_chunk(chunk)
-    if not method.reallocates:
-        return None
-    if scoring_error is None:
-        try:
-            score(results, answers, scorer)  # prompts whose phase (a) was done before come scored here
-        except Exception as e:  # noqa: BLE001 - the same
-            scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
-    return reallocate_phases(executor, options, results, stats, answers, scorer, progress, failed=scoring_error)
+        ledger.let_go(chunk, options, scorer, method.label_free)
+    outcome = None
+    if method.reallocates:
+        outcome = reallocate_phases(executor, options, results, stats, answers, scorer, progress,
+                                    failed=scoring_error, ledger=ledger)
+    ledger.totals(stats)
+    return outcome
 
 
 def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int = 0,
@@ -195,20 +153,20 @@ def tree_seeds(prompt: PromptResult, n: int, no_branch_window: int, top_k: int =
     return tuple(seeds)
 
 
-def _plan(options: RunOptions, results: list[PromptResult], scorer: Optional[Scorer],
+def _plan(options: RunOptions, ledger: PromptLedger, scorer: Optional[Scorer],
           failed: Optional[str]) -> tuple[ReallocationPlan, list[PromptSummary], Optional[str]]:
     """Phase (b): the plan from phase (a)'s summaries (or its signals, label-free); nothing planned when
     phase (a)'s answers could not be read (`failed`, or the scorer raising here)."""
     theta, max_sequences = options.entropy_threshold, options.max_sequences
-    summaries = summarize(results, theta, options.rules)
+    summaries = ledger.summaries(theta, options.rules)
     signals: Optional[list[PromptSignals]] = None
     if failed is None and Method(options.method).label_free:
         try:
-            signals = signals_of(results, theta, scorer, options.no_branch_window, options.confidence_window)
+            signals = ledger.signals(theta, scorer, options.no_branch_window, options.confidence_window)
         except Exception as e:  # noqa: BLE001 - the scorer's extract() failing on phase (a)'s text: as a failed try
-            failed = f"reading phase (a)'s answers failed: {type(e).__name__}: {e}"
+            failed = f"reading phase (a)'s answers failed: {ledger.signals_failed or f'{type(e).__name__}: {e}'}"
     if failed is not None:
-        budget = max(0, max_sequences * len(results) - sum(p.n_sequences for p in results))
+        budget = max(0, max_sequences * len(ledger.results) - sum(s.sequences for s in summaries))
         return ReallocationPlan(budget=budget, selected=(), extras=(), unused=budget), summaries, failed
     if signals is not None:
         # Label-free recipients; with no decaying set its tries follow adapt's θ rule, as EAGer-adapt's do.
@@ -220,14 +178,15 @@ class _Tries:
     """Phase (c)'s state across tries: what each prompt of the plan still lacks, its θ, its random streams,
     its tree points with nothing left."""
 
-    def __init__(self, options: RunOptions, results: list[PromptResult], summaries: list[PromptSummary],
+    def __init__(self, options: RunOptions, ledger: PromptLedger, summaries: list[PromptSummary],
                  outcome: ReallocationOutcome) -> None:
-        self.options, self.results, self.outcome = options, results, outcome
+        self.options, self.ledger, self.outcome = options, ledger, outcome
+        results = self.results = ledger.results
         self.position = {p.index: k for k, p in enumerate(results)}
         self.theta0 = {s.index: s.theta for s in summaries}
         self.decaying = set(outcome.plan.decaying)
         # Random streams each prompt has used: its sequences so far (phase (a) drops none), then each try's.
-        self.streams = {e.index: results[self.position[e.index]].n_sequences for e in outcome.plan.extras}
+        self.streams = {e.index: ledger.n_sequences(results[self.position[e.index]]) for e in outcome.plan.extras}
         self.closed: dict[int, set[tuple[int, int]]] = {e.index: set() for e in outcome.plan.extras}
         # The reference's loop: every try asks the full eᵢ and keeps what it overshoots, until eᵢ are made.
         self.reference = options.rules == "reference"
@@ -242,14 +201,15 @@ class _Tries:
             p = self.results[self.position[e.index]]
             # One engine run of a prompt holds at most MAX_SEQUENCES.
             cap = min(e.extra_sequences if self.reference else lacking, MAX_SEQUENCES)
-            seeds = (tree_seeds(p, cap, o.no_branch_window, o.top_k, o.max_new_tokens, self.closed[e.index])
+            seeds = (tree_seeds(self.ledger.full(p), cap, o.no_branch_window, o.top_k, o.max_new_tokens,
+                                self.closed[e.index])
                      if o.reallocation == "tree" else ())
             if o.reallocation == "tree" and not seeds:
                 continue  # no branch point left to continue: what it lacks stays unspent
             theta_t = retry_theta(self.theta0[e.index], attempt, e.index in self.decaying)
             jobs.append(PhaseJob(index=e.index, prompt=p.prompt, max_sequences=len(seeds) or cap, theta=theta_t,
                                  sequence_base=self.streams[e.index], round=attempt, seeds=seeds,
-                                 first_index=p.n_sequences))
+                                 first_index=self.ledger.n_sequences(p)))
         return jobs
 
     def record(self, jobs: list[PhaseJob], output: PhaseOutput) -> None:
@@ -263,11 +223,11 @@ class _Tries:
             self.outcome.unavailable += len(output.dropped(k))
 
 
-def _record_stats(stats: RunStats, outcome: ReallocationOutcome, results: list[PromptResult]) -> None:
-    extras = [s for p in results for s in p.sequences if s.round > 0]
+def _record_stats(stats: RunStats, outcome: ReallocationOutcome, ledger: PromptLedger) -> None:
+    tallies = [ledger.tally(p) for p in ledger.results]
     stats.rounds = outcome.tries + 1
-    stats.reallocated_sequences = len(extras)
-    stats.reallocated_length_ended = sum(1 for s in extras if s.finish_reason == "length")
+    stats.reallocated_sequences = sum(t.extras for t in tallies)
+    stats.reallocated_length_ended = sum(t.extras_length_ended for t in tallies)
     stats.reallocation_tries = outcome.tries
     stats.reallocation_budget = outcome.plan.budget
     stats.unspent_sequences = outcome.unspent
@@ -277,19 +237,21 @@ def _record_stats(stats: RunStats, outcome: ReallocationOutcome, results: list[P
 
 def reallocate_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
                       answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
-                      max_tries: int = MAX_TRIES, failed: Optional[str] = None) -> ReallocationOutcome:
+                      max_tries: int = MAX_TRIES, failed: Optional[str] = None,
+                      ledger: Optional[PromptLedger] = None) -> ReallocationOutcome:
     """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring).
 
     The options' top_k and max_new_tokens bound a tree point: it offers only ranks within both the
     engine's reach and top_k, and only while it leaves room for an answer.
     failed: why phase (a)'s answers could not be read (the scorer raised): then, as when the scorer
     raises while the label-free plan reads them, nothing is planned, the error is the outcome's and
-    the whole budget is unspent.
+    the whole budget is unspent. ledger: what run_phases keeps of `results` (default: them whole).
     """
-    plan, summaries, failed = _plan(options, results, scorer, failed)
+    ledger = ledger if ledger is not None else PromptLedger(results, None)
+    plan, summaries, failed = _plan(options, ledger, scorer, failed)
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
                                   produced={e.index: 0 for e in plan.extras}, error=failed)
-    tries = _Tries(options, results, summaries, outcome)
+    tries = _Tries(options, ledger, summaries, outcome)
     # The reference's loop has no try cap (each try makes at least one sequence: at most eᵢ tries).
     for attempt in itertools.count(1) if tries.reference else range(1, max_tries + 1):
         jobs = tries.jobs(attempt)
@@ -297,20 +259,23 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
             break
         try:
             output = executor.run_jobs(jobs, Method.EAGER_INIT.engine_method, progress)  # extras are EAGer-init runs
-            merge(results, jobs, output)  # checks everything before it changes anything
+            ledger.merge(jobs, output)  # checks everything before it changes anything
         except Exception as e:  # noqa: BLE001 - any failure of a try: keep what earlier phases made
             outcome.error = f"reallocation try {attempt} failed: {type(e).__name__}: {e}"
             break
         stats.merge(output.stats)
         outcome.tries = attempt
         tries.record(jobs, output)
-        try:
-            score(results, answers, scorer)
+        try:  # the try's new sequences (those before it were scored)
+            score(output.prompts, None if answers is None else [answers[tries.position[j.index]] for j in jobs],
+                  scorer)
         except Exception as e:  # noqa: BLE001 - a scorer failing on a try's text: the same
             outcome.error = f"scoring reallocation try {attempt} failed: {type(e).__name__}: {e}"
             break
+        finally:
+            ledger.keep(output)  # to the store, for prompts let go (scored as far as scoring went)
     if outcome.error is not None:
         warnings.warn(f"{outcome.error}; the result holds what phase (a) and the earlier tries made, the rest of "
                       "the budget is reported unspent", ReallocationWarning, stacklevel=2)
-    _record_stats(stats, outcome, results)
+    _record_stats(stats, outcome, ledger)
     return outcome

@@ -10,7 +10,10 @@ a result handed to `reallocate`, a resumed CLI run) and returns the ``RunResult`
    largest try fitted to a fixed context, all before any engine run, so nothing fails after phase (a)
    was paid for;
 2. the phases (``phases.run_phases``: phase (a) in chunks with a callback after each, the plan, the tries);
-3. the totals (#S, #T), the wall time (from phase (a) on) and the executor's own figures.
+3. the wall time (from phase (a) on) and the executor's own figures (the phases count #S and #T).
+
+With a ``store`` (``phases.ResultStore``: the CLI's output file, which `on_chunk` writes), the returned
+result's prompts keep no sequences: they are in the store, and the run's memory holds summaries.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from ..core.jobs import Executor
 from ..engine.local import LocalExecutor
 from ..engine.model import Model
 from ..core.options import RunOptions, check_extras_fit
-from ..method.phases import ChunkDone, run_phases
+from ..method.phases import ChunkDone, ResultStore, run_phases
 from ..core.progress import ProgressArg, ProgressSink
 from ..answers.reference import ReferenceScorer
-from ..core.results import PromptResult, RunResult, RunStats, check_structure, count_totals
+from ..core.results import PromptResult, RunResult, RunStats, check_structure
 
 __all__ = ["drive", "open_executor"]
 
@@ -54,12 +57,13 @@ def open_executor(model: ModelArg, options: RunOptions) -> Iterator[Executor]:
 def drive(model: ModelArg, options: RunOptions, prompts: list[PromptResult], answers: Optional[Seq[Any]],
           scorer: Optional[Callable[[str, str], bool]], progress: ProgressArg, *, pending: Optional[Seq[int]] = None,
           stats: Optional[RunStats] = None, chunk_size: Optional[int] = None,
-          on_chunk: Optional[ChunkDone] = None) -> RunResult:
+          on_chunk: Optional[ChunkDone] = None, store: Optional[ResultStore] = None) -> RunResult:
     """One run of `options` over `prompts` (module docstring); `prompts` and `stats` grow in place.
 
     pending: positions in `prompts` whose phase (a) runs (default: all). stats: the figures so far (a
     reallocation continues its phase (a)'s). chunk_size / on_chunk: phase (a) in engine runs of that
-    many prompts, `on_chunk(prompts of the chunk)` after each (the CLI's checkpoint).
+    many prompts, `on_chunk(prompts of the chunk)` after each (the CLI's checkpoint). store: where
+    `on_chunk` made them durable (module docstring).
     """
     sink = ProgressSink(progress)  # a bad progress= fails here, before a model loads or a worker starts
     if options.rules == "reference" and not isinstance(scorer, ReferenceScorer):
@@ -75,11 +79,10 @@ def drive(model: ModelArg, options: RunOptions, prompts: list[PromptResult], ans
         started = time.perf_counter()
         try:
             outcome = run_phases(executor, options, prompts, stats, answers, scorer, sink if sink.active else None,
-                                 pending=pending, chunk_size=chunk_size, on_chunk=on_chunk)
+                                 pending=pending, chunk_size=chunk_size, on_chunk=on_chunk, store=store)
         finally:
             sink.close()
         elapsed = time.perf_counter() - started
-        count_totals(stats, prompts)
         stats.wall_seconds += elapsed
         executor.account(stats, elapsed, outcome)
         settings = executor.recorded(len(prompts))
