@@ -160,12 +160,15 @@ class Checkpoint:
             self._size += len(line.encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
-        if self._stage is not None:
+        first = self._stage is not None
+        if first:
             os.replace(self._stage, self.phase_a_path)  # the open file follows the rename
             self._stage = None
-        if recorded is not None:
-            self.meta["recorded"] = recorded
-        self._write_meta()
+        # The sidecar (one hash per input line: megabytes at a million prompts) is rewritten only when it changes.
+        if first or (recorded is not None and recorded != self.meta.get("recorded")):
+            if recorded is not None:
+                self.meta["recorded"] = recorded
+            self._write_meta()
 
     def extras_done(self, rows: list[dict]) -> None:
         """A reallocation try's new sequences, a row per prompt (its index, steps and new sequences)."""
