@@ -55,6 +55,7 @@ private:
     void start_root(int prompt);
     void prefill_started();
     void first_tokens(int root, int32_t last_row);
+    int root_slot(int prompt) const;
     void step();
     void advance(const std::vector<int> & slots, const std::vector<int32_t> & output_rows);
     std::vector<CapCount> cap_counts(const std::vector<int> & slots) const;
@@ -85,9 +86,9 @@ private:
     // Roots admitted in this scheduling pass whose prompts are prefilled together (prefill_started), one
     // llama_decode for as many prompts as the batch holds instead of one each: each call passes over every
     // weight, which costs a short prompt far more than its tokens. Not with the prefix anchor (each prompt
-    // copies from the one before it), the device path, or streams (llama.cpp splits such a batch by stream).
+    // copies from the one before it) or streams (llama.cpp splits such a batch by stream).
     const bool batch_prefills_;
-    std::vector<int> prefill_roots_;
+    std::vector<int> prefill_prompts_;  // by prompt: a slot moves when an earlier prompt's sequences are released
     int64_t step_ = 0;  // advance calls so far: each gives every sequence it covers one token
     std::vector<int64_t> counted_step_;  // per prompt, the last step that counted its step
     Clock::time_point start_ = Clock::now();
@@ -111,7 +112,7 @@ Engine::Engine(Model & model, const EngineConfig & config, const std::vector<Pro
       rows_(config, model.n_vocab(), std::max(1, model.context_shape().n_threads)),
       seeds_(config, ctx_, table_, prefill_, rows_, ops_),
       kv_(config, table_, ops_, cells, ceiling, anchor.reserved, streams),
-      batch_prefills_(anchor.id < 0 && !config.device_topk && config.kv_layout == KvLayout::Unified),
+      batch_prefills_(anchor.id < 0 && config.kv_layout == KvLayout::Unified),
       counted_step_(jobs.size(), -1) {
     if (cfg_.trace_steps && KvTraceLog::enabled()) kv_trace_ = std::make_unique<KvTraceLog>();
 }
@@ -150,7 +151,7 @@ void Engine::start_root(int prompt) {
     if (batch_prefills_ && job.tokens.size() <= static_cast<size_t>(batch_.capacity())) {
         // Its cells are counted now, so the prompts admitted after it in this pass see them.
         table_.prefilled(root);
-        prefill_roots_.push_back(root);
+        prefill_prompts_.push_back(prompt);
         return;
     }
     const auto t0 = Clock::now();
@@ -164,24 +165,31 @@ void Engine::prefill_started() {
     // Whole prompts in admission order, as many as the batch holds per llama_decode; each prompt's
     // sequences then take their first token from its last row, as after a prefill of its own.
     size_t next = 0;
-    while (next < prefill_roots_.size()) {
+    while (next < prefill_prompts_.size()) {
         batch_.clear();
-        std::vector<std::pair<int, int32_t>> decoded;  // root slot, its last token's output row
-        for (; next < prefill_roots_.size(); ++next) {
-            const int root = prefill_roots_[next];
-            const std::vector<int32_t> & tokens = jobs_[table_[root].prompt].tokens;
+        std::vector<std::pair<int, int32_t>> decoded;  // prompt, its last token's output row
+        for (; next < prefill_prompts_.size(); ++next) {
+            const int prompt = prefill_prompts_[next];
+            const std::vector<int32_t> & tokens = jobs_[prompt].tokens;
             if (batch_.size() + static_cast<int32_t>(tokens.size()) > batch_.capacity()) break;
+            const llama_seq_id id = table_[root_slot(prompt)].id;
             int32_t row = -1;
-            for (size_t i = 0; i < tokens.size(); ++i)
-                row = batch_.add(tokens[i], static_cast<int32_t>(i), table_[root].id, i + 1 == tokens.size());
-            decoded.emplace_back(root, row);
+            for (size_t i = 0; i < tokens.size(); ++i) row = batch_.add(tokens[i], static_cast<int32_t>(i), id, i + 1 == tokens.size());
+            decoded.emplace_back(prompt, row);
         }
         const auto t0 = Clock::now();
         batch_.decode(ctx_.get(), "prompt prefill");
         out_.stats.prefill_seconds += seconds_since(t0);
-        for (const auto & [root, row] : decoded) first_tokens(root, row);
+        // Each advance may release finished sequences, which moves the slots after them: looked up each time.
+        for (const auto & [prompt, row] : decoded) first_tokens(root_slot(prompt), row);
     }
-    prefill_roots_.clear();
+    prefill_prompts_.clear();
+}
+
+int Engine::root_slot(int prompt) const {
+    for (int s = 0; s < table_.size(); ++s)
+        if (table_[s].prompt == prompt) return s;  // a prompt waiting for its prefill holds its root alone
+    throw LlamaError("internal error: prompt " + std::to_string(prompt) + " lost its root before its prefill");
 }
 
 void Engine::first_tokens(int root, int32_t last_row) {

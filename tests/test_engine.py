@@ -63,6 +63,22 @@ def test_greedy_tokens_are_reference_argmax(model, reference):
     assert checked >= len(prompts) * 2
 
 
+@pytest.mark.parametrize("method", ["parallel", "eager_init"])
+def test_prompts_prefilled_together_each_start_from_their_own_last_token(model, method):
+    # Prompts admitted together are prefilled in one llama_decode; each one's sequences take their first token from
+    # its own last row. With max_new_tokens=1 every sequence ends at that token, releasing its slot while the
+    # prompts after it in the same prefill still wait for theirs. The answers differ per prompt, so a row given
+    # to another prompt shows.
+    prompts = CAPITAL_PROMPTS + ["Country: Italy\nCapital:", "Country: Egypt\nCapital:"]
+    for tokens in (1, 3):
+        # θ = 0: EAGer branches at the first token whatever the noise (a child takes the second choice there).
+        kw = dict(method=method, max_sequences=2, temperature=0.0, max_new_tokens=tokens, stop="\n", entropy_threshold=0.0)
+        together = eager_cpp.run(model, prompts, **kw)
+        alone = [eager_cpp.run(model, [p], **kw).prompts[0] for p in prompts]
+        assert [[s.text for s in p.sequences] for p in together.prompts] == [[s.text for s in p.sequences] for p in alone]
+        assert all(p.sequences[0].token_ids for p in together.prompts)
+
+
 def test_same_seed_same_result_and_other_seed_differs(model):
     kwargs = dict(method="parallel", max_sequences=4, temperature=1.0, max_new_tokens=8)
     a = eager_cpp.run(model, CAPITAL_PROMPTS[:2], seed=7, **kwargs)
