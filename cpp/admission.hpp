@@ -33,6 +33,8 @@ public:
     bool may_admit(const PromptJob & job, const std::vector<PromptLoad> & in_flight, int live,
                    int64_t cells_held, bool staggered = false) const;
 
+    // Per-sequence streams that preempt change how many ids there are (KvScheduler::shrink_streams).
+    void set_ids_available(int ids) { ids_available_ = ids; }
     void admitted(const PromptJob & job) { ids_reserved_ += job.max_sequences; }
     void released(const PromptJob & job) { ids_reserved_ -= job.max_sequences; }
     // A prompt's sequence count became final (it closed for branching or finished): it joins the

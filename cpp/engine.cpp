@@ -108,7 +108,7 @@ Engine::Engine(Model & model, const EngineConfig & config, const std::vector<Pro
       text_(model),
       prefill_(ctx_, batch_, PrefixAnchor(anchor.id, llama_model_n_swa(model.model()))),
       ops_(model, prefill_),
-      table_(text_, config, jobs, out_, ops_, anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_),
+      table_(text_, config, jobs, out_, ops_, anchor.id >= 0 ? n_seq_max_ - 1 : n_seq_max_, streams.budget_bytes > 0),
       rows_(config, model.n_vocab(), std::max(1, model.context_shape().n_threads)),
       seeds_(config, ctx_, table_, prefill_, rows_, ops_),
       kv_(config, table_, ops_, cells, ceiling, anchor.reserved, streams),
@@ -120,10 +120,18 @@ Engine::Engine(Model & model, const EngineConfig & config, const std::vector<Pro
 RunOutput Engine::run() {
     while (!table_.all_done()) {
         report_progress();
+        const int admitted = kv_.admitted_count(), done = table_.done_count();
         // Preempted prompts resume first, as vLLM puts them back at the queue's front; then new ones start.
         kv_.schedule(admission_, [this](int prompt) { start(prompt); });
         prefill_started();
-        if (table_.running_count() > 0) step();
+        if (table_.running_count() > 0) {
+            step();
+        } else if (kv_.admitted_count() == admitted && table_.done_count() == done) {
+            // Nothing runs and nothing could start or resume: a scheduling rule that never lets go would spin.
+            throw LlamaError("internal error: no prompt could start or resume (" + std::to_string(table_.done_count()) +
+                             " of " + std::to_string(jobs_.size()) + " done, " + std::to_string(table_.live_count()) +
+                             " sequences waiting)");
+        }
     }
     report_progress();
     report_counts();
@@ -421,15 +429,11 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     llama_context * ctx = model.acquire_context(shape);
     MemoryGuard guard{model.context()};
     // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
-    const AnchorPlan anchor = plan_anchor(run_config, jobs, static_cast<int>(llama_n_seq_max(ctx)), shape.n_ctx, ceiling);
-    StreamGrowth streams;
-    if (!shape.kv_unified) {
-        streams.streams = shape.n_seq_max;
-        if (!shape.swa_full) {
-            streams.window_cells = kv.window_stream_cells;
-            streams.n_swa = kv.n_swa;
-        }
-    }
+    const StreamGrowth streams = plan_stream_growth(run_config, jobs, kv, shape);
+    // Streams that may preempt change their count mid-run, which would move the anchor's stream: no anchor.
+    const AnchorPlan anchor = streams.budget_bytes > 0 ? AnchorPlan{}
+                                                       : plan_anchor(run_config, jobs, static_cast<int>(llama_n_seq_max(ctx)),
+                                                                     shape.n_ctx, ceiling);
     Engine engine(model, run_config, jobs, on_progress, shape.n_ctx, ceiling, anchor, streams);
     return engine.run();
 }

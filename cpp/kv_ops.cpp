@@ -27,4 +27,9 @@ void LlamaKvOps::recompute(const std::vector<int32_t> & tokens, size_t begin, ll
 
 bool LlamaKvOps::grow(int64_t cells) { return model_.grow_context(static_cast<uint32_t>(cells)); }
 
+bool LlamaKvOps::reshape_streams(int64_t streams, int64_t cells,
+                                 const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves) {
+    return model_.reshape_streams(static_cast<uint32_t>(streams), static_cast<uint32_t>(cells), moves);
+}
+
 }  // namespace eager

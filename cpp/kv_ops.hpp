@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "context_handle.hpp"
@@ -32,6 +33,10 @@ public:
     // Gives the cache `cells` cells, keeping every cell it holds; false when the memory is not there (the
     // cache keeps its size and its cells).
     virtual bool grow(int64_t cells) = 0;
+    // Per-sequence streams: the cache becomes `streams` streams of `cells` cells in all, each sequence in
+    // `moves` taken from its stream (first) into the stream of its new id (second); every other stream is
+    // dropped. False when the memory is not there (the cache then is as it was).
+    virtual bool reshape_streams(int64_t streams, int64_t cells, const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves) = 0;
 };
 
 // The operations on the model's context (replaced when it grows, so read through the handle).
@@ -45,6 +50,7 @@ public:
     void copy_prefix(llama_seq_id from, llama_seq_id to, int32_t len) override;
     void recompute(const std::vector<int32_t> & tokens, size_t begin, llama_seq_id id) override;
     bool grow(int64_t cells) override;
+    bool reshape_streams(int64_t streams, int64_t cells, const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves) override;
 
 private:
     Model & model_;

@@ -31,9 +31,16 @@ bool KvScheduler::reserve(int64_t cells) {
     // Doubling keeps the copies few (each moves only the cells in use); the capacity, not the size of
     // a context reused from an earlier run, decides, so a run grows at the same steps either way.
     const int64_t n = std::max<int64_t>(1, stream_growth_.streams);
-    const int64_t grown =
+    int64_t grown =
         streams_ ? std::min<int64_t>(ceiling_, n * std::max(grown_stream_cells(capacity_ / n, stream_growth_), (cells + n - 1) / n))
                  : std::min<int64_t>(ceiling_, round_up_cells(std::max(2 * capacity_, cells)));
+    if (streams_ && stream_growth_.budget_bytes > 0) {
+        // Streams whose budget cannot hold them all at their whole length: as long as a sequence may grow, and
+        // only while the budget holds every stream at that size (then shrink_streams()).
+        const int64_t per_stream = std::min(stream_growth_.whole_cells, grown / n);
+        if (per_stream <= capacity_ / n || streams_within(stream_growth_, per_stream) < n) return false;
+        grown = n * per_stream;
+    }
     if (!ops_.grow(grown)) {
         // The memory is not there after all: the cache keeps its size, which becomes the ceiling, and the
         // run goes on within it, preempting as at any budget.
@@ -56,6 +63,7 @@ bool KvScheduler::reserve_beside(int64_t more) {
 int64_t KvScheduler::cells_held() const { return table_.cells_held() + anchor_cells_; }
 
 void KvScheduler::schedule(Admission & admission, const std::function<void(int)> & start) {
+    admission.set_ids_available(table_.id_count());
     resume();
     const int n_jobs = static_cast<int>(table_.prompt_count());
     while (next_job_ < n_jobs && try_admit(next_job_, admission)) start(next_job_++);
@@ -64,6 +72,17 @@ void KvScheduler::schedule(Admission & admission, const std::function<void(int)>
 bool KvScheduler::try_admit(int prompt, Admission & admission) {
     if (table_.paused_count() > 0) return false;  // preempted prompts go first, as vLLM puts them back at the queue's front
     const PromptJob & job = table_.job(prompt);
+    if (stream_growth_.budget_bytes > 0) {
+        // Streams that preempt may have become fewer than a prompt's M: such a prompt starts alone, its
+        // sequences beyond the streams waiting for ids (born held back). Its seeds each need a stream at once.
+        const int ids = table_.id_count();
+        const bool alone = table_.live_count() == 0;
+        if (alone && static_cast<int>(job.seeds.size()) > ids)
+            throw LlamaError("prompt " + std::to_string(prompt) + " starts " + std::to_string(job.seeds.size()) +
+                             " tree seeds at once, but kv_memory holds " + std::to_string(ids) + " per-sequence streams " +
+                             "of the length its sequences have reached; raise kv_memory or use kv_layout='unified'");
+        admission.set_ids_available(alone ? std::max(ids, job.max_sequences) : ids);
+    }
     // An EAGer tree grows by branching, which no projection foresees: a prompt starts staggered only
     // beside trees that have closed for branching (tried beside growing ones: they preempted each other,
     // 0.69x the whole-memory rate). Its own children are born held back while they do not fit.
@@ -103,11 +122,51 @@ int64_t KvScheduler::make_room() {
 void KvScheduler::preempt() {
     // A cache that may still grow grows instead (llama.cpp found no slot where the count saw room).
     if (reserve(capacity_ + 1)) return;
+    // Streams that may outgrow their budget: fewer, longer streams, the latest admitted prompt paused.
+    if (streams_ && stream_growth_.budget_bytes > 0) return shrink_streams();
     // A full stream belongs to a running sequence: pausing others gives it no cell.
     if (streams_)
         throw LlamaError("the per-sequence KV streams (" + std::to_string(capacity_) + " cells in all) could not grow " +
                          "for a sequence that filled its stream; " +
                          (ceiling_lowered_.empty() ? "raise kv_memory (or n_ctx)" : ceiling_lowered_ + ": free memory, lower max_new_tokens or max_sequences, or use kv_layout='unified'"));
+    pause_latest();
+}
+
+void KvScheduler::shrink_streams() {
+    // Every stream at the next size would outgrow the budget: keep as many streams of that size as it holds
+    // (and as the cells a failed growth left), pausing the latest admitted prompts' sequences until the
+    // running ones fit in them, and move those into the lowest ids. The paused ones come back as ids free
+    // (resume_streams), recomputed into a stream of their own from cell 0, where a run without preemption
+    // has their cells too.
+    const int64_t n = stream_growth_.streams;
+    const int64_t per_stream = capacity_ / n;
+    const int64_t grown = std::min(stream_growth_.whole_cells, grown_stream_cells(per_stream, stream_growth_));
+    const int64_t fit = std::min({n - 1, streams_within(stream_growth_, grown), ceiling_ / std::max<int64_t>(1, grown)});
+    if (grown <= per_stream || fit < 1)
+        throw LlamaError("the per-sequence KV streams (" + std::to_string(n) + " of " + std::to_string(per_stream) +
+                         " cells) cannot grow for a sequence that filled its stream: kv_memory holds " +
+                         std::to_string(std::max<int64_t>(0, fit)) + " stream(s) of " + std::to_string(grown) + " cells" +
+                         (ceiling_lowered_.empty() ? "" : " (" + ceiling_lowered_ + ")") +
+                         "; raise kv_memory, lower max_new_tokens, or use kv_layout='unified'");
+    while (table_.running_count() > fit) pause_latest();
+    std::vector<int> running;
+    for (int slot = 0; slot < table_.size(); ++slot)
+        if (!table_[slot].paused() && table_[slot].id >= 0) running.push_back(slot);
+    // In id order, so a step's ids still run consecutively (llama.cpp decodes each run in one micro-batch).
+    std::sort(running.begin(), running.end(), [this](int a, int b) { return table_[a].id < table_[b].id; });
+    std::vector<std::pair<llama_seq_id, llama_seq_id>> moves;
+    for (size_t i = 0; i < running.size(); ++i) moves.emplace_back(table_[running[i]].id, static_cast<llama_seq_id>(i));
+    if (!ops_.reshape_streams(fit, fit * grown, moves))
+        throw LlamaError("could not make " + std::to_string(fit) + " KV streams of " + std::to_string(grown) +
+                         " cells (llama.cpp could not allocate the memory while the old ones still held the run's " +
+                         "cells); free memory, lower kv_memory or max_new_tokens, or use kv_layout='unified'");
+    table_.renumber_ids(static_cast<int>(fit), moves);
+    stream_growth_.streams = fit;
+    capacity_ = fit * grown;
+    ++grows_;
+}
+
+void KvScheduler::pause_latest() {
     // The latest admitted prompt that still runs gives way, as vLLM preempts its newest request. When
     // it is the only one running, its youngest sequence does (its tree then advances out of lockstep).
     int victim = -1, running_prompts = 0;
@@ -189,6 +248,7 @@ void KvScheduler::pause_sequence(int slot, SequenceStatus why) {
 }
 
 void KvScheduler::resume() {
+    if (streams_ && stream_growth_.budget_bytes > 0) return resume_streams();
     for (int prompt : table_.in_flight()) {
         const PromptState & st = table_.prompt(prompt);
         const int paused = st.paused;
@@ -208,6 +268,21 @@ void KvScheduler::resume() {
             const int64_t need = table_[slot].n_past - recompute_from(slot) + 1;
             if (table_.running_count() > 0 && !fits(need)) return;
             reserve_beside(need);
+            resume_sequence(slot);
+        }
+    }
+}
+
+void KvScheduler::resume_streams() {
+    // Streams that preempt: a paused sequence needs a free id (its stream is as long as any: streams only
+    // grow). A prompt paused whole resumes whole, or alone when nothing runs, in admission order.
+    for (int prompt : table_.in_flight()) {
+        const PromptState & st = table_.prompt(prompt);
+        if (st.paused == 0) continue;
+        if (st.paused == st.live && table_.running_count() > 0 && table_.free_id_count() < st.paused) return;
+        for (int slot = 0; slot < table_.size(); ++slot) {
+            if (table_[slot].prompt != prompt || !table_[slot].paused()) continue;
+            if (table_.free_id_count() == 0) return;
             resume_sequence(slot);
         }
     }
@@ -237,6 +312,7 @@ int64_t KvScheduler::recompute_from(int slot, int * source) const {
 }
 
 void KvScheduler::resume_sequence(int slot) {
+    table_.take_id(slot);
     int source = -1;
     const int32_t shared = static_cast<int32_t>(recompute_from(slot, &source));
     if (shared > 0) ops_.copy_prefix(table_[source].id, table_[slot].id, shared);

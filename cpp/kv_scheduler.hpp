@@ -81,6 +81,8 @@ public:
 
     // --- what it did (the engine reports them in RunStats) ---
     int64_t capacity() const { return capacity_; }
+    int admitted_count() const { return next_job_; }
+    int64_t streams() const { return stream_growth_.streams; }  // per-sequence streams now
     int64_t grows() const { return grows_; }
     int64_t peak_cells() const { return peak_; }
     int64_t preemptions() const { return preemptions_; }
@@ -113,6 +115,13 @@ private:
     // reserve() for `more` cells beside what is held and one step of every running sequence, or as many
     // as the ceiling allows.
     bool reserve_beside(int64_t more);
+    // Pauses the latest admitted prompt that runs; when only one runs, its youngest sequence (throws when
+    // only one sequence runs).
+    void pause_latest();
+    // Per-sequence streams that outgrow their budget: fewer, longer streams (see the .cpp).
+    void shrink_streams();
+    // resume() where a paused sequence waits for an id, not for cells.
+    void resume_streams();
     void pause_prompt(int prompt);
     void pause_sequence(int slot, SequenceStatus why);
     void resume_sequence(int slot);

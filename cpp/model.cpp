@@ -10,6 +10,7 @@
 #include "errors.hpp"
 #include "llama.h"
 #include "llama_log.hpp"
+#include "stream_state.hpp"
 #include "system_info.hpp"
 
 namespace eager {
@@ -434,6 +435,51 @@ bool Model::grow_context(uint32_t n_ctx) {
     shape_.device = shape.device;
     if (llama_state_seq_set_data(ctx_, cells.data(), size, -1) != size)
         throw LlamaError("could not copy the KV cache back into a context of " + std::to_string(n_ctx) + " cells");
+    return true;
+}
+
+bool Model::reshape_streams(uint32_t n_seq_max, uint32_t n_ctx,
+                            const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves) {
+    if (ctx_ == nullptr) throw LlamaError("no context to reshape");
+    // Each moved sequence's cells out of the old context while it still holds them; the caller has let a
+    // decode apply llama.cpp's queued stream copies first (grow_context says why).
+    // llama.cpp restores a sequence only into a context with as many streams: each state is rewritten for the
+    // new count and its new stream (stream_state.hpp).
+    const auto save = [this](llama_seq_id id, llama_state_seq_flags flags) {
+        std::vector<uint8_t> state(llama_state_seq_get_size_ext(ctx_, id, flags));
+        if (state.empty() || llama_state_seq_get_data_ext(ctx_, state.data(), state.size(), id, flags) != state.size())
+            throw LlamaError("could not copy sequence " + std::to_string(id) + "'s KV stream out");
+        return state;
+    };
+    const uint32_t streams_before = llama_n_seq_max(ctx_);
+    std::vector<std::vector<uint8_t>> states(moves.size());
+    try {
+        for (size_t i = 0; i < moves.size(); ++i)
+            states[i] = retarget_stream_state(save(moves[i].first, LLAMA_STATE_SEQ_FLAGS_NONE),
+                                              save(moves[i].first, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY), streams_before,
+                                              static_cast<uint32_t>(moves[i].first), n_seq_max,
+                                              static_cast<uint32_t>(moves[i].second));
+    } catch (const std::bad_alloc &) {
+        return false;  // no memory even for the copies: the context stays as it is
+    }
+    ContextShape shape = shape_;
+    shape.n_seq_max = n_seq_max;
+    shape.n_ctx = n_ctx;
+    llama_context * reshaped = init_context(shape);
+    if (reshaped == nullptr) return false;
+    llama_free(ctx_);
+    device_.detach(nullptr);
+    ctx_ = reshaped;
+    shape_.n_seq_max = llama_n_seq_max(ctx_);
+    shape_.n_ctx = llama_n_ctx(ctx_);
+    if (shape.device.enabled) device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
+    shape_.device = shape.device;
+    for (size_t i = 0; i < moves.size(); ++i) {
+        const size_t size = states[i].size();
+        if (llama_state_seq_set_data(ctx_, states[i].data(), size, moves[i].second) != size)
+            throw LlamaError("could not copy sequence " + std::to_string(moves[i].first) + "'s KV stream into stream " +
+                             std::to_string(moves[i].second) + " of a context of " + std::to_string(n_ctx) + " cells");
+    }
     return true;
 }
 

@@ -105,6 +105,12 @@ public:
     // False when llama.cpp could not allocate the larger cache: the context keeps its size and its cells,
     // and the run can go on within it.
     bool grow_context(uint32_t n_ctx);
+    // Per-sequence streams: recreates the context with n_seq_max streams and n_ctx cells in all, each
+    // sequence in `moves` copied from its stream (first) into the stream of its new id (second), in its
+    // cells' order from cell 0 (llama.cpp's per-sequence state; window cells that left the window are not
+    // kept). Streams of other ids are dropped. False when llama.cpp could not allocate it: the context is as
+    // it was.
+    bool reshape_streams(uint32_t n_seq_max, uint32_t n_ctx, const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves);
 
 private:
     // A new context of this shape beside any that exists; nullptr when llama.cpp cannot allocate it.

@@ -1,6 +1,7 @@
 #include "run_plan.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 #include "errors.hpp"
@@ -263,10 +264,27 @@ int64_t live_streams(const EngineConfig & config, const std::vector<PromptJob> &
     return live + (plans_anchor(config, jobs) ? 1 : 0);
 }
 
+// Streams that start short and may preempt: a budget in bytes (kv_memory or "auto"'s share), not n_ctx, and
+// not the device path (its samplers keep every stream whole from the start).
+bool streams_may_preempt(const EngineConfig & config) { return config.n_ctx == 0 && !config.device_topk; }
+
+double budget_bytes(const EngineConfig & config, const KvSizing & kv) {
+    return config.kv_memory > 0 ? static_cast<double>(config.kv_memory) : auto_share_bytes(kv);
+}
+
 void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
                   ContextShape & shape) {
     const int64_t per_stream = stream_cells(config, jobs);
-    const int64_t streams = streams_bought(config, jobs, kv, !shape.swa_full);
+    const int64_t whole = streams_bought(config, jobs, kv, !shape.swa_full);
+    int64_t streams = whole;
+    // A budget that cannot hold every live stream at its whole length still gives each live sequence a stream
+    // at the start, when it holds them at their first size: memory follows what the sequences reach, and when
+    // the streams outgrow the budget the latest admitted prompt is preempted (KvScheduler::shrink_streams).
+    // One whole stream must fit: a sequence is never split.
+    if (streams_may_preempt(config) && whole >= 1 && whole < live_streams(config, jobs)) {
+        const double first = stream_bytes(kv, first_stream_cells(config, jobs, kv), !shape.swa_full);
+        streams = std::max(whole, static_cast<int64_t>(budget_bytes(config, kv) / std::max(1.0, first)));
+    }
     const size_t widest = widest_job(jobs);
     if (streams < jobs[widest].max_sequences) {
         const std::string what = config.n_ctx > 0       ? "n_ctx=" + std::to_string(config.n_ctx)
@@ -278,13 +296,13 @@ void plan_streams(const EngineConfig & config, const std::vector<PromptJob> & jo
                               std::to_string(config.max_new_tokens) + "; " +
                               std::to_string(static_cast<int64_t>(stream_bytes(kv, per_stream, !shape.swa_full))) +
                               " bytes); " + what +
-                              " buys " + std::to_string(streams) + " such streams, fewer than the " +
+                              " buys " + std::to_string(whole) + " such streams, fewer than the " +
                               std::to_string(jobs[widest].max_sequences) + " sequences of prompt " +
                               std::to_string(widest) + ". Raise kv_memory, lower max_new_tokens or max_sequences, " +
                               "or use kv_layout='unified'");
     }
     shape.kv_unified = false;
-    // The prefix anchor holds a stream of its own beside them.
+    // The prefix anchor holds a stream of its own beside them (not when the streams may preempt: plan_anchor).
     shape.n_seq_max = static_cast<uint32_t>(std::min({static_cast<int64_t>(shape.n_seq_max), streams, live_streams(config, jobs)}));
     shape.n_ctx = static_cast<uint32_t>(shape.n_seq_max * first_stream_cells(config, jobs, kv));
 }
@@ -336,6 +354,29 @@ int64_t plan_kv_ceiling(const EngineConfig & config, const std::vector<PromptJob
     if (config.kv_layout == KvLayout::PerSequence) return static_cast<int64_t>(shape.n_seq_max) * stream_cells(config, jobs);
     if (config.n_ctx > 0 || config.kv_memory > 0) return shape.n_ctx;
     return std::max<int64_t>(shape.n_ctx, auto_share_cells(kv) / kCellPadding * kCellPadding);
+}
+
+int64_t streams_within(const StreamGrowth & growth, int64_t cells) {
+    if (growth.budget_bytes <= 0) return std::numeric_limits<int64_t>::max();
+    return static_cast<int64_t>(growth.budget_bytes / std::max(1.0, stream_bytes(growth.kv, cells, growth.window_cache)));
+}
+
+StreamGrowth plan_stream_growth(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                                const ContextShape & shape) {
+    StreamGrowth growth;
+    if (shape.kv_unified) return growth;
+    growth.streams = shape.n_seq_max;
+    growth.whole_cells = stream_cells(config, jobs);
+    growth.kv = kv;
+    growth.window_cache = !shape.swa_full;
+    if (!shape.swa_full) {
+        growth.window_cells = kv.window_stream_cells;
+        growth.n_swa = kv.n_swa;
+    }
+    if (streams_may_preempt(config) &&
+        streams_bought(config, jobs, kv, growth.window_cache) < static_cast<int64_t>(shape.n_seq_max))
+        growth.budget_bytes = budget_bytes(config, kv);
+    return growth;
 }
 
 AnchorPlan plan_anchor(const EngineConfig & config, const std::vector<PromptJob> & jobs, int n_seq_max, uint32_t n_ctx,

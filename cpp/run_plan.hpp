@@ -49,12 +49,21 @@ struct KvSizing {
     int64_t available_bytes = 0;
 };
 
-// How per-sequence streams grow: how many there are, and their window cache (0 cells: none).
+// How per-sequence streams grow: how many there are, and their window cache (0 cells: none). With a byte
+// budget (budget_bytes > 0) they may outgrow what it holds for every stream: the run then keeps fewer, longer
+// streams (KvScheduler::shrink_streams), each at most whole_cells.
 struct StreamGrowth {
     int64_t streams = 1;
     int64_t window_cells = 0;
     int n_swa = 0;
+    double budget_bytes = 0;  // 0: the budget holds every stream at whole_cells (or n_ctx fixes them)
+    int64_t whole_cells = 0;  // the longest prompt plus max_new_tokens, padded (stream_cells)
+    KvSizing kv;
+    bool window_cache = false;
 };
+
+// How many streams of `cells` cells each the budget of `growth` holds (the most an int64 holds without one).
+int64_t streams_within(const StreamGrowth & growth, int64_t cells);
 
 // The cells a stream of `cells` grows to. Doubling; with the window cache, a stream smaller than that cache
 // (it is then as large as the stream) goes to its size at once. llama.cpp restores a grown cache from cell 0
@@ -115,6 +124,11 @@ ContextShape plan_context(const EngineConfig & config, const std::vector<PromptJ
 // stream_cells each.
 int64_t plan_kv_ceiling(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
                         const ContextShape & shape);
+
+// How the streams of a per-sequence run grow (`shape` from plan_context): their count and window cache, and,
+// when the budget cannot hold every stream at its whole length, that budget (the streams then preempt).
+StreamGrowth plan_stream_growth(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
+                                const ContextShape & shape);
 
 // Where the anchor lives once the context exists: the last sequence id and the cells of the longest
 // prompt, when every job still finds its ids and the cells to start beside it.

@@ -17,8 +17,9 @@ size_t find_from(const std::string & text, const std::string & needle, size_t ap
 }  // namespace
 
 SequenceTable::SequenceTable(const TokenText & text, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-                             RunOutput & out, KvOps & ops, int n_ids)
-    : text_(text), cfg_(config), jobs_(jobs), out_(out), ops_(ops), state_(jobs.size()), scratch_(jobs.size(), 0) {
+                             RunOutput & out, KvOps & ops, int n_ids, bool ids_follow_running)
+    : text_(text), cfg_(config), jobs_(jobs), out_(out), ops_(ops), n_ids_(n_ids), ids_follow_running_(ids_follow_running),
+      state_(jobs.size()), scratch_(jobs.size(), 0) {
     for (int id = 0; id < n_ids; ++id) free_ids_.push_back(id);
 }
 
@@ -60,19 +61,28 @@ void SequenceTable::admit(int prompt) {
     out_.prompts[prompt].prompt_tokens = static_cast<int>(jobs_[prompt].tokens.size());
 }
 
-int SequenceTable::create(int prompt, int parent_slot) {
+llama_seq_id SequenceTable::lowest_free_id() {
     if (free_ids_.empty()) throw LlamaError("internal error: no free sequence id");
+    // The lowest free id: per-sequence streams decode a step in one micro-batch only where the ids in it run
+    // consecutively (llama.cpp's sequential split), so ids are kept as compact as the live sequences allow.
+    const auto lowest = std::min_element(free_ids_.begin(), free_ids_.end());
+    const llama_seq_id id = *lowest;
+    free_ids_.erase(lowest);
+    return id;
+}
+
+int SequenceTable::create(int prompt, int parent_slot, bool job_root) {
     PromptState & st = state_[prompt];
     PromptResult & pr = out_.prompts[prompt];
     const PromptJob & job = jobs_[prompt];
     LiveSequence seq;
     seq.prompt = prompt;
     seq.local = static_cast<int>(pr.sequences.size());
-    // The lowest free id: per-sequence streams decode a step in one micro-batch only where the ids in it run
-    // consecutively (llama.cpp's sequential split), so ids are kept as compact as the live sequences allow.
-    const auto lowest = std::min_element(free_ids_.begin(), free_ids_.end());
-    seq.id = *lowest;
-    free_ids_.erase(lowest);
+    // A child or sample born while every id runs (streams fewer than the live sequences) waits without cells,
+    // as one held back for room does, and copies its prefix from a running relative when an id frees: memory
+    // pressure never denies a branch. A job's roots (its first sequence, tree seeds) are given ids by admission.
+    const bool wait_for_id = !job_root && ids_follow_running_ && free_ids_.empty();
+    seq.id = wait_for_id ? -1 : lowest_free_id();
     seq.rng = Rng(cfg_.seed, job.stream_id, static_cast<uint64_t>(job.sequence_index_base + seq.local));
     SequenceResult result;
     if (parent_slot >= 0) {
@@ -83,19 +93,22 @@ int SequenceTable::create(int prompt, int parent_slot) {
         seq.n_past = parent.n_past;
         seq.generated = parent.generated;
         seq.past_marker = parent.past_marker;
-        ops_.copy_all(parent.id, seq.id);
-        seq.cells = parent.cells;
-        seq.cells.push_back(CellRun{next_group_++, parent.n_past});
+        if (!wait_for_id) {
+            ops_.copy_all(parent.id, seq.id);
+            seq.cells = parent.cells;
+            seq.cells.push_back(CellRun{next_group_++, parent.n_past});
+        }
     }
     pr.sequences.push_back(std::move(result));
     ++st.n_sequences;
     ++st.live;
     live_.push_back(std::move(seq));
+    if (wait_for_id) set_status(live_.back(), SequenceStatus::HeldBack);
     out_.stats.max_live_sequences = std::max(out_.stats.max_live_sequences, live_count());
     return static_cast<int>(live_.size()) - 1;
 }
 
-int SequenceTable::create_root(int prompt) { return create(prompt, -1); }
+int SequenceTable::create_root(int prompt) { return create(prompt, -1, true); }
 
 void SequenceTable::prefilled(int slot) {
     live_[slot].n_past = static_cast<int32_t>(jobs_[live_[slot].prompt].tokens.size());
@@ -105,10 +118,12 @@ void SequenceTable::prefilled(int slot) {
 std::vector<int> SequenceTable::add_samples(int root_slot, int count) {
     std::vector<int> slots;
     for (int k = 0; k < count; ++k) {
-        const int slot = create(live_[root_slot].prompt, -1);
-        // The copy only tags the prompt's cells.
-        ops_.copy_all(live_[root_slot].id, live_[slot].id);
-        copied_cells(root_slot, slot, live_[root_slot].n_past);
+        const int slot = create(live_[root_slot].prompt, -1, false);
+        // The copy only tags the prompt's cells. A sample born waiting for an id copies them when it resumes.
+        if (live_[slot].id >= 0) {
+            ops_.copy_all(live_[root_slot].id, live_[slot].id);
+            copied_cells(root_slot, slot, live_[root_slot].n_past);
+        }
         live_[slot].n_past = live_[root_slot].n_past;
         slots.push_back(slot);
     }
@@ -179,7 +194,7 @@ void SequenceTable::append(int slot, int32_t token, float entropy) {
 }
 
 int SequenceTable::branch(int slot, float entropy, int32_t parent_token, int32_t child_token) {
-    const int child = create(live_[slot].prompt, slot);  // may reallocate the table
+    const int child = create(live_[slot].prompt, slot, false);  // may reallocate the table
     const LiveSequence & seq = live_[child];
     out_.prompts[seq.prompt].sequences[seq.local].branch_entropy = entropy;
     append(slot, parent_token, entropy);
@@ -209,9 +224,12 @@ SequenceTable::Released SequenceTable::release_finished() {
             ++kept;
             continue;
         }
-        // Freed cells return to the pool once no sequence holds them; the id is reused.
-        ops_.remove(seq.id);
-        free_ids_.push_back(seq.id);
+        // Freed cells return to the pool once no sequence holds them; the id is reused. (A child that ended at
+        // its birth while waiting for an id has neither.)
+        if (seq.id >= 0) {
+            ops_.remove(seq.id);
+            free_ids_.push_back(seq.id);
+        }
         out.lengths.push_back(seq.generated);
         PromptState & st = state_[seq.prompt];
         if (--st.live == 0) {
@@ -284,9 +302,33 @@ int64_t SequenceTable::tree_cells(int prompt, bool with_paused) const {
 
 void SequenceTable::pause(int slot, SequenceStatus why) {
     LiveSequence & seq = live_[slot];
-    ops_.remove(seq.id);
+    if (seq.id >= 0) ops_.remove(seq.id);
+    if (ids_follow_running_ && seq.id >= 0) {
+        free_ids_.push_back(seq.id);
+        seq.id = -1;
+    }
     seq.cells.clear();
     set_status(seq, why);
+}
+
+void SequenceTable::take_id(int slot) {
+    if (live_[slot].id < 0) live_[slot].id = lowest_free_id();
+}
+
+void SequenceTable::renumber_ids(int n_ids, const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves) {
+    std::vector<bool> used(n_ids, false);
+    for (LiveSequence & seq : live_) {
+        if (seq.id < 0) continue;
+        const auto move = std::find_if(moves.begin(), moves.end(), [&](const auto & m) { return m.first == seq.id; });
+        if (move == moves.end() || move->second >= n_ids)
+            throw LlamaError("internal error: sequence id " + std::to_string(seq.id) + " has no stream after the reshape");
+        seq.id = move->second;
+        used[seq.id] = true;
+    }
+    n_ids_ = n_ids;
+    free_ids_.clear();
+    for (int id = 0; id < n_ids; ++id)
+        if (!used[id]) free_ids_.push_back(id);
 }
 
 void SequenceTable::resume(int slot, int source_slot, int32_t shared) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "admission.hpp"
@@ -71,15 +72,19 @@ struct PromptState {
 
 class SequenceTable {
 public:
-    // n_ids: the sequence ids the table may give (those below it).
+    // n_ids: the sequence ids the table may give (those below it). ids_follow_running: a paused sequence gives
+    // its id back and takes a free one when it resumes, and a child born when no id is free waits, held back,
+    // for one (per-sequence streams, whose count may fall below the live sequences: KvScheduler::shrink_streams).
     SequenceTable(const TokenText & text, const EngineConfig & config, const std::vector<PromptJob> & jobs,
-                  RunOutput & out, KvOps & ops, int n_ids);
+                  RunOutput & out, KvOps & ops, int n_ids, bool ids_follow_running = false);
 
     // --- reading ---
     int size() const { return static_cast<int>(live_.size()); }
     int live_count() const { return size(); }  // running, held back, paused, and finished until released
     int paused_count() const;
     int running_count() const { return live_count() - paused_count(); }
+    int id_count() const { return n_ids_; }  // the ids below which the table gives ids
+    int free_id_count() const { return static_cast<int>(free_ids_.size()); }
     const LiveSequence & operator[](int slot) const { return live_[slot]; }
     const PromptState & prompt(int i) const { return state_[i]; }
     const SequenceResult & result(const LiveSequence & seq) const { return out_.prompts[seq.prompt].sequences[seq.local]; }
@@ -148,17 +153,24 @@ public:
     // ones ran too. The projection of what resuming a paused prompt takes (a recompute that cannot copy
     // a prefix takes more: the exact need is checked sequence by sequence).
     int64_t tree_cells(int prompt, bool with_paused) const;
-    // A paused or held-back sequence frees the cells only it holds; it keeps its id, tokens and stream.
+    // A paused or held-back sequence frees the cells only it holds; it keeps its tokens and random stream,
+    // and its id unless ids follow the running sequences.
     void pause(int slot, SequenceStatus why);
+    // Before a paused sequence resumes: it takes the lowest free id if it gave its own back.
+    void take_id(int slot);
     // It runs again, its cells [0, shared) copied from the sequence in `source_slot` (-1: none) and the
     // rest recomputed (the copy and the recompute are the caller's).
     void resume(int slot, int source_slot, int32_t shared);
+    // The ids are now those below n_ids, each sequence in `moves` renumbered from first to second (the
+    // streams moved with them: KvOps::reshape_streams); every other id is free.
+    void renumber_ids(int n_ids, const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves);
     // The tokens at positions [0, n_past) of a sequence: its prompt, then every token it generated
     // (inherited ones included) but the pending one.
     std::vector<int32_t> kv_tokens(int slot) const;
 
 private:
-    int create(int prompt, int parent_slot);
+    int create(int prompt, int parent_slot, bool job_root);
+    llama_seq_id lowest_free_id();
     void finish(LiveSequence & seq, const char * reason);
     void set_status(LiveSequence & seq, SequenceStatus status);
     // Whether the text grown from `appended_at` on completes the end-of-thinking marker.
@@ -172,6 +184,8 @@ private:
     KvOps & ops_;
     std::vector<LiveSequence> live_;  // in creation order, which fixes the order children are numbered
     std::vector<llama_seq_id> free_ids_;
+    int n_ids_;
+    bool ids_follow_running_;
     std::vector<PromptState> state_;
     std::vector<int> in_flight_;
     mutable std::vector<int64_t> scratch_;  // per prompt, for prompt_loads()

@@ -35,6 +35,11 @@ public:
         return cells <= memory_cells;
     }
 
+    bool reshape_streams(int64_t streams, int64_t cells, const std::vector<std::pair<llama_seq_id, llama_seq_id>> & moves) override {
+        log("reshape_streams", streams, cells, static_cast<int64_t>(moves.size()));
+        return cells <= memory_cells;
+    }
+
     int64_t memory_cells = std::numeric_limits<int64_t>::max();  // the largest cache the memory holds
 
     std::vector<py::tuple> entries;
@@ -60,12 +65,15 @@ public:
 class KvHarness {
 public:
     KvHarness(const EngineConfig & config, const std::vector<int> & prompt_tokens, const std::vector<int> & lengths,
-              int max_sequences, int64_t cells, int64_t ceiling, int n_ids)
+              int max_sequences, int64_t cells, int64_t ceiling, int n_ids, int64_t stream_budget_cells,
+              int64_t whole_stream_cells)
         : cfg_(config), lengths_(lengths), jobs_(make_jobs(prompt_tokens, max_sequences)),
           out_{std::vector<PromptResult>(jobs_.size()), RunStats{}},
           admission_(config.method, config.max_live_sequences, config.max_new_tokens, n_ids,
                      admission_cells(config, ceiling)),
-          table_(text_, cfg_, jobs_, out_, ops_, n_ids), kv_(cfg_, table_, ops_, cells, ceiling, 0, StreamGrowth{n_ids}) {
+          table_(text_, cfg_, jobs_, out_, ops_, n_ids, stream_budget_cells > 0),
+          kv_(cfg_, table_, ops_, cells, ceiling, 0, stream_growth(n_ids, stream_budget_cells, whole_stream_cells)),
+          full_streams_fail_(stream_budget_cells > 0) {
         if (lengths_.size() != jobs_.size()) throw std::invalid_argument("one length per prompt");
     }
 
@@ -97,6 +105,10 @@ public:
             slots.clear();
             for (int s = 0; s < table_.size(); ++s)
                 if (!table_[s].paused()) slots.push_back(s);
+            // As llama.cpp: a sequence whose stream is full finds no cell, and an id past the streams none at all.
+            const int64_t per_stream = kv_.capacity() / std::max<int64_t>(1, kv_.streams());
+            for (int s : slots)
+                if (full_streams_fail_ && (table_[s].n_past + 1 > per_stream || table_[s].id >= kv_.streams())) return false;
             return true;
         });
         table_.fed(slots);
@@ -177,6 +189,14 @@ private:
         }
     }
 
+    static StreamGrowth stream_growth(int n_ids, int64_t budget_cells, int64_t whole_cells) {
+        StreamGrowth growth;
+        growth.streams = n_ids;
+        growth.budget_bytes = static_cast<double>(budget_cells);  // a byte a cell
+        growth.whole_cells = whole_cells;
+        return growth;
+    }
+
     EngineConfig cfg_;
     std::vector<int> lengths_;
     std::vector<PromptJob> jobs_;
@@ -186,6 +206,7 @@ private:
     PlainTokens text_;
     SequenceTable table_;
     KvScheduler kv_;
+    bool full_streams_fail_;
 };
 
 }  // namespace
@@ -260,9 +281,13 @@ void bind_policies(py::module_ & m) {
                           "The sequence table and the KV scheduler over synthetic prompts, stepped as the engine "
                           "steps them, with a cache that only records what it is asked to do.")
         .def(py::init<const EngineConfig &, const std::vector<int> &, const std::vector<int> &, int, int64_t, int64_t,
-                      int>(),
+                      int, int64_t, int64_t>(),
              py::arg("config"), py::arg("prompt_tokens"), py::arg("lengths"), py::arg("max_sequences"),
-             py::arg("cells"), py::arg("ceiling"), py::arg("n_ids") = 256)
+             py::arg("cells"), py::arg("ceiling"), py::arg("n_ids") = 256, py::arg("stream_budget_cells") = 0,
+             py::arg("whole_stream_cells") = 0,
+             "stream_budget_cells > 0: per-sequence streams (config.kv_layout) that may outgrow that budget (a byte "
+             "a cell) and preempt, each at most whole_stream_cells; a step then fails, as in llama.cpp, while a "
+             "running sequence's stream is full")
         .def("schedule", &KvHarness::schedule)
         .def("step", &KvHarness::step, py::arg("failed_decodes") = 0)
         .def("branch", &KvHarness::branch, py::arg("slot"))
@@ -276,6 +301,7 @@ void bind_policies(py::module_ & m) {
         .def_property_readonly("paused", [](const KvHarness & h) { return h.table().paused_count(); })
         .def_property_readonly("cells_held", [](const KvHarness & h) { return h.scheduler().cells_held(); })
         .def_property_readonly("capacity", [](const KvHarness & h) { return h.scheduler().capacity(); })
+        .def_property_readonly("streams", [](const KvHarness & h) { return h.scheduler().streams(); })
         .def_property_readonly("grows", [](const KvHarness & h) { return h.scheduler().grows(); })
         .def_property_readonly("peak_cells", [](const KvHarness & h) { return h.scheduler().peak_cells(); })
         .def_property_readonly("preemptions", [](const KvHarness & h) { return h.scheduler().preemptions(); })

@@ -188,7 +188,8 @@ def test_stream_memory_follows_what_is_generated_and_counts_the_window_cache_apa
     """A 3,000-token budget whose answers end at the first newline keeps its streams at their first size (256
     cells), not the budget's; and the budget buys streams at what they weigh with the window cache: on
     the default model 3 of 18 layers span every cell, so a stream of 3,072 cells weighs 0.45x its full-layer
-    size, and half of 8 full-size streams' bytes buys the 8 streams (counted as full: 4, refused)."""
+    size, and half of 8 full-size streams' bytes buys the 8 streams (counted as full, 4: those streams may then
+    preempt)."""
     prompt = "Country: Peru\nCapital:"
     kw = dict(method="parallel", max_sequences=8, temperature=0.7, max_new_tokens=3000, stop="\n",
               kv_layout="per_sequence", progress=None)
@@ -201,8 +202,34 @@ def test_stream_memory_follows_what_is_generated_and_counts_the_window_cache_apa
                                                     kv_memory=budget), model)
     cfg.method = _core.Method.PARALLEL
     cfg.window_cache = _core.WindowCache.FULL
-    with pytest.raises(ValueError, match="buys 4 such streams, fewer than the 8 sequences"):
+    out = model.generate(cfg, [_core.PromptJob(model.tokenize(prompt), 8, 1e9, 0, 1, [])])
+    assert out.stats.kv_cells == 8 * 256 and len(out.prompts[0].sequences) == 8
+    # Below the first streams' size every layout is refused, naming the budget.
+    cfg.kv_memory = int(7.5 * 256 * model.kv_bytes_per_cell)
+    with pytest.raises(ValueError, match="fewer than the 8 sequences of prompt 0"):
         model.generate(cfg, [_core.PromptJob(model.tokenize(prompt), 8, 1e9, 0, 1, [])])
+
+
+def test_streams_that_outgrow_the_budget_preempt_and_every_sequence_finishes(model_path):
+    """kv_memory that holds 4 streams of 256 cells but 2 of 512: a Full Parallel prompt x M 4 x 300 tokens starts
+    on 4 streams; when they fill, its two youngest samples are paused (their streams freed) and the other two
+    move into a context of 2 streams of 512 cells; the paused ones are recomputed into streams of their own once
+    those finish. Memory stays within the budget, every sample reaches its length, and greedy, each is the one a
+    run whose budget holds every stream decodes."""
+    m = eager_cpp.Model(model_path, n_threads=2)
+    cell = m.kv_bytes_per_cell
+    kw = dict(method="parallel", max_sequences=4, temperature=0.0, max_new_tokens=300, ignore_eos=True,
+              kv_layout="per_sequence", progress=None)
+    prompt = "Write a short story about a lighthouse keeper.\n"
+    budget = int(4 * 256 * cell * 1.05)
+    tight = eager_cpp.run(m, [prompt], kv_memory=budget, **kw)
+    roomy = eager_cpp.run(m, [prompt], kv_memory="1GiB", **kw)
+    # Its two youngest samples paused at 256 cells; the first recomputed whole, its greedy twin copies it.
+    assert tight.stats.preemptions == 2 and tight.stats.recomputed_tokens == 256
+    assert tight.stats.kv_cells == 2 * 512 and tight.stats.kv_cells * cell <= budget
+    assert roomy.stats.preemptions == 0 and roomy.stats.kv_cells == 4 * 512
+    assert [len(q.token_ids) for q in tight.prompts[0].sequences] == [300] * 4
+    assert [q.token_ids for q in tight.prompts[0].sequences] == [q.token_ids for q in roomy.prompts[0].sequences]
 
 
 # kv_layout="auto" (the default): per-sequence streams from max_new_tokens 512 on, when the budget holds every

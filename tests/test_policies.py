@@ -333,6 +333,71 @@ def test_streams_grow_only_after_a_decode_found_one_full_and_then_double_togethe
         h.step(failed_decodes=1)
 
 
+def stream_harness(prompts, m, max_new_tokens, first, whole, streams, budget_streams, method=PARALLEL):
+    """Per-sequence streams that start at `first` cells and may grow to `whole`, with a budget (a byte a cell) that
+    holds `budget_streams` whole streams."""
+    cfg = _core.EngineConfig()
+    cfg.method = method
+    cfg.max_new_tokens = max_new_tokens
+    cfg.ignore_eos = True
+    cfg.kv_layout = STREAMS
+    return P.KvHarness(cfg, list(prompts), [max_new_tokens] * len(prompts), m, streams * first, streams * whole,
+                       streams, stream_budget_cells=budget_streams * whole, whole_stream_cells=whole)
+
+
+def step_checking_ids(h, branch_at=None):
+    """schedule() and step() to the end, checking that every running sequence has a stream of its own; `branch_at`:
+    {step: slot} branches asked for before that step. Returns the statuses and ids of the waiting sequences seen."""
+    steps, waiting = 0, set()
+    while True:
+        h.schedule()
+        if h.running == 0:
+            return waiting
+        if branch_at and steps in branch_at:
+            h.branch(branch_at[steps])
+            waiting |= {(status, sid) for _, _, sid, status, _, _ in h.sequences() if status != S.RUNNING}
+        h.step()
+        steps += 1
+        ids = [sid for _, _, sid, status, _, _ in h.sequences() if status == S.RUNNING]
+        assert len(set(ids)) == len(ids) and all(0 <= i < h.streams for i in ids), (ids, h.streams)
+
+
+def test_streams_that_outgrow_their_budget_become_fewer_longer_streams_and_the_latest_prompt_waits():
+    # Two prompts x M 4, 400 tokens: 8 streams of 256 cells fit the budget, 8 of 512 do not, 4 do. When a
+    # decode finds the streams full, the latest admitted prompt is paused (its streams freed, its ids given
+    # back) and the 4 running sequences move into a context of 4 streams of 512 cells; the paused prompt is
+    # recomputed once ids free, its first sample from nothing, its siblings from that sample's prompt.
+    h = stream_harness([20, 20], m=4, max_new_tokens=400, first=256, whole=512, streams=8, budget_streams=4)
+    step_checking_ids(h)
+    assert [op for op in h.ops if op[0] in ("grow", "reshape_streams")] == [("reshape_streams", 4, 4 * 512, 4)]
+    assert (h.streams, h.capacity) == (4, 4 * 512)
+    assert h.preemptions == 1 and h.recomputed_tokens == 256 + 3 * 236  # paused at n_past 256 (20 prompt tokens)
+    assert own_lengths(h) == [[400] * 4, [400] * 4]
+
+
+def test_the_sequences_that_keep_running_move_into_the_lowest_streams():
+    # Two EAGer prompts (roots in ids 0 and 1), the first branches (its child in id 2). When 512-cell streams
+    # fit only two, the latest prompt gives way, and its id 1 lies between the survivors: the child moves from
+    # id 2 into stream 1 of the new context, since a context of 2 streams has no id 2.
+    h = stream_harness([10, 10], m=2, max_new_tokens=400, first=256, whole=512, streams=4, budget_streams=2,
+                       method=EAGER)
+    step_checking_ids(h, branch_at={0: 0})
+    assert [op for op in h.ops if op[0] == "reshape_streams"] == [("reshape_streams", 2, 2 * 512, 2)]
+    assert h.preemptions == 1 and own_lengths(h)[1] == [400]
+
+
+def test_a_branch_born_when_every_stream_runs_waits_for_an_id_and_copies_its_parent():
+    # One EAGer prompt alone: past 256 cells its 3 sequences cannot all have 512-cell streams (the budget holds
+    # 2), so its youngest waits; then a branch finds no free id: the child is born held back, with no cells, and
+    # starts when a sequence ends, from its parent's cells (a prefix copy), never denied.
+    h = stream_harness([10], m=4, max_new_tokens=400, first=256, whole=512, streams=4, budget_streams=2, method=EAGER)
+    waiting = step_checking_ids(h, branch_at={0: 0, 1: 0, 260: 0})
+    assert [op for op in h.ops if op[0] == "reshape_streams"] == [("reshape_streams", 2, 2 * 512, 2)]
+    assert (S.HELD_BACK, -1) in waiting  # the child born after the reshape: no id, no cells
+    assert [len(p) for p in h.results()] == [4] and h.results()[0][3][2] == 0  # its parent: the root
+    assert all(reason == "length" for _, reason, _ in h.results()[0])
+
+
 def test_a_growth_the_memory_cannot_hold_lowers_the_ceiling_and_the_run_goes_on_preempting():
     # The budget allows 1,024 cells but the memory holds 512: the failed doubling keeps the 512-cell cache,
     # which becomes the ceiling, and the only prompt's youngest samples wait instead of the run ending.
