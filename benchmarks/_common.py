@@ -96,6 +96,14 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def cpu_flags() -> list[str]:
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return []
+    return sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"})
+
+
 def environment(model: str, threads: int) -> dict[str, Any]:
     import eager_cpp
 
@@ -109,6 +117,7 @@ def environment(model: str, threads: int) -> dict[str, Any]:
         "git_commit": git_commit(),
         "model": model,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpu_flags": cpu_flags(),  # llama.cpp's kernels, and so its numerical noise, follow these
     }
     try:  # not `import llama_cpp`: importing it replaces llama.cpp's log callback (verbose output)
         from importlib.metadata import version

@@ -114,26 +114,28 @@ def part_b(args: argparse.Namespace, model: str) -> dict[str, Any]:
     cell_bytes = probe.kv_bytes_per_cell
     del probe
     results = []
-    for method in args.methods:
+    # Each layout at the same bytes: per-sequence streams that outgrow the quarter become fewer and longer.
+    for method, layout in [(method, layout) for method in args.methods for layout in args.kv_layouts]:
         extra = {"entropy_threshold": 2.0} if method == "eager_init" else {}
         pair = {}
         for label, cells in (("whole", whole_cells), ("quarter", whole_cells // 4)):
             spec = dict(model=model, threads=args.threads, prompts=prompts, method=method, max_sequences=m,
                         temperature=0.6, ignore_eos=True, seed=0, max_new_tokens=n, kv_memory=int(cells * cell_bytes),
-                        **extra)
+                        kv_layout=layout, **extra)
             got = run_child(spec)
             if "error" not in got:
                 got["tok_s"] = got["tokens"] / got["wall"]
             pair[label] = got
-            results.append(dict(method=method, memory=label, **got))
-            print(f"{method:10s} {label:7s}: " + (got.get("error") or
+            results.append(dict(method=method, kv_layout=layout, memory=label, **got))
+            print(f"{method:10s} {layout:12s} {label:7s}: " + (got.get("error") or
                   f"{got['tok_s']:.1f} tok/s, {got['tokens']} tokens, lengths {got['lengths']}, KV cells "
                   f"{got['kv_cells']} (peak {got['peak_kv_cells']}), preemptions {got['preemptions']}, "
                   f"recomputed {got['recomputed']}"), flush=True)
         if all("error" not in v for v in pair.values()):
             results[-1]["tok_s_ratio"] = ratio(pair["quarter"]["tok_s"], pair["whole"]["tok_s"])
-    print(table(["method", "memory", "tok/s", "quarter/whole", "preemptions", "recomputed", "lengths", "target"],
-                [[r["method"], r["memory"], r.get("tok_s"), r.get("tok_s_ratio"), r.get("preemptions"),
+    print(table(["method", "kv_layout", "memory", "tok/s", "quarter/whole", "preemptions", "recomputed", "lengths",
+                 "target"],
+                [[r["method"], r["kv_layout"], r["memory"], r.get("tok_s"), r.get("tok_s_ratio"), r.get("preemptions"),
                   r.get("recomputed"), r.get("lengths"),
                   verdict(r["tok_s_ratio"], 0.8, True) if "tok_s_ratio" in r else r.get("error", "")]
                  for r in results]))

@@ -430,8 +430,9 @@ RunOutput generate(Model & model, const EngineConfig & config, const std::vector
     MemoryGuard guard{model.context()};
     // A context reused from an earlier run may be larger: this run keeps to the cells it planned.
     const StreamGrowth streams = plan_stream_growth(run_config, jobs, kv, shape);
-    // Streams that may preempt change their count mid-run, which would move the anchor's stream: no anchor.
-    const AnchorPlan anchor = streams.budget_bytes > 0 ? AnchorPlan{}
+    // Streams planned to outgrow their budget change their count mid-run, which would move the anchor's stream:
+    // no anchor. (With one, a growth llama.cpp cannot allocate ends the run: shrink_streams.)
+    const AnchorPlan anchor = streams.may_outgrow ? AnchorPlan{}
                                                        : plan_anchor(run_config, jobs, static_cast<int>(llama_n_seq_max(ctx)),
                                                                      shape.n_ctx, ceiling);
     Engine engine(model, run_config, jobs, on_progress, shape.n_ctx, ceiling, anchor, streams);

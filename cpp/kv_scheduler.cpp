@@ -142,6 +142,10 @@ void KvScheduler::shrink_streams() {
     const int64_t per_stream = capacity_ / n;
     const int64_t grown = std::min(stream_growth_.whole_cells, grown_stream_cells(per_stream, stream_growth_));
     const int64_t fit = std::min({n - 1, streams_within(stream_growth_, grown), ceiling_ / std::max<int64_t>(1, grown)});
+    if (anchor_cells_ > 0)  // the prefix anchor's stream is the last id, which fewer streams would not have
+        throw LlamaError("the per-sequence KV streams (" + std::to_string(capacity_) + " cells in all) could not grow " +
+                         "for a sequence that filled its stream; " +
+                         (ceiling_lowered_.empty() ? "raise kv_memory" : ceiling_lowered_ + ": free memory, lower max_new_tokens or max_sequences, turn share_prompt_prefixes off, or use kv_layout='unified'"));
     if (grown <= per_stream || fit < 1)
         throw LlamaError("the per-sequence KV streams (" + std::to_string(n) + " of " + std::to_string(per_stream) +
                          " cells) cannot grow for a sequence that filled its stream: kv_memory holds " +

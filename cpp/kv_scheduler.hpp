@@ -11,7 +11,10 @@
 // recomputed (the prompt and each sequence's tokens prefilled again, a shared tree prefix copied from a
 // running relative) with the same random streams, so the samples stay what they were up to llama.cpp's
 // batch noise. Memory pressure pauses and recomputes; it never denies a branch. Per-sequence streams
-// start short and double together when a sequence fills its stream, up to the longest sequence's length.
+// start short and double together when a sequence fills its stream, up to the longest sequence's length;
+// when the budget (or the memory) cannot hold every stream at the next size, the run keeps fewer, longer
+// streams: the latest admitted prompt is paused, the running sequences move into the lowest streams, and
+// paused sequences wait for a free stream (shrink_streams).
 #pragma once
 
 #include <cstdint>
@@ -31,7 +34,7 @@ namespace eager {
 int64_t admission_cells(const EngineConfig & config, int64_t ceiling);
 
 // Every sequence's length when it is certain (max_new_tokens when EOS is ignored and nothing else
-// stops a sequence, on the unified cache: streams never preempt), else 0.
+// stops a sequence, on the unified cache: streams preempt only when they outgrow their budget), else 0.
 int known_length(const EngineConfig & config);
 
 class KvScheduler {

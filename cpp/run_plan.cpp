@@ -373,9 +373,10 @@ StreamGrowth plan_stream_growth(const EngineConfig & config, const std::vector<P
         growth.window_cells = kv.window_stream_cells;
         growth.n_swa = kv.n_swa;
     }
-    if (streams_may_preempt(config) &&
-        streams_bought(config, jobs, kv, growth.window_cache) < static_cast<int64_t>(shape.n_seq_max))
+    if (streams_may_preempt(config)) {
         growth.budget_bytes = budget_bytes(config, kv);
+        growth.may_outgrow = streams_bought(config, jobs, kv, growth.window_cache) < static_cast<int64_t>(shape.n_seq_max);
+    }
     return growth;
 }
 

@@ -50,13 +50,15 @@ struct KvSizing {
 };
 
 // How per-sequence streams grow: how many there are, and their window cache (0 cells: none). With a byte
-// budget (budget_bytes > 0) they may outgrow what it holds for every stream: the run then keeps fewer, longer
-// streams (KvScheduler::shrink_streams), each at most whole_cells.
+// budget (budget_bytes > 0) they may outgrow what it holds for every stream (may_outgrow: planned so; or when
+// llama.cpp cannot allocate a growth): the run then keeps fewer, longer streams (KvScheduler::shrink_streams),
+// each at most whole_cells.
 struct StreamGrowth {
     int64_t streams = 1;
     int64_t window_cells = 0;
     int n_swa = 0;
-    double budget_bytes = 0;  // 0: the budget holds every stream at whole_cells (or n_ctx fixes them)
+    double budget_bytes = 0;  // 0: n_ctx or the device path fix the streams at their whole size
+    bool may_outgrow = false;  // the budget holds fewer than `streams` streams at whole_cells
     int64_t whole_cells = 0;  // the longest prompt plus max_new_tokens, padded (stream_cells)
     KvSizing kv;
     bool window_cache = false;
@@ -108,7 +110,9 @@ uint32_t first_stream_cells(const EngineConfig & config, const std::vector<Promp
 // max_new_tokens >= kStreamsPayFromTokens, the device path is off, and the budget (n_ctx, kv_memory, or
 // "auto"'s share of the memory available) buys streams at their whole length (longest prompt plus
 // max_new_tokens) for every sequence the run keeps live: max_live_sequences, at least one prompt's M, at
-// most every job's sequences, and the prefix anchor's stream with share_prompt_prefixes. Streams never preempt, so only then can none of them run short; otherwise
+// most every job's sequences, and the prefix anchor's stream with share_prompt_prefixes. Streams that outgrow their
+// budget preempt by becoming fewer, each as long as the longest sequence, which leaves fewer sequences in flight
+// than the unified cache keeps at the same budget; so otherwise
 // the unified cache, which preempts within its budget.
 KvLayout choose_kv_layout(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv);
 
@@ -126,7 +130,7 @@ int64_t plan_kv_ceiling(const EngineConfig & config, const std::vector<PromptJob
                         const ContextShape & shape);
 
 // How the streams of a per-sequence run grow (`shape` from plan_context): their count and window cache, and,
-// when the budget cannot hold every stream at its whole length, that budget (the streams then preempt).
+// their budget, and whether it holds every stream at its whole length (if not, the streams may preempt).
 StreamGrowth plan_stream_growth(const EngineConfig & config, const std::vector<PromptJob> & jobs, const KvSizing & kv,
                                 const ContextShape & shape);
 
