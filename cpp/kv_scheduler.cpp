@@ -134,8 +134,8 @@ void KvScheduler::preempt() {
 
 void KvScheduler::shrink_streams() {
     // Every stream at the next size would outgrow the budget: keep as many streams of that size as it holds
-    // (and as the cells a failed growth left), pausing the latest admitted prompts' sequences until the
-    // running ones fit in them, and move those into the lowest ids. The paused ones come back as ids free
+    // (and as the cells a failed growth left), pausing the latest admitted prompts' youngest sequences until
+    // the running ones fit in them, and move those into the lowest ids. The paused ones come back as ids free
     // (resume_streams), recomputed into a stream of their own from cell 0, where a run without preemption
     // has their cells too.
     const int64_t n = stream_growth_.streams;
@@ -152,7 +152,9 @@ void KvScheduler::shrink_streams() {
                          std::to_string(std::max<int64_t>(0, fit)) + " stream(s) of " + std::to_string(grown) + " cells" +
                          (ceiling_lowered_.empty() ? "" : " (" + ceiling_lowered_ + ")") +
                          "; raise kv_memory, lower max_new_tokens, or use kv_layout='unified'");
-    while (table_.running_count() > fit) pause_latest();
+    // One sequence at a time, the latest admitted prompt's youngest first: a whole prompt paused for one
+    // stream too few would leave the rest of its streams idle until it fits whole.
+    while (table_.running_count() > fit) pause_youngest();
     std::vector<int> running;
     for (int slot = 0; slot < table_.size(); ++slot)
         if (!table_[slot].paused() && table_[slot].id >= 0) running.push_back(slot);
@@ -168,6 +170,16 @@ void KvScheduler::shrink_streams() {
     stream_growth_.streams = fit;
     capacity_ = fit * grown;
     ++grows_;
+}
+
+void KvScheduler::pause_youngest() {
+    const std::vector<int> & in_flight = table_.in_flight();
+    for (auto prompt = in_flight.rbegin(); prompt != in_flight.rend(); ++prompt) {
+        if (!table_.prompt(*prompt).runs()) continue;
+        for (int slot = table_.size() - 1; slot >= 0; --slot)
+            if (table_[slot].prompt == *prompt && !table_[slot].paused()) return pause_sequence(slot, SequenceStatus::Paused);
+    }
+    throw LlamaError("internal error: no running sequence to pause");
 }
 
 void KvScheduler::pause_latest() {

@@ -121,6 +121,8 @@ private:
     // Pauses the latest admitted prompt that runs; when only one runs, its youngest sequence (throws when
     // only one sequence runs).
     void pause_latest();
+    // Pauses the youngest running sequence of the latest admitted prompt that runs.
+    void pause_youngest();
     // Per-sequence streams that outgrow their budget: fewer, longer streams (see the .cpp).
     void shrink_streams();
     // resume() where a paused sequence waits for an id, not for cells.

@@ -364,14 +364,15 @@ def step_checking_ids(h, branch_at=None):
 
 def test_streams_that_outgrow_their_budget_become_fewer_longer_streams_and_the_latest_prompt_waits():
     # Two prompts x M 4, 400 tokens: 8 streams of 256 cells fit the budget, 8 of 512 do not, 4 do. When a
-    # decode finds the streams full, the latest admitted prompt is paused (its streams freed, its ids given
-    # back) and the 4 running sequences move into a context of 4 streams of 512 cells; the paused prompt is
-    # recomputed once ids free, its first sample from nothing, its siblings from that sample's prompt.
+    # decode finds the streams full, the latest admitted prompt's sequences are paused, youngest first, until
+    # the rest fit (their streams freed, their ids given back), and the 4 running sequences move into a
+    # context of 4 streams of 512 cells; the paused prompt is recomputed once ids free, its first sample from
+    # nothing, its siblings from that sample's prompt.
     h = stream_harness([20, 20], m=4, max_new_tokens=400, first=256, whole=512, streams=8, budget_streams=4)
     step_checking_ids(h)
     assert [op for op in h.ops if op[0] in ("grow", "reshape_streams")] == [("reshape_streams", 4, 4 * 512, 4)]
     assert (h.streams, h.capacity) == (4, 4 * 512)
-    assert h.preemptions == 1 and h.recomputed_tokens == 256 + 3 * 236  # paused at n_past 256 (20 prompt tokens)
+    assert h.preemptions == 4 and h.recomputed_tokens == 256 + 3 * 236  # paused at n_past 256 (20 prompt tokens)
     assert own_lengths(h) == [[400] * 4, [400] * 4]
 
 
