@@ -404,6 +404,22 @@ llama_context * Model::acquire_context(const ContextShape & wanted) {
     return ctx_;
 }
 
+bool Model::replace_context(const ContextShape & shape) {
+    // The new context is made while the old one still holds the run's cells: when llama.cpp cannot allocate
+    // it, the run goes on in the old one (freeing it first would take less memory at the peak, but a failure
+    // would then leave nothing to go on in).
+    llama_context * replacement = init_context(shape);
+    if (replacement == nullptr) return false;
+    llama_free(ctx_);
+    device_.detach(nullptr);
+    ctx_ = replacement;
+    shape_.n_seq_max = llama_n_seq_max(ctx_);
+    shape_.n_ctx = llama_n_ctx(ctx_);
+    if (shape.device.enabled) device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
+    shape_.device = shape.device;
+    return true;
+}
+
 bool Model::grow_context(uint32_t n_ctx) {
     if (ctx_ == nullptr) throw LlamaError("no context to grow");
     if (llama_n_ctx(ctx_) >= n_ctx) return true;
@@ -420,19 +436,9 @@ bool Model::grow_context(uint32_t n_ctx) {
     const size_t size = cells.size();
     if (size == 0 || llama_state_seq_get_data(ctx_, cells.data(), size, -1) != size)
         throw LlamaError("could not copy the KV cache out to grow it to " + std::to_string(n_ctx) + " cells");
-    // The larger context is made while the old one still holds the run's cells: when llama.cpp cannot
-    // allocate it, the run goes on in the old one (freeing it first would take less memory at the peak,
-    // but a failure would then leave nothing to go on in).
     ContextShape shape = shape_;
     shape.n_ctx = n_ctx;
-    llama_context * grown = init_context(shape);
-    if (grown == nullptr) return false;
-    llama_free(ctx_);
-    device_.detach(nullptr);
-    ctx_ = grown;
-    shape_.n_ctx = llama_n_ctx(ctx_);
-    if (shape.device.enabled) device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
-    shape_.device = shape.device;
+    if (!replace_context(shape)) return false;
     if (llama_state_seq_set_data(ctx_, cells.data(), size, -1) != size)
         throw LlamaError("could not copy the KV cache back into a context of " + std::to_string(n_ctx) + " cells");
     return true;
@@ -465,15 +471,7 @@ bool Model::reshape_streams(uint32_t n_seq_max, uint32_t n_ctx,
     ContextShape shape = shape_;
     shape.n_seq_max = n_seq_max;
     shape.n_ctx = n_ctx;
-    llama_context * reshaped = init_context(shape);
-    if (reshaped == nullptr) return false;
-    llama_free(ctx_);
-    device_.detach(nullptr);
-    ctx_ = reshaped;
-    shape_.n_seq_max = llama_n_seq_max(ctx_);
-    shape_.n_ctx = llama_n_ctx(ctx_);
-    if (shape.device.enabled) device_.attach(ctx_, static_cast<int>(shape_.n_seq_max), shape.device);
-    shape_.device = shape.device;
+    if (!replace_context(shape)) return false;
     for (size_t i = 0; i < moves.size(); ++i) {
         const size_t size = states[i].size();
         if (llama_state_seq_set_data(ctx_, states[i].data(), size, moves[i].second) != size)

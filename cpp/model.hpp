@@ -115,6 +115,9 @@ public:
 private:
     // A new context of this shape beside any that exists; nullptr when llama.cpp cannot allocate it.
     llama_context * init_context(const ContextShape & shape) const;
+    // The current context (the run's, mid-run) replaced by one of this shape, empty; false, and the old one
+    // kept, when llama.cpp cannot allocate it.
+    bool replace_context(const ContextShape & shape);
     // The memory a context of this shape takes, as far as it can be told before llama.cpp makes it.
     int64_t context_bytes(const ContextShape & shape) const;
     void create_context(const ContextShape & shape);
