@@ -138,7 +138,8 @@ class RunOptions:
     # "unified": one pool of KV cells (memory follows what the run holds; every token attends over the cells of
     # all live sequences). "per_sequence": a stream per sequence (each attends over its own only: faster per
     # token as sequences grow long; streams grow together with the longest sequence, up to prompt +
-    # max_new_tokens, and kv_memory buys streams of that length; a fork copies its parent's stream). "auto":
+    # max_new_tokens; when kv_memory cannot hold every stream at the next size the run keeps fewer, longer ones,
+    # preempting; a fork copies its parent's stream). "auto":
     # streams where they pay and the budget holds them whole (the engine's choose_kv_layout), else unified;
     # stats.kv_layout says which.
     kv_layout: str = option("auto", "KV cache layout: auto (per_sequence for max_new_tokens >= 512 when the budget "
