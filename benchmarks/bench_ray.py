@@ -5,10 +5,11 @@ On the first N gsm8k prompts, M sequences each, three configurations in one run:
   - single: one process, `--threads` threads (default 2), the model loaded once;
   - ray x1: 1 Ray worker with 1 thread;
   - ray x2: 2 Ray workers with 1 thread each.
-For each: wall seconds, generated tokens (#T) and tokens/s; for the Ray runs also the workers'
-start (Ray actor + model load, not in the wall), each worker's seconds inside its shards, and the
-Ray overhead: the driver's wall minus, per phase, the busiest worker's time in it (scheduling,
-transfer of prompts and results, driver-side gathering), as a share of the wall. Ratios compare
+For each: wall seconds, generated tokens (#T) and tokens/s; for the Ray runs also each actor's model
+load, each actor's seconds inside its shards, and the Ray overhead: the driver's wall minus, per
+dispatch, the busiest actor's time in its shards (Ray Data starting the dispatch's actor pool, which
+loads the model in each actor, the pre-check's task, scheduling, transfer of prompts and results,
+driver-side gathering), as a share of the wall. Ratios compare
 configurations measured in the same run (docs/method.md, "Numerical noise"); absolute times are context.
 
 A local Ray is started once (2 logical CPUs, no dashboard) and reused by both Ray configurations.
@@ -120,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in args.worker_counts:
             with RayWorkers(path, "local", workers=n, threads_per_worker=1) as pool:
-                loads = [w["load_seconds"] for w in pool.workers_info()]
                 for _ in range(args.warmup):
                     eager_cpp.run(path, warm, cluster=pool, **dict(options(args, args.methods[0]), max_new_tokens=8))
                 for method in args.methods:
                     result = eager_cpp.run(path, prompts, cluster=pool, **options(args, method))
                     busy = [pool.last_busy.get(k, 0.0) for k in sorted(pool.last_busy)]
+                    loads = [w["load_seconds"] for w in pool.last_workers.values()]  # each actor of the run
                     rows.append(figures(f"ray {n} x 1 thread", method, result, {
                         "ray_init_seconds": ray_start,
                         "model_load_seconds": max(loads),

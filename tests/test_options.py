@@ -234,9 +234,10 @@ def test_the_wire_form_carries_every_option_but_the_drivers_own():
 def test_an_option_added_to_the_options_reaches_a_worker(model_path, monkeypatch):
     """A field added to RunOptions travels to the Ray actors in the wire form with no second list to edit.
 
-    The actor class runs here in-process (a Ray worker process would import the unpatched package).
+    The actor's UDF class runs here in-process (a Ray worker process would import the unpatched package).
     """
     import dataclasses
+    import json
     import sys
 
     from eager_cpp.runner import distributed
@@ -250,8 +251,10 @@ def test_an_option_added_to_the_options_reaches_a_worker(model_path, monkeypatch
                                           bases=(RunOptions,), frozen=True)
     monkeypatch.setattr(distributed, "RunOptions", Extended)
     opts = Extended.create(method="eager_init", max_sequences=2, max_new_tokens=3, new_option=7, n_threads=1)
-    worker = distributed.ModelWorker(model_path, 1, None)
-    assert worker.check_prompts(opts.wire(), [(0, "Country: Peru\nCapital:")])[0] > 0
-    out = worker.run_jobs("a0", opts.wire(), [PhaseJob(0, "Country: Peru\nCapital:", 2, 1.0).to_dict()], "eager_init")
+    placement = dict(path=model_path, n_threads=1)
+    checked = distributed._check_prompts_on_a_worker(placement, opts.wire(), [(0, "Country: Peru\nCapital:")])
+    assert checked["error"] is None and checked["checked"][0] > 0
+    runner = distributed._runner_class(placement, opts.wire(), "eager_init")()  # as Ray Data's actor makes it
+    out = runner.run_shard(json.dumps([PhaseJob(0, "Country: Peru\nCapital:", 2, 1.0).to_dict()]))
     assert out["recorded"]["new_option"] == 7  # the worker's own options had it
     assert len(out["prompts"]) == 1

@@ -64,7 +64,7 @@ def model_or_workers(args: argparse.Namespace, options: RunOptions) -> tuple[Any
         workers = RayWorkers(model_path(args), options.cluster, workers=options.workers,
                              threads_per_worker=options.threads_per_worker or options.n_threads,
                              n_gpu_layers=options.n_gpu_layers, kv_memory=options.kv_memory)
-    except (ImportError, TimeoutError, RuntimeError) as e:
+    except (ImportError, TimeoutError, RuntimeError, ValueError) as e:
         raise CliError(str(e)) from None
     return workers.model_path, workers
 

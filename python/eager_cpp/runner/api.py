@@ -84,8 +84,8 @@ def run(
     prompt order) no longer reproduces the unsharded run for prompts that share 64 tokens or more.
     n_gpu_layers: layers to offload when `model` is a path (-1: all; needs a GPU-enabled llama.cpp).
     cluster: None (this process), "local" (start Ray on this machine), a Ray address, or an
-    `eager_cpp.runner.distributed.RayWorkers` pool: the phases then run on Ray actors (`workers` of them,
-    `threads_per_worker` threads each); see eager_cpp.runner.distributed. Needs `pip install "eager_cpp[ray]"`.
+    `eager_cpp.runner.distributed.RayWorkers` pool: the phases then run on Ray Data actor pools (`workers`
+    actors, `threads_per_worker` threads each); see eager_cpp.runner.distributed. Needs `pip install "eager_cpp[ray]"`.
     A Model runs one generation at a time: calls from several threads take turns.
     Returns a RunResult (docs/api.md; the method in docs/method.md).
     """

@@ -1,29 +1,32 @@
-"""The phases of `eager_cpp.run` on Ray actors: one run over many workers and machines.
+"""The phases of `eager_cpp.run` on Ray: each dispatch of phase jobs is a Ray Data `map_batches`.
 
 Only this module touches Ray, and only once a cluster is asked for, so `import eager_cpp` works
-without Ray installed (`pip install "eager_cpp[ray]"` adds it).
+without Ray installed (`pip install "eager_cpp[ray]"` adds Ray with Ray Data).
 
 A run on a cluster goes through the same phases as `api.run` in one process:
 
 (a) The driver splits the prompts into shards balanced by cost (estimated prompt tokens + M x
-    max_new_tokens; longest first onto the lightest shard). Each actor holds one loaded `Model`
-    and runs the shard's phase jobs on its local executor (one batched engine run), returning plain
-    dicts. Random streams derive from (seed, prompt index, sequence index), so a prompt's samples
-    do not depend on which actor ran it or which prompts shared its shard.
+    max_new_tokens; longest first onto the lightest shard). The shards become a Ray Dataset, one row
+    each, mapped by an actor-pool UDF (`_ShardRunner`): each actor loads the `Model` once and runs a
+    shard's phase jobs on its local executor (one batched engine run). Random streams derive from
+    (seed, prompt index, sequence index), so a prompt's samples do not depend on which actor ran it
+    or which prompts shared its shard.
 (b) The driver scores (labels stay on the driver) and plans with the same pure function as one
     process: `plan_reallocation(summarize(results, θ), M, method)`.
 (c) The extra jobs (`jobs.PhaseJob`: prompt index, cap, θ, index of the first new sequence, try)
-    go back to the actors, balanced again by cost, once per reallocation try; the driver appends
+    go out the same way, balanced again by cost, once per reallocation try; the driver appends
     their sequences. The phases and their driver are the one process's (`driver.drive`, `phases`):
     `RayExecutor` only says where jobs run.
 
-This module holds the actor (`ModelWorker`), the pool with its fault-tolerant dispatch (`RayWorkers`) and
-the executor adapter (`RayExecutor`, which uses only the pool's public methods). The actors receive the
-options as `options.WireOptions` (every option but the driver's own), never the recorded form.
+Failures are Ray Data's: an actor that dies (its process killed, its node lost) is restarted, on
+another node if its own is gone, and its shard runs again (`max_restarts` per actor, also the
+retries of its shard). A shard's output is one row keyed by its shard number and each prompt's by
+its index, so a retried shard never yields a prompt twice. Ctrl-C on the driver ends the Dataset's
+execution, which kills its actors (and stops a Ray the pool started).
 
-An actor that dies (its process killed, its node lost) has its shard re-run on a replacement
-actor; shards are returned whole and results are keyed by prompt index, so no prompt is lost or
-counted twice. Ctrl-C on the driver kills the actors (and stops a Ray it started).
+What a dispatch costs over the old hand-written actor pool: Ray Data starts the actor pool per
+dispatch, so each dispatch (phase (a), each try) loads the model once per actor (the page cache keeps
+the file warm after the first), and the driver's pre-check loads it once in a Ray task.
 """
 
 from __future__ import annotations
@@ -32,36 +35,38 @@ import heapq
 import logging
 import math
 import os
+import pickle
 import socket
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence as Seq, Union
+from dataclasses import asdict
+from typing import Any, Iterator, Optional, Sequence as Seq, Union
 
-from ..method.budget import ReallocationPlan
-from ..core.jobs import PhaseJob, PhaseOutput
-from ..engine.local import LocalExecutor
-from ..engine.model import Model
 from ..core.checks import parse_kv_memory
+from ..core.jobs import PhaseJob, PhaseOutput
 from ..core.options import RunOptions, WireOptions
 from ..core.progress import ProgressEvent
 from ..core.results import PromptResult, RunStats, prompt_from_dict, prompt_to_dict
-from ..engine.system import resolve_cpu_buffers
 from ..core.vocabulary import MAX_THREADS, THREADS_LIMIT
+from ..engine.local import LocalExecutor
+from ..engine.model import Model
+from ..engine.system import resolve_cpu_buffers
+from ..method.budget import ReallocationPlan
 
 __all__ = ["RAY_HINT", "RayExecutor", "RayWorkers", "balance", "open_pool"]
 
-RAY_HINT = 'running on a cluster needs Ray: pip install "eager_cpp[ray]" (or pip install "ray>=2.9")'
+RAY_HINT = ('running on a cluster needs Ray with Ray Data: pip install "eager_cpp[ray]" '
+            '(or pip install "ray[data]>=2.40,<2.64")')
 DEFAULT_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # a local Ray's shared-memory store: results are small
 CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the driver does not tokenize
 _LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
 
 
-
 def _import_ray() -> Any:
     try:
         import ray
+        import ray.data  # noqa: F401  (the dispatches are Ray Data pipelines)
     except ImportError as e:
         raise ImportError(RAY_HINT) from e
     return ray
@@ -90,72 +95,95 @@ def balance(costs: Seq[float], bins: int) -> list[list[int]]:
     return out
 
 
-# ----------------------------------------------------------------------------- the actor
+# ----------------------------------------------------------------------------- on the workers
 
 
-class ModelWorker:
-    """One Ray actor: the model loaded once, phases run on request (made remote lazily)."""
+def _where() -> dict:
+    """The node this process runs on: its IP, Ray's node id, the host name."""
+    where = {"pid": os.getpid(), "host": socket.gethostname(), "node": socket.gethostname(), "node_id": ""}
+    try:
+        import ray
 
-    def __init__(self, model_path: str, n_threads: int, n_ctx: Optional[int], n_gpu_layers: int = 0,
-                 cpu_buffers: Optional[str] = None, kv_memory: Any = None) -> None:
-        self.pid = os.getpid()
-        self.host = socket.gethostname()
-        try:
-            import ray
+        where["node"] = ray.util.get_node_ip_address()
+        where["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # pragma: no cover - only the host's name is then known
+        pass
+    return where
 
-            self.node = ray.util.get_node_ip_address()
-            self.node_id = ray.get_runtime_context().get_node_id()
-        except Exception:  # pragma: no cover - only the node's name is then known
-            self.node, self.node_id = self.host, ""
-        self.running: Optional[str] = None
-        self.progress: dict = {}
-        started = time.perf_counter()
-        self.model: Optional[Model] = None
-        self.error: Optional[tuple[str, str]] = None
-        try:
-            self.model = Model(model_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                               cpu_buffers=cpu_buffers, kv_memory=kv_memory)
-        except Exception as e:  # reported by info() and raised on use, as a clear error on the driver
-            self.error = (type(e).__name__, str(e))
-        self.model_path = model_path
-        self.load_seconds = time.perf_counter() - started
 
-    def info(self) -> dict:
-        return {"pid": self.pid, "node": self.node, "node_id": self.node_id, "host": self.host,
-                "load_seconds": self.load_seconds,
-                "error_type": self.error[0] if self.error else None, "error": self.error[1] if self.error else None}
+def _load(placement: dict) -> tuple[Optional[Model], Optional[tuple[str, str]], float]:
+    """The model as `placement` says (a dict of Model's arguments), or the error that prevented it."""
+    started = time.perf_counter()
+    try:
+        return Model(**placement), None, time.perf_counter() - started
+    except Exception as e:  # raised on the driver as a clear error naming the node (_load_error)
+        return None, (type(e).__name__, str(e)), time.perf_counter() - started
 
-    def status(self) -> dict:
-        """Answered while a shard runs (the actor has a second thread): what it is doing."""
-        return {"pid": self.pid, "running": self.running, "progress": dict(self.progress)}
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        self.progress = event.to_dict()
+def _check_prompts_on_a_worker(placement: dict, wire: WireOptions, prompts: list[tuple[int, str]]) -> dict:
+    """A Ray task: load the model as a worker does and tokenize every prompt as a run would."""
+    where = _where()
+    model, error, _ = _load(placement)
+    if model is None:
+        return dict(where, error=error)
+    try:
+        return dict(where, error=None, checked=LocalExecutor(model, RunOptions.from_wire(wire)).check(prompts))
+    except Exception as e:  # the prompt that does not fit, raised as itself on the driver
+        return dict(where, error=None, exception=e)
 
-    def _ready(self) -> Model:
+
+class _ShardRunner:
+    """Ray Data's actor-pool UDF: the model loaded once per actor, one shard (one row) per call.
+
+    `placement`, `wire` and `method` are set on a subclass made per dispatch (`_runner_class`), so Ray
+    Data ships them with the class, not as constructor arguments. A shard's output is the pickled dict
+    the driver reads (`RayWorkers.dispatch`); an error inside the shard travels in it as the exception
+    itself, so the driver raises what one process would.
+    """
+
+    placement: dict = {}
+    wire: Optional[WireOptions] = None
+    method: str = ""
+
+    def __init__(self) -> None:
+        self.where = _where()
+        self.model, self.error, self.load_seconds = _load(self.placement)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        outputs = [_pickled(self.run_shard(str(jobs))) for jobs in batch["jobs"]]
+        return {"shard": np.asarray(batch["shard"]), "output": np.asarray(outputs, dtype=object)}
+
+    def run_shard(self, jobs_json: str) -> dict:
+        import json
+
+        out = dict(self.where, load_seconds=self.load_seconds, error=self.error)
         if self.model is None:
-            assert self.error is not None
-            raise _load_error(self.error[0], self.error[1], self.node, self.host, self.model_path)
-        return self.model
-
-    def check_prompts(self, wire: WireOptions, prompts: list[tuple[int, str]]) -> tuple[int, int]:
-        """Tokenize every prompt as a run would (ValueError naming one too long): the longest, and n_vocab."""
-        return LocalExecutor(self._ready(), RunOptions.from_wire(wire)).check(prompts)
-
-    def run_jobs(self, shard: str, wire: WireOptions, jobs: list[dict], method: str) -> dict:
-        """Phase jobs on this actor's model, as the local executor runs them in one process."""
-        model = self._ready()
+            return out
         started = time.perf_counter()
-        self.running, self.progress = shard, {}
         try:
-            executor = LocalExecutor(model, RunOptions.from_wire(wire))
-            out = executor.run_jobs([PhaseJob.from_dict(j) for j in jobs], method, self._on_progress)
-        finally:
-            self.running = None
-        return {"prompts": [prompt_to_dict(p) for p in out.prompts], "stats": asdict(out.stats),
-                "unavailable": {p.index: list(out.dropped(k)) for k, p in enumerate(out.prompts)},
-                "recorded": executor.options.recorded(),
-                "busy_seconds": time.perf_counter() - started, "pid": self.pid, "node": self.node}
+            assert self.wire is not None
+            executor = LocalExecutor(self.model, RunOptions.from_wire(self.wire))
+            result = executor.run_jobs([PhaseJob.from_dict(j) for j in json.loads(jobs_json)], self.method, None)
+        except Exception as e:
+            return dict(out, exception=e)
+        return dict(out, prompts=[prompt_to_dict(p) for p in result.prompts], stats=asdict(result.stats),
+                    unavailable={p.index: list(result.dropped(k)) for k, p in enumerate(result.prompts)},
+                    recorded=executor.options.recorded(), busy_seconds=time.perf_counter() - started)
+
+
+def _pickled(out: dict) -> bytes:
+    """A shard's output; an exception that cannot be pickled travels as a RuntimeError with its text."""
+    try:
+        return pickle.dumps(out)
+    except Exception:
+        error = out.get("exception")
+        return pickle.dumps(dict(out, exception=RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+def _runner_class(placement: dict, wire: WireOptions, method: str) -> type:
+    return type("_ShardRunner", (_ShardRunner,), {"placement": placement, "wire": wire, "method": method})
 
 
 def _load_error(kind: str, message: str, node: str, host: str, path: str) -> Exception:
@@ -164,45 +192,30 @@ def _load_error(kind: str, message: str, node: str, host: str, path: str) -> Exc
                f"readable at this same path on every node (a shared file system or a copy on each machine)")
 
 
-_REMOTE_WORKER: Any = None
+def _raise_worker_error(out: dict, path: str) -> None:
+    if out.get("error") is not None:
+        raise _load_error(out["error"][0], out["error"][1], out["node"], out["host"], path)
+    if out.get("exception") is not None:
+        raise out["exception"]
 
 
-def _remote_worker(ray: Any) -> Any:
-    global _REMOTE_WORKER
-    if _REMOTE_WORKER is None:
-        _REMOTE_WORKER = ray.remote(ModelWorker)
-    return _REMOTE_WORKER
-
-
-# ----------------------------------------------------------------------------- the driver
-
-
-@dataclass
-class _Handle:
-    actor: Any
-    number: int  # the n-th worker this pool started (a replacement gets a new number)
-    info_ref: Any
-    info: Optional[dict] = None
-    busy: float = 0.0  # seconds spent in the current phase's shards
-
-
-@dataclass
-class _Dispatch:
-    """One dispatch's state: shards waiting (`queue`), running (ref -> (shard, worker)), done (`outputs`),
-    and the workers idle or starting (info ref -> (worker, when it was asked to start))."""
-
-    phase: str
-    n_shards: int
-    idle: list[_Handle]
-    starting: dict[Any, tuple[_Handle, float]]
-    queue: list[int] = field(default_factory=list)
-    running: dict[Any, tuple[int, _Handle]] = field(default_factory=dict)
-    outputs: list[Optional[dict]] = field(default_factory=list)
-    done: int = 0
-
-    def __post_init__(self) -> None:
-        self.queue = list(range(self.n_shards))
-        self.outputs = [None] * self.n_shards
+@contextmanager
+def _quiet_ray_data(ray: Any) -> Iterator[Any]:
+    """Ray Data with no progress bars or execution logs (the run draws its own progress) and its own
+    deprecation warnings kept out of the caller's warning filters; the caller's settings come back after."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield ray.data
+    finally:
+        context.enable_progress_bars = bars
+        logger.setLevel(level)
 
 
 class _ShardProgress:
@@ -213,11 +226,7 @@ class _ShardProgress:
         self.prompts_done = 0
         self.tokens = 0
 
-    @property
-    def verbose(self) -> bool:
-        return self.sink is not None
-
-    def shard_done(self, done: int, shards: int, worker: int, out: dict) -> None:
+    def shard_done(self, done: int, shards: int, out: dict) -> None:
         n = len(out["prompts"])
         tokens = sum(len(s["own_tokens"]) for p in out["prompts"] for s in p["sequences"])
         self.tokens += tokens
@@ -225,40 +234,46 @@ class _ShardProgress:
         if self.sink is not None:
             self.sink(ProgressEvent(self.phase, self.round, self.prompts_done, self.total, 0, self.tokens,
                                     time.perf_counter() - self.started, shards_done=done, shards_total=shards,
-                                    worker=worker, node=out["node"], shard_prompts=n, shard_tokens=tokens,
+                                    worker=out["pid"], node=out["node"], shard_prompts=n, shard_tokens=tokens,
                                     shard_seconds=out["busy_seconds"]))
 
 
+# ----------------------------------------------------------------------------- the driver
+
+
 class RayWorkers:
-    """A pool of Ray actors, each holding the model once; reusable across runs.
+    """Where a run's phases execute on Ray: the cluster, the workers' shape and the model they load.
 
         with RayWorkers("model.gguf", "local", workers=2) as pool:
             result = eager_cpp.run(pool.model_path, prompts, method="eager_adapt", cluster=pool)
 
     cluster: "local" (start Ray on this machine, stopped by close()) or a Ray address ("auto",
     "host:6379", "ray://host:10001"); an already initialised Ray is used as it is.
-    workers: actors (default: the cluster's CPUs // threads_per_worker); threads_per_worker:
-    llama.cpp threads of each, also the CPUs each reserves (default 1; on machines of their own,
-    one worker per machine with all its cores batches best). The model path must be readable at the
-    same path on every node. num_cpus / object_store_memory: for a Ray this starts ("local").
-    max_shard_prompts: phase (a) uses at least ceil(N / max_shard_prompts) shards (smaller shards:
+    workers: actors per dispatch (default: the cluster's CPUs // threads_per_worker); threads_per_worker:
+    llama.cpp threads of each, also the CPUs each reserves (default 1; on machines of their own, one
+    worker per machine with all its cores batches best). The model path must be readable at the same
+    path on every node. num_cpus / object_store_memory: for a Ray this starts ("local").
+    max_shard_prompts: a dispatch uses at least ceil(N / max_shard_prompts) shards (smaller shards:
     less to re-run after a failure, less to transfer at once). start_timeout: seconds for the
-    workers to start and load the model. max_restarts: replacements for dead workers per pool
-    (default: 2 x workers). n_gpu_layers / gpus_per_worker: offload on GPU nodes (each worker
-    then reserves that many of Ray's GPUs). cpu_buffers: the workers' CPU buffer choice (see
-    eager_cpp.Model; a Model passed as `model` gives its own). After a run, `last_plan` holds its reallocation plan,
-    `last_shards` its shards as prompt indices per phase ({"a": [[...], ...], "c": [...]}) and
-    `last_busy` each worker's seconds inside its shards ({worker number: seconds}).
+    pre-check's task to be placed and load the model. max_restarts: restarts of each actor within a
+    dispatch, and retries of the shard it was running (default 2). n_gpu_layers / gpus_per_worker:
+    offload on GPU nodes (each worker then reserves that many of Ray's GPUs). cpu_buffers: the
+    workers' CPU buffer choice (see eager_cpp.Model; a Model passed as `model` gives its own).
+
+    After a run: `last_plan` holds its reallocation plan, `last_shards` its shards as prompt indices
+    per phase ({"a": [[...], ...], "c": [...]}), `last_dispatches` every dispatch's shards of PhaseJobs,
+    `last_busy` each actor's seconds inside its shards ({pid: seconds}) and `last_workers` the actors
+    that returned shards ({pid: {"node", "node_id", "host", "load_seconds"}}).
     """
 
     def __init__(self, model: Union[str, "os.PathLike[str]", Model], cluster: str = "local",
                  workers: Optional[int] = None, threads_per_worker: Optional[int] = None, *,
                  n_ctx: Optional[int] = None, num_cpus: Optional[int] = None,
                  object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES, max_shard_prompts: int = 256,
-                 start_timeout: float = 600.0, max_restarts: Optional[int] = None, n_gpu_layers: int = 0,
+                 start_timeout: float = 600.0, max_restarts: int = 2, n_gpu_layers: int = 0,
                  gpus_per_worker: float = 0.0, cpu_buffers: Optional[str] = None, kv_memory: Any = None) -> None:
         ray = _import_ray()
-        parse_kv_memory(kv_memory)  # a bad size fails here, before any worker starts
+        parse_kv_memory(kv_memory)  # a bad size fails here, before Ray starts
         self.kv_memory = kv_memory
         if not isinstance(cluster, str) or not cluster:
             raise ValueError(f'cluster must be "local" or a Ray address, got {cluster!r}')
@@ -272,6 +287,9 @@ class RayWorkers:
         _check_count("num_cpus", num_cpus)
         if not (isinstance(start_timeout, (int, float)) and start_timeout > 0):
             raise ValueError(f"start_timeout must be a positive number of seconds, got {start_timeout!r}")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        self.max_restarts = max_restarts
         self.model_path = _model_path(model)
         self.n_gpu_layers = int(n_gpu_layers)
         # The workers load with the driver's CPU buffer choice (a Model's own, else its default here),
@@ -280,15 +298,8 @@ class RayWorkers:
         self.gpus_per_worker = float(gpus_per_worker)
         self.start_timeout = float(start_timeout)
         self.cluster = cluster
-        self.last_plan: Optional[ReallocationPlan] = None
-        self.last_shards: dict[str, list[list[int]]] = {}
-        self.last_dispatches: list[tuple[str, list[list[PhaseJob]]]] = []
-        self.last_busy: dict[int, float] = {}
-        self.critical_seconds = 0.0  # per phase, the busiest worker's seconds in it, summed over the run's phases
-        self.restarts = 0
+        self.begin_run()
         self._ray = ray
-        self._handles: list[_Handle] = []
-        self._spawned = 0
         self._closed = False
         self._owns_ray = False
         started = time.perf_counter()
@@ -302,94 +313,34 @@ class RayWorkers:
                 else:
                     ray.init(address=cluster, logging_level=logging.WARNING)
                 self._owns_ray = True
-            if workers is None:
-                cpus = ray.cluster_resources().get("CPU", 1)
-                workers = max(1, int(cpus // self.threads_per_worker))
-            self.max_restarts = 2 * workers if max_restarts is None else max_restarts
-            self._cls = _remote_worker(ray)
-            handles = [self._spawn() for _ in range(workers)]
-            self._handles = handles
-            self._wait_ready(handles)
+            cpus = ray.cluster_resources().get("CPU", 0)
+            self.n_workers = workers if workers is not None else max(1, int(cpus // self.threads_per_worker))
+            if self.n_workers * self.threads_per_worker > cpus:
+                raise ValueError(f"{self.n_workers} workers x {self.threads_per_worker} threads need "
+                                 f"{self.n_workers * self.threads_per_worker} CPUs; the Ray cluster has {cpus:g}: "
+                                 f"use fewer workers or threads_per_worker (an autoscaling cluster needs its "
+                                 f"nodes up first)")
         except BaseException:
             self.close()
             raise
         self.start_seconds = time.perf_counter() - started
 
-    # -- workers
+    def _placement(self) -> dict:
+        """Model's arguments on each worker."""
+        return dict(path=self.model_path, n_ctx=self.n_ctx, n_threads=self.threads_per_worker,
+                    n_gpu_layers=self.n_gpu_layers, cpu_buffers=self.cpu_buffers, kv_memory=self.kv_memory)
 
-    @property
-    def n_workers(self) -> int:
-        return len(self._handles)
-
-    def _spawn(self) -> _Handle:
-        actor = self._cls.options(num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker, max_concurrency=2,
-                                  max_restarts=0, scheduling_strategy="SPREAD").remote(
-            self.model_path, self.threads_per_worker, self.n_ctx, self.n_gpu_layers, self.cpu_buffers, self.kv_memory)
-        self._spawned += 1
-        return _Handle(actor=actor, number=self._spawned - 1, info_ref=actor.info.remote())
-
-    def _wait_ready(self, handles: list[_Handle]) -> None:
-        ray = self._ray
-        try:
-            infos = ray.get([h.info_ref for h in handles], timeout=self.start_timeout)
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(
-                f"{len(handles)} Ray workers did not start and load the model within {self.start_timeout:.0f} s "
-                f"(each reserves {self.threads_per_worker} CPUs; the cluster has {ray.available_resources()} "
-                f"free); use fewer workers or threads_per_worker, or raise start_timeout") from None
-        except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"a Ray worker died while starting (is eager_cpp installed on every node?): {e}") from None
-        for h, info in zip(handles, infos):
-            h.info = info
-        for info in infos:
-            if info["error"] is not None:
-                raise _load_error(info["error_type"], info["error"], info["node"], info["host"], self.model_path)
-
-    def workers_info(self) -> list[dict]:
-        """pid, node, host, model load seconds of each live worker (waits for new ones to start)."""
-        pending = [h for h in self._handles if h.info is None]
-        if pending:
-            self._wait_ready(pending)
-        return [dict(h.info, worker=h.number) for h in self._handles]  # type: ignore[arg-type]
-
-    def worker_pids(self) -> list[int]:
-        return [info["pid"] for info in self.workers_info()]
-
-    def workers_status(self, timeout: float = 30.0) -> list[dict]:
-        """What each worker is doing right now (answered while it runs a shard)."""
-        handles = list(self._handles)
-        statuses = self._ray.get([h.actor.status.remote() for h in handles], timeout=timeout)
-        return [dict(status, worker=h.number, node_id=(h.info or {}).get("node_id"))
-                for h, status in zip(handles, statuses)]
-
-    def _kill(self, handle: _Handle) -> None:
-        try:
-            self._ray.kill(handle.actor, no_restart=True)
-        except Exception:  # already gone
-            pass
-
-    def _replace(self, handle: _Handle, error: BaseException, count: bool) -> _Handle:
-        self._handles.remove(handle)
-        self._kill(handle)
-        if count:
-            self.restarts += 1
-            if self.restarts > self.max_restarts:
-                raise RuntimeError(f"Ray workers died {self.restarts} times in this pool (max_restarts="
-                                   f"{self.max_restarts}); the last: {error}") from error
-        new = self._spawn()
-        self._handles.append(new)
-        return new
+    def _resources(self) -> dict:
+        return dict(num_cpus=self.threads_per_worker, num_gpus=self.gpus_per_worker or None)
 
     def close(self) -> None:
-        """Kill the workers; stop Ray if this pool started it. Idempotent."""
+        """Stop Ray if this pool started it. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for h in self._handles:
-            self._kill(h)
-        self._handles = []
-        if self._owns_ray and self._ray.is_initialized():
-            self._ray.shutdown()
+        ray = getattr(self, "_ray", None)
+        if self._owns_ray and ray is not None and ray.is_initialized():
+            ray.shutdown()
 
     def __enter__(self) -> "RayWorkers":
         return self
@@ -401,12 +352,16 @@ class RayWorkers:
         state = "closed" if self._closed else f"{self.n_workers} workers x {self.threads_per_worker} threads"
         return f"RayWorkers({self.model_path!r}, {self.cluster!r}: {state})"
 
-    # -- shards
+    # -- a run's record
 
     def begin_run(self) -> None:
-        """Forget the last run's record (plan, shards, dispatches, busy times): a run starts."""
-        self.last_plan, self.last_shards, self.last_dispatches, self.last_busy = None, {}, [], {}
-        self.critical_seconds = 0.0
+        """Forget the last run's record (plan, shards, dispatches, busy times, workers): a run starts."""
+        self.last_plan: Optional[ReallocationPlan] = None
+        self.last_shards: dict[str, list[list[int]]] = {}
+        self.last_dispatches: list[tuple[str, list[list[PhaseJob]]]] = []
+        self.last_busy: dict[int, float] = {}
+        self.last_workers: dict[int, dict] = {}
+        self.critical_seconds = 0.0  # per dispatch, the busiest actor's seconds in it, summed over the run
 
     def note_dispatch(self, phase: str, shards: list[list[PhaseJob]]) -> None:
         """Record a dispatch's shards (`last_dispatches`; `last_shards` keeps each phase's first)."""
@@ -417,102 +372,104 @@ class RayWorkers:
         """Shards for `n` jobs: one per worker at least, at most `max_shard_prompts` prompts each."""
         return max(1, min(n, max(self.n_workers, math.ceil(n / self.max_shard_prompts))))
 
-    def dispatch(self, phase: str, payloads: list[Any], submit: Callable[[Any, str, Any], Any],
-                 reporter: _ShardProgress) -> list[dict]:
-        """Run every shard on some worker (heaviest first, one at a time per worker); a shard whose
-        worker dies goes back to the queue and a replacement worker joins once it has started (so a
-        replacement that cannot be placed never holds a shard the others could run). Outputs in shard order."""
+    # -- the work
+
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this RayWorkers pool is closed")
+
+    def check_prompts(self, wire: WireOptions, prompts: list[tuple[int, str]]) -> tuple[int, int]:
+        """What one process checks before phase (a), in one Ray task shaped as a worker: the model opens
+        on the cluster and every prompt fits its context. Returns the longest prompt's tokens and the
+        model's vocabulary size."""
+        self._check_open()
         ray = self._ray
-        state = _Dispatch(phase, len(payloads), idle=[h for h in self._handles if h.info is not None],
-                          starting={h.info_ref: (h, time.monotonic()) for h in self._handles if h.info is None})
-        for h in self._handles:
-            h.busy = 0.0
+        task = ray.remote(_check_prompts_on_a_worker).options(**self._resources(), max_retries=self.max_restarts)
+        ref = task.remote(self._placement(), wire, prompts)
         try:
-            while state.queue or state.running:
-                while state.queue and state.idle:
-                    handle, shard = state.idle.pop(0), state.queue.pop(0)
-                    state.running[submit(handle.actor, f"{phase}{shard}", payloads[shard])] = (shard, handle)
-                if not state.running and all(time.monotonic() - t > self.start_timeout
-                                             for _, t in state.starting.values()):
-                    raise TimeoutError(
-                        f"no Ray worker left to run {len(state.queue)} shards: replacements did not start within "
-                        f"{self.start_timeout:.0f} s (the cluster has {ray.available_resources()} free)")
-                ready, _ = ray.wait(list(state.running) + list(state.starting), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    if ref in state.starting:
-                        self._worker_started(ref, state)
-                    else:
-                        self._shard_returned(ref, state, reporter)
+            out = ray.get(ref, timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise TimeoutError(
+                f"a Ray worker did not start and load the model within {self.start_timeout:.0f} s (each reserves "
+                f"{self.threads_per_worker} CPUs; the cluster has {ray.available_resources()} free); use fewer "
+                f"threads_per_worker, or raise start_timeout") from None
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)
+            self.close()
+            raise
+        except ray.exceptions.RayError as e:
+            raise RuntimeError(f"a Ray worker died while checking the prompts (is eager_cpp installed on every "
+                               f"node?): {e}") from None
+        _raise_worker_error(out, self.model_path)
+        return tuple(out["checked"])  # type: ignore[return-value]
+
+    def dispatch(self, phase: str, shards: list[list[dict]], wire: WireOptions, method: str,
+                 reporter: _ShardProgress) -> list[dict]:
+        """Run every shard (a list of PhaseJob dicts) on an actor pool of `n_workers` (fewer when there are
+        fewer shards): one Ray Data row per shard, heaviest first, one shard at a time per actor. Outputs
+        in shard order."""
+        self._check_open()
+        ray = self._ray
+        rows = [{"shard": k, "jobs": _json(jobs)} for k, jobs in enumerate(shards)]
+        runner = _runner_class(self._placement(), wire, method)
+        outputs: list[Optional[dict]] = [None] * len(rows)
+        done = 0
+        try:
+            with _quiet_ray_data(ray) as data, warnings.catch_warnings():
+                # max_restarts and max_task_retries have no named parameter yet: Ray warns that its generic
+                # remote arguments are deprecated (removed in Ray 2.64, hence the pin in pyproject.toml).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dataset = data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                    runner, batch_size=1, zero_copy_batch=False,
+                    compute=data.ActorPoolStrategy(size=min(self.n_workers, len(rows)),
+                                                   max_tasks_in_flight_per_actor=1),
+                    max_restarts=self.max_restarts, max_task_retries=self.max_restarts, **self._resources())
+                for row in dataset.iter_rows():
+                    out = pickle.loads(row["output"])
+                    _raise_worker_error(out, self.model_path)
+                    k = int(row["shard"])
+                    if outputs[k] is not None:  # Ray Data yields a retried shard once; keyed, a repeat is dropped
+                        continue
+                    outputs[k], done = out, done + 1
+                    self._account_worker(out)
+                    reporter.shard_done(done, len(rows), out)
         except KeyboardInterrupt:
             self.close()
             raise
-        except BaseException:
-            # The other shards may still run: fresh workers, so the pool is clean for the next run.
-            for _, handle in list(state.running.values()):
-                self._replace(handle, RuntimeError("run aborted"), count=False)
-            raise
-        for h in self._handles:
-            self.last_busy[h.number] = self.last_busy.get(h.number, 0.0) + h.busy
-        self.critical_seconds += max((h.busy for h in self._handles), default=0.0)
-        return state.outputs  # type: ignore[return-value]
+        except ray.exceptions.RayError as e:
+            raise RuntimeError(f"phase ({phase}) failed on Ray after {self.max_restarts} restarts of a worker "
+                               f"(max_restarts): {_root_message(e)}") from e
+        missing = [k for k, out in enumerate(outputs) if out is None]
+        if missing:
+            raise RuntimeError(f"internal error: shards {missing[:10]} of phase ({phase}) never came back")
+        busy: dict[int, float] = {}
+        for out in outputs:
+            busy[out["pid"]] = busy.get(out["pid"], 0.0) + out["busy_seconds"]  # type: ignore[index]
+        self.critical_seconds += max(busy.values(), default=0.0)
+        return outputs  # type: ignore[return-value]
 
-    def _dead_worker_errors(self) -> tuple[type, ...]:
-        e = self._ray.exceptions
-        return e.RayActorError, e.WorkerCrashedError, e.ObjectLostError
+    def _account_worker(self, out: dict) -> None:
+        self.last_busy[out["pid"]] = self.last_busy.get(out["pid"], 0.0) + out["busy_seconds"]
+        self.last_workers[out["pid"]] = {k: out[k] for k in ("node", "node_id", "host", "load_seconds")}
 
-    def _worker_started(self, ref: Any, state: "_Dispatch") -> None:
-        """A replacement worker is up (it joins the idle ones) or failed to start (another replaces it)."""
-        handle, _ = state.starting.pop(ref)
-        try:
-            handle.info = self._ray.get(ref, timeout=60.0)
-        except self._dead_worker_errors() as e:
-            new = self._replace(handle, e, count=True)
-            state.starting[new.info_ref] = (new, time.monotonic())
-            return
-        if handle.info["error"] is not None:
-            i = handle.info
-            raise _load_error(i["error_type"], i["error"], i["node"], i["host"], self.model_path)
-        state.idle.append(handle)
 
-    def _shard_returned(self, ref: Any, state: "_Dispatch", reporter: _ShardProgress) -> None:
-        """A shard's output (its worker goes back to the idle ones), or its worker died: the shard is queued
-        again, first, and a replacement starts. An error raised inside the shard is raised here as itself."""
-        shard, handle = state.running.pop(ref)
-        try:
-            out = self._ray.get(ref, timeout=600.0)
-        except self._dead_worker_errors() as e:
-            if reporter.verbose:
-                sys.stderr.write(f"[eager_cpp] worker {handle.number} died ({type(e).__name__}); "
-                                 f"shard {shard} of phase ({state.phase}) runs again on another worker\n")
-            new = self._replace(handle, e, count=True)
-            state.starting[new.info_ref] = (new, time.monotonic())
-            state.queue.insert(0, shard)
-            return
-        except self._ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, Exception):
-                raise cause from None
-            raise
-        state.outputs[shard] = out
-        handle.busy += out["busy_seconds"]
-        state.idle.append(handle)
-        state.done += 1
-        reporter.shard_done(state.done, len(state.outputs), handle.number, out)
+def _json(value: Any) -> str:
+    import json
 
-    def check_prompts(self, wire: WireOptions, prompts: list[tuple[int, str]]) -> tuple[int, int]:
-        """What one process checks before phase (a), on one worker: every prompt fits the model's context.
-        Returns the longest prompt's tokens and the model's vocabulary size."""
-        handle = next((h for h in self._handles if h.info is not None), None)
-        if handle is None:
-            self.workers_info()
-            handle = self._handles[0]
-        try:
-            return tuple(self._ray.get(handle.actor.check_prompts.remote(wire, prompts), timeout=600.0))
-        except self._ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            raise (cause if isinstance(cause, Exception) else e) from None
+    return json.dumps(value)
+
+
+def _root_message(error: BaseException) -> str:
+    """The innermost error that says something (Ray Data wraps an actor's death in errors of its own)."""
+    said, seen = error, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if str(error).strip():
+            said = error
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(said).strip()
+    return f"{type(said).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class RayExecutor:
@@ -548,10 +505,8 @@ class RayExecutor:
         costs = [len(j.prompt) / CHARS_PER_TOKEN + j.max_sequences * t for j in jobs]
         shards = [[jobs[k] for k in members] for members in balance(costs, pool.shard_count(len(jobs)))]
         pool.note_dispatch(phase, shards)
-        wire = self.wire
-        outputs = pool.dispatch(
-            phase, [[j.to_dict() for j in shard] for shard in shards],
-            lambda actor, name, payload: actor.run_jobs.remote(name, wire, payload, method), reporter)
+        outputs = pool.dispatch(phase, [[j.to_dict() for j in shard] for shard in shards], self.wire, method,
+                                reporter)
         by_index: dict[int, PromptResult] = {}
         unavailable: dict[int, tuple[int, ...]] = {}
         for out in outputs:
@@ -574,7 +529,7 @@ class RayExecutor:
         return dict(self.worker_recorded or self.options.recorded(), method=self.options.method, n_prompts=n_prompts)
 
     def account(self, stats: RunStats, elapsed: float, outcome: Any) -> None:
-        """The pool's figures: its workers, their start, the driver's time outside the busiest worker's."""
+        """The pool's figures: its workers, Ray's start, the driver's time outside the busiest worker's."""
         pool = self.pool
         pool.last_plan = outcome.plan if outcome is not None else None
         stats.workers, stats.worker_start_seconds = pool.n_workers, pool.start_seconds
