@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
           r["speedup_vs_single"], r["speedup_vs_1_worker"]] for r in rows]))
     print(f"\nresult transfer: {statistics.mean(r['result_bytes_per_prompt'] for r in rows) / 1024:.1f} KiB per prompt "
           "(pickled dicts; token ids, own tokens and entropies of every sequence)")
-    print("start s: Ray actors started and the model loaded (not in wall s; Ray itself took "
-          f"{ray_start:.1f} s to start). overhead: wall minus the busiest worker's time per phase.")
+    print("start s: the pool's own start, Ray being up (not in wall s; Ray itself took "
+          f"{ray_start:.1f} s to start). overhead: wall minus the busiest actor's time per dispatch: the "
+          "pre-check's task, Ray Data starting each dispatch's actors and their model loads, transfer, gathering.")
     for r in rows:
         if r["workers"]:
             print(f"{r['config']}, {r['method']}: worker busy seconds "
