@@ -106,16 +106,16 @@ def busy_shard_runners(parent=None):
     return pids
 
 
-def kill_when_busy(kill, parent=None, settle=0.5):
+def kill_when_busy(kill, parent=None, settle=0.5, when=lambda: True):
     """A thread that calls kill(pid) once a shard runner has been busy for `settle` s (so past its model load and
-    into decoding); `killed` gets the pid."""
+    into decoding) while `when()` holds; `killed` gets the pid."""
     killed = []
 
     def watch():
         deadline = time.monotonic() + 120
         seen = None
         while time.monotonic() < deadline:
-            busy = busy_shard_runners(parent)
+            busy = busy_shard_runners(parent) if when() else []
             if busy and seen is None:
                 seen = time.monotonic()
             if busy and time.monotonic() - seen >= settle:
@@ -314,6 +314,27 @@ def test_a_worker_killed_mid_run_has_its_shard_rerun(pool, model, capitals):
     check_complete(dist, len(prompts))
     assert [p.n_sequences for p in dist.prompts] == [M] * len(prompts)
     single = eager_cpp.run(model, prompts, method="parallel", **kw)
+    assert signature(dist) == signature(single)
+
+
+@needs_ray
+def test_a_worker_killed_mid_try_has_its_shard_rerun(pool, model, capitals):
+    """The same in phase (c): a worker killed while it runs a reallocation try's shard; every prompt once, with
+    the extras and tokens of one process."""
+    prompts, _ = capitals
+    kw = settings(max_sequences=8, max_live_sequences=1)  # M 8: tries long enough to be caught running
+    in_a_try = lambda: any(phase == "c" for phase, _ in pool.last_dispatches)  # noqa: E731
+    killer, killed = kill_when_busy(lambda pid: os.kill(pid, signal.SIGKILL), settle=0.0, when=in_a_try)
+    killer.start()
+    try:
+        dist = eager_cpp.run(pool.model_path, prompts, method="eager_adapt", cluster=pool, **kw)
+    finally:
+        killer.join()
+    assert killed, "no worker was seen mid-try"
+    assert killed[0] not in pool.last_workers  # it returned no shard of this run: its try's shard ran again
+    assert [p.index for p in dist.prompts] == list(range(len(prompts)))
+    single = eager_cpp.run(model, prompts, method="eager_adapt", **kw)
+    assert dist.stats.reallocated_sequences == single.stats.reallocated_sequences > 0
     assert signature(dist) == signature(single)
 
 
