@@ -29,6 +29,41 @@ def test_demo_runs_on_the_default_model():
     assert "sequences" in proc.stdout and "saved" in proc.stdout and "total:" in proc.stdout
 
 
+def test_a_full_disk_ends_in_one_error_and_resume_completes_the_run(tmp_path):
+    """A write refused for want of room ends the run with one error saying what is intact; --resume then ends
+    with every prompt once. The refusal is real: a file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) makes
+    the kernel fail the write with EFBIG, as a full disk fails it with ENOSPC, without needing root."""
+    rows = load_jsonl("capitals_dev_100.jsonl", limit=8)
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows))
+    args = ["run", str(data), "--method", "eager_adapt", "-M", "4", "--theta", "1.0", "--max-new-tokens", "8",
+            "--stop", "\\n", "--chunk-size", "4", "--quiet"]
+    whole = tmp_path / "whole.jsonl"
+    assert cli(*args, "-o", str(whole)).returncode == 0
+    phase_a = (tmp_path / "whole.jsonl.init.jsonl").read_bytes().splitlines(keepends=True)
+    limit = len(b"".join(phase_a[:4])) + len(phase_a[4]) // 2  # the first chunk fits, the second does not
+
+    out = tmp_path / "out.jsonl"
+    limited = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.argv = sys.argv[:1] + sys.argv[2:]; "
+               "runpy.run_module('eager_cpp', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", limited, "-", *args, "-o", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("eager-cpp: error:") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"writing the results beside {out} failed: File too large" in proc.stderr
+    assert f"phase (a) of 4 prompts is intact in {out}.init.jsonl" in proc.stderr and "--resume" in proc.stderr
+    assert not out.exists() and not (tmp_path / "out.jsonl.extras.jsonl").exists()
+
+    proc = cli(*args, "-o", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr
+    resumed = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [json.loads(line) for line in whole.read_text().splitlines()]
+    assert [r["index"] for r in resumed] == list(range(8))
+    assert [[q["token_ids"] for q in r["sequences"]] for r in resumed] == [
+        [q["token_ids"] for q in r["sequences"]] for r in expected]
+
+
 def test_run_writes_jsonl_and_resumes(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Country: Peru\\nCapital:\nCountry: Chile\\nCapital:\nCountry: Kenya\\nCapital:\n")

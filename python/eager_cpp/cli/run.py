@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,6 +58,10 @@ def _merged_prompt(base: dict, extras: list[dict]) -> PromptResult:
     for row in extras:
         prompt.extend(prompt_from_dict(row))
     return prompt
+
+
+# A write that failed for want of room or permission: the run ends with what is on disk kept for --resume.
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _merged_row(base: dict, extras: list[dict]) -> dict:
@@ -120,6 +125,13 @@ def _run(args: argparse.Namespace, options: RunOptions, examples: list[Example],
         result = drive(model, options, prompts, answers, scorer, progress, pending=pending,
                        chunk_size=chunk_size, on_chunk=checkpoint, store=_FileResults(store))
         store.finish([p.index for p in result.prompts] if method.reallocates else None, result.settings, _merged_row)
+    except OSError as e:
+        store.abandon()
+        if e.errno not in WRITE_FAILURES:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise CliError(f"writing the results beside {out} failed: {e.strerror or e}{where}; {store.intact()}: "
+                       f"make room (or fix the folder) and rerun with --resume to continue") from None
     except BaseException:
         store.abandon()
         raise

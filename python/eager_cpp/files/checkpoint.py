@@ -119,6 +119,7 @@ class Checkpoint:
         self._offsets: dict[int, int] = {}  # prompt index -> byte offset of its line in phase_a_path
         self._extra_offsets: dict[int, list[int]] = {}  # prompt index -> its lines in extras_path
         self._size = 0  # bytes of phase (a)'s file so far
+        self._durable = 0  # prompts of phase (a) fsynced (a chunk whose write failed is not)
         self.meta: dict[str, Any] = {"settings": key, "prompt_hashes": hashes, "complete": False}
         self._file: Optional[TextIO] = None
         self._stage: Optional[Path] = None
@@ -147,6 +148,7 @@ class Checkpoint:
         self._write_meta()
         self._file = open(self.phase_a_path, "a", encoding="utf-8")
         self._offsets, self._size = _line_offsets(self.phase_a_path)
+        self._durable = len(self._offsets)
         return done
 
     def chunk_done(self, rows: list[dict], recorded: Optional[dict[str, Any]] = None) -> None:
@@ -160,6 +162,7 @@ class Checkpoint:
             self._size += len(line.encode("utf-8"))
         self._file.flush()
         os.fsync(self._file.fileno())
+        self._durable = len(self._offsets)
         first = self._stage is not None
         if first:
             os.replace(self._stage, self.phase_a_path)  # the open file follows the rename
@@ -223,12 +226,22 @@ class Checkpoint:
     def close(self) -> None:
         """Close the open results file; a staged file no chunk reached is removed (the old results stay)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            file.close()
+
+    def intact(self) -> str:
+        """What a resumed run starts from, in words (for an error that ends the run)."""
+        if self._stage is not None:
+            return f"no chunk reached {self.phase_a_path}, so any results there are the old ones"
+        return f"phase (a) of {self._durable} prompts is intact in {self.phase_a_path}"
 
     def abandon(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except OSError:  # what was left in its buffer could not be written either: --resume drops a cut line
+            pass
         self.extras_path.unlink(missing_ok=True)  # a resumed run makes them again
+        self.out.with_name(self.out.name + ".tmp").unlink(missing_ok=True)  # a final merge cut short
         if self._stage is not None:
             self._stage.unlink(missing_ok=True)
             self._stage = None
