@@ -236,6 +236,26 @@ def test_default_batching_matches_the_same_shards_in_one_process(pool, model, ca
 
 
 @needs_ray
+def test_phase_a_chunks_share_one_dispatch_and_are_handed_on_in_order(pool, model, capitals):
+    """The CLI's chunks (its checkpoints) on Ray: one Ray Data dispatch runs them all (its actors load the
+    model once), each chunk handed on in order once its shards are back, with one process's tokens."""
+    from eager_cpp.runner.driver import drive
+
+    prompts, _ = capitals
+    kw = settings(max_live_sequences=1)
+    options = RunOptions.create(method="eager_init", cluster=pool, **kw)
+    fresh = [eager_cpp.PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in enumerate(prompts)]
+    handed = []
+    dist = drive(pool.model_path, options, fresh, None, None, None, chunk_size=2,
+                 on_chunk=lambda chunk: handed.append([p.index for p in chunk]))
+    assert handed == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [phase for phase, _ in pool.last_dispatches] == ["a"] * 4  # each chunk sharded on its own
+    assert len(pool.last_workers) == 2  # one actor pool for the four chunks: a dispatch each would start 8 actors
+    single = eager_cpp.run(model, prompts, method="eager_init", **kw)
+    assert signature(dist) == signature(single)
+
+
+@needs_ray
 def test_bad_model_path_fails_fast_on_the_driver(pool, capitals, tmp_path):
     import ray
 

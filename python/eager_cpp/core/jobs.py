@@ -8,12 +8,12 @@ phases. Ray workers receive jobs as ``PhaseJob.to_dict()``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
 
 if TYPE_CHECKING:  # types only
     from .results import PromptResult, RunStats
 
-__all__ = ["Executor", "PhaseJob", "PhaseOutput", "ProgressFn", "Seed"]
+__all__ = ["Executor", "PhaseJob", "PhaseOutput", "ProgressFn", "Seed", "run_chunks"]
 
 ProgressFn = Callable[[Any], None]  # takes a progress.ProgressEvent
 
@@ -78,6 +78,19 @@ class PhaseOutput:
 
 
 
+def run_chunks(executor: "Executor", chunks: Iterable[list[PhaseJob]], method: str,
+               progress: Optional[ProgressFn]) -> Iterator[PhaseOutput]:
+    """Phase (a)'s chunks in order, one PhaseOutput each, each asked for once the caller took the one before
+    (so it can be made durable first): the executor's own ``run_chunks`` where it has one (the Ray executor
+    sends many chunks in one dispatch), else one ``run_jobs`` per chunk."""
+    own = getattr(executor, "run_chunks", None)
+    if own is not None:
+        yield from own(chunks, method, progress)
+        return
+    for jobs in chunks:
+        yield executor.run_jobs(jobs, method, progress)
+
+
 class Executor(Protocol):
     """Runs phase jobs somewhere (``driver.open_executor`` picks one from the run's options).
 
@@ -85,7 +98,9 @@ class Executor(Protocol):
     model) and returns the longest, with the model's vocabulary size. n_ctx: a context the caller fixed
     (0: none). run_jobs: ``method`` is "parallel" or "eager_init". recorded: the run's recorded options
     as the executor ran them (what only a loaded model decides, e.g. the device path, included).
-    account: the executor's own figures into the run's stats once the phases are done.
+    account: the executor's own figures into the run's stats once the phases are done. An executor may
+    also have ``run_chunks(chunks, method, progress)``, yielding one PhaseOutput per chunk in order
+    (``run_chunks`` above): the outputs must be those ``run_jobs`` gives chunk by chunk.
     """
 
     n_ctx: int

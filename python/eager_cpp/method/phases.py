@@ -37,10 +37,10 @@ from __future__ import annotations
 import itertools
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence as Seq
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence as Seq
 
 from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation, retry_theta
-from ..core.jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed
+from ..core.jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed, run_chunks
 from .ledger import PromptLedger, ResultStore, score, signals_of, summarize
 from ..core.options import RunOptions
 from ..core.results import PromptResult, RunStats
@@ -105,23 +105,35 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
         except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
             scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
     ledger.let_go([results[k] for k in reused], options, scorer, method.label_free)
-    for start in range(0, len(todo), size):
-        chunk = [results[k] for k in todo[start:start + size]]
-        jobs = [PhaseJob(index=p.index, prompt=p.prompt, max_sequences=options.max_sequences,
-                         theta=options.entropy_threshold) for p in chunk]
-        output = executor.run_jobs(jobs, method.engine_method, progress)
-        ledger.merge(jobs, output)
-        stats.merge(output.stats)
-        if answers is not None and scoring_error is None:
-            try:
-                score(chunk, [answers[k] for k in todo[start:start + size]], scorer)
-            except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
-                if not method.reallocates:
-                    raise
-                scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
-        if on_chunk is not None:
-            on_chunk(chunk)
-        ledger.let_go(chunk, options, scorer, method.label_free)
+    starts = range(0, len(todo), size)
+    sent: dict[int, list[PhaseJob]] = {}  # a chunk's jobs, from when the executor asks for them to its output
+
+    def chunk_jobs() -> Iterator[list[PhaseJob]]:
+        for start in starts:
+            sent[start] = [PhaseJob(index=results[k].index, prompt=results[k].prompt,
+                                    max_sequences=options.max_sequences, theta=options.entropy_threshold)
+                           for k in todo[start:start + size]]
+            yield sent[start]
+
+    outputs = run_chunks(executor, chunk_jobs(), method.engine_method, progress)
+    try:
+        for start, output in zip(starts, outputs):
+            chunk = [results[k] for k in todo[start:start + size]]
+            jobs = sent.pop(start)
+            ledger.merge(jobs, output)
+            stats.merge(output.stats)
+            if answers is not None and scoring_error is None:
+                try:
+                    score(chunk, [answers[k] for k in todo[start:start + size]], scorer)
+                except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
+                    if not method.reallocates:
+                        raise
+                    scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
+            if on_chunk is not None:
+                on_chunk(chunk)
+            ledger.let_go(chunk, options, scorer, method.label_free)
+    finally:
+        outputs.close()  # an error above ends the chunks still running (a Ray dispatch)
     outcome = None
     if method.reallocates:
         outcome = reallocate_phases(executor, options, results, stats, answers, scorer, progress,

@@ -25,8 +25,9 @@ its index, so a retried shard never yields a prompt twice. Ctrl-C on the driver 
 execution, which kills its actors (and stops a Ray the pool started).
 
 What a dispatch costs over the old hand-written actor pool: Ray Data starts the actor pool per
-dispatch, so each dispatch (phase (a), each try) loads the model once per actor (the page cache keeps
-the file warm after the first), and the driver's pre-check loads it once in a Ray task.
+dispatch, so each dispatch (each try, and phase (a) once per WINDOW_PROMPTS prompts of its chunks)
+loads the model once per actor (the page cache keeps the file warm after the first), and the driver's
+pre-check loads it once in a Ray task.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any, Iterator, Optional, Sequence as Seq, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence as Seq, Union
 
 from ..core.checks import parse_kv_memory
 from ..core.jobs import PhaseJob, PhaseOutput
@@ -60,6 +61,9 @@ RAY_HINT = ('running on a cluster needs Ray with Ray Data: pip install "eager_cp
             '(or pip install "ray[data]>=2.40,<2.64")')
 DEFAULT_OBJECT_STORE_BYTES = 200 * 1024 * 1024  # a local Ray's shared-memory store: results are small
 CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the driver does not tokenize
+# Phase (a) chunks (the CLI's checkpoints) sent in one dispatch: its actors start and load the model once for
+# them, and the object store holds this many prompts' jobs at most.
+WINDOW_PROMPTS = 4096
 _LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
 
 
@@ -406,48 +410,55 @@ class RayWorkers:
 
     def dispatch(self, phase: str, shards: list[list[dict]], wire: WireOptions, method: str,
                  reporter: _ShardProgress) -> list[dict]:
+        """Every shard's output (`dispatch_iter`), in shard order."""
+        outputs: list[Optional[dict]] = [None] * len(shards)
+        for k, out in self.dispatch_iter(phase, shards, wire, method, reporter):
+            outputs[k] = out
+        return outputs  # type: ignore[return-value]
+
+    def dispatch_iter(self, phase: str, shards: list[list[dict]], wire: WireOptions, method: str,
+                      reporter: _ShardProgress) -> Iterator[tuple[int, dict]]:
         """Run every shard (a list of PhaseJob dicts) on an actor pool of `n_workers` (fewer when there are
-        fewer shards): one Ray Data row per shard, heaviest first, one shard at a time per actor. Outputs
-        in shard order."""
+        fewer shards): one Ray Data row per shard, in the order given, one shard at a time per actor. Yields
+        (shard number, output) as shards come back, each shard once."""
         self._check_open()
         ray = self._ray
         rows = [{"shard": k, "jobs": _json(jobs)} for k, jobs in enumerate(shards)]
         runner = _runner_class(self._placement(), wire, method)
-        outputs: list[Optional[dict]] = [None] * len(rows)
-        done = 0
+        returned = [False] * len(rows)
+        busy: dict[int, float] = {}
         try:
-            with _quiet_ray_data(ray) as data, warnings.catch_warnings():
-                # max_restarts and max_task_retries have no named parameter yet: Ray warns that its generic
-                # remote arguments are deprecated (removed in Ray 2.64, hence the pin in pyproject.toml).
-                warnings.simplefilter("ignore", DeprecationWarning)
-                dataset = data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                    runner, batch_size=1, zero_copy_batch=False,
-                    compute=data.ActorPoolStrategy(size=min(self.n_workers, len(rows)),
-                                                   max_tasks_in_flight_per_actor=1),
-                    max_restarts=self.max_restarts, max_task_retries=self.max_restarts, **self._resources())
+            with _quiet_ray_data(ray) as data:
+                with warnings.catch_warnings():
+                    # max_restarts and max_task_retries have no named parameter yet: Ray warns that its generic
+                    # remote arguments are deprecated (removed in Ray 2.64, hence the pin in pyproject.toml).
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    dataset = data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                        runner, batch_size=1, zero_copy_batch=False,
+                        compute=data.ActorPoolStrategy(size=min(self.n_workers, len(rows)),
+                                                       max_tasks_in_flight_per_actor=1),
+                        max_restarts=self.max_restarts, max_task_retries=self.max_restarts, **self._resources())
                 for row in dataset.iter_rows():
                     out = pickle.loads(row["output"])
                     _raise_worker_error(out, self.model_path)
                     k = int(row["shard"])
-                    if outputs[k] is not None:  # Ray Data yields a retried shard once; keyed, a repeat is dropped
+                    if returned[k]:  # Ray Data yields a retried shard once; keyed, a repeat is dropped
                         continue
-                    outputs[k], done = out, done + 1
+                    returned[k] = True
                     self._account_worker(out)
-                    reporter.shard_done(done, len(rows), out)
+                    busy[out["pid"]] = busy.get(out["pid"], 0.0) + out["busy_seconds"]
+                    reporter.shard_done(sum(returned), len(rows), out)
+                    yield k, out
         except KeyboardInterrupt:
             self.close()
             raise
         except ray.exceptions.RayError as e:
             raise RuntimeError(f"phase ({phase}) failed on Ray after {self.max_restarts} restarts of a worker "
                                f"(max_restarts): {_root_message(e)}") from e
-        missing = [k for k, out in enumerate(outputs) if out is None]
+        missing = [k for k, done in enumerate(returned) if not done]
         if missing:
             raise RuntimeError(f"internal error: shards {missing[:10]} of phase ({phase}) never came back")
-        busy: dict[int, float] = {}
-        for out in outputs:
-            busy[out["pid"]] = busy.get(out["pid"], 0.0) + out["busy_seconds"]  # type: ignore[index]
         self.critical_seconds += max(busy.values(), default=0.0)
-        return outputs  # type: ignore[return-value]
 
     def _account_worker(self, out: dict) -> None:
         self.last_busy[out["pid"]] = self.last_busy.get(out["pid"], 0.0) + out["busy_seconds"]
@@ -496,17 +507,62 @@ class RayExecutor:
         return self.pool.check_prompts(self.wire, prompts)
 
     def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Any = None) -> PhaseOutput:
-        stats = RunStats(method=method)
         if not jobs:
-            return PhaseOutput(prompts=[], stats=stats)
-        pool, t = self.pool, self.options.max_new_tokens
+            return PhaseOutput(prompts=[], stats=RunStats(method=method))
         phase = "a" if all(j.round == 0 for j in jobs) else "c"
         reporter = _ShardProgress(progress, phase, max(j.round for j in jobs), len(jobs), self.started)
+        shards = self._shards(phase, jobs)
+        outputs = self.pool.dispatch(phase, [[j.to_dict() for j in shard] for shard in shards], self.wire, method,
+                                     reporter)
+        return self._gathered(jobs, outputs, method)
+
+    def run_chunks(self, chunks: Iterable[list[PhaseJob]], method: str, progress: Any = None) -> Iterator[PhaseOutput]:
+        """Phase (a)'s chunks, each sharded as `run_jobs` shards it, but up to WINDOW_PROMPTS prompts of chunks
+        in one dispatch (Ray Data starts the actors, and they load the model, once per dispatch); a chunk's
+        output is yielded, in order, as soon as its shards and those of the chunks before it are back."""
+        window: list[list[PhaseJob]] = []
+        for jobs in chunks:
+            window.append(jobs)
+            if sum(len(j) for j in window) >= WINDOW_PROMPTS:
+                yield from self._run_window(window, method, progress)
+                window = []
+        if window:
+            yield from self._run_window(window, method, progress)
+
+    def _run_window(self, window: list[list[PhaseJob]], method: str, progress: Any) -> Iterator[PhaseOutput]:
+        reporter = _ShardProgress(progress, "a", 0, sum(len(jobs) for jobs in window), self.started)
+        shards: list[list[PhaseJob]] = []
+        owner: list[int] = []  # shard -> its chunk in the window
+        for c, jobs in enumerate(window):
+            chunk_shards = self._shards("a", jobs) if jobs else []
+            shards += chunk_shards
+            owner += [c] * len(chunk_shards)
+        outputs: list[list[dict]] = [[] for _ in window]
+        left = [owner.count(c) for c in range(len(window))]
+        ready = 0  # chunks yielded so far
+        for k, out in self.pool.dispatch_iter("a", [[j.to_dict() for j in shard] for shard in shards], self.wire,
+                                              method, reporter):
+            outputs[owner[k]].append(out)
+            left[owner[k]] -= 1
+            while ready < len(window) and left[ready] == 0:
+                yield self._gathered(window[ready], outputs[ready], method)
+                outputs[ready] = []  # let go of a chunk's results once handed on
+                ready += 1
+        while ready < len(window):  # chunks without jobs
+            yield self._gathered(window[ready], outputs[ready], method)
+            ready += 1
+
+    def _shards(self, phase: str, jobs: list[PhaseJob]) -> list[list[PhaseJob]]:
+        """Jobs in shards balanced by cost, recorded on the pool."""
+        pool, t = self.pool, self.options.max_new_tokens
         costs = [len(j.prompt) / CHARS_PER_TOKEN + j.max_sequences * t for j in jobs]
         shards = [[jobs[k] for k in members] for members in balance(costs, pool.shard_count(len(jobs)))]
         pool.note_dispatch(phase, shards)
-        outputs = pool.dispatch(phase, [[j.to_dict() for j in shard] for shard in shards], self.wire, method,
-                                reporter)
+        return shards
+
+    def _gathered(self, jobs: list[PhaseJob], outputs: list[dict], method: str) -> PhaseOutput:
+        """The jobs' results from their shards' outputs, in job order, each prompt exactly once."""
+        stats = RunStats(method=method)
         by_index: dict[int, PromptResult] = {}
         unavailable: dict[int, tuple[int, ...]] = {}
         for out in outputs:
@@ -519,7 +575,7 @@ class RayExecutor:
         missing = [j.index for j in jobs if j.index not in by_index]
         if missing:
             raise RuntimeError(f"internal error: prompts {missing[:10]} missing from the shards' results")
-        if self.worker_recorded is None:
+        if self.worker_recorded is None and outputs:
             self.worker_recorded = outputs[0]["recorded"]
         return PhaseOutput(prompts=[by_index[j.index] for j in jobs], stats=stats,
                            unavailable=[unavailable.get(j.index, ()) for j in jobs])
