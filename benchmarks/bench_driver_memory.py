@@ -11,10 +11,13 @@ two fresh processes, one after the other:
 Each reports its peak RSS (the process's, model and llama.cpp's buffers included) and wall. The files run's
 output is then checked: every prompt exactly once; its totals (#S, #T, extra sequences) equal to the memory
 run's, which made the same samples (same chunks). The figure that counts is the growth: peak RSS at the
-largest N against the one before it (target <= 1.2x for the files run).
+largest N against the one before it (target <= 1.2x for the files run). With `--ray WORKERS` both run on
+a local Ray of that many 1-thread workers (files: `eager-cpp run --ray`; memory: the same chunks through
+the same driver, every result kept): the driver then holds no model, so its RSS is the driver's own.
 
     python benchmarks/bench_driver_memory.py                       # 1,000, 10,000, 100,000 (about 40 min on 2 cores)
     python benchmarks/bench_driver_memory.py --ns 200,2000 --out /tmp/driver_smoke.json
+    python benchmarks/bench_driver_memory.py --ns 1000,4000 --ray 2 --out benchmarks/results/bench_driver_memory_ray.json
 """
 
 from __future__ import annotations
@@ -47,6 +50,25 @@ parts = [eager_cpp.run(model, prompts[k:k + chunk], method="eager_init", max_seq
          for k in range(0, len(prompts), chunk)]
 whole = RunResult(prompts=[p for part in parts for p in part.prompts], stats=parts[0].stats, settings=parts[0].settings)
 r = eager_cpp.reallocate(model, whole, method="eager_adapt")
+print(json.dumps({"sequences": sum(p.n_sequences for p in r.prompts),
+                  "generated_tokens": sum(p.generated_tokens for p in r.prompts),
+                  "extras": sum(1 for p in r.prompts for s in p.sequences if s.round > 0)}))
+"""
+
+
+# The in-memory run on Ray: the same chunks through the same driver (so the same shards), every result kept.
+MEMORY_CHILD_RAY = r"""
+import json, sys
+import eager_cpp
+from eager_cpp.core.options import RunOptions
+from eager_cpp.runner.driver import drive
+
+data, path, m, tokens, workers, chunk = sys.argv[1:7]
+prompts = [json.loads(line)["prompt"] for line in open(data, encoding="utf-8")]
+options = RunOptions.create(method="eager_adapt", max_sequences=int(m), max_new_tokens=int(tokens), cluster="local",
+                            workers=int(workers), threads_per_worker=1)
+fresh = [eager_cpp.PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in enumerate(prompts)]
+r = drive(path, options, fresh, None, None, None, chunk_size=int(chunk))
 print(json.dumps({"sequences": sum(p.n_sequences for p in r.prompts),
                   "generated_tokens": sum(p.generated_tokens for p in r.prompts),
                   "extras": sum(1 for p in r.prompts for s in p.sequences if s.round > 0)}))
@@ -96,12 +118,15 @@ def checked_output(path: Path, n: int) -> dict[str, Any]:
 def one_size(n: int, args: argparse.Namespace, model: str, work: Path) -> dict[str, Any]:
     data, out = work / f"prompts_{n}.jsonl", work / f"out_{n}.jsonl"
     write_input(data, args.data, n)
+    where = (["--ray", "--workers", str(args.ray), "--threads", "1"] if args.ray
+             else ["--threads", str(args.threads)])
     files, _ = measured([sys.executable, "-m", "eager_cpp", "run", str(data), "-o", str(out), "--model", model,
                          "--method", "eager_adapt", "-M", str(args.max_sequences), "--max-new-tokens",
-                         str(args.max_new_tokens), "--threads", str(args.threads), "--quiet"])
+                         str(args.max_new_tokens), "--chunk-size", str(CHUNK), *where, "--quiet"])
     files["totals"] = checked_output(out, n)
-    memory, stdout = measured([sys.executable, "-c", MEMORY_CHILD, str(data), model, str(args.max_sequences),
-                               str(args.max_new_tokens), str(args.threads), str(CHUNK)])
+    child = (MEMORY_CHILD_RAY, str(args.ray)) if args.ray else (MEMORY_CHILD, str(args.threads))
+    memory, stdout = measured([sys.executable, "-c", child[0], str(data), model, str(args.max_sequences),
+                               str(args.max_new_tokens), child[1], str(CHUNK)])
     memory["totals"] = json.loads(stdout.strip().splitlines()[-1])
     for path in (data, out):
         path.unlink()
@@ -114,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ns", default="1000,10000,100000", help="prompt counts (default: 1000,10000,100000)")
     p.add_argument("-M", "--max-sequences", type=C.positive, default=4)
     p.add_argument("--max-new-tokens", type=C.positive, default=4)
+    p.add_argument("--ray", type=C.positive, default=0, metavar="WORKERS",
+                   help="run both on a local Ray with this many 1-thread workers (the driver then holds no model)")
     p.set_defaults(data=C.DATA_DIR / "capitals_dev_100.jsonl")
     args = p.parse_args(argv)
     ns = C.csv_values(p, args.ns, int, "ns", 1, 10**8)
@@ -139,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     C.write_json(args.out, {"benchmark": "driver_memory", "environment": C.environment(model, args.threads),
                             "settings": {"method": "eager_adapt", "max_sequences": args.max_sequences,
                                          "max_new_tokens": args.max_new_tokens, "chunk": CHUNK,
+                                         "ray_workers": args.ray or None,
                                          "data": str(args.data)},
                             "rows": rows})
     return 0
