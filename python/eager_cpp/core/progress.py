@@ -2,7 +2,7 @@
 
 A `progress=` callable gets `ProgressEvent.to_dict()`; `progress=True` (and the CLI) draws a
 throttled status line on stderr from the same events. The local executor reports between engine
-steps, the Ray executor once per finished shard (with the worker's number and node).
+steps, the Ray executor once per finished shard (with the pid of the actor that ran it and its node).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class ProgressEvent:
     # Ray only: the shard that just finished.
     shards_done: Optional[int] = None
     shards_total: Optional[int] = None
-    worker: Optional[int] = None
+    worker: Optional[int] = None  # the pid of the Ray actor that ran the shard
     node: Optional[str] = None
     shard_prompts: Optional[int] = None
     shard_tokens: Optional[int] = None

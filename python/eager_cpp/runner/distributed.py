@@ -33,6 +33,7 @@ pre-check loads it once in a Ray task.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import os
@@ -160,8 +161,6 @@ class _ShardRunner:
         return {"shard": np.asarray(batch["shard"]), "output": np.asarray(outputs, dtype=object)}
 
     def run_shard(self, jobs_json: str) -> dict:
-        import json
-
         out = dict(self.where, load_seconds=self.load_seconds, error=self.error)
         if self.model is None:
             return out
@@ -423,7 +422,7 @@ class RayWorkers:
         (shard number, output) as shards come back, each shard once."""
         self._check_open()
         ray = self._ray
-        rows = [{"shard": k, "jobs": _json(jobs)} for k, jobs in enumerate(shards)]
+        rows = [{"shard": k, "jobs": json.dumps(jobs)} for k, jobs in enumerate(shards)]
         runner = _runner_class(self._placement(), wire, method)
         returned = [False] * len(rows)
         busy: dict[int, float] = {}
@@ -463,12 +462,6 @@ class RayWorkers:
     def _account_worker(self, out: dict) -> None:
         self.last_busy[out["pid"]] = self.last_busy.get(out["pid"], 0.0) + out["busy_seconds"]
         self.last_workers[out["pid"]] = {k: out[k] for k in ("node", "node_id", "host", "load_seconds")}
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def _root_message(error: BaseException) -> str:
