@@ -256,3 +256,21 @@ def test_phase_a_in_chunks_calls_back_after_each_and_skips_prompts_done():
     assert [[j.index for j in jobs] for _, jobs in ex.calls] == [[0, 2], [3]]
     assert seen == [[(0, True), (2, True)], [(3, True)]]
     assert done.sequences == [sequence(0, 0)]  # untouched: its phase (a) was done
+
+
+def test_an_executor_that_drops_a_chunk_is_an_error_not_a_skipped_chunk():
+    """Phase (a)'s chunks pair with the executor's outputs in order; one output short would leave a chunk's
+    prompts without phase (a), silently, were the pairing not counted."""
+
+    class ShortChunks(FakeExecutor):
+        def run_chunks(self, chunks, method, progress):
+            for k, jobs in enumerate(chunks):
+                if k < 2:  # the third chunk never comes back
+                    yield self.run_jobs(jobs, method, progress)
+
+    ex = ShortChunks(lambda job: 1)
+    results = [PromptResult(index=i, prompt=f"p{i}", sequences=[], prompt_tokens=0) for i in range(6)]
+    options = RunOptions.create(method="eager_init", max_sequences=2)
+    with pytest.raises(RuntimeError, match="returned 2 of phase \\(a\\)'s 3 chunks"):
+        run_phases(ex, options, results, RunStats(method="eager_init"), None, None, None, chunk_size=2)
+    assert len(ex.calls) == 2

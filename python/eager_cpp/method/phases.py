@@ -116,8 +116,10 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
             yield sent[start]
 
     outputs = run_chunks(executor, chunk_jobs(), method.engine_method, progress)
+    handed = 0
     try:
         for start, output in zip(starts, outputs):
+            handed += 1
             chunk = [results[k] for k in todo[start:start + size]]
             jobs = sent.pop(start)
             ledger.merge(jobs, output)
@@ -134,6 +136,8 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
             ledger.let_go(chunk, options, scorer, method.label_free)
     finally:
         outputs.close()  # an error above ends the chunks still running (a Ray dispatch)
+    if handed != len(starts):  # zip stops at the shorter: a chunk without its output would be skipped silently
+        raise RuntimeError(f"internal error: the executor returned {handed} of phase (a)'s {len(starts)} chunks")
     outcome = None
     if method.reallocates:
         outcome = reallocate_phases(executor, options, results, stats, answers, scorer, progress,
