@@ -253,3 +253,14 @@ def test_invariant_random():
             assert not plan.selected or all(a == cap for a in amounts) and len(amounts) == len(plan.selected)
         # theta never increases
         assert all(e.theta <= by_index[e.index].theta + 1e-12 for e in plan.extras)
+
+
+def test_long_generations_go_to_ray_in_windows_whose_results_fit_the_driver():
+    # A phase (a) window's results wait in the driver until the chunks before them are back: 4,096 prompts of
+    # M 32 x 32,768 tokens would be about 100 GB there.
+    from eager_cpp.core.options import RunOptions
+    from eager_cpp.runner.distributed import RESULT_BYTES_PER_TOKEN, WINDOW_PROMPTS, WINDOW_RESULT_BYTES, window_prompts
+
+    assert window_prompts(RunOptions.create(max_sequences=8, max_new_tokens=128)) == WINDOW_PROMPTS
+    long = window_prompts(RunOptions.create(max_sequences=32, max_new_tokens=32768))
+    assert 1 <= long < 64 and long * 32 * 32768 * RESULT_BYTES_PER_TOKEN <= WINDOW_RESULT_BYTES

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import eager_cpp
-from eager_cpp.files.checkpoint import Checkpoint, CheckpointError, prompt_hash, read_done, recorded_settings
+from eager_cpp.files.checkpoint import Checkpoint, CheckpointError, prompt_hash, recorded_settings
 
 KEY = {"method": "eager_init", "seed": 0, "chunk_size": 2}
-HASHES = [prompt_hash("a", None), prompt_hash("b", "B")]
+HASHES = [prompt_hash("a", None), prompt_hash("b", "B"), prompt_hash("c", "C")]
 
 
 def interrupted_after_row_0(out, *, staged: bool) -> Checkpoint:
@@ -50,17 +50,17 @@ def test_a_fresh_run_replaces_the_old_results_only_once_a_chunk_is_on_disk(tmp_p
     out = tmp_path / "r.jsonl"
     out.write_text("old\n")
     store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
-    assert store.start(resume=False) == {}
+    assert store.start(resume=False) == []
     assert out.read_text() == "old\n" and not store.meta_path.exists()  # nothing replaced yet
     store.chunk_done([row(0)], {"method": "eager_init"})
     assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0]
     assert not (tmp_path / "r.jsonl.new").exists()
-    store.chunk_done([row(1)])
-    store.finish(None, {"method": "eager_init", "n_prompts": 2})
+    store.chunk_done([row(1), row(2)])
+    store.finish(None, {"method": "eager_init", "n_prompts": 3})
     meta = json.loads(store.meta_path.read_text())
     assert meta["complete"] is True and meta["settings"] == KEY and meta["prompt_hashes"] == HASHES
-    assert recorded_settings(out) == {"method": "eager_init", "n_prompts": 2}
-    assert eager_cpp.RunResult.from_jsonl(out).settings["n_prompts"] == 2  # the library asks the checkpoint
+    assert recorded_settings(out) == {"method": "eager_init", "n_prompts": 3}
+    assert eager_cpp.RunResult.from_jsonl(out).settings["n_prompts"] == 3  # the library asks the checkpoint
 
 
 def test_an_abandoned_fresh_run_leaves_the_old_results_and_no_staged_file(tmp_path):
@@ -85,15 +85,18 @@ def test_resume_keeps_complete_lines_and_drops_a_cut_one(tmp_path):
     assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1]
 
 
-def test_read_done_reads_without_rewriting(tmp_path):
-    path = tmp_path / "r.jsonl"
-    text = json.dumps(row(0)) + "\n" + '{"cut'
-    path.write_text(text)
-    done, kept = read_done(path)
-    assert list(done) == [0] and kept == 1 and path.read_text() == text
-    path.write_text('{"no_index": 1}\n')
-    with pytest.raises(CheckpointError, match="without an integer 'index'"):
-        read_done(path)
+def test_resume_reads_the_kept_lines_without_rewriting_them_and_refuses_a_foreign_line(tmp_path):
+    out = tmp_path / "r.jsonl"
+    interrupted_after_row_0(out, staged=False)
+    kept = out.read_text()
+    store = Checkpoint(out, KEY, HASHES, staged_phase_a=False)
+    assert store.start(resume=True) == [0] and store.has(0) and not store.has(1)
+    store.close()
+    assert out.read_text() == kept
+    for foreign in ('{"no_index": 1}', '{"index": 3}', '{"index": true}', "[1]"):  # index 3: beyond the input
+        out.write_text(kept + foreign + "\n")
+        with pytest.raises(CheckpointError, match="without the index of an input line"):
+            Checkpoint(out, KEY, HASHES, staged_phase_a=False).start(resume=True)
 
 
 def test_resume_refuses_other_settings_changed_prompts_and_a_foreign_file(tmp_path):
@@ -103,7 +106,7 @@ def test_resume_refuses_other_settings_changed_prompts_and_a_foreign_file(tmp_pa
     with pytest.raises(CheckpointError, match="other settings.*seed: 0 -> 1"):
         Checkpoint(out, dict(KEY, seed=1), HASHES, staged_phase_a=True).start(resume=True)
     with pytest.raises(CheckpointError, match="prompt 2 of the input"):
-        Checkpoint(out, KEY, [HASHES[0], prompt_hash("b", "C")], staged_phase_a=True).start(resume=True)
+        Checkpoint(out, KEY, [HASHES[0], prompt_hash("b", "C"), HASHES[2]], staged_phase_a=True).start(resume=True)
     store.meta_path.write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot read .*meta.json"):
         Checkpoint(out, KEY, HASHES, staged_phase_a=True).start(resume=True)
@@ -142,3 +145,26 @@ def test_recorded_settings_reads_sidecars_of_older_versions(tmp_path):
     (tmp_path / "r.jsonl.meta.json").write_text("[1]")
     with pytest.raises(ValueError, match="no 'settings' object"):
         recorded_settings(out)
+
+
+def test_a_prompt_file_reads_back_each_prompt_as_loaded_and_refuses_a_file_changed_under_it(tmp_path):
+    from eager_cpp.files.datasets import DatasetError, PromptFile, load_examples
+
+    path = tmp_path / "in.jsonl"
+    lines = ['{"prompt": "Country: Perú\\nCapital:", "answer": "Lima"}', "", '{"prompt": "b", "answer": "B"}',
+             '{"prompt": "c", "answer": "C"}']
+    path.write_text("\n".join(lines) + "\n")
+    inputs = PromptFile(path)
+    examples = load_examples(path)
+    assert len(inputs) == 3 and [inputs.example(k) for k in (2, 0, 1)] == [examples[k] for k in (2, 0, 1)]
+    # What --resume compares: the same hashes as the checkpoint's, line for line, blank lines skipped.
+    assert [inputs.digest(k).hex() for k in range(3)] == [prompt_hash(e.prompt, e.answer) for e in examples]
+    assert list(inputs.answers()[k] for k in range(3)) == ["Lima", "B", "C"]
+    # Another file of the same shape put in its place: the same offsets now hold other prompts.
+    path.write_text("\n".join(lines[:2] + ['{"prompt": "x", "answer": "B"}', lines[3]]) + "\n")
+    assert inputs.example(0) == examples[0]
+    with pytest.raises(DatasetError, match="changed while the run was reading it"):
+        inputs.example(1)
+    inputs.close()
+    path.write_text('{"prompt": "a"}\n{"prompt": "b", "answer": "B"}\n')
+    assert PromptFile(path).answers() is None  # not every line has an answer

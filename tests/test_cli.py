@@ -282,7 +282,7 @@ def test_user_errors_are_one_line_never_a_traceback(tmp_path, capitals_small):
     assert cli("run", str(prompts), "-o", str(out), *RUN).returncode == 0
     out.write_text('{"no_index": 1}\n')
     proc = cli("run", str(prompts), "-o", str(out), *RUN, "--resume")
-    assert proc.returncode == 2 and "without an integer 'index'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "without the index of an input line" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_run_scores_whenever_answers_are_given_and_reads_back(tmp_path, capitals_small):

@@ -3,7 +3,7 @@ the engine's config for a run (``engine_config``)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .. import _core
 from ..core.jobs import PhaseJob, PhaseOutput, ProgressFn, Seed
@@ -71,23 +71,24 @@ def engine_config(options: RunOptions, model: Model) -> Any:
 class LocalExecutor:
     """Runs every job list as one batched engine run on `model`, with `options` (an `options.RunOptions`).
 
-    Prompt texts become tokens as the options say (the chat template or plain text), once per prompt
-    index, reused by later tries.
+    Prompt texts become tokens as the options say (the chat template or plain text) each time a run needs
+    them: kept per prompt, they would grow the run's memory by every prompt's tokens (a run of many prompts
+    holds summaries, not prompts), and tokenizing costs little beside prefilling the same tokens.
     """
 
     def __init__(self, model: Model, options: RunOptions) -> None:
         self.model = model
         self.options = options.resolved(model)
         self.config = engine_config(self.options, model)
-        self._tokens: dict[int, list[int]] = {}
 
     @property
     def n_ctx(self) -> int:
         """The context the run is fixed to (0: it follows the KV memory)."""
         return self.config.n_ctx
 
-    def check(self, prompts: list[tuple[int, str]]) -> tuple[int, int]:
-        """Every prompt tokenized as the run will (ValueError naming one too long): the longest, and n_vocab."""
+    def check(self, prompts: Iterable[tuple[int, str]]) -> tuple[int, int]:
+        """Every prompt tokenized as the run will (ValueError naming one too long): the longest, and n_vocab.
+        `prompts` is read once, as it comes (a run's prompts may be read from a file as they are checked)."""
         return max((len(self.tokens(i, p)) for i, p in prompts), default=0), self.model.n_vocab
 
     def recorded(self, n_prompts: int) -> dict[str, Any]:
@@ -98,9 +99,6 @@ class LocalExecutor:
 
     def tokens(self, index: int, prompt: str) -> list[int]:
         """The prompt's tokens, checked against the model's context (ValueError naming the prompt)."""
-        cached = self._tokens.get(index)
-        if cached is not None:
-            return cached
         text = self.model.format_chat(prompt, self.options.chat_template) if self.options.chat else prompt
         tokens = self.model.tokenize(text)
         limit = self.model.n_ctx_train
@@ -109,7 +107,6 @@ class LocalExecutor:
             raise ValueError(
                 f"prompt {index} is {len(tokens)} tokens; with max_new_tokens={self.config.max_new_tokens} a "
                 f"sequence would need {need} positions, beyond the model's context of {limit}")
-        self._tokens[index] = tokens
         return tokens
 
     def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Optional[ProgressFn]) -> PhaseOutput:

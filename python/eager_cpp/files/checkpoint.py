@@ -18,15 +18,18 @@ Rows are plain dicts (``results.prompt_to_dict``): this module knows files, not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from array import array
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TextIO, Union
 
+import numpy as np
+
+from .datasets import DIGEST_BYTES, example_digest
 from .textfiles import read_text
 
-__all__ = ["Checkpoint", "CheckpointError", "META_SUFFIX", "prompt_hash", "read_done", "recorded_settings",
+__all__ = ["Checkpoint", "CheckpointError", "META_SUFFIX", "prompt_hash", "recorded_settings",
            "write_atomic"]
 
 META_SUFFIX = ".meta.json"
@@ -38,39 +41,29 @@ class CheckpointError(ValueError):
 
 
 def prompt_hash(prompt: str, answer: Optional[str]) -> str:
-    """What --resume compares per input line: the prompt and its answer."""
-    data = json.dumps([prompt, answer], ensure_ascii=False).encode("utf-8")
-    return hashlib.sha256(data).hexdigest()[:16]
+    """What --resume compares per input line: the prompt and its answer (``datasets.example_digest`` in hex)."""
+    return example_digest(prompt, answer).hex()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` whole: a reader sees the old file or the new one, never a part."""
+Hashes = Union[Sequence[str], bytes]  # one prompt_hash per input line, or their digests end to end
+
+
+def _hex_hashes(hashes: Hashes) -> Iterator[str]:
+    if isinstance(hashes, (bytes, bytearray)):
+        return (hashes[k:k + DIGEST_BYTES].hex() for k in range(0, len(hashes), DIGEST_BYTES))
+    return iter(hashes)
+
+
+def write_atomic(path: Path, text: Union[str, Iterable[str]]) -> None:
+    """Replace `path` with `text` (a string, or its pieces) whole: a reader sees the old file or the new one,
+    never a part."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        for piece in [text] if isinstance(text, str) else text:
+            f.write(piece)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def read_done(path: Path) -> tuple[dict[int, dict], int]:
-    """Complete lines of a results JSONL by prompt index, and how many lines they are; reading stops at
-    a line cut by an interruption (it and anything after it are not counted)."""
-    done: dict[int, dict] = {}
-    if not path.exists():
-        return done, 0
-    kept = 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if not isinstance(row, dict) or isinstance(row.get("index"), bool) or not isinstance(row.get("index"), int):
-            raise CheckpointError(f"{path}:{number}: a results line without an integer 'index'; this file was not "
-                                  "written by 'eager-cpp run' (rerun with --overwrite)")
-        done[row["index"]] = row
-        kept = number
-    return done, kept
 
 
 def recorded_settings(results_path: PathArg) -> Optional[dict[str, Any]]:
@@ -89,38 +82,58 @@ def recorded_settings(results_path: PathArg) -> Optional[dict[str, Any]]:
     return settings
 
 
-def _line_offsets(path: Path) -> tuple[dict[int, int], int]:
-    """Byte offset of each results line of `path` by prompt index (complete lines, as read_done keeps
-    them), and the file's size."""
-    offsets: dict[int, int] = {}
+def _line_offsets(path: Path, n_prompts: int) -> tuple[np.ndarray, int, int]:
+    """The byte offset of each complete results line of `path` by prompt index (-1: none), how many lines
+    those are, and the bytes they take; reading stops at a line cut by an interruption, and reads a line at a time (a resumed run does not hold its results)."""
+    offsets = np.full(n_prompts, -1, dtype=np.int64)
     if not path.exists():
-        return offsets, 0
-    position = 0
+        return offsets, 0, 0
+    position, kept = 0, 0
     with open(path, "rb") as f:
-        for line in f:
-            offsets[json.loads(line)["index"]] = position
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            index = row.get("index") if isinstance(row, dict) else None
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_prompts:
+                raise CheckpointError(f"{path}:{number}: a results line without the index of an input line; this "
+                                      "file was not written by 'eager-cpp run' (rerun with --overwrite)")
+            if not line.endswith(b"\n"):
+                break  # a last line the interruption cut after its closing brace
+            offsets[index] = position
             position += len(line)
-    return offsets, position
+            kept = number
+    return offsets, kept, position
 
 
 class Checkpoint:
     """The store of one `eager-cpp run` into `out` (module docstring).
 
-    key: the settings key; hashes: one `prompt_hash` per input line; staged_phase_a: phase (a) goes to
-    OUT.init.jsonl and the final results are written by `finish` (methods with reallocation).
+    key: the settings key; hashes: one `prompt_hash` per input line (or their digests end to end, as
+    ``datasets.PromptFile`` keeps them); staged_phase_a: phase (a) goes to OUT.init.jsonl and the final
+    results are written by `finish` (methods with reallocation). Prompt indices are input positions.
+    Per prompt it keeps an offset (8 bytes), not the prompt's line.
     """
 
-    def __init__(self, out: Path, key: dict[str, Any], hashes: list[str], staged_phase_a: bool) -> None:
+    def __init__(self, out: Path, key: dict[str, Any], hashes: Hashes, staged_phase_a: bool) -> None:
         self.out = out
         self.meta_path = out.with_name(out.name + META_SUFFIX)
         self.phase_a_path = out.with_name(out.name + ".init.jsonl") if staged_phase_a else out
         self.extras_path = out.with_name(out.name + ".extras.jsonl")
         self.final_separately = staged_phase_a
-        self._offsets: dict[int, int] = {}  # prompt index -> byte offset of its line in phase_a_path
-        self._extra_offsets: dict[int, list[int]] = {}  # prompt index -> its lines in extras_path
+        self.hashes = hashes
+        self.n_prompts = len(hashes) // DIGEST_BYTES if isinstance(hashes, (bytes, bytearray)) else len(hashes)
+        # prompt index -> byte offset of its line in phase_a_path (-1: not there)
+        self._offsets = np.full(self.n_prompts, -1, dtype=np.int64)
+        # The lines of extras_path, each linked to the one before it of the same prompt (8 + 16 bytes a line).
+        self._extra_last = np.full(self.n_prompts, -1, dtype=np.int64)  # prompt index -> its latest line
+        self._extra_offset = array("q")  # line -> byte offset
+        self._extra_before = array("q")  # line -> the prompt's line before it (-1: none)
         self._size = 0  # bytes of phase (a)'s file so far
+        self._written = 0  # prompts of phase (a) written
         self._durable = 0  # prompts of phase (a) fsynced (a chunk whose write failed is not)
-        self.meta: dict[str, Any] = {"settings": key, "prompt_hashes": hashes, "complete": False}
+        self.meta: dict[str, Any] = {"settings": key, "complete": False}  # the sidecar, less its hashes
         self._file: Optional[TextIO] = None
         self._stage: Optional[Path] = None
 
@@ -128,28 +141,32 @@ class Checkpoint:
     def exists(out: Path) -> bool:
         return out.exists() or out.with_name(out.name + META_SUFFIX).exists()
 
-    def start(self, resume: bool) -> dict[int, dict]:
+    def start(self, resume: bool) -> list[int]:
         """Open the store: fresh (staged, nothing replaced yet), or resumed after checking that the
-        interrupted run had this key and these prompts. Returns phase (a)'s rows already on disk."""
+        interrupted run had this key and these prompts. Returns the indices of the prompts whose phase (a)
+        is already on disk (``has``; read back with ``parts``)."""
         self.extras_path.unlink(missing_ok=True)
         if not (resume and self.exists(self.out)):
             self._stage = self.phase_a_path.with_name(self.phase_a_path.name + ".new")
             self._file = open(self._stage, "w", encoding="utf-8")
-            return {}
+            return []
         if not self.meta_path.exists():
             raise CheckpointError(f"{self.out} has no {self.meta_path.name}; it was not written by 'eager-cpp run'")
         old = self._read_meta()
         self._check_resume(old)
-        self.meta = dict(old, settings=self.meta["settings"], prompt_hashes=self.meta["prompt_hashes"])
-        done, kept = read_done(self.phase_a_path)
+        old.pop("prompt_hashes", None)
+        self.meta = dict(old, settings=self.meta["settings"])
+        self._offsets, kept, self._size = _line_offsets(self.phase_a_path, self.n_prompts)
         if self.phase_a_path.exists():  # drop a line cut by the interruption before appending after it
-            lines = self.phase_a_path.read_text(encoding="utf-8").splitlines()[:kept]
-            self.phase_a_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            os.truncate(self.phase_a_path, self._size)
         self._write_meta()
         self._file = open(self.phase_a_path, "a", encoding="utf-8")
-        self._offsets, self._size = _line_offsets(self.phase_a_path)
-        self._durable = len(self._offsets)
-        return done
+        self._written = self._durable = kept
+        return [int(k) for k in np.flatnonzero(self._offsets >= 0)]
+
+    def has(self, index: int) -> bool:
+        """Whether prompt `index`'s phase (a) is in the store."""
+        return bool(self._offsets[index] >= 0)
 
     def chunk_done(self, rows: list[dict], recorded: Optional[dict[str, Any]] = None) -> None:
         """Phase (a)'s rows of one chunk, durable before this returns; the first chunk of a fresh run
@@ -160,9 +177,10 @@ class Checkpoint:
             self._file.write(line)
             self._offsets[row["index"]] = self._size
             self._size += len(line.encode("utf-8"))
+            self._written += 1
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._durable = len(self._offsets)
+        self._durable = self._written
         first = self._stage is not None
         if first:
             os.replace(self._stage, self.phase_a_path)  # the open file follows the rename
@@ -177,7 +195,10 @@ class Checkpoint:
         """A reallocation try's new sequences, a row per prompt (its index, steps and new sequences)."""
         with open(self.extras_path, "ab") as f:
             for row in rows:
-                self._extra_offsets.setdefault(row["index"], []).append(f.tell())
+                index = row["index"]
+                self._extra_before.append(int(self._extra_last[index]))
+                self._extra_last[index] = len(self._extra_offset)
+                self._extra_offset.append(f.tell())
                 f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def parts(self, index: int) -> tuple[dict, list[dict]]:
@@ -186,11 +207,15 @@ class Checkpoint:
         with open(self.phase_a_path if self._stage is None else self._stage, "rb") as f:
             f.seek(self._offsets[index])
             base = json.loads(f.readline())
+        lines, line = [], int(self._extra_last[index])
+        while line >= 0:
+            lines.append(line)
+            line = self._extra_before[line]
         extras = []
-        if index in self._extra_offsets:
+        if lines:
             with open(self.extras_path, "rb") as f:
-                for offset in self._extra_offsets[index]:
-                    f.seek(offset)
+                for line in reversed(lines):
+                    f.seek(self._extra_offset[line])
                     extras.append(json.loads(f.readline()))
         return base, extras
 
@@ -247,7 +272,19 @@ class Checkpoint:
             self._stage = None
 
     def _write_meta(self) -> None:
-        write_atomic(self.meta_path, json.dumps(self.meta, indent=2))
+        """The sidecar: its fields, then one hash per input line, written piece by piece (megabytes at a
+        million prompts: never one string)."""
+        head = json.dumps(self.meta, indent=2)
+        assert head.endswith("\n}")
+        hashes = _hex_hashes(self.hashes)
+
+        def pieces() -> Iterator[str]:
+            yield head[:-2] + ',\n  "prompt_hashes": ['
+            for k, h in enumerate(hashes):
+                yield f'{"," if k else ""}\n    "{h}"'
+            yield "\n  ]\n}"
+
+        write_atomic(self.meta_path, pieces())
 
     def _read_meta(self) -> dict[str, Any]:
         try:
@@ -259,7 +296,7 @@ class Checkpoint:
             raise CheckpointError(f"cannot read {self.meta_path} ({e}); rerun with --overwrite to start over") from None
 
     def _check_resume(self, old_meta: dict[str, Any]) -> None:
-        old, key, hashes = old_meta["settings"], self.meta["settings"], self.meta["prompt_hashes"]
+        old, key, hashes = old_meta["settings"], self.meta["settings"], _hex_hashes(self.hashes)
         diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
         if diff:
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())

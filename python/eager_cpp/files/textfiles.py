@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -50,6 +50,12 @@ def read_lines(path: PathLike, what: str, max_line_bytes: int = 0) -> Iterator[t
     A line longer than `max_line_bytes` (0: ``MAX_LINE_BYTES``) is an error naming the file and line,
     found after reading at most that many bytes of it.
     """
+    for number, _, line in read_lines_at(path, what, max_line_bytes):
+        yield number, line
+
+
+def read_lines_at(path: PathLike, what: str, max_line_bytes: int = 0) -> Iterator[tuple[int, int, str]]:
+    """As ``read_lines``, with each line's byte offset in the file (to read it again: ``read_line_at``)."""
     limit = max_line_bytes or MAX_LINE_BYTES
     p = check_regular_file(path, what)
     try:
@@ -57,7 +63,7 @@ def read_lines(path: PathLike, what: str, max_line_bytes: int = 0) -> Iterator[t
     except OSError as e:
         raise InputFileError(f"cannot read the {what} {p}: {e.strerror or e}") from None
     with f:
-        number = 0
+        number, offset = 0, 0
         while True:
             number += 1
             raw = f.readline(limit + 1)
@@ -65,7 +71,15 @@ def read_lines(path: PathLike, what: str, max_line_bytes: int = 0) -> Iterator[t
                 return
             if len(raw) > limit and not (len(raw) == limit + 1 and raw.endswith(b"\n")):
                 raise InputFileError(f"{p}:{number}: a line longer than {limit} bytes; not a {what} line")
-            yield number, decode_line(raw.rstrip(b"\n").rstrip(b"\r"), p, number)
+            yield number, offset, decode_line(raw.rstrip(b"\n").rstrip(b"\r"), p, number)
+            offset += len(raw)
+
+
+def read_line_at(f: BinaryIO, offset: int, path: PathLike) -> str:
+    """The line of the open file `f` that starts at `offset` (one ``read_lines_at`` reported), without its newline."""
+    f.seek(offset)
+    raw = f.readline(MAX_LINE_BYTES + 1)
+    return decode_line(raw.rstrip(b"\n").rstrip(b"\r"), path, 0)
 
 
 def decode_line(raw: bytes, path: PathLike, number: int) -> str:

@@ -25,7 +25,8 @@ checkpoints there. Prompts whose phase (a) is already done (a result handed to `
 resumed CLI run) are not run again. ``driver.drive`` is the one caller; it checks and times.
 With a ``ResultStore`` (the CLI's output file) the prompts keep only their summaries once the callback has
 made their chunk durable, and the tries' sequences go to the store (``ledger.PromptLedger``): a run's memory
-then holds a summary per prompt, not its sequences.
+then holds a summary per prompt, not its sequences. The prompts may then be a ``ledger.PromptTable``, which
+holds no prompt at all: only a chunk's prompts are in memory while it runs.
 
 An executor (``jobs.Executor``) runs a list of ``PhaseJob``s and returns, per job, the job's new
 sequences. This module never imports the native extension or Ray: ``local.LocalExecutor`` and the
@@ -36,12 +37,15 @@ from __future__ import annotations
 
 import itertools
 import warnings
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence as Seq
 
-from .budget import PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation, retry_theta
+from .budget import (PromptExtra, PromptSignals, PromptSummary, ReallocationPlan, plan_label_free, plan_reallocation,
+                     retry_theta)
 from ..core.jobs import Executor, PhaseJob, PhaseOutput, ProgressFn, Seed, run_chunks
-from .ledger import PromptLedger, ResultStore, score, signals_of, summarize
+from .ledger import PromptLedger, Prompts, ResultStore, score, signals_of, summarize
 from ..core.options import RunOptions
 from ..core.results import PromptResult, RunStats
 from .tree import branch_points, choose_branch_points, last_branch_step, ranked_limit
@@ -81,7 +85,7 @@ def merge(results: list[PromptResult], jobs: Seq[PhaseJob], output: PhaseOutput)
     PromptLedger(results, None).merge(jobs, output)
 
 
-def run_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
+def run_phases(executor: Executor, options: RunOptions, results: Prompts, stats: RunStats,
                answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
                pending: Optional[Seq[int]] = None, chunk_size: Optional[int] = None,
                on_chunk: Optional[ChunkDone] = None, store: Optional[ResultStore] = None) -> Optional[ReallocationOutcome]:
@@ -91,42 +95,49 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
     answers: one per prompt of `results` (or None). Phase (a) runs `chunk_size` prompts per engine run
     (default: all at once) and scores each chunk before `on_chunk` sees it.
     store: where `on_chunk` made each chunk durable: the prompts then keep only their summaries
-    (``ledger.PromptLedger``: no sequences in `results`), and the tries' new sequences go to the store.
+    (``ledger.PromptLedger``: no sequences in `results`, which may be a ``PromptTable``), and the tries' new
+    sequences go to the store.
     """
     method = Method(options.method)
     ledger = PromptLedger(results, store)
-    todo = list(range(len(results))) if pending is None else list(pending)
+    todo = range(len(results)) if pending is None else pending
     size = chunk_size or max(1, len(todo))
     scoring_error: Optional[str] = None
-    reused = sorted(set(range(len(results))) - set(todo))
-    if method.reallocates and answers is not None:
-        try:  # prompts whose phase (a) was done before (scored as the plan reads them, then let go)
-            score([results[k] for k in reused], [answers[k] for k in reused], scorer)
-        except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
-            scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
-    ledger.let_go([results[k] for k in reused], options, scorer, method.label_free)
+    is_pending = np.zeros(len(results), dtype=bool)
+    is_pending[np.asarray(todo, dtype=np.int64)] = True
+    for k in np.flatnonzero(~is_pending).tolist():  # prompts whose phase (a) was done before, one at a time
+        prompt = ledger.whole(k)
+        if method.reallocates and answers is not None and scoring_error is None:
+            try:  # scored as the plan reads them, then let go
+                score([prompt], [answers[k]], scorer)
+            except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
+                scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
+        ledger.let_go([prompt], options, scorer, method.label_free)
+    del is_pending
     starts = range(0, len(todo), size)
-    sent: dict[int, list[PhaseJob]] = {}  # a chunk's jobs, from when the executor asks for them to its output
+    # A chunk's prompts (made once: a table makes new ones each time) and jobs, from when the executor asks for
+    # them to its output.
+    sent: dict[int, tuple[list[PromptResult], list[PhaseJob]]] = {}
 
     def chunk_jobs() -> Iterator[list[PhaseJob]]:
         for start in starts:
-            sent[start] = [PhaseJob(index=results[k].index, prompt=results[k].prompt,
-                                    max_sequences=options.max_sequences, theta=options.entropy_threshold)
-                           for k in todo[start:start + size]]
-            yield sent[start]
+            chunk = [results[int(k)] for k in todo[start:start + size]]
+            jobs = [PhaseJob(index=p.index, prompt=p.prompt, max_sequences=options.max_sequences,
+                             theta=options.entropy_threshold) for p in chunk]
+            sent[start] = (chunk, jobs)
+            yield jobs
 
     outputs = run_chunks(executor, chunk_jobs(), method.engine_method, progress)
     handed = 0
     try:
         for start, output in zip(starts, outputs):
             handed += 1
-            chunk = [results[k] for k in todo[start:start + size]]
-            jobs = sent.pop(start)
-            ledger.merge(jobs, output)
+            chunk, jobs = sent.pop(start)
+            ledger.merge(jobs, output, targets=chunk)
             stats.merge(output.stats)
             if answers is not None and scoring_error is None:
                 try:
-                    score(chunk, [answers[k] for k in todo[start:start + size]], scorer)
+                    score(chunk, [answers[int(k)] for k in todo[start:start + size]], scorer)
                 except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
                     if not method.reallocates:
                         raise
@@ -141,7 +152,7 @@ def run_phases(executor: Executor, options: RunOptions, results: list[PromptResu
     outcome = None
     if method.reallocates:
         outcome = reallocate_phases(executor, options, results, stats, answers, scorer, progress,
-                                    failed=scoring_error, ledger=ledger)
+                                    failed=scoring_error, ledger=ledger, chunk_size=chunk_size)
     ledger.totals(stats)
     return outcome
 
@@ -198,27 +209,31 @@ class _Tries:
                  outcome: ReallocationOutcome) -> None:
         self.options, self.ledger, self.outcome = options, ledger, outcome
         results = self.results = ledger.results
-        self.position = {p.index: k for k, p in enumerate(results)}
-        self.theta0 = {s.index: s.theta for s in summaries}
+        self.theta0 = {s.index: s.theta for s in summaries if s.index in outcome.granted}
         self.decaying = set(outcome.plan.decaying)
         # Random streams each prompt has used: its sequences so far (phase (a) drops none), then each try's.
-        self.streams = {e.index: ledger.n_sequences(results[self.position[e.index]]) for e in outcome.plan.extras}
-        self.closed: dict[int, set[tuple[int, int]]] = {e.index: set() for e in outcome.plan.extras}
+        self.streams = {e.index: ledger.n_sequences(results[ledger.position(e.index)]) for e in outcome.plan.extras}
+        # Tree points found with nothing left, of the prompts that have any.
+        self.closed: dict[int, set[tuple[int, int]]] = {}
         # The reference's loop: every try asks the full eᵢ and keeps what it overshoots, until eᵢ are made.
         self.reference = options.rules == "reference"
 
-    def jobs(self, attempt: int) -> list[PhaseJob]:
-        """The jobs of try `attempt`: one per prompt still short of its eᵢ (tree: with a point left)."""
+    def lacking(self) -> list[PromptExtra]:
+        """The plan's prompts still short of their eᵢ."""
+        return [e for e in self.outcome.plan.extras if e.extra_sequences > self.outcome.produced[e.index]]
+
+    def jobs(self, attempt: int, extras: Seq[PromptExtra]) -> list[PhaseJob]:
+        """The jobs of try `attempt` for `extras`: one per prompt still short of its eᵢ (tree: with a point left)."""
         o, jobs = self.options, []
-        for e in self.outcome.plan.extras:
+        for e in extras:
             lacking = e.extra_sequences - self.outcome.produced[e.index]
             if lacking <= 0:
                 continue
-            p = self.results[self.position[e.index]]
+            p = self.results[self.ledger.position(e.index)]
             # One engine run of a prompt holds at most MAX_SEQUENCES.
             cap = min(e.extra_sequences if self.reference else lacking, MAX_SEQUENCES)
             seeds = (tree_seeds(self.ledger.full(p), cap, o.no_branch_window, o.top_k, o.max_new_tokens,
-                                self.closed[e.index])
+                                self.closed.get(e.index, ()))
                      if o.reallocation == "tree" else ())
             if o.reallocation == "tree" and not seeds:
                 continue  # no branch point left to continue: what it lacks stays unspent
@@ -235,15 +250,15 @@ class _Tries:
             self.streams[job.index] += output.streams(k)
             for position_in_seeds in output.dropped(k):
                 seed = job.seeds[position_in_seeds]
-                self.closed[job.index].add((seed.source, len(seed.prefix)))
+                self.closed.setdefault(job.index, set()).add((seed.source, len(seed.prefix)))
             self.outcome.unavailable += len(output.dropped(k))
 
 
 def _record_stats(stats: RunStats, outcome: ReallocationOutcome, ledger: PromptLedger) -> None:
-    tallies = [ledger.tally(p) for p in ledger.results]
+    total = ledger.total()
     stats.rounds = outcome.tries + 1
-    stats.reallocated_sequences = sum(t.extras for t in tallies)
-    stats.reallocated_length_ended = sum(t.extras_length_ended for t in tallies)
+    stats.reallocated_sequences = total.extras
+    stats.reallocated_length_ended = total.extras_length_ended
     stats.reallocation_tries = outcome.tries
     stats.reallocation_budget = outcome.plan.budget
     stats.unspent_sequences = outcome.unspent
@@ -251,10 +266,64 @@ def _record_stats(stats: RunStats, outcome: ReallocationOutcome, ledger: PromptL
     stats.reallocation_error = outcome.error or ""
 
 
-def reallocate_phases(executor: Executor, options: RunOptions, results: list[PromptResult], stats: RunStats,
+def _one_try(executor: Executor, attempt: int, tries: _Tries, ledger: PromptLedger, stats: RunStats,
+             answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
+             chunk_size: Optional[int]) -> bool:
+    """Try `attempt` over every prompt still short of its eᵢ, `chunk_size` prompts per engine run (default:
+    all in one), each chunk's sequences merged, scored and kept as it comes back. A failure ends the try with
+    ``outcome.error`` set, keeping the chunks before it. Returns whether the try had any job."""
+    outcome, extras = tries.outcome, tries.lacking()
+    size = chunk_size or max(1, len(extras))
+    sent: list[list[PhaseJob]] = []  # each chunk's jobs, from when the executor asks for them to its output
+    unbuilt: list[BaseException] = []  # a failure to make a chunk's jobs: raised as itself, not a failed try
+
+    def chunks() -> Iterator[list[PhaseJob]]:
+        for start in range(0, len(extras), size):
+            try:
+                jobs = tries.jobs(attempt, extras[start:start + size])
+            except BaseException as e:  # noqa: BLE001 - re-raised below, once the executor let go
+                unbuilt.append(e)
+                return
+            if jobs:
+                sent.append(jobs)
+                yield jobs
+
+    ran = False
+    outputs = run_chunks(executor, chunks(), Method.EAGER_INIT.engine_method, progress)  # extras: EAGer-init runs
+    try:
+        while True:
+            try:
+                output = next(outputs, None)
+                if output is None:
+                    break
+                jobs = sent.pop(0)
+                ledger.merge(jobs, output)  # checks everything before it changes anything
+            except Exception as e:  # noqa: BLE001 - any failure of a try: keep what earlier phases made
+                outcome.error = f"reallocation try {attempt} failed: {type(e).__name__}: {e}"
+                break
+            ran = True
+            stats.merge(output.stats)
+            outcome.tries = attempt
+            tries.record(jobs, output)
+            try:  # the chunk's new sequences (those before it were scored)
+                score(output.prompts, None if answers is None else [answers[ledger.position(j.index)] for j in jobs],
+                      scorer)
+            except Exception as e:  # noqa: BLE001 - a scorer failing on a try's text: the same
+                outcome.error = f"scoring reallocation try {attempt} failed: {type(e).__name__}: {e}"
+                break
+            finally:
+                ledger.keep(output)  # to the store, for prompts let go (scored as far as scoring went)
+    finally:
+        outputs.close()  # an error above ends the chunks still running (a Ray dispatch)
+    if unbuilt:
+        raise unbuilt[0]
+    return ran
+
+
+def reallocate_phases(executor: Executor, options: RunOptions, results: Prompts, stats: RunStats,
                       answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
                       max_tries: int = MAX_TRIES, failed: Optional[str] = None,
-                      ledger: Optional[PromptLedger] = None) -> ReallocationOutcome:
+                      ledger: Optional[PromptLedger] = None, chunk_size: Optional[int] = None) -> ReallocationOutcome:
     """Phase (b), the plan, and phase (c), its extras tried until spent (module docstring).
 
     The options' top_k and max_new_tokens bound a tree point: it offers only ranks within both the
@@ -262,34 +331,19 @@ def reallocate_phases(executor: Executor, options: RunOptions, results: list[Pro
     failed: why phase (a)'s answers could not be read (the scorer raised): then, as when the scorer
     raises while the label-free plan reads them, nothing is planned, the error is the outcome's and
     the whole budget is unspent. ledger: what run_phases keeps of `results` (default: them whole).
+    chunk_size: the prompts of a try per engine run (default: all of them in one).
     """
     ledger = ledger if ledger is not None else PromptLedger(results, None)
     plan, summaries, failed = _plan(options, ledger, scorer, failed)
     outcome = ReallocationOutcome(plan=plan, granted={e.index: e.extra_sequences for e in plan.extras},
                                   produced={e.index: 0 for e in plan.extras}, error=failed)
     tries = _Tries(options, ledger, summaries, outcome)
+    del summaries  # one a prompt: the plan is made
     # The reference's loop has no try cap (each try makes at least one sequence: at most eᵢ tries).
     for attempt in itertools.count(1) if tries.reference else range(1, max_tries + 1):
-        jobs = tries.jobs(attempt)
-        if not jobs:
+        ran = _one_try(executor, attempt, tries, ledger, stats, answers, scorer, progress, chunk_size)
+        if not ran or outcome.error is not None:
             break
-        try:
-            output = executor.run_jobs(jobs, Method.EAGER_INIT.engine_method, progress)  # extras are EAGer-init runs
-            ledger.merge(jobs, output)  # checks everything before it changes anything
-        except Exception as e:  # noqa: BLE001 - any failure of a try: keep what earlier phases made
-            outcome.error = f"reallocation try {attempt} failed: {type(e).__name__}: {e}"
-            break
-        stats.merge(output.stats)
-        outcome.tries = attempt
-        tries.record(jobs, output)
-        try:  # the try's new sequences (those before it were scored)
-            score(output.prompts, None if answers is None else [answers[tries.position[j.index]] for j in jobs],
-                  scorer)
-        except Exception as e:  # noqa: BLE001 - a scorer failing on a try's text: the same
-            outcome.error = f"scoring reallocation try {attempt} failed: {type(e).__name__}: {e}"
-            break
-        finally:
-            ledger.keep(output)  # to the store, for prompts let go (scored as far as scoring went)
     if outcome.error is not None:
         warnings.warn(f"{outcome.error}; the result holds what phase (a) and the earlier tries made, the rest of "
                       "the budget is reported unspent", ReallocationWarning, stacklevel=2)

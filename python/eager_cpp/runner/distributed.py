@@ -33,6 +33,7 @@ pre-check loads it once in a Ray task.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -65,6 +66,14 @@ CHARS_PER_TOKEN = 4.0  # prompt-length estimate for balancing phase (a); the dri
 # Phase (a) chunks (the CLI's checkpoints) sent in one dispatch: its actors start and load the model once for
 # them, and the object store holds this many prompts' jobs at most.
 WINDOW_PROMPTS = 4096
+# ... and fewer where their results would take more than this in the driver (a chunk's results wait there
+# until the chunks before it are back): a result is about RESULT_BYTES_PER_TOKEN per generated position
+# (docs/ray.md), so long generations go in windows of a few chunks.
+WINDOW_RESULT_BYTES = 1 << 30
+RESULT_BYTES_PER_TOKEN = 25
+# The pre-check's prompts per Ray task: a run of many prompts reads them as it checks, and sends no more than
+# this many at once (each task loads the model: a few per 100,000 prompts).
+CHECK_WINDOW_PROMPTS = 16384
 _LOAD_ERRORS = {e.__name__: e for e in (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, OSError)}
 
 
@@ -75,6 +84,12 @@ def _import_ray() -> Any:
     except ImportError as e:
         raise ImportError(RAY_HINT) from e
     return ray
+
+
+def window_prompts(options: RunOptions) -> int:
+    """The prompts of phase (a) one dispatch takes (WINDOW_PROMPTS, fewer for long generations)."""
+    per_prompt = options.max_sequences * options.max_new_tokens * RESULT_BYTES_PER_TOKEN
+    return max(1, min(WINDOW_PROMPTS, WINDOW_RESULT_BYTES // per_prompt))
 
 
 def _check_count(name: str, value: Any) -> Optional[int]:
@@ -496,8 +511,16 @@ class RayExecutor:
     def n_ctx(self) -> int:
         return self.options.n_ctx or self.pool.n_ctx or 0
 
-    def check(self, prompts: list[tuple[int, str]]) -> tuple[int, int]:
-        return self.pool.check_prompts(self.wire, prompts)
+    def check(self, prompts: Iterable[tuple[int, str]]) -> tuple[int, int]:
+        """The pre-check of every prompt (``RayWorkers.check_prompts``), CHECK_WINDOW_PROMPTS per Ray task."""
+        longest, n_vocab, items = 0, 0, iter(prompts)
+        while True:
+            window = list(itertools.islice(items, CHECK_WINDOW_PROMPTS))
+            if window or not n_vocab:  # one task at least: the model opens on the cluster
+                most, n_vocab = self.pool.check_prompts(self.wire, window)
+                longest = max(longest, most)
+            if len(window) < CHECK_WINDOW_PROMPTS:
+                return longest, n_vocab
 
     def run_jobs(self, jobs: list[PhaseJob], method: str, progress: Any = None) -> PhaseOutput:
         if not jobs:
@@ -510,30 +533,33 @@ class RayExecutor:
         return self._gathered(jobs, outputs, method)
 
     def run_chunks(self, chunks: Iterable[list[PhaseJob]], method: str, progress: Any = None) -> Iterator[PhaseOutput]:
-        """Phase (a)'s chunks, each sharded as `run_jobs` shards it, but up to WINDOW_PROMPTS prompts of chunks
-        in one dispatch (Ray Data starts the actors, and they load the model, once per dispatch); a chunk's
-        output is yielded, in order, as soon as its shards and those of the chunks before it are back."""
+        """Chunks of jobs (phase (a)'s, or a try's), each sharded as `run_jobs` shards it, but up to
+        ``window_prompts`` prompts of chunks in one dispatch (Ray Data starts the actors, and they load the model,
+        once per dispatch); a chunk's output is yielded, in order, as soon as its shards and those of the chunks
+        before it are back."""
         window: list[list[PhaseJob]] = []
         for jobs in chunks:
             window.append(jobs)
-            if sum(len(j) for j in window) >= WINDOW_PROMPTS:
+            if sum(len(j) for j in window) >= window_prompts(self.options):
                 yield from self._run_window(window, method, progress)
                 window = []
         if window:
             yield from self._run_window(window, method, progress)
 
     def _run_window(self, window: list[list[PhaseJob]], method: str, progress: Any) -> Iterator[PhaseOutput]:
-        reporter = _ShardProgress(progress, "a", 0, sum(len(jobs) for jobs in window), self.started)
+        jobs_in = [j for jobs in window for j in jobs]
+        phase, round_ = ("a", 0) if all(j.round == 0 for j in jobs_in) else ("c", max(j.round for j in jobs_in))
+        reporter = _ShardProgress(progress, phase, round_, len(jobs_in), self.started)
         shards: list[list[PhaseJob]] = []
         owner: list[int] = []  # shard -> its chunk in the window
         for c, jobs in enumerate(window):
-            chunk_shards = self._shards("a", jobs) if jobs else []
+            chunk_shards = self._shards(phase, jobs) if jobs else []
             shards += chunk_shards
             owner += [c] * len(chunk_shards)
         outputs: list[list[dict]] = [[] for _ in window]
         left = [owner.count(c) for c in range(len(window))]
         ready = 0  # chunks yielded so far
-        for k, out in self.pool.dispatch_iter("a", [[j.to_dict() for j in shard] for shard in shards], self.wire,
+        for k, out in self.pool.dispatch_iter(phase, [[j.to_dict() for j in shard] for shard in shards], self.wire,
                                               method, reporter):
             outputs[owner[k]].append(out)
             left[owner[k]] -= 1

@@ -13,13 +13,17 @@ a result handed to `reallocate`, a resumed CLI run) and returns the ``RunResult`
 3. the wall time (from phase (a) on) and the executor's own figures (the phases count #S and #T).
 
 With a ``store`` (``phases.ResultStore``: the CLI's output file, which `on_chunk` writes), the returned
-result's prompts keep no sequences: they are in the store, and the run's memory holds summaries.
+result's prompts keep no sequences: they are in the store, and the run's memory holds summaries. The
+prompts may then be a ``ledger.PromptTable`` (the CLI's input file), which holds none: the checks read them
+one at a time.
 """
 
 from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence as Seq, Union
 
@@ -27,6 +31,7 @@ from ..core.jobs import Executor
 from ..engine.local import LocalExecutor
 from ..engine.model import Model
 from ..core.options import RunOptions, check_extras_fit
+from ..method.ledger import Prompts, whole_prompt
 from ..method.phases import ChunkDone, ResultStore, run_phases
 from ..core.progress import ProgressArg, ProgressSink
 from ..answers.reference import ReferenceScorer
@@ -54,7 +59,7 @@ def open_executor(model: ModelArg, options: RunOptions) -> Iterator[Executor]:
         yield RayExecutor(pool, options)
 
 
-def drive(model: ModelArg, options: RunOptions, prompts: list[PromptResult], answers: Optional[Seq[Any]],
+def drive(model: ModelArg, options: RunOptions, prompts: Prompts, answers: Optional[Seq[Any]],
           scorer: Optional[Callable[[str, str], bool]], progress: ProgressArg, *, pending: Optional[Seq[int]] = None,
           stats: Optional[RunStats] = None, chunk_size: Optional[int] = None,
           on_chunk: Optional[ChunkDone] = None, store: Optional[ResultStore] = None) -> RunResult:
@@ -71,10 +76,15 @@ def drive(model: ModelArg, options: RunOptions, prompts: list[PromptResult], ans
     stats = stats if stats is not None else RunStats(method=options.method)
     stats.method = options.method
     with open_executor(model, options) as executor:
-        longest, n_vocab = executor.check([(p.index, p.prompt) for p in prompts])
-        _check_token_ids(prompts, n_vocab)
-        reused = set(range(len(prompts))) - set(range(len(prompts)) if pending is None else pending)
-        check_structure(p for k, p in enumerate(prompts) if k in reused)  # what reallocation will build on
+        longest, n_vocab = executor.check((p.index, p.prompt) for p in (prompts[k] for k in range(len(prompts))))
+        reused = np.full(len(prompts), pending is not None, dtype=bool)
+        if pending is not None:
+            reused[np.asarray(pending, dtype=np.int64)] = False
+        for k in np.flatnonzero(reused).tolist():  # what reallocation will build on, one prompt at a time
+            prompt = whole_prompt(prompts, store, k)
+            _check_token_ids([prompt], n_vocab)
+            check_structure([prompt])
+        del reused
         check_extras_fit(options, executor.n_ctx, longest)
         started = time.perf_counter()
         try:
