@@ -168,3 +168,17 @@ def test_a_prompt_file_reads_back_each_prompt_as_loaded_and_refuses_a_file_chang
     inputs.close()
     path.write_text('{"prompt": "a"}\n{"prompt": "b", "answer": "B"}\n')
     assert PromptFile(path).answers() is None  # not every line has an answer
+
+
+def test_iter_results_reads_a_results_file_a_prompt_at_a_time(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(row(1)) + "\n\n" + json.dumps(row(0)) + "\n" + '{"index": 2, "cut' + "\n")
+    prompts = eager_cpp.iter_results(path)
+    # Lazily: the prompts before a bad line come out, in file order, before the bad line is read.
+    assert [next(prompts).index, next(prompts).index] == [1, 0]
+    with pytest.raises(ValueError, match=r"r.jsonl:4: not a results line"):
+        next(prompts)
+    path.write_text(json.dumps(row(1)) + "\n" + json.dumps(row(0)) + "\n")
+    whole = eager_cpp.RunResult.from_jsonl(path)
+    assert [p.index for p in whole.prompts] == [0, 1]  # from_jsonl sorts by index
+    assert sorted(eager_cpp.iter_results(path), key=lambda p: p.index) == whole.prompts

@@ -23,7 +23,7 @@ from .method.budget import (PromptSignals, PromptSummary, ReallocationPlan, plan
 from .engine.kernels import topk_entropy  # noqa: E402
 from .engine.model import Model, builtin_chat_templates, default_model_path  # noqa: E402
 from .core.options import RunOptions  # noqa: E402
-from .core.results import PromptResult, RunResult, RunStats, Sequence  # noqa: E402
+from .core.results import PromptResult, RunResult, RunStats, Sequence, iter_results  # noqa: E402
 from .answers.scoring import default_scorer, extract_answer, scorer_for_dataset  # noqa: E402
 from .engine.system import llama_cpp_reference, system_info  # noqa: E402
 from .core.vocabulary import Method  # noqa: E402
@@ -31,6 +31,6 @@ from .core.vocabulary import Method  # noqa: E402
 __all__ = [
     "METHODS", "Method", "Model", "PromptResult", "PromptSignals", "PromptSummary", "ReallocationPlan", "RunOptions",
     "RunResult", "RunStats", "Sequence", "builtin_chat_templates", "default_model_path", "default_scorer",
-    "extract_answer", "llama_cpp_reference", "plan_label_free", "plan_reallocation", "reallocate", "run",
+    "extract_answer", "iter_results", "llama_cpp_reference", "plan_label_free", "plan_reallocation", "reallocate", "run",
     "scorer_for_dataset", "summarize", "system_info", "topk_entropy",
 ]

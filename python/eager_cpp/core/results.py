@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from ..answers.metrics import consensus, run_metrics
 from ..answers.scoring import score_prompts
@@ -181,20 +181,9 @@ class RunResult:
         The run's settings are `settings` when given, else those `eager-cpp run` recorded beside the
         file (`checkpoint.recorded_settings`), if any. Stats are recounted from the prompts. Each line's
         structure is checked (`check_structure`): a malformed one is a ValueError naming its line.
+        ``iter_results`` reads the same file a prompt at a time.
         """
-        prompts: list[PromptResult] = []
-        for number, line in read_lines(path, "results file"):
-            if not line.strip():
-                continue
-            try:
-                prompt = prompt_from_dict(json.loads(line))
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{number}: not a results line ({e})") from None
-            try:
-                check_structure([prompt])
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: {e}") from None
-            prompts.append(prompt)
+        prompts = list(iter_results(path))
         prompts.sort(key=lambda p: p.index)
         if settings is None:
             from ..files.checkpoint import recorded_settings  # the CLI's store: lazily, only for its files
@@ -203,6 +192,24 @@ class RunResult:
         stats = RunStats(method=(settings or {}).get("method", ""))
         count_totals(stats, prompts)
         return cls(prompts=prompts, stats=stats, settings=dict(settings or {}))
+
+
+def iter_results(path: "str | os.PathLike[str]") -> Iterator[PromptResult]:
+    """The prompts of a results file (`RunResult.to_jsonl`, `eager-cpp run`) one at a time, in file order, each
+    checked as `RunResult.from_jsonl` checks it (a ValueError naming the line): a file of a million prompts
+    read without holding it."""
+    for number, line in read_lines(path, "results file"):
+        if not line.strip():
+            continue
+        try:
+            prompt = prompt_from_dict(json.loads(line))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{number}: not a results line ({e})") from None
+        try:
+            check_structure([prompt])
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: {e}") from None
+        yield prompt
 
 
 def check_structure(prompts: Iterable[PromptResult]) -> None:

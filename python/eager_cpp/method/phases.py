@@ -21,7 +21,8 @@
     ends phase (c) the same way before its first try: phase (a) kept, the whole budget unspent.
 
 Phase (a) may run in chunks of prompts (one engine run each), with a callback after each: the CLI
-checkpoints there. Prompts whose phase (a) is already done (a result handed to ``reallocate``, a
+checkpoints there. The tries then run in chunks of the same size too (each chunk's sequences merged, scored
+and kept as it comes back), so neither a try's jobs nor its output are ever held for every prompt at once. Prompts whose phase (a) is already done (a result handed to ``reallocate``, a
 resumed CLI run) are not run again. ``driver.drive`` is the one caller; it checks and times.
 With a ``ResultStore`` (the CLI's output file) the prompts keep only their summaries once the callback has
 made their chunk durable, and the tries' sequences go to the store (``ledger.PromptLedger``): a run's memory
