@@ -274,3 +274,31 @@ def test_an_executor_that_drops_a_chunk_is_an_error_not_a_skipped_chunk():
     with pytest.raises(RuntimeError, match="returned 2 of phase \\(a\\)'s 3 chunks"):
         run_phases(ex, options, results, RunStats(method="eager_init"), None, None, None, chunk_size=2)
     assert len(ex.calls) == 2
+
+
+def test_a_chunked_run_tries_in_engine_runs_no_wider_than_a_phase_a_chunk():
+    # Each engine run holds a row of logits over the vocabulary per sequence in a step: a try's run must not
+    # hold more sequences than a phase (a) chunk (chunk_size x M), or the run's peak memory would grow with
+    # the number of prompts (the odds of a chunk of large e_i). The same jobs run, only split differently.
+    m, chunk, prompts = 4, 2, [f"p{i}" for i in range(9)]
+
+    def produce(job):  # phase (a): prompts 0..5 reach M, so the budget goes to them; tries: 1 sequence each
+        return job.max_sequences if job.round == 0 and job.index < 6 else 1
+
+    def run(chunk_size):
+        ex = FakeExecutor(produce)
+        opts = RunOptions.create(method="eager_adapt", max_sequences=m, entropy_threshold=2.0)
+        results = [PromptResult(index=i, prompt=p, sequences=[], prompt_tokens=0) for i, p in enumerate(prompts)]
+        stats = RunStats(method="eager_adapt")
+        outcome = run_phases(ex, opts, results, stats, None, None, None, chunk_size=chunk_size)
+        return ex, results, stats, outcome
+
+    whole_ex, whole, whole_stats, whole_outcome = run(None)
+    ex, chunked, stats, outcome = run(chunk)
+    widest = max(sum(j.max_sequences for j in jobs) for _, jobs in whole_ex.calls if jobs[0].round > 0)
+    assert widest > chunk * m, "the setting must make an unchunked try wider than a phase (a) chunk"
+    tries = [jobs for _, jobs in ex.calls if jobs[0].round > 0]
+    for jobs in tries:
+        assert sum(j.max_sequences for j in jobs) <= chunk * m or len(jobs) == 1, [j.max_sequences for j in jobs]
+    assert outcome == whole_outcome and stats.sequences == whole_stats.sequences
+    assert [[s.index for s in p.sequences] for p in chunked] == [[s.index for s in p.sequences] for p in whole]

@@ -21,9 +21,11 @@
     ends phase (c) the same way before its first try: phase (a) kept, the whole budget unspent.
 
 Phase (a) may run in chunks of prompts (one engine run each), with a callback after each: the CLI
-checkpoints there. The tries then run in chunks of the same size too (each chunk's sequences merged, scored
-and kept as it comes back), so neither a try's jobs nor its output are ever held for every prompt at once. Prompts whose phase (a) is already done (a result handed to ``reallocate``, a
-resumed CLI run) are not run again. ``driver.drive`` is the one caller; it checks and times.
+checkpoints there. The tries then run in chunks too, each holding at most the sequences of a phase (a) chunk
+(each chunk's sequences merged, scored and kept as it comes back), so neither a try's jobs nor its output
+are ever held for every prompt at once, and no try's engine step is wider than phase (a)'s. Prompts whose
+phase (a) is already done (a result handed to ``reallocate``, a resumed CLI run) are not run again.
+``driver.drive`` is the one caller; it checks and times.
 With a ``ResultStore`` (the CLI's output file) the prompts keep only their summaries once the callback has
 made their chunk durable, and the tries' sequences go to the store (``ledger.PromptLedger``): a run's memory
 then holds a summary per prompt, not its sequences. The prompts may then be a ``ledger.PromptTable``, which
@@ -223,6 +225,32 @@ class _Tries:
         """The plan's prompts still short of their eᵢ."""
         return [e for e in self.outcome.plan.extras if e.extra_sequences > self.outcome.produced[e.index]]
 
+    def cap(self, e: PromptExtra) -> int:
+        """The most sequences prompt `e` asks of the try (one engine run of a prompt holds at most MAX_SEQUENCES)."""
+        lacking = e.extra_sequences - self.outcome.produced[e.index]
+        return min(e.extra_sequences if self.reference else lacking, MAX_SEQUENCES)
+
+    def chunked(self, extras: list[PromptExtra], chunk_size: Optional[int]) -> Iterator[list[PromptExtra]]:
+        """`extras` in the engine runs of a try: all in one (no chunk_size), else each run holding at most the
+        sequences of a phase (a) chunk (chunk_size x M), so a try's step is never wider than phase (a)'s (the
+        engine's memory follows the sequences in a step: each needs a row of logits over the vocabulary)."""
+        if not chunk_size:
+            if extras:
+                yield extras
+            return
+        room = chunk_size * self.options.max_sequences
+        part: list[PromptExtra] = []
+        held = 0
+        for e in extras:
+            cap = self.cap(e)
+            if part and held + cap > room:
+                yield part
+                part, held = [], 0
+            part.append(e)
+            held += cap
+        if part:
+            yield part
+
     def jobs(self, attempt: int, extras: Seq[PromptExtra]) -> list[PhaseJob]:
         """The jobs of try `attempt` for `extras`: one per prompt still short of its eᵢ (tree: with a point left)."""
         o, jobs = self.options, []
@@ -231,8 +259,7 @@ class _Tries:
             if lacking <= 0:
                 continue
             p = self.results[self.ledger.position(e.index)]
-            # One engine run of a prompt holds at most MAX_SEQUENCES.
-            cap = min(e.extra_sequences if self.reference else lacking, MAX_SEQUENCES)
+            cap = self.cap(e)
             seeds = (tree_seeds(self.ledger.full(p), cap, o.no_branch_window, o.top_k, o.max_new_tokens,
                                 self.closed.get(e.index, ()))
                      if o.reallocation == "tree" else ())
@@ -274,14 +301,13 @@ def _one_try(executor: Executor, attempt: int, tries: _Tries, ledger: PromptLedg
     all in one), each chunk's sequences merged, scored and kept as it comes back. A failure ends the try with
     ``outcome.error`` set, keeping the chunks before it. Returns whether the try had any job."""
     outcome, extras = tries.outcome, tries.lacking()
-    size = chunk_size or max(1, len(extras))
     sent: list[list[PhaseJob]] = []  # each chunk's jobs, from when the executor asks for them to its output
     unbuilt: list[BaseException] = []  # a failure to make a chunk's jobs: raised as itself, not a failed try
 
     def chunks() -> Iterator[list[PhaseJob]]:
-        for start in range(0, len(extras), size):
+        for part in tries.chunked(extras, chunk_size):
             try:
-                jobs = tries.jobs(attempt, extras[start:start + size])
+                jobs = tries.jobs(attempt, part)
             except BaseException as e:  # noqa: BLE001 - re-raised below, once the executor let go
                 unbuilt.append(e)
                 return
