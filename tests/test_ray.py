@@ -61,7 +61,7 @@ def pool(model_path):
     from eager_cpp.runner.distributed import RayWorkers
 
     # 4 logical CPUs on this 2-core machine: the 2 workers hold 2, the bad-path and CLI tests start more.
-    workers = RayWorkers(model_path, "local", workers=2, threads_per_worker=1, num_cpus=4)
+    workers = RayWorkers(model_path, "local", workers=2, threads_per_worker=1, num_cpus=4, keep_dispatches=True)
     yield workers
     workers.close()
 

@@ -279,8 +279,9 @@ class RayWorkers:
     workers' CPU buffer choice (see eager_cpp.Model; a Model passed as `model` gives its own).
 
     After a run: `last_plan` holds its reallocation plan, `last_shards` its shards as prompt indices
-    per phase ({"a": [[...], ...], "c": [...]}), `last_dispatches` every dispatch's shards of PhaseJobs,
-    `last_busy` each actor's seconds inside its shards ({pid: seconds}) and `last_workers` the actors
+    per phase ({"a": [[...], ...], "c": [...]}; each phase's first dispatch), `last_dispatches` every
+    dispatch's shards of PhaseJobs when `keep_dispatches` (they hold every job of the run, prompt texts
+    included: a driver of many prompts keeps none by default), `last_busy` each actor's seconds inside its shards ({pid: seconds}) and `last_workers` the actors
     that returned shards ({pid: {"node", "node_id", "host", "load_seconds"}}).
     """
 
@@ -289,8 +290,10 @@ class RayWorkers:
                  n_ctx: Optional[int] = None, num_cpus: Optional[int] = None,
                  object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES, max_shard_prompts: int = 256,
                  start_timeout: float = 600.0, max_restarts: int = 2, n_gpu_layers: int = 0,
-                 gpus_per_worker: float = 0.0, cpu_buffers: Optional[str] = None, kv_memory: Any = None) -> None:
+                 gpus_per_worker: float = 0.0, cpu_buffers: Optional[str] = None, kv_memory: Any = None,
+                 keep_dispatches: bool = False) -> None:
         ray = _import_ray()
+        self.keep_dispatches = bool(keep_dispatches)
         parse_kv_memory(kv_memory)  # a bad size fails here, before Ray starts
         self.kv_memory = kv_memory
         if not isinstance(cluster, str) or not cluster:
@@ -382,8 +385,9 @@ class RayWorkers:
         self.critical_seconds = 0.0  # per dispatch, the busiest actor's seconds in it, summed over the run
 
     def note_dispatch(self, phase: str, shards: list[list[PhaseJob]]) -> None:
-        """Record a dispatch's shards (`last_dispatches`; `last_shards` keeps each phase's first)."""
-        self.last_dispatches.append((phase, shards))
+        """Record a dispatch's shards (`last_dispatches`, when kept; `last_shards` keeps each phase's first)."""
+        if self.keep_dispatches:
+            self.last_dispatches.append((phase, shards))
         self.last_shards.setdefault(phase, [[j.index for j in shard] for shard in shards])
 
     def shard_count(self, n: int) -> int:
@@ -495,8 +499,8 @@ class RayExecutor:
     """Runs phase jobs on a RayWorkers pool: shards balanced by cost, one engine run per shard.
 
     Each dispatch is recorded on the pool: `last_dispatches` holds (phase, shards of PhaseJobs) in
-    order, `last_shards` the prompt indices of phase (a)'s shards ("a") and of the first
-    reallocation try's ("c").
+    order (a pool made with keep_dispatches=True), `last_shards` the prompt indices of phase (a)'s first
+    dispatch's shards ("a") and of the first reallocation try's ("c").
     """
 
     def __init__(self, pool: RayWorkers, options: RunOptions) -> None:
