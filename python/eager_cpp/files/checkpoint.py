@@ -84,7 +84,8 @@ def recorded_settings(results_path: PathArg) -> Optional[dict[str, Any]]:
 
 def _line_offsets(path: Path, n_prompts: int) -> tuple[np.ndarray, int, int]:
     """The byte offset of each complete results line of `path` by prompt index (-1: none), how many lines
-    those are, and the bytes they take; reading stops at a line cut by an interruption, and reads a line at a time (a resumed run does not hold its results)."""
+    those are, and the bytes they take. Reading stops at a line cut by an interruption, and goes a line at a
+    time (a resumed run does not hold its results)."""
     offsets = np.full(n_prompts, -1, dtype=np.int64)
     if not path.exists():
         return offsets, 0, 0

@@ -281,8 +281,9 @@ class RayWorkers:
     After a run: `last_plan` holds its reallocation plan, `last_shards` its shards as prompt indices
     per phase ({"a": [[...], ...], "c": [...]}; each phase's first dispatch), `last_dispatches` every
     dispatch's shards of PhaseJobs when `keep_dispatches` (they hold every job of the run, prompt texts
-    included: a driver of many prompts keeps none by default), `last_busy` each actor's seconds inside its shards ({pid: seconds}) and `last_workers` the actors
-    that returned shards ({pid: {"node", "node_id", "host", "load_seconds"}}).
+    included: a driver of many prompts keeps none by default), `last_busy` each actor's seconds inside its
+    shards ({pid: seconds}) and `last_workers` the actors that returned shards ({pid: {"node", "node_id",
+    "host", "load_seconds"}}).
     """
 
     def __init__(self, model: Union[str, "os.PathLike[str]", Model], cluster: str = "local",
