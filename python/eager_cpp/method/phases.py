@@ -88,6 +88,24 @@ def merge(results: list[PromptResult], jobs: Seq[PhaseJob], output: PhaseOutput)
     PromptLedger(results, None).merge(jobs, output)
 
 
+def _reused(ledger: PromptLedger, options: RunOptions, todo: Seq[int], answers: Optional[Seq[Any]],
+            scorer: Optional[Scorer]) -> Optional[str]:
+    """The prompts whose phase (a) was done before (not in `todo`), one at a time: scored as the plan reads
+    them (reallocating methods), then let go. Returns why scoring failed, if it did."""
+    method, failed = Method(options.method), None
+    is_pending = np.zeros(len(ledger.results), dtype=bool)
+    is_pending[np.asarray(todo, dtype=np.int64)] = True
+    for k in np.flatnonzero(~is_pending).tolist():
+        prompt = ledger.whole(k)
+        if method.reallocates and answers is not None and failed is None:
+            try:
+                score([prompt], [answers[k]], scorer)
+            except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
+                failed = f"scoring phase (a) failed: {type(e).__name__}: {e}"
+        ledger.let_go([prompt], options, scorer, method.label_free)
+    return failed
+
+
 def run_phases(executor: Executor, options: RunOptions, results: Prompts, stats: RunStats,
                answers: Optional[Seq[Any]], scorer: Optional[Scorer], progress: Optional[ProgressFn],
                pending: Optional[Seq[int]] = None, chunk_size: Optional[int] = None,
@@ -105,18 +123,7 @@ def run_phases(executor: Executor, options: RunOptions, results: Prompts, stats:
     ledger = PromptLedger(results, store)
     todo = range(len(results)) if pending is None else pending
     size = chunk_size or max(1, len(todo))
-    scoring_error: Optional[str] = None
-    is_pending = np.zeros(len(results), dtype=bool)
-    is_pending[np.asarray(todo, dtype=np.int64)] = True
-    for k in np.flatnonzero(~is_pending).tolist():  # prompts whose phase (a) was done before, one at a time
-        prompt = ledger.whole(k)
-        if method.reallocates and answers is not None and scoring_error is None:
-            try:  # scored as the plan reads them, then let go
-                score([prompt], [answers[k]], scorer)
-            except Exception as e:  # noqa: BLE001 - a reallocating run keeps its phase (a), as a failed try does
-                scoring_error = f"scoring phase (a) failed: {type(e).__name__}: {e}"
-        ledger.let_go([prompt], options, scorer, method.label_free)
-    del is_pending
+    scoring_error = _reused(ledger, options, todo, answers, scorer)
     starts = range(0, len(todo), size)
     # A chunk's prompts (made once: a table makes new ones each time) and jobs, from when the executor asks for
     # them to its output.
